@@ -1,0 +1,53 @@
+"""``taskapp plugins``: list installed plugins and what they provide."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+EPILOG = """examples:
+  taskapp plugins              third-party plugins, and any that failed to load
+  taskapp plugins --all        builtins too
+  taskapp plugins --all --json machine-readable
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "plugins",
+        help="list plugins: name, version, hooks, servers and tunnels provided, load errors",
+        description="List taskapp plugins found through the 'taskapp' entry-point group.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--all", action="store_true", help="include builtin plugins")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from taskapp.core.plugins import get_registry
+
+    registry = get_registry()
+    rows = registry.describe(include_builtins=args.all)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no third-party plugins installed (use --all to list the builtins)")
+    for row in rows:
+        version = f" {row['version']}" if row["version"] else ""
+        origin = f" [{row['distribution']}{version}]" if row["distribution"] else ""
+        print(f"{row['name']}{origin}")
+        if row["error"]:
+            print(f"    FAILED TO LOAD: {row['error']}")
+            continue
+        if row["servers"]:
+            print(f"    servers: {', '.join(row['servers'])}")
+        if row["tunnels"]:
+            print(f"    tunnels: {', '.join(row['tunnels'])}")
+        if row["loader"]:
+            print("    loader: load_app")
+        print(f"    hooks:   {', '.join(row['hooks'])}")
+    return 1 if any(row["error"] for row in rows) else 0

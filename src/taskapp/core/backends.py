@@ -1,0 +1,236 @@
+"""The three kinds of backend a plugin can provide, and what the lifecycle hands them.
+
+* a **loader** turns an :class:`AppTarget` into a :class:`LoadedApp` (hook ``load_app``);
+* a **server runner** (:class:`ServerRunner`) serves that app on a pre-bound socket;
+* a **tunnel backend** (:class:`TunnelBackend`) gives the local server a public URL.
+
+Backends are plain classes registered by name from the ``register_servers`` and
+``register_tunnels`` hooks. Each declares its options as a frozen dataclass in
+``Options``; the lifecycle validates the user's ``server_options`` / ``tunnel_options``
+against it before anything starts. A complete tunnel backend::
+
+    import dataclasses
+    import taskapp
+    from taskapp.core.backends import Tunnel, TunnelBackend, TunnelContext
+
+    class EchoTunnel(TunnelBackend):
+        name = "echo"
+
+        @dataclasses.dataclass(frozen=True)
+        class Options:
+            prefix: str = "http://"
+
+        def open(self, ctx: TunnelContext) -> Tunnel:
+            return Tunnel(url=f"{self.options.prefix}127.0.0.1:{ctx.port}")
+
+    @taskapp.hookimpl
+    def register_tunnels(register):
+        register(EchoTunnel)
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from taskapp.core.options import NoOptions
+
+__all__ = [
+    "AppTarget",
+    "LoadedApp",
+    "ServerContext",
+    "ServerRunner",
+    "Tunnel",
+    "TunnelBackend",
+    "TunnelContext",
+]
+
+TargetKind = Literal["app", "config", "config_factory", "path", "import_string"]
+
+# Any ASGI 3 application. Kept as Any to avoid importing starlette on the discovery path.
+ASGIApp = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class AppTarget:
+    """What the user asked to serve, before any loader looked at it.
+
+    ``kind`` says which constructor argument it came from: ``app`` (an ASGI object),
+    ``config`` (a TaskAppConfig), ``config_factory`` (a callable), ``path`` (a ``.py``
+    file) or ``import_string`` (``"package.module:attr"``). ``api_key`` is the key the
+    instance will present; a loader that builds the app from a TaskAppConfig gives the app
+    that key through its own configuration.
+    """
+
+    kind: TargetKind
+    value: Any
+    api_key: str
+
+    def describe(self) -> str:
+        if self.kind in ("path", "import_string"):
+            return f"{self.kind} {str(self.value)!r}"
+        name = getattr(self.value, "__qualname__", None) or type(self.value).__name__
+        return f"{self.kind} {name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedApp:
+    """An ASGI app ready to serve, plus how another process could load it again.
+
+    ``target`` is a string ``taskapp serve`` accepts (a ``.py`` path or
+    ``"module:attr"``) that reproduces the same app in a fresh interpreter, or None when
+    the app exists only in this process (a runner that needs a child process then explains
+    what to pass instead). ``loader`` names the loader that produced it.
+    """
+
+    app: ASGIApp
+    target: str | None
+    loader: str
+    config: Any = None  # the TaskAppConfig, when the app was built from one
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerContext:
+    """What a server runner gets from the lifecycle.
+
+    ``sock`` is already bound and listening; the runner serves on it (or passes it to a
+    child) and never binds a port itself.
+    """
+
+    loaded: LoadedApp
+    sock: socket.socket
+    host: str
+    port: int
+    api_key: str
+    start_timeout: float
+    logger: logging.Logger
+
+
+class ServerRunner(abc.ABC):
+    """Serves a loaded app on a pre-bound socket.
+
+    Lifecycle: ``start(ctx)`` returns once the server runs (or raises
+    :class:`~taskapp.core.errors.ServerStartError` with the cause chained); the lifecycle
+    then polls ``/health`` and calls :meth:`check_alive` between polls, so a server that
+    dies while starting fails at once. ``stop()`` must be idempotent, bounded in time and
+    leave the port free.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Any]] = NoOptions
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    @abc.abstractmethod
+    def start(self, ctx: ServerContext) -> None:
+        """Start serving ``ctx.loaded.app`` on ``ctx.sock``."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop serving. Idempotent; safe to call after a failed ``start``."""
+
+    def check_alive(self) -> None:  # noqa: B027 - optional override
+        """Raise ServerStartError when the server has died. Called between health polls."""
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """Process ids of child processes serving the app (empty for in-process runners)."""
+        return ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Tunnel:
+    """What an opened tunnel tells the lifecycle.
+
+    ``url`` is the public base URL (no trailing slash). ``stable`` is False for URLs that
+    change on reconnect (quick tunnels). ``headers`` are extra headers every client must
+    send through this URL (e.g. a proxy's auth header). ``worker_token`` is a per-tunnel
+    credential a remote job presents (exposed as ``task_app_worker_token``).
+    """
+
+    url: str
+    stable: bool = True
+    expires_at: float | None = None
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    pids: tuple[int, ...] = ()
+    worker_token: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TunnelContext:
+    """What a tunnel backend gets from the lifecycle.
+
+    ``local_url`` is where the server listens (``http://127.0.0.1:PORT`` even when bound
+    to 0.0.0.0). Call ``url_changed(new_tunnel)`` when a supervised tunnel reconnects with
+    a new URL; the lifecycle then updates ``task_app.url`` and fires the ``url_changed``
+    hook and the ``on_url_change`` callback.
+    """
+
+    local_url: str
+    host: str
+    port: int
+    api_key: str
+    force_new: bool
+    start_timeout: float
+    logger: logging.Logger
+    url_changed: Callable[[Tunnel], None]
+    state_dir: Path | None = None
+
+
+class TunnelBackend(abc.ABC):
+    """Gives the local server a public URL.
+
+    ``open(ctx)`` returns a :class:`Tunnel` once the URL is usable (or raises a
+    :class:`~taskapp.core.errors.TunnelError` subclass carrying the log tail);
+    ``close()`` is idempotent and leaves no process behind. Unless the user passes
+    ``skip_tunnel_verification=True`` the lifecycle then calls :meth:`verify`.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Any]] = NoOptions
+    #: Top-level InProcessTaskApp arguments this backend consumes, mapped to its option
+    #: names (the preconfigured backend maps ``preconfigured_url`` to ``url``). Values the
+    #: user passed there are merged into the options; ``tunnel_options`` wins on conflict.
+    argument_options: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    @abc.abstractmethod
+    def open(self, ctx: TunnelContext) -> Tunnel:
+        """Open the tunnel and return its public URL."""
+
+    def close(self) -> None:  # noqa: B027 - optional override, nothing to release by default
+        """Close the tunnel. Idempotent."""
+
+    def verify(self, tunnel: Tunnel, ctx: TunnelContext, timeout: float) -> None:
+        """Check that ``tunnel.url`` serves ``/health`` with the API key.
+
+        The default polls with backoff through :func:`taskapp.core.health.wait_healthy`.
+        Backends override it to add their own transport (for example a resolver).
+        """
+        from taskapp.core.health import wait_healthy
+
+        wait_healthy(
+            tunnel.url,
+            api_key=ctx.api_key,
+            headers=tunnel.headers,
+            timeout=timeout,
+            what=f"the public URL of tunnel {self.name!r}",
+            error=_verification_error(self.name),
+        )
+
+
+def _verification_error(backend: str) -> Callable[[str], Exception]:
+    from taskapp.core.errors import TunnelVerificationError
+
+    def make(message: str) -> Exception:
+        return TunnelVerificationError(message, backend=backend)
+
+    return make

@@ -1,0 +1,361 @@
+"""The task-app HTTP contract: payload models and :func:`create_task_app`.
+
+Routes (see docs/contract.md)::
+
+    GET|HEAD /       no auth   {"status": "ok", "service": app_id}
+    GET /health      auth      {"healthy": true}
+    GET /info        auth      service, base task info, dataset info
+    GET /task_info   auth      no seed: {"taskset": ...}; ?seed=N (repeatable): TaskInfo(s)
+    POST /rollout    auth      RolloutResponse
+
+Auth accepts ``X-API-Key``, any comma-separated entry of ``X-API-Keys`` or
+``Authorization: Bearer <key>``, compared in constant time with every configured key.
+Every error uses one envelope: ``{"detail": {"error": {"code": ..., "message": ...}}}``
+and never contains key material.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from taskapp.core.config import TaskAppConfig
+from taskapp.core.logs import get_logger
+from taskapp.core.secrets import constant_time_in, register_secret
+
+__all__ = [
+    "DatasetInfo",
+    "EnvSpec",
+    "PolicySpec",
+    "RolloutMetrics",
+    "RolloutRequest",
+    "RolloutResponse",
+    "SafetySpec",
+    "TaskAppAuth",
+    "TaskInfo",
+    "create_task_app",
+    "error_body",
+]
+
+logger = get_logger("taskapp.app")
+
+
+class _Open(BaseModel):
+    """Unknown fields are kept and passed through."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class EnvSpec(_Open):
+    env_name: str | None = None
+    seed: int | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class PolicySpec(_Open):
+    policy_name: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class SafetySpec(_Open):
+    max_time_s: float = 3600.0
+
+
+class RolloutRequest(_Open):
+    run_id: str
+    env: EnvSpec = Field(default_factory=EnvSpec)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    mode: Literal["eval", "rl"] = "eval"
+    trace_correlation_id: str | None = None
+    safety: SafetySpec = Field(default_factory=SafetySpec)
+
+
+class RolloutMetrics(_Open):
+    outcome_score: float
+    mean_return: float | None = None
+    num_steps: int | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class RolloutResponse(_Open):
+    run_id: str
+    metrics: RolloutMetrics
+    trajectories: list[Any] | None = None
+    trace: dict[str, Any] | None = None
+    success_status: Literal["success", "timeout", "runtime_error", "failure"] | None = None
+    trace_correlation_id: str | None = None
+
+
+class TaskDescriptor(_Open):
+    id: str
+    name: str
+    description: str | None = None
+    version: str | None = None
+
+
+class DatasetInfo(_Open):
+    id: str | None = None
+    name: str | None = None
+    split: str | None = None
+
+
+class InferenceInfo(_Open):
+    model: str | None = None
+    inference_url: str | None = None
+
+
+class LimitsInfo(_Open):
+    max_turns: int | None = None
+    timeout_seconds: float | None = None
+
+
+class TaskInfo(_Open):
+    task: TaskDescriptor
+    environment: str | None = None
+    dataset: DatasetInfo = Field(default_factory=DatasetInfo)
+    inference: InferenceInfo = Field(default_factory=InferenceInfo)
+    limits: LimitsInfo = Field(default_factory=LimitsInfo)
+    task_metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The one error envelope of the contract."""
+    return {"detail": {"error": {"code": code, "message": message, **extra}}}
+
+
+class TaskAppAuth:
+    """The keys a task app accepts. Lives on ``app.state.taskapp_auth``.
+
+    The host (InProcessTaskApp) adds its instance key with :meth:`add_key`, so the key
+    reaches the app through its own configuration rather than ``os.environ``.
+    """
+
+    def __init__(self, keys: Iterable[str], *, required: bool) -> None:
+        self.keys: list[str] = []
+        self.required = required
+        for key in keys:
+            self.add_key(key)
+
+    def add_key(self, key: str) -> None:
+        if key and key not in self.keys:
+            register_secret(key)
+            self.keys.append(key)
+
+    @staticmethod
+    def presented(headers: Any) -> list[str]:
+        found: list[str] = []
+        single = headers.get("x-api-key")
+        if single:
+            found.append(single.strip())
+        many = headers.get("x-api-keys")
+        if many:
+            found.extend(part.strip() for part in many.split(",") if part.strip())
+        authorization = headers.get("authorization")
+        if authorization and authorization[:7].lower() == "bearer ":
+            found.append(authorization[7:].strip())
+        return found
+
+    def check(self, headers: Any) -> tuple[int, dict[str, Any]] | None:
+        """None when the request may pass, else (status, error body)."""
+        if not self.required:
+            return None
+        if not self.keys:
+            return 503, error_body(
+                "missing_api_key",
+                "the task app has no API key configured; set ENVIRONMENT_API_KEY or pass "
+                "api_keys to create_task_app",
+            )
+        presented = self.presented(headers)
+        if not presented:
+            return 401, error_body(
+                "unauthorized",
+                "missing API key: send X-API-Key or Authorization: Bearer",
+            )
+        accepted = False
+        for candidate in presented:
+            accepted |= constant_time_in(candidate, self.keys)
+        if not accepted:
+            return 401, error_body("unauthorized", "invalid API key")
+        return None
+
+
+def _keys_from_env() -> list[str]:
+    keys = []
+    primary = os.environ.get("ENVIRONMENT_API_KEY", "").strip()
+    if primary:
+        keys.append(primary)
+    aliases = os.environ.get("ENVIRONMENT_API_KEY_ALIASES", "")
+    keys.extend(part.strip() for part in aliases.split(",") if part.strip())
+    return keys
+
+
+async def call_user(func: Callable[..., Any], *args: Any) -> Any:
+    """Call a user callable: await it if async, run it in a worker thread if sync."""
+    if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    ):
+        return await func(*args)
+    from starlette.concurrency import run_in_threadpool
+
+    result = await run_in_threadpool(func, *args)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = None) -> FastAPI:
+    """Build the FastAPI app of ``config``.
+
+    ``api_keys``: the keys to accept; when None, ``ENVIRONMENT_API_KEY`` plus the
+    comma-separated ``ENVIRONMENT_API_KEY_ALIASES`` are read once, here.
+
+    >>> app = create_task_app(config, api_keys=["secret-key"])  # doctest: +SKIP
+    """
+    from contextlib import asynccontextmanager
+
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    keys = list(api_keys) if api_keys is not None else _keys_from_env()
+    auth = TaskAppAuth(keys, required=config.require_api_key)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> Any:
+        for hook in config.startup_hooks:
+            await call_user(hook)
+        try:
+            yield
+        finally:
+            for hook in config.shutdown_hooks:
+                await call_user(hook)
+
+    app = FastAPI(
+        title=config.name,
+        description=config.description,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.taskapp_auth = auth
+    app.state.taskapp_config = config
+    for key, value in config.app_state.items():
+        setattr(app.state, key, value)
+
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    for middleware in config.middleware:
+        if isinstance(middleware, tuple):
+            cls, kwargs = middleware
+            app.add_middleware(cls, **kwargs)
+        else:
+            app.add_middleware(middleware)
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        if request.url.path != "/" and request.method != "OPTIONS":
+            denied = auth.check(request.headers)
+            if denied is not None:
+                status, body = denied
+                return JSONResponse(body, status_code=status)
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_request: Request, exc: RequestValidationError) -> Any:
+        errors = [
+            {key: value for key, value in error.items() if key in ("loc", "msg", "type")}
+            for error in exc.errors()
+        ]
+        return JSONResponse(
+            error_body("invalid_request", "the request body or query is invalid", errors=errors),
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_request: Request, exc: StarletteHTTPException) -> Any:
+        detail = exc.detail
+        if isinstance(detail, dict) and "error" in detail:
+            return JSONResponse({"detail": detail}, status_code=exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(detail)), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_error(_request: Request, exc: Exception) -> Any:
+        request_id = uuid.uuid4().hex[:16]
+        logger.error("unhandled error in task app (request %s)", request_id, exc_info=exc)
+        return JSONResponse(
+            error_body(
+                "internal_error",
+                f"the task app raised {type(exc).__name__}; see its log for request {request_id}",
+                request_id=request_id,
+            ),
+            status_code=500,
+        )
+
+    @app.api_route("/", methods=["GET", "HEAD"])
+    async def root() -> dict[str, Any]:
+        return {"status": "ok", "service": config.app_id}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"healthy": True}
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        dataset = await call_user(config.describe_taskset)
+        return {
+            "service": {
+                "app_id": config.app_id,
+                "name": config.name,
+                "description": config.description,
+            },
+            "task_info": _dump(config.base_task_info),
+            "dataset": _dump(dataset),
+        }
+
+    @app.get("/task_info")
+    async def task_info(seed: list[int] | None = Query(default=None)) -> Any:  # noqa: B008
+        if not seed:
+            return {"taskset": _dump(await call_user(config.describe_taskset))}
+        instances = await call_user(config.provide_task_instances, list(seed))
+        dumped = [_dump(item) for item in instances]
+        return dumped[0] if len(dumped) == 1 else dumped
+
+    @app.post("/rollout")
+    async def rollout(body: RolloutRequest, request: Request) -> Any:
+        result = await call_user(config.rollout, body, request)
+        if isinstance(result, RolloutResponse):
+            return result.model_dump(exclude_none=True)
+        return RolloutResponse.model_validate(result).model_dump(exclude_none=True)
+
+    for router in config.routers:
+        app.include_router(router)
+    return app
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_none=True)
+    if isinstance(value, list):
+        return [_dump(item) for item in value]
+    return value
+
+
+def is_task_app(app: Any) -> bool:
+    """True when ``app`` was built by :func:`create_task_app`."""
+    state = getattr(app, "state", None)
+    return isinstance(getattr(state, "taskapp_auth", None), TaskAppAuth)

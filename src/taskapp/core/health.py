@@ -1,0 +1,165 @@
+"""Readiness polling, shared by the lifecycle, every server runner and every tunnel.
+
+:func:`wait_healthy` polls ``GET {url}/health`` with the API key until it answers 200,
+with a short exponential backoff (no fixed sleeps). 401/403 fails at once (the key was
+rejected), a dead server fails at once (the ``alive`` callback raises), anything else is
+retried until the deadline, then reported with the last status or error.
+
+Loopback URLs are probed with :mod:`http.client` (no proxy, no TLS context: about a
+millisecond); other URLs with one httpx client per wait, which honours the environment's
+proxy settings and verifies TLS.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from taskapp.core.errors import ApiKeyRejectedError, HealthCheckError
+from taskapp.core.logs import get_logger
+from taskapp.core.secrets import fingerprint
+
+__all__ = ["Backoff", "auth_headers", "is_loopback_url", "probe", "wait_healthy"]
+
+logger = get_logger("taskapp.health")
+
+
+class Backoff:
+    """Delays for polling: ``first`` doubling up to ``maximum``, never past ``deadline``.
+
+    >>> b = Backoff(first=0.005, maximum=0.25)
+    >>> [round(b.next_delay(), 3) for _ in range(4)]
+    [0.005, 0.01, 0.02, 0.04]
+    """
+
+    def __init__(
+        self, *, first: float = 0.005, maximum: float = 0.25, deadline: float | None = None
+    ) -> None:
+        self._delay = first
+        self._maximum = maximum
+        self.deadline = deadline
+
+    def next_delay(self) -> float:
+        delay = self._delay
+        self._delay = min(self._delay * 2, self._maximum)
+        if self.deadline is not None:
+            delay = max(0.0, min(delay, self.deadline - time.monotonic()))
+        return delay
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def sleep(self) -> None:
+        time.sleep(self.next_delay())
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The headers a task app accepts the key in: ``X-API-Key`` and ``Authorization``."""
+    if not api_key:
+        return {}
+    return {"X-API-Key": api_key, "Authorization": f"Bearer {api_key}"}
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def probe(
+    url: str, headers: Mapping[str, str], timeout: float, client: Any = None
+) -> tuple[int, bytes]:
+    """One GET; returns (status, body). Raises OSError / httpx errors on transport failure."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "http" and is_loopback_url(url):
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
+        try:
+            path = parts.path or "/"
+            if parts.query:
+                path += "?" + parts.query
+            conn.request("GET", path, headers=dict(headers))
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+    import httpx
+
+    if client is None:
+        with httpx.Client(timeout=timeout) as own:
+            answer = own.get(url, headers=dict(headers))
+    else:
+        answer = client.get(url, headers=dict(headers), timeout=timeout)
+    return answer.status_code, answer.content
+
+
+def wait_healthy(
+    base_url: str,
+    *,
+    api_key: str | None,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+    alive: Callable[[], None] | None = None,
+    what: str = "the task app",
+    error: Callable[[str], Exception] | None = None,
+    path: str = "/health",
+) -> float:
+    """Poll ``base_url + path`` until it answers 200; return the seconds it took.
+
+    ``alive`` is called before every attempt and should raise when the thing being waited
+    for has died. ``error`` builds the exception raised on timeout (default
+    :class:`HealthCheckError`); a 401/403 always raises :class:`ApiKeyRejectedError`.
+    """
+    url = base_url.rstrip("/") + path
+    all_headers = {**auth_headers(api_key), **(headers or {})}
+    started = time.monotonic()
+    backoff = Backoff(deadline=started + timeout)
+    last = "no attempt made"
+    attempts = 0
+    client: Any = None
+    if not is_loopback_url(url):
+        import httpx
+
+        client = httpx.Client(timeout=min(10.0, max(timeout, 0.5)), follow_redirects=False)
+    try:
+        while True:
+            if alive is not None:
+                alive()
+            attempts += 1
+            remaining = max(0.05, (backoff.deadline or 0) - time.monotonic())
+            try:
+                status, _ = probe(url, all_headers, timeout=min(5.0, remaining), client=client)
+            except Exception as exc:  # transport errors: refused, reset, DNS, TLS, timeout
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if status == 200:
+                    elapsed = time.monotonic() - started
+                    logger.debug("%s healthy at %s after %d attempt(s)", what, url, attempts)
+                    return elapsed
+                if status in (401, 403):
+                    key_note = f"key {fingerprint(api_key)}" if api_key else "no key"
+                    raise ApiKeyRejectedError(
+                        f"{what} rejected the API key at {url} (HTTP {status}, {key_note}). "
+                        "Pass the key the app expects with api_key=..., or build the app "
+                        "from a TaskAppConfig so taskapp can give it the key."
+                    )
+                last = f"HTTP {status}"
+            logger.debug("health check %s: %s (attempt %d)", url, last, attempts)
+            if backoff.expired():
+                break
+            backoff.sleep()
+    finally:
+        if client is not None:
+            client.close()
+    message = (
+        f"{what} did not answer 200 at {url} within {timeout:g}s "
+        f"({attempts} attempt(s); last result: {last})"
+    )
+    raise (error or HealthCheckError)(message)

@@ -1,0 +1,491 @@
+"""``InProcessTaskApp``: run a task app in this process, behind a tunnel, and clean up.
+
+Start, in order (each step registers its undo before the next runs, so a failure at any
+point releases everything already started, in reverse order)::
+
+    load    -> registry.load_app(target)              loader plugins
+    bind    -> ports.bind_listener(host, port)        pre-bound socket, no race
+    serve   -> ServerRunner.start(ctx)                server plugins
+    health  -> health.wait_healthy(local URL)         200 only; 401/403 and dead server fail fast
+    tunnel  -> TunnelBackend.open(ctx)                tunnel plugins
+    verify  -> TunnelBackend.verify(...)              unless skip_tunnel_verification
+    events  -> hook task_app_started, on_start(task_app)
+
+Stop: ``on_stop(task_app)``, hook ``before_shutdown``, close the tunnel, stop the server,
+release the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from taskapp.core import signals
+from taskapp.core.backends import (
+    AppTarget,
+    LoadedApp,
+    ServerContext,
+    ServerRunner,
+    Tunnel,
+    TunnelBackend,
+    TunnelContext,
+)
+from taskapp.core.errors import ConfigurationError, TaskAppFileNotFoundError
+from taskapp.core.health import wait_healthy
+from taskapp.core.logs import get_logger
+from taskapp.core.options import parse_options
+from taskapp.core.ports import bind_listener, url_host
+from taskapp.core.secrets import fingerprint, generate_key, register_secret
+
+__all__ = ["MODE_ALIASES", "InProcessTaskApp"]
+
+logger = get_logger("taskapp")
+
+#: Seed tunnel modes that name a backend differently.
+MODE_ALIASES: Mapping[str, str] = {
+    "quick": "cloudflare-quick",
+    "named": "cloudflare-named",
+    "synthtunnel": "relay",
+}
+
+ALLOWED_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
+
+Callback = Callable[["InProcessTaskApp"], Any]
+
+
+class InProcessTaskApp:
+    """Run a task app inside this process and give it a URL.
+
+    Pass exactly one of ``app`` (an ASGI app, or a ``"module:attr"`` import string),
+    ``config`` (a :class:`~taskapp.TaskAppConfig`), ``config_factory`` (a callable
+    returning either) or ``task_app_path`` (a ``.py`` file)::
+
+        async with InProcessTaskApp(config=build_config(), port=8114) as task_app:
+            print(task_app.url)        # http://127.0.0.1:8114
+            ...                        # hand task_app.url and task_app.api_key to a job
+
+        with InProcessTaskApp(task_app_path="my_app.py") as task_app:  # from plain scripts
+            ...
+
+    Differences from synth-ai's class of the same name: ``tunnel_mode`` defaults to
+    ``"local"`` (nothing is exposed unless asked), ``server`` picks the server runner, and
+    ``server_options``/``tunnel_options`` carry backend settings.
+    """
+
+    def __init__(
+        self,
+        *,
+        app: Any = None,
+        config: Any = None,
+        config_factory: Callable[[], Any] | None = None,
+        task_app_path: str | os.PathLike[str] | None = None,
+        port: int = 8114,
+        host: str = "127.0.0.1",
+        tunnel_mode: str = "local",
+        tunnel_backend: str | None = None,
+        preconfigured_url: str | None = None,
+        preconfigured_auth_header: str | None = None,
+        preconfigured_auth_token: str | None = None,
+        api_key: str | None = None,
+        health_check_timeout: float = 30.0,
+        auto_find_port: bool = True,
+        skip_tunnel_verification: bool = True,
+        force_new_tunnel: bool = False,
+        on_start: Callback | None = None,
+        on_stop: Callback | None = None,
+        on_url_change: Callback | None = None,
+        server: str = "thread",
+        server_options: Mapping[str, Any] | None = None,
+        tunnel_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        # 1. inputs: exactly one
+        given = {
+            name: value
+            for name, value in (
+                ("app", app),
+                ("config", config),
+                ("config_factory", config_factory),
+                ("task_app_path", task_app_path),
+            )
+            if value is not None
+        }
+        if len(given) != 1:
+            which = ", ".join(given) if given else "none"
+            raise ConfigurationError(
+                "pass exactly one of app=, config=, config_factory= or task_app_path= "
+                f"(got {which})"
+            )
+        # 2. port
+        if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535:
+            raise ConfigurationError(f"port must be an integer in [1024, 65535], got {port!r}")
+        # 3. host
+        if host not in ALLOWED_HOSTS:
+            raise ConfigurationError(
+                f"host must be one of {', '.join(ALLOWED_HOSTS)}, got {host!r}"
+            )
+        if not isinstance(health_check_timeout, int | float) or health_check_timeout <= 0:
+            raise ConfigurationError(
+                f"health_check_timeout must be a positive number, got {health_check_timeout!r}"
+            )
+        # 4. tunnel mode / backend (names resolved against the plugin registry below)
+        if not isinstance(tunnel_mode, str) or not tunnel_mode:
+            raise ConfigurationError(f"tunnel_mode must be a non-empty string, got {tunnel_mode!r}")
+        if tunnel_backend is not None and (
+            not isinstance(tunnel_backend, str) or not tunnel_backend
+        ):
+            raise ConfigurationError(
+                f"tunnel_backend must be a non-empty string, got {tunnel_backend!r}"
+            )
+        # 5./6. path exists and is a .py file
+        target: AppTarget
+        key = api_key if api_key is not None else os.environ.get("ENVIRONMENT_API_KEY") or None
+        if api_key is not None and (not isinstance(api_key, str) or not api_key):
+            raise ConfigurationError("api_key must be a non-empty string")
+        self.api_key: str = key or generate_key()
+        register_secret(self.api_key)
+        if task_app_path is not None:
+            path = Path(task_app_path).expanduser()
+            if not path.exists():
+                raise TaskAppFileNotFoundError(f"task_app_path {str(path)!r} does not exist")
+            if path.suffix != ".py" or not path.is_file():
+                raise ConfigurationError(f"task_app_path must be a .py file, got {str(path)!r}")
+            target = AppTarget(kind="path", value=path.resolve(), api_key=self.api_key)
+        elif app is not None:
+            kind: Literal["app", "import_string"] = (
+                "import_string" if isinstance(app, str) else "app"
+            )
+            target = AppTarget(kind=kind, value=app, api_key=self.api_key)
+        elif config is not None:
+            target = AppTarget(kind="config", value=config, api_key=self.api_key)
+        else:
+            target = AppTarget(kind="config_factory", value=config_factory, api_key=self.api_key)
+        for name, callback in (
+            ("on_start", on_start),
+            ("on_stop", on_stop),
+            ("on_url_change", on_url_change),
+        ):
+            if callback is not None and not callable(callback):
+                raise ConfigurationError(f"{name} must be callable, got {type(callback).__name__}")
+
+        from taskapp.core.plugins import get_registry
+
+        self._registry = get_registry()
+        self.tunnel_mode = tunnel_mode
+        backend_name = tunnel_backend or MODE_ALIASES.get(tunnel_mode, tunnel_mode)
+        self._tunnel_cls = self._registry.tunnel(backend_name)
+        self._server_cls = self._registry.server(server)
+        self._server_options = parse_options(
+            self._server_cls.Options, server_options, owner=f"server {server!r}"
+        )
+        arguments = {
+            "preconfigured_url": preconfigured_url,
+            "preconfigured_auth_header": preconfigured_auth_header,
+            "preconfigured_auth_token": preconfigured_auth_token,
+        }
+        self._tunnel_options = parse_options(
+            self._tunnel_cls.Options,
+            _merge_argument_options(self._tunnel_cls, arguments, tunnel_options),
+            owner=f"tunnel {backend_name!r}",
+        )
+
+        self._target = target
+        self.host = host
+        self.port = port
+        self.requested_port = port
+        self.url: str | None = None
+        self.task_app_worker_token: str | None = None
+        self.server_name = server
+        self.tunnel_backend = backend_name
+        self.health_check_timeout = float(health_check_timeout)
+        self.auto_find_port = auto_find_port
+        self.skip_tunnel_verification = skip_tunnel_verification
+        self.force_new_tunnel = force_new_tunnel
+        self.on_start = on_start
+        self.on_stop = on_stop
+        self.on_url_change = on_url_change
+
+        self.loaded: LoadedApp | None = None
+        self.server: ServerRunner | None = None
+        self.tunnel: Tunnel | None = None
+        self._tunnel_backend: TunnelBackend | None = None
+        self._cleanups: list[tuple[str, Callable[[], None]]] = []
+        self._lock = threading.RLock()
+        self._running = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- public ------------------------------------------------------------------------
+
+    @property
+    def local_url(self) -> str:
+        """Where the server listens, reachable from this machine."""
+        return f"http://{url_host(self.host)}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def start(self) -> InProcessTaskApp:
+        """Start everything (what ``with`` does). Prefer the context managers."""
+        signals.activate(self)
+        try:
+            self._start()
+        except BaseException:
+            signals.deactivate(self)
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop everything (what leaving ``with`` does). Idempotent."""
+        try:
+            self._stop()
+        finally:
+            signals.deactivate(self)
+
+    def __enter__(self) -> InProcessTaskApp:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self.start()
+        raise RuntimeError(
+            "InProcessTaskApp: `with` blocks the running event loop; use `async with "
+            "InProcessTaskApp(...)` inside async code"
+        )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> InProcessTaskApp:
+        self._loop = asyncio.get_running_loop()
+        signals.activate(self)
+        future = self._loop.run_in_executor(None, self._start)
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The start goes on in its thread; wait for it, then undo it.
+            with contextlib.suppress(BaseException):  # its own cleanup already ran
+                await future
+            await asyncio.to_thread(self._stop)
+            signals.deactivate(self)
+            raise
+        except BaseException:
+            signals.deactivate(self)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await asyncio.to_thread(self._stop)
+        finally:
+            signals.deactivate(self)
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return (
+            f"<InProcessTaskApp {state} url={self.url!r} server={self.server_name!r} "
+            f"tunnel={self.tunnel_backend!r} key={fingerprint(self.api_key)}>"
+        )
+
+    # -- start / stop ------------------------------------------------------------------
+
+    def _push(self, label: str, undo: Callable[[], None]) -> None:
+        self._cleanups.append((label, undo))
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._running:
+                raise RuntimeError("this InProcessTaskApp is already running")
+            self._cleanups = []
+            started = time.perf_counter()
+            deadline = time.monotonic() + self.health_check_timeout
+            try:
+                self._start_steps(deadline)
+            except BaseException:
+                self._teardown()
+                raise
+            self._running = True
+        logger.info(
+            "task app ready at %s (server=%s, tunnel=%s, key %s, %.0f ms)",
+            self.url,
+            self.server_name,
+            self.tunnel_backend,
+            fingerprint(self.api_key),
+            (time.perf_counter() - started) * 1000,
+        )
+        self._registry.notify("task_app_started", task_app=self)
+        self._callback("on_start", self.on_start)
+
+    def _start_steps(self, deadline: float) -> None:
+        registry = self._registry
+        loaded = registry.load_app(self._target)
+        self.loaded = loaded
+        logger.debug("loaded %s with loader %r", self._target.describe(), loaded.loader)
+        registry.notify("app_loaded", task_app=self, loaded=loaded)
+
+        sock = bind_listener(self.host, self.requested_port, auto_find_port=self.auto_find_port)
+        self._push("socket", sock.close)
+        self.port = sock.getsockname()[1]
+        logger.debug("bound %s:%d", self.host, self.port)
+
+        runner = self._server_cls(self._server_options)
+        self.server = runner
+        self._push(f"server {self.server_name!r}", runner.stop)
+        runner.start(
+            ServerContext(
+                loaded=loaded,
+                sock=sock,
+                host=self.host,
+                port=self.port,
+                api_key=self.api_key,
+                start_timeout=_remaining(deadline),
+                logger=get_logger(f"taskapp.server.{self.server_name}"),
+            )
+        )
+        wait_healthy(
+            self.local_url,
+            api_key=self.api_key,
+            timeout=_remaining(deadline),
+            alive=runner.check_alive,
+        )
+        registry.notify("server_started", task_app=self, server=runner)
+
+        backend = self._tunnel_cls(self._tunnel_options)
+        self._tunnel_backend = backend
+        self._push(f"tunnel {self.tunnel_backend!r}", backend.close)
+        ctx = TunnelContext(
+            local_url=self.local_url,
+            host=self.host,
+            port=self.port,
+            api_key=self.api_key,
+            force_new=self.force_new_tunnel,
+            start_timeout=self.health_check_timeout,
+            logger=get_logger(f"taskapp.tunnel.{self.tunnel_backend}"),
+            url_changed=self._tunnel_url_changed,
+        )
+        tunnel = backend.open(ctx)
+        if not self.skip_tunnel_verification:
+            backend.verify(tunnel, ctx, self.health_check_timeout)
+        self.tunnel = tunnel
+        self.url = tunnel.url
+        self.task_app_worker_token = tunnel.worker_token
+        registry.notify("tunnel_opened", task_app=self, tunnel=tunnel)
+
+    def _stop(self) -> None:
+        with self._lock:
+            if not self._running:
+                return
+            self._running = False
+        self._callback("on_stop", self.on_stop)
+        self._registry.notify("before_shutdown", task_app=self)
+        self._teardown()
+        logger.info("task app stopped (%s)", self.url)
+
+    def stop_for_signal(self, signum: int) -> None:
+        """Called by the signal handler: the same cleanup as leaving the context."""
+        self._stop()
+
+    def _teardown(self) -> None:
+        with self._lock:
+            cleanups, self._cleanups = self._cleanups, []
+        for label, undo in reversed(cleanups):
+            try:
+                undo()
+            except Exception:
+                logger.warning("stopping %s failed", label, exc_info=True)
+
+    # -- events ------------------------------------------------------------------------
+
+    def _tunnel_url_changed(self, tunnel: Tunnel) -> None:
+        old = self.url
+        self.tunnel = tunnel
+        self.url = tunnel.url
+        self.task_app_worker_token = tunnel.worker_token
+        if old == tunnel.url:
+            return
+        logger.info("tunnel URL changed: %s -> %s", old, tunnel.url)
+        self._registry.notify("url_changed", task_app=self, old_url=old or "", new_url=tunnel.url)
+        self._callback("on_url_change", self.on_url_change)
+
+    def _callback(self, name: str, callback: Callback | None) -> None:
+        if callback is None:
+            return
+        try:
+            result = callback(self)
+            if inspect.isawaitable(result):
+                self._await(result)
+        except Exception:
+            logger.warning("%s callback raised; continuing", name, exc_info=True)
+
+    def _await(self, awaitable: Any) -> None:
+        loop = self._loop
+        on_loop_thread = False
+        if loop is not None:
+            try:
+                on_loop_thread = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                on_loop_thread = False
+        if loop is not None and loop.is_running() and not on_loop_thread:
+            asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), loop).result()
+            return
+        # No usable loop (sync mode, or called on the loop's own thread by a signal):
+        # run it to completion on a fresh loop in a helper thread.
+        error: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(_as_coroutine(awaitable))
+            except BaseException as exc:
+                error.append(exc)
+
+        thread = threading.Thread(target=run, name="taskapp-callback")
+        thread.start()
+        thread.join()
+        if error:
+            raise error[0]
+
+
+async def _as_coroutine(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.05, deadline - time.monotonic())
+
+
+def _merge_argument_options(
+    cls: type[TunnelBackend],
+    arguments: Mapping[str, Any],
+    options: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    merged = dict(options or {})
+    for argument, value in arguments.items():
+        if value is None:
+            continue
+        option = cls.argument_options.get(argument)
+        if option is None:
+            raise ConfigurationError(
+                f"{argument}= applies to tunnel_mode='preconfigured', not to tunnel {cls.name!r}"
+            )
+        if option in merged and merged[option] != value:
+            raise ConfigurationError(
+                f"{argument}= and tunnel_options[{option!r}] disagree; pass one of them"
+            )
+        merged[option] = value
+    return merged

@@ -1,0 +1,257 @@
+"""Shared mechanics of the builtin loaders: importing, executing files, building apps.
+
+The loaders in ``taskapp.plugins.loaders`` decide *which* target they accept; the work of
+turning an object into a servable ASGI app lives here once. Also the entry point used by
+child processes (the subprocess server runner) to rebuild an app from a target string.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from taskapp.core.backends import AppTarget, LoadedApp, TargetKind
+from taskapp.core.config import TaskAppConfig
+from taskapp.core.errors import AppLoadError, ConfigurationError
+
+__all__ = [
+    "APP_ATTRIBUTES",
+    "CONFIG_ATTRIBUTES",
+    "FACTORY_ATTRIBUTES",
+    "exec_path",
+    "import_from_string",
+    "import_string_for",
+    "is_asgi_app",
+    "load_target_string",
+    "materialize",
+]
+
+APP_ATTRIBUTES = ("app", "application")
+FACTORY_ATTRIBUTES = ("create_app", "build_app", "make_app", "get_app", "app_factory")
+CONFIG_ATTRIBUTES = ("build_config", "create_config", "get_config", "config", "task_app_config")
+
+
+def is_asgi_app(obj: Any) -> bool:
+    """A callable taking (scope, receive, send): a FastAPI/Starlette app or an ASGI function."""
+    if isinstance(obj, type) or not callable(obj):
+        return False
+    target = obj if inspect.isfunction(obj) or inspect.ismethod(obj) else obj.__call__
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    return len(positional) == 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _is_factory(obj: Any) -> bool:
+    if isinstance(obj, type) or not callable(obj) or is_asgi_app(obj):
+        return False
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return all(
+        p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params
+    )
+
+
+def materialize(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppConfig | None]:
+    """Turn a TaskAppConfig or an ASGI app into (ASGI app, config or None).
+
+    A config becomes an app accepting ``api_key``; an app built by ``create_task_app`` is
+    given ``api_key`` too (through ``app.state.taskapp_auth``, never ``os.environ``).
+    """
+    if isinstance(obj, TaskAppConfig):
+        from taskapp.core.contract import create_task_app
+
+        return create_task_app(obj, api_keys=[api_key]), obj
+    if is_asgi_app(obj):
+        auth = getattr(getattr(obj, "state", None), "taskapp_auth", None)
+        if auth is not None and hasattr(auth, "add_key"):
+            auth.add_key(api_key)
+        config = getattr(getattr(obj, "state", None), "taskapp_config", None)
+        return obj, config if isinstance(config, TaskAppConfig) else None
+    raise AppLoadError(
+        f"{origin} gave {type(obj).__name__}, which is neither an ASGI app (e.g. FastAPI) nor "
+        "a taskapp.TaskAppConfig"
+    )
+
+
+def call_factory(factory: Any, origin: str) -> Any:
+    try:
+        result = factory()
+    except Exception as exc:
+        raise AppLoadError(f"{origin} raised {type(exc).__name__}: {exc}") from exc
+    if inspect.isawaitable(result):
+        raise AppLoadError(f"{origin} is async; app factories must be plain functions")
+    return result
+
+
+def import_string_for(obj: Any) -> str | None:
+    """``"module:attr"`` that imports ``obj`` again in a fresh interpreter, if there is one."""
+    module_name = getattr(obj, "__module__", None)
+    if isinstance(obj, TaskAppConfig) or not isinstance(module_name, str) or is_asgi_app(obj):
+        module_name = None
+    candidates: list[str] = []
+    if module_name:
+        candidates.append(module_name)
+    # Instances (FastAPI apps, configs) have no __module__ of their own: search modules.
+    for name, module in list(sys.modules.items()):
+        if name == "__main__" or name.startswith("taskapp_path_"):
+            continue
+        if module is not None and any(getattr(module, a, None) is obj for a in _public(module)):
+            candidates.append(name)
+    for name in candidates:
+        if name == "__main__":
+            continue
+        found = sys.modules.get(name)
+        if found is None or getattr(found, "__spec__", None) is None:
+            continue
+        for attr in _public(found):
+            if getattr(found, attr, None) is obj:
+                return f"{name}:{attr}"
+    return None
+
+
+def _public(module: ModuleType) -> list[str]:
+    try:
+        return [name for name in vars(module) if not name.startswith("_")]
+    except TypeError:
+        return []
+
+
+def import_from_string(spec: str) -> Any:
+    """Import ``"package.module:attr.sub"``; tell a missing module from a broken one."""
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ConfigurationError(
+            f"import string {spec!r} must look like 'package.module:attribute'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (
+            module_name == exc.name or module_name.startswith(exc.name + ".")
+        ):
+            raise AppLoadError(
+                f"could not import module {module_name!r} from import string {spec!r}: no such "
+                "module on sys.path. Check the spelling, install the package, or pass a .py "
+                "path instead"
+            ) from exc
+        raise AppLoadError(
+            f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    except Exception as exc:
+        raise AppLoadError(
+            f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    obj: Any = module
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AppLoadError(
+                f"module {module_name!r} has no attribute {attr_path!r} (import string {spec!r})"
+            ) from None
+    return obj
+
+
+def exec_path(path: Path) -> ModuleType:
+    """Execute a ``.py`` file as a module with a unique name.
+
+    The file's folder is on ``sys.path`` only while the file runs (so it can import its
+    siblings), then removed. The module stays in ``sys.modules`` under its unique name, so
+    dataclasses and pickling inside it work.
+    """
+    path = path.resolve()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    module_name = f"taskapp_path_{path.stem}_{digest}"
+    existing = sys.modules.get(module_name)
+    if existing is not None:
+        return existing
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise AppLoadError(f"cannot load {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        sys.modules.pop(module_name, None)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        raise AppLoadError(
+            f"executing {path} failed: {type(exc).__name__}: {exc} (traceback above)"
+        ) from exc
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+    return module
+
+
+def app_from_module(
+    module: ModuleType, *, api_key: str, origin: str
+) -> tuple[Any, TaskAppConfig | None]:
+    """Find the app in a module: ``app``, then app factories, then config builders."""
+    for attr in APP_ATTRIBUTES:
+        obj = getattr(module, attr, None)
+        if obj is not None and (is_asgi_app(obj) or isinstance(obj, TaskAppConfig)):
+            return materialize(obj, api_key=api_key, origin=f"{origin}:{attr}")
+    for attr in FACTORY_ATTRIBUTES + CONFIG_ATTRIBUTES:
+        obj = getattr(module, attr, None)
+        if obj is None:
+            continue
+        if isinstance(obj, TaskAppConfig):
+            return materialize(obj, api_key=api_key, origin=f"{origin}:{attr}")
+        if _is_factory(obj):
+            result = call_factory(obj, f"{origin}:{attr}()")
+            return materialize(result, api_key=api_key, origin=f"{origin}:{attr}()")
+    tried = ", ".join(APP_ATTRIBUTES + FACTORY_ATTRIBUTES + CONFIG_ATTRIBUTES)
+    raise AppLoadError(
+        f"found no task app in {origin}: looked for an ASGI app or TaskAppConfig named "
+        f"{', '.join(APP_ATTRIBUTES)}, then zero-argument factories or configs named {tried}. "
+        "Define `app = create_task_app(config)` or `def build_config() -> TaskAppConfig`"
+    )
+
+
+def load_object(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppConfig | None]:
+    """An ASGI app, a TaskAppConfig, or a zero-argument factory of either."""
+    if isinstance(obj, ModuleType):
+        return app_from_module(obj, api_key=api_key, origin=origin)
+    if isinstance(obj, TaskAppConfig) or is_asgi_app(obj):
+        return materialize(obj, api_key=api_key, origin=origin)
+    if _is_factory(obj):
+        return materialize(call_factory(obj, f"{origin}()"), api_key=api_key, origin=f"{origin}()")
+    raise AppLoadError(
+        f"{origin} is a {type(obj).__name__}: expected an ASGI app, a TaskAppConfig, or a "
+        "zero-argument function returning one"
+    )
+
+
+def load_target_string(target: str, *, api_key: str) -> LoadedApp:
+    """Load a target string (``.py`` path or ``module:attr``) through the plugin registry.
+
+    This is what a child process calls to rebuild the app the parent loaded.
+    """
+    from taskapp.core.plugins import get_registry
+
+    kind: TargetKind = "path" if target.endswith(".py") else "import_string"
+    value: Any = Path(target) if kind == "path" else target
+    return get_registry().load_app(AppTarget(kind=kind, value=value, api_key=api_key))

@@ -1,0 +1,394 @@
+"""The plugin registry: builtins and installed plugins, found through pluggy.
+
+Builtins are registered from :data:`DEFAULT_PLUGINS` (module names, so a source checkout
+works without being installed); third-party plugins from the entry-point group
+``taskapp``::
+
+    [project.entry-points.taskapp]
+    mytunnel = "taskapp_mytunnel.plugin"
+
+Each entry point is loaded and validated (``check_pending``) in its own ``try``: a broken
+plugin is recorded as a :class:`PluginFailure` (distribution, version, error) and does not
+stop unrelated work. It becomes fatal when the user selects a name nobody else provides
+(the error names the broken plugins) or with ``TASKAPP_STRICT_PLUGINS=1``.
+
+Environment:
+
+``TASKAPP_LOAD_PLUGINS``     comma list of distributions whose entry points load (empty: none)
+``TASKAPP_DISABLE_PLUGINS``  comma list of plugin names (entry-point names, distributions or
+                             builtin module names) to block
+``TASKAPP_STRICT_PLUGINS``   ``1``: any plugin failure is an error
+``TASKAPP_TRACE_PLUGINS``    ``1``: log every hook call to the ``taskapp.plugins`` debug log
+
+Nothing here runs at ``import taskapp``: :func:`get_registry` builds the registry on first
+use. The builtin modules import neither fastapi nor uvicorn at module level, so listing
+plugins stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import os
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import pluggy
+
+from taskapp.core import hookspecs
+from taskapp.core.backends import AppTarget, LoadedApp, ServerRunner, TunnelBackend
+from taskapp.core.errors import (
+    AppLoadError,
+    PluginConflictError,
+    PluginLoadError,
+    UnknownBackendError,
+)
+from taskapp.core.logs import get_logger
+
+__all__ = [
+    "DEFAULT_PLUGINS",
+    "ENTRY_POINT_GROUP",
+    "PluginFailure",
+    "PluginRegistry",
+    "get_registry",
+    "reset_registry",
+]
+
+logger = get_logger("taskapp.plugins")
+
+ENTRY_POINT_GROUP = "taskapp"
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "taskapp.plugins.loaders.app",
+    "taskapp.plugins.loaders.config",
+    "taskapp.plugins.loaders.factory",
+    "taskapp.plugins.loaders.path",
+    "taskapp.plugins.loaders.import_string",
+    "taskapp.plugins.servers.thread",
+    "taskapp.plugins.tunnels.local",
+    "taskapp.plugins.tunnels.preconfigured",
+)
+
+#: Names users may ask for that no builtin provides yet, with what would provide them.
+KNOWN_ELSEWHERE: Mapping[str, str] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded, validated or registered."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    error: str
+    traceback: str
+
+    def describe(self) -> str:
+        origin = f" ({self.distribution} {self.version})" if self.distribution else ""
+        return f"{self.name}{origin}: {self.error}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Provided:
+    cls: type[Any]
+    plugin: str
+
+
+def _env_list(name: str) -> list[str] | None:
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _short_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class PluginRegistry:
+    """All loaded plugins, and the servers, tunnels and loaders they provide.
+
+    Build one with :func:`get_registry`. The methods are a typed facade over
+    ``pm.hook``: they attribute every exception to the plugin that raised it.
+    """
+
+    def __init__(
+        self,
+        *,
+        builtins: Iterable[str] = DEFAULT_PLUGINS,
+        load_entry_points: bool = True,
+        strict: bool | None = None,
+    ) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.strict = _truthy("TASKAPP_STRICT_PLUGINS") if strict is None else strict
+        self.failures: list[PluginFailure] = []
+        self.distributions: dict[str, tuple[str, str]] = {}  # plugin name -> (dist, version)
+        self.servers: dict[str, _Provided] = {}
+        self.tunnels: dict[str, _Provided] = {}
+        self.conflicts: dict[tuple[str, str], list[str]] = {}
+        self._blocked = set(_env_list("TASKAPP_DISABLE_PLUGINS") or [])
+        self._trace = _truthy("TASKAPP_TRACE_PLUGINS")
+        if self._trace:
+            self.pm.trace.root.setwriter(logger.debug)
+            self.pm.enable_tracing()
+        for module_name in builtins:
+            self._register_builtin(module_name)
+        if load_entry_points:
+            self._load_entry_points()
+        self._collect()
+        if self.strict and (self.failures or self.conflicts):
+            problems = [f.describe() for f in self.failures] + [
+                f"{kind} {name!r} registered by {', '.join(owners)}"
+                for (kind, name), owners in self.conflicts.items()
+            ]
+            raise PluginLoadError(
+                "TASKAPP_STRICT_PLUGINS is set and plugins failed: " + "; ".join(problems)
+            )
+
+    # -- loading -----------------------------------------------------------------------
+
+    def _is_blocked(self, *names: str | None) -> bool:
+        return any(n in self._blocked for n in names if n)
+
+    def _register_builtin(self, module_name: str) -> None:
+        if self._is_blocked(module_name, module_name.rsplit(".", 1)[-1]):
+            self.pm.set_blocked(module_name)
+            return
+        module = importlib.import_module(module_name)
+        self.pm.register(module, name=module_name)
+        self.pm.check_pending()
+
+    def _load_entry_points(self) -> None:
+        allowed = _env_list("TASKAPP_LOAD_PLUGINS")
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist_name = ep.dist.name if ep.dist is not None else None
+            version = ep.dist.version if ep.dist is not None else None
+            if allowed is not None and dist_name not in allowed and ep.name not in allowed:
+                continue
+            if self._is_blocked(ep.name, dist_name):
+                self.pm.set_blocked(ep.name)
+                continue
+            if self.pm.has_plugin(ep.name) or self.pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+                self.pm.register(plugin, name=ep.name)
+            except Exception as exc:
+                self._fail(ep.name, dist_name, version, exc)
+                continue
+            try:
+                self.pm.check_pending()
+            except Exception as exc:
+                self.pm.unregister(name=ep.name)
+                self._fail(ep.name, dist_name, version, exc)
+                continue
+            if dist_name is not None and version is not None:
+                self.distributions[ep.name] = (dist_name, version)
+
+    def _fail(self, name: str, dist: str | None, version: str | None, exc: BaseException) -> None:
+        failure = PluginFailure(
+            name=name,
+            distribution=dist,
+            version=version,
+            error=_short_error(exc),
+            traceback="".join(traceback.format_exception(exc)),
+        )
+        self.failures.append(failure)
+        logger.warning("plugin %s failed to load and is skipped", failure.describe())
+
+    def _collect(self) -> None:
+        for hook_name, table, base in (
+            ("register_servers", self.servers, ServerRunner),
+            ("register_tunnels", self.tunnels, TunnelBackend),
+        ):
+            kind = "server" if base is ServerRunner else "tunnel"
+            for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+                plugin = impl.plugin_name
+                register = self._registrar(kind, base, table, plugin)
+                try:
+                    impl.function(**({"register": register} if impl.argnames else {}))
+                except Exception as exc:
+                    dist, version = self.distributions.get(plugin, (None, None))
+                    self._fail(plugin, dist, version, exc)
+
+    def _registrar(
+        self, kind: str, base: type[Any], table: dict[str, _Provided], plugin: str
+    ) -> Callable[[type[Any]], None]:
+        def register(cls: type[Any]) -> None:
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise TypeError(f"register_{kind}s: {cls!r} is not a subclass of {base.__name__}")
+            name = getattr(cls, "name", None)
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"register_{kind}s: {cls.__name__} has no 'name'")
+            if name in table and table[name].plugin != plugin:
+                owners = self.conflicts.setdefault((kind, name), [table[name].plugin])
+                owners.append(plugin)
+                logger.warning(
+                    "%s %r is registered by more than one plugin: %s",
+                    kind,
+                    name,
+                    ", ".join(owners),
+                )
+                return
+            table[name] = _Provided(cls, plugin)
+
+        return register
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def server(self, name: str) -> type[ServerRunner]:
+        """The server runner class registered as ``name``."""
+        return self._lookup("server", name, self.servers, "server=")
+
+    def tunnel(self, name: str) -> type[TunnelBackend]:
+        """The tunnel backend class registered as ``name``."""
+        return self._lookup("tunnel", name, self.tunnels, "tunnel_backend=")
+
+    def _lookup(
+        self, kind: str, name: str, table: Mapping[str, _Provided], argument: str
+    ) -> type[Any]:
+        owners = self.conflicts.get((kind, name))
+        if owners:
+            raise PluginConflictError(
+                f"{kind} {name!r} is registered by more than one plugin: {', '.join(owners)}. "
+                "Uninstall one, or block it with TASKAPP_DISABLE_PLUGINS=<name>."
+            )
+        provided = table.get(name)
+        if provided is not None:
+            return provided.cls
+        available = ", ".join(sorted(table)) or "(none)"
+        parts = [f"unknown {kind} {name!r} ({argument}{name!r}); available: {available}."]
+        hint = KNOWN_ELSEWHERE.get(name)
+        if hint:
+            parts.append(hint)
+        if self.failures:
+            failed = "; ".join(f.describe() for f in self.failures)
+            parts.append(f"These plugins failed to load and may provide it: {failed}.")
+            raise PluginLoadError(" ".join(parts))
+        raise UnknownBackendError(" ".join(parts))
+
+    # -- typed hook facade -------------------------------------------------------------
+
+    def load_app(self, target: AppTarget) -> LoadedApp:
+        """Ask the loaders, third-party first, to load ``target``."""
+        for impl in reversed(self.pm.hook.load_app.get_hookimpls()):
+            try:
+                result = impl.function(**_kwargs(impl.argnames, {"target": target}))
+            except AppLoadError:
+                raise
+            except Exception as exc:
+                raise AppLoadError(
+                    f"loader plugin {impl.plugin_name!r} failed on {target.describe()}: "
+                    f"{_short_error(exc)}"
+                ) from exc
+            if self._trace:
+                logger.debug("load_app: %s -> %r", impl.plugin_name, result)
+            if result is not None:
+                if not isinstance(result, LoadedApp):
+                    raise AppLoadError(
+                        f"loader plugin {impl.plugin_name!r} returned {type(result).__name__}, "
+                        "not a taskapp.core.backends.LoadedApp"
+                    )
+                return result
+        hint = ""
+        if self.failures:
+            hint = " Plugins that failed to load: " + "; ".join(f.describe() for f in self.failures)
+        raise AppLoadError(f"no loader accepts {target.describe()}.{hint}")
+
+    def notify(self, event: str, **kwargs: Any) -> None:
+        """Fire event hook ``event``. A failing plugin is logged at WARNING, not raised."""
+        caller = getattr(self.pm.hook, event)
+        for impl in reversed(caller.get_hookimpls()):
+            try:
+                impl.function(**_kwargs(impl.argnames, kwargs))
+            except Exception:
+                logger.warning(
+                    "plugin %r raised in hook %s; continuing",
+                    impl.plugin_name,
+                    event,
+                    exc_info=True,
+                )
+
+    # -- listing -----------------------------------------------------------------------
+
+    def describe(self, *, include_builtins: bool = False) -> list[dict[str, Any]]:
+        """One dict per plugin: name, version, hooks, what it provides; failures too."""
+        provides: dict[str, dict[str, list[str]]] = {}
+        for kind, table in (("servers", self.servers), ("tunnels", self.tunnels)):
+            for name, provided in table.items():
+                provides.setdefault(provided.plugin, {}).setdefault(kind, []).append(name)
+        rows: list[dict[str, Any]] = []
+        for name, plugin in self.pm.list_name_plugin():
+            builtin = name in DEFAULT_PLUGINS
+            if builtin and not include_builtins:
+                continue
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+            dist, version = self.distributions.get(name, ("taskapp", _own_version()))
+            entry = provides.get(name, {})
+            rows.append(
+                {
+                    "name": name,
+                    "distribution": dist,
+                    "version": version,
+                    "builtin": builtin,
+                    "hooks": hooks,
+                    "servers": sorted(entry.get("servers", [])),
+                    "tunnels": sorted(entry.get("tunnels", [])),
+                    "loader": "load_app" in hooks,
+                    "error": None,
+                }
+            )
+        for failure in self.failures:
+            rows.append(
+                {
+                    "name": failure.name,
+                    "distribution": failure.distribution,
+                    "version": failure.version,
+                    "builtin": False,
+                    "hooks": [],
+                    "servers": [],
+                    "tunnels": [],
+                    "loader": False,
+                    "error": failure.error,
+                }
+            )
+        return rows
+
+
+def _kwargs(argnames: Iterable[str], available: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: available[name] for name in argnames if name in available}
+
+
+def _own_version() -> str:
+    try:
+        return importlib.metadata.version("taskapp")
+    except importlib.metadata.PackageNotFoundError:
+        return "source"
+
+
+_lock = threading.Lock()
+_registry: PluginRegistry | None = None
+
+
+def get_registry() -> PluginRegistry:
+    """The process-wide registry, built on first use (never at ``import taskapp``)."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            _registry = PluginRegistry()
+        return _registry
+
+
+def reset_registry() -> None:
+    """Forget the registry so the next :func:`get_registry` reloads plugins (tests)."""
+    global _registry
+    with _lock:
+        _registry = None

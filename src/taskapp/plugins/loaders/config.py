@@ -1,0 +1,23 @@
+"""Loader for ``config=<TaskAppConfig>``: build the app with ``create_task_app``."""
+
+from __future__ import annotations
+
+from taskapp.core.backends import AppTarget, LoadedApp
+from taskapp.core.config import TaskAppConfig
+from taskapp.core.errors import ConfigurationError
+from taskapp.core.hookspecs import hookimpl
+from taskapp.core.loading import import_string_for, materialize
+
+
+@hookimpl(trylast=True)
+def load_app(target: AppTarget) -> LoadedApp | None:
+    if target.kind != "config":
+        return None
+    if not isinstance(target.value, TaskAppConfig):
+        raise ConfigurationError(
+            f"config= must be a taskapp.TaskAppConfig, got {type(target.value).__name__}"
+        )
+    app, config = materialize(target.value, api_key=target.api_key, origin="config=")
+    return LoadedApp(
+        app=app, target=import_string_for(target.value), loader="config", config=config
+    )

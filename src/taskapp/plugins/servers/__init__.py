@@ -1,0 +1,1 @@
+"""Builtin server runners: ``thread`` (uvicorn in a thread) and ``subprocess``."""

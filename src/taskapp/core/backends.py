@@ -34,6 +34,7 @@ import abc
 import dataclasses
 import logging
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -206,8 +207,20 @@ class TunnelBackend(abc.ABC):
     def open(self, ctx: TunnelContext) -> Tunnel:
         """Open the tunnel and return its public URL."""
 
+    #: True when the lifecycle should supervise this backend: call :meth:`wait_dropped`
+    #: and reopen the tunnel with backoff when it drops (see taskapp.core.supervisor).
+    supervised: ClassVar[bool] = False
+
     def close(self) -> None:  # noqa: B027 - optional override, nothing to release by default
         """Close the tunnel. Idempotent."""
+
+    def wait_dropped(self, stop: threading.Event) -> str | None:
+        """Block until the open tunnel drops (return why) or ``stop`` is set (return None).
+
+        Only called when ``supervised`` is True. The default never reports a drop.
+        """
+        stop.wait()
+        return None
 
     def verify(self, tunnel: Tunnel, ctx: TunnelContext, timeout: float) -> None:
         """Check that ``tunnel.url`` serves ``/health`` with the API key.

@@ -44,6 +44,7 @@ from taskapp.core.logs import get_logger
 from taskapp.core.options import parse_options
 from taskapp.core.ports import bind_listener, url_host
 from taskapp.core.secrets import fingerprint, generate_key, register_secret
+from taskapp.core.supervisor import TunnelSupervisor
 
 __all__ = ["MODE_ALIASES", "InProcessTaskApp"]
 
@@ -380,8 +381,20 @@ class InProcessTaskApp:
             url_changed=self._tunnel_url_changed,
         )
         tunnel = backend.open(ctx)
+        verify = None
         if not self.skip_tunnel_verification:
-            backend.verify(tunnel, ctx, self.health_check_timeout)
+
+            def verify(opened: Tunnel) -> None:
+                backend.verify(opened, ctx, self.health_check_timeout)
+
+            verify(tunnel)
+        if backend.supervised:
+            supervisor = TunnelSupervisor(backend, ctx, verify=verify)
+            self._push(
+                "tunnel supervisor",
+                lambda: supervisor.stop(timeout=self.health_check_timeout + 5.0),
+            )
+            supervisor.start()
         self.tunnel = tunnel
         self.url = tunnel.url
         self.task_app_worker_token = tunnel.worker_token

@@ -84,15 +84,28 @@ class LoadedApp:
     """An ASGI app ready to serve, plus how another process could load it again.
 
     ``target`` is a string ``taskapp serve`` accepts (a ``.py`` path or
-    ``"module:attr"``) that reproduces the same app in a fresh interpreter, or None when
-    the app exists only in this process (a runner that needs a child process then explains
-    what to pass instead). ``loader`` names the loader that produced it.
+    ``"module:attr"``) that reproduces the same app in a fresh interpreter. Loaders of
+    in-memory objects leave it None and set ``origin`` (the object the user passed);
+    :meth:`reimport_target` then searches for an import string only when a runner needs
+    one (the search walks ``sys.modules``, too slow to do on every start). ``loader``
+    names the loader that produced it; ``config`` is the TaskAppConfig, if any.
     """
 
     app: ASGIApp
     target: str | None
     loader: str
-    config: Any = None  # the TaskAppConfig, when the app was built from one
+    config: Any = None
+    origin: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    def reimport_target(self) -> str | None:
+        """``target``, or an import string found for ``origin``; None if there is none."""
+        if self.target is not None:
+            return self.target
+        if self.origin is None:
+            return None
+        from taskapp.core.loading import import_string_for
+
+        return import_string_for(self.origin)
 
 
 @dataclasses.dataclass(frozen=True)

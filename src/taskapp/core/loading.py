@@ -100,36 +100,32 @@ def call_factory(factory: Any, origin: str) -> Any:
 
 
 def import_string_for(obj: Any) -> str | None:
-    """``"module:attr"`` that imports ``obj`` again in a fresh interpreter, if there is one."""
-    module_name = getattr(obj, "__module__", None)
-    if isinstance(obj, TaskAppConfig) or not isinstance(module_name, str) or is_asgi_app(obj):
-        module_name = None
+    """``"module:attr"`` that imports ``obj`` again in a fresh interpreter, if there is one.
+
+    Functions and classes name their module; instances (a FastAPI app, a TaskAppConfig)
+    do not, so every imported module's namespace is searched for the very object.
+    """
+    own_module = getattr(obj, "__module__", None)
     candidates: list[str] = []
-    if module_name:
-        candidates.append(module_name)
-    # Instances (FastAPI apps, configs) have no __module__ of their own: search modules.
-    for name, module in list(sys.modules.items()):
-        if name == "__main__" or name.startswith("taskapp_path_"):
-            continue
-        if module is not None and any(getattr(module, a, None) is obj for a in _public(module)):
-            candidates.append(name)
+    if isinstance(own_module, str) and (inspect.isfunction(obj) or isinstance(obj, type)):
+        candidates.append(own_module)
+    else:
+        for name, module in list(sys.modules.items()):
+            namespace = getattr(module, "__dict__", None)
+            if not isinstance(namespace, dict):
+                continue
+            if any(value is obj for value in list(namespace.values())):
+                candidates.append(name)
     for name in candidates:
-        if name == "__main__":
-            continue
+        if name == "__main__" or name.startswith("taskapp_path_"):
+            continue  # not importable under that name by another interpreter
         found = sys.modules.get(name)
         if found is None or getattr(found, "__spec__", None) is None:
             continue
-        for attr in _public(found):
-            if getattr(found, attr, None) is obj:
+        for attr, value in list(vars(found).items()):
+            if value is obj and not attr.startswith("_"):
                 return f"{name}:{attr}"
     return None
-
-
-def _public(module: ModuleType) -> list[str]:
-    try:
-        return [name for name in vars(module) if not name.startswith("_")]
-    except TypeError:
-        return []
 
 
 def import_from_string(spec: str) -> Any:

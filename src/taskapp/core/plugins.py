@@ -44,6 +44,7 @@ from taskapp.core.errors import (
     AppLoadError,
     PluginConflictError,
     PluginLoadError,
+    TaskAppError,
     UnknownBackendError,
 )
 from taskapp.core.logs import get_logger
@@ -282,7 +283,7 @@ class PluginRegistry:
         for impl in reversed(self.pm.hook.load_app.get_hookimpls()):
             try:
                 result = impl.function(**_kwargs(impl.argnames, {"target": target}))
-            except AppLoadError:
+            except TaskAppError:
                 raise
             except Exception as exc:
                 raise AppLoadError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from taskapp.core.backends import AppTarget, LoadedApp
 from taskapp.core.hookspecs import hookimpl
-from taskapp.core.loading import import_string_for, materialize
+from taskapp.core.loading import materialize
 
 
 @hookimpl(trylast=True)
@@ -12,4 +12,4 @@ def load_app(target: AppTarget) -> LoadedApp | None:
     if target.kind != "app":
         return None
     app, config = materialize(target.value, api_key=target.api_key, origin="app=")
-    return LoadedApp(app=app, target=import_string_for(target.value), loader="app", config=config)
+    return LoadedApp(app=app, target=None, origin=target.value, loader="app", config=config)

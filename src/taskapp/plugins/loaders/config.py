@@ -6,7 +6,7 @@ from taskapp.core.backends import AppTarget, LoadedApp
 from taskapp.core.config import TaskAppConfig
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.hookspecs import hookimpl
-from taskapp.core.loading import import_string_for, materialize
+from taskapp.core.loading import materialize
 
 
 @hookimpl(trylast=True)
@@ -18,6 +18,4 @@ def load_app(target: AppTarget) -> LoadedApp | None:
             f"config= must be a taskapp.TaskAppConfig, got {type(target.value).__name__}"
         )
     app, config = materialize(target.value, api_key=target.api_key, origin="config=")
-    return LoadedApp(
-        app=app, target=import_string_for(target.value), loader="config", config=config
-    )
+    return LoadedApp(app=app, target=None, origin=target.value, loader="config", config=config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from taskapp.core.backends import AppTarget, LoadedApp
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.hookspecs import hookimpl
-from taskapp.core.loading import call_factory, import_string_for, materialize
+from taskapp.core.loading import call_factory, materialize
 
 
 @hookimpl(trylast=True)
@@ -18,4 +18,4 @@ def load_app(target: AppTarget) -> LoadedApp | None:
     name = getattr(factory, "__qualname__", "config_factory")
     result = call_factory(factory, f"config_factory {name}()")
     app, config = materialize(result, api_key=target.api_key, origin=f"config_factory {name}()")
-    return LoadedApp(app=app, target=import_string_for(factory), loader="factory", config=config)
+    return LoadedApp(app=app, target=None, origin=factory, loader="factory", config=config)

@@ -1,0 +1,169 @@
+"""Shared test helpers: free ports, leak checks, tiny apps, child-process scripts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for tests that need a known number)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when ``port`` can be bound right now (what 'the port is released' means)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def taskapp_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("taskapp-") and t.is_alive()]
+
+
+def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def assert_released(port: int) -> None:
+    """Nothing of a task app is left: no taskapp thread, the port can be bound again."""
+    assert wait_until(lambda: not [t for t in taskapp_threads() if "uvicorn" in t.name]), (
+        f"threads left: {taskapp_threads()}"
+    )
+    assert port_is_free(port), f"port {port} is still bound"
+
+
+def minimal_app(*, key: str | None = None) -> Any:
+    """A plain FastAPI app with /health that checks X-API-Key when ``key`` is given."""
+    from fastapi import FastAPI, Header, HTTPException
+
+    app = FastAPI()
+
+    @app.get("/health")
+    def health(x_api_key: str | None = Header(default=None)) -> dict[str, bool]:
+        if key is not None and x_api_key != key:
+            raise HTTPException(status_code=401, detail="bad key")
+        return {"healthy": True}
+
+    @app.get("/pid")
+    def pid() -> dict[str, int]:
+        return {"pid": os.getpid()}
+
+    return app
+
+
+def demo_config(**overrides: Any) -> Any:
+    from taskapp import TaskAppConfig
+
+    def describe() -> dict[str, Any]:
+        return {"splits": {"train": 4, "test": 2}}
+
+    def instances(seeds: list[int]) -> list[dict[str, Any]]:
+        return [
+            {"task": {"id": "demo", "name": "Demo"}, "task_metadata": {"seed": s}} for s in seeds
+        ]
+
+    async def rollout(request: Any, http_request: Any) -> dict[str, Any]:
+        seed = request.env.seed or 0
+        return {
+            "run_id": request.run_id,
+            "metrics": {"outcome_score": 1.0 if seed % 2 == 0 else 0.0},
+        }
+
+    fields: dict[str, Any] = {
+        "app_id": "demo",
+        "name": "Demo",
+        "description": "a demo task app",
+        "describe_taskset": describe,
+        "provide_task_instances": instances,
+        "rollout": rollout,
+    }
+    fields.update(overrides)
+    return TaskAppConfig(**fields)
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    """Every test must leave no taskapp server thread behind."""
+    yield
+    leaked = wait_until(lambda: not [t for t in taskapp_threads() if "uvicorn" in t.name], 10)
+    assert leaked, f"taskapp threads leaked: {taskapp_threads()}"
+
+
+def run_script(
+    code: str, *, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter and return the completed process."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def start_script(
+    code: str, tmp_path: Path, *, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    script = tmp_path / "child_script.py"
+    script.write_text(textwrap.dedent(code))
+    return subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def read_line_with(proc: subprocess.Popen[str], prefix: str, timeout: float = 30) -> str:
+    """Read the child's stdout until a line starting with ``prefix``; return the rest."""
+    assert proc.stdout is not None
+    result: list[str] = []
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(prefix):
+                result.append(line[len(prefix) :].strip())
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not result:
+        proc.kill()
+        _, err = proc.communicate(timeout=5)
+        raise AssertionError(f"child never printed {prefix!r}; stderr:\n{err}")
+    return result[0]

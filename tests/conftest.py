@@ -113,10 +113,16 @@ def port() -> int:
 
 @pytest.fixture(autouse=True)
 def _no_leaked_threads() -> Iterator[None]:
-    """Every test must leave no taskapp server thread behind."""
+    """Every test must leave no taskapp server thread behind (module fixtures may keep theirs)."""
+    before = set(taskapp_threads())
+
+    def new_server_threads() -> list[threading.Thread]:
+        return [t for t in taskapp_threads() if "uvicorn" in t.name and t not in before]
+
     yield
-    leaked = wait_until(lambda: not [t for t in taskapp_threads() if "uvicorn" in t.name], 10)
-    assert leaked, f"taskapp threads leaked: {taskapp_threads()}"
+    assert wait_until(lambda: not new_server_threads(), 10), (
+        f"taskapp threads leaked: {new_server_threads()}"
+    )
 
 
 def run_script(

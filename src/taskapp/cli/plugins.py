@@ -31,9 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
     registry = get_registry()
     rows = registry.describe(include_builtins=args.all)
+    status = 1 if any(row["error"] for row in rows) else 0
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
+        return status
     if not rows:
         print("no third-party plugins installed (use --all to list the builtins)")
     for row in rows:
@@ -50,4 +51,4 @@ def run(args: argparse.Namespace) -> int:
         if row["loader"]:
             print("    loader: load_app")
         print(f"    hooks:   {', '.join(row['hooks'])}")
-    return 1 if any(row["error"] for row in rows) else 0
+    return status

@@ -137,9 +137,6 @@ class PluginRegistry:
         self.conflicts: dict[tuple[str, str], list[str]] = {}
         self._blocked = set(_env_list("TASKAPP_DISABLE_PLUGINS") or [])
         self._trace = _truthy("TASKAPP_TRACE_PLUGINS")
-        if self._trace:
-            self.pm.trace.root.setwriter(logger.debug)
-            self.pm.enable_tracing()
         for module_name in builtins:
             self._register_builtin(module_name)
         if load_entry_points:
@@ -194,6 +191,33 @@ class PluginRegistry:
             if dist_name is not None and version is not None:
                 self.distributions[ep.name] = (dist_name, version)
 
+    def register(self, plugin: object, name: str) -> None:
+        """Register a plugin object (a module or any object with ``@hookimpl`` methods) at
+        run time, e.g. from a notebook or a test, without packaging it.
+
+        Its hooks are validated at once (``check_pending``) and the servers and tunnels it
+        registers become available immediately.
+        """
+        self.pm.register(plugin, name=name)
+        try:
+            self.pm.check_pending()
+        except Exception:
+            self.pm.unregister(name=name)
+            raise
+        self._recollect()
+
+    def unregister(self, name: str) -> None:
+        """Remove a plugin registered with :meth:`register` (no-op when unknown)."""
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+            self._recollect()
+
+    def _recollect(self) -> None:
+        self.servers.clear()
+        self.tunnels.clear()
+        self.conflicts.clear()
+        self._collect()
+
     def _fail(self, name: str, dist: str | None, version: str | None, exc: BaseException) -> None:
         failure = PluginFailure(
             name=name,
@@ -215,7 +239,7 @@ class PluginRegistry:
                 plugin = impl.plugin_name
                 register = self._registrar(kind, base, table, plugin)
                 try:
-                    impl.function(**({"register": register} if impl.argnames else {}))
+                    self._call(hook_name, impl, {"register": register})
                 except Exception as exc:
                     dist, version = self.distributions.get(plugin, (None, None))
                     self._fail(plugin, dist, version, exc)
@@ -243,6 +267,15 @@ class PluginRegistry:
 
         return register
 
+    def _call(self, hook: str, impl: Any, available: Mapping[str, Any]) -> Any:
+        """Call one hook implementation with the arguments it asks for (traced on demand)."""
+        if self._trace:
+            logger.debug("hook %s -> plugin %r", hook, impl.plugin_name)
+        result = impl.function(**_kwargs(impl.argnames, available))
+        if self._trace:
+            logger.debug("hook %s <- plugin %r returned %r", hook, impl.plugin_name, result)
+        return result
+
     # -- lookups -----------------------------------------------------------------------
 
     def server(self, name: str) -> type[ServerRunner]:
@@ -259,7 +292,8 @@ class PluginRegistry:
         owners = self.conflicts.get((kind, name))
         if owners:
             raise PluginConflictError(
-                f"{kind} {name!r} is registered by more than one plugin: {', '.join(owners)}. "
+                f"{kind} {name!r} is registered by more than one plugin: "
+                f"{', '.join(sorted(owners))}. "
                 "Uninstall one, or block it with TASKAPP_DISABLE_PLUGINS=<name>."
             )
         provided = table.get(name)
@@ -282,7 +316,7 @@ class PluginRegistry:
         """Ask the loaders, third-party first, to load ``target``."""
         for impl in reversed(self.pm.hook.load_app.get_hookimpls()):
             try:
-                result = impl.function(**_kwargs(impl.argnames, {"target": target}))
+                result = self._call("load_app", impl, {"target": target})
             except TaskAppError:
                 raise
             except Exception as exc:
@@ -290,8 +324,6 @@ class PluginRegistry:
                     f"loader plugin {impl.plugin_name!r} failed on {target.describe()}: "
                     f"{_short_error(exc)}"
                 ) from exc
-            if self._trace:
-                logger.debug("load_app: %s -> %r", impl.plugin_name, result)
             if result is not None:
                 if not isinstance(result, LoadedApp):
                     raise AppLoadError(
@@ -309,7 +341,7 @@ class PluginRegistry:
         caller = getattr(self.pm.hook, event)
         for impl in reversed(caller.get_hookimpls()):
             try:
-                impl.function(**_kwargs(impl.argnames, kwargs))
+                self._call(event, impl, kwargs)
             except Exception:
                 logger.warning(
                     "plugin %r raised in hook %s; continuing",
@@ -328,6 +360,8 @@ class PluginRegistry:
                 provides.setdefault(provided.plugin, {}).setdefault(kind, []).append(name)
         rows: list[dict[str, Any]] = []
         for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:  # blocked with TASKAPP_DISABLE_PLUGINS
+                continue
             builtin = name in DEFAULT_PLUGINS
             if builtin and not include_builtins:
                 continue

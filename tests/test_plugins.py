@@ -1,0 +1,363 @@
+"""Plugins: real third-party distributions built and pip-installed into a temporary venv,
+broken plugins, conflicts, environment switches, and the order hooks fire in."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import taskapp
+from taskapp import InProcessTaskApp, PluginConflictError, PluginLoadError, Tunnel
+from taskapp.core.backends import AppTarget, LoadedApp, TunnelBackend, TunnelContext
+from taskapp.core.plugins import PluginRegistry, get_registry
+from tests.conftest import free_port, minimal_app, wait_until
+
+FIXTURES = Path(__file__).parent / "fixtures" / "plugins"
+DISTRIBUTIONS = (
+    "taskapp-echo-tunnel",
+    "taskapp-broken-plugin",
+    "taskapp-misspelled-hook",
+    "taskapp-echo-clash",
+)
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv that sees this taskapp and has the fixture plugin distributions installed."""
+    root = tmp_path_factory.mktemp("plugin-venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root)], check=True)
+    python = root / "bin" / "python"
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+            *(str(FIXTURES / d) for d in DISTRIBUTIONS),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return python
+
+
+def run_in(
+    python: Path, *args: str, env: dict[str, str] | None = None, code: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [str(python), *(["-c", textwrap.dedent(code)] if code else ["-m", "taskapp", *args])]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKAPP_")}
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, env={**clean, **(env or {})}, check=False
+    )
+
+
+def test_plugins_listing_shows_installed_and_failed(venv: Path) -> None:
+    result = run_in(venv, "plugins", "--json")
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    echo = rows["echo"]
+    assert echo["distribution"] == "taskapp-echo-tunnel"
+    assert echo["version"] == "1.2.3"
+    assert echo["tunnels"] == ["echo"]
+    assert echo["loader"] is True
+    assert "before_shutdown" in echo["hooks"] and "register_tunnels" in echo["hooks"]
+    broken = rows["broken"]
+    assert broken["distribution"] == "taskapp-broken-plugin"
+    assert broken["version"] == "0.0.1"
+    assert "ModuleNotFoundError" in broken["error"]
+    assert "register_tunnel" in rows["misspelled"]["error"]
+    assert result.returncode == 1, "a listing with failed plugins exits 1"
+    assert not any(row["builtin"] for row in rows.values())
+
+
+def test_plugins_listing_text_and_all(venv: Path) -> None:
+    result = run_in(
+        venv, "plugins", "--all", env={"TASKAPP_DISABLE_PLUGINS": "broken,misspelled,clash"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "echo [taskapp-echo-tunnel 1.2.3]" in result.stdout
+    assert "tunnels: echo" in result.stdout
+    assert "taskapp.plugins.servers.thread" in result.stdout
+
+
+RUN_ECHO = """
+import httpx, os
+from taskapp import InProcessTaskApp
+from tests.conftest import minimal_app, free_port
+with InProcessTaskApp(app=minimal_app(), port=free_port(), tunnel_backend="echo",
+                      tunnel_options={"label": "custom"}, skip_tunnel_verification=False) as ta:
+    print("URL", ta.url)
+    print("HEADERS", dict(ta.tunnel.headers))
+    print("STATUS", httpx.get(ta.url + "/health").status_code)
+"""
+
+
+def test_third_party_tunnel_used_despite_broken_plugins(venv: Path, tmp_path: Path) -> None:
+    events = tmp_path / "events.txt"
+    result = run_in(
+        venv,
+        code=f"import sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r})\n" + RUN_ECHO,
+        env={"ECHO_EVENTS_FILE": str(events), "TASKAPP_DISABLE_PLUGINS": "clash"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "STATUS 200" in result.stdout
+    assert "HEADERS {'X-Echo': 'custom'}" in result.stdout
+    assert "failed to load and is skipped" in result.stderr  # reported, not fatal
+    assert events.read_text().splitlines() == [
+        "app_loaded loader=app",
+        "server_started thread",
+        "echo.open label=custom",
+        "tunnel_opened",
+        "task_app_started",
+        "before_shutdown",
+        "echo.close",
+    ]
+
+
+def test_third_party_loader_claims_target_first(venv: Path, tmp_path: Path) -> None:
+    target = tmp_path / "special.echo.py"
+    target.write_text("raise SystemExit('the builtin path loader must not run this file')\n")
+    code = f"""
+import httpx
+from taskapp import InProcessTaskApp
+with InProcessTaskApp(task_app_path={str(target)!r}, port={free_port()}) as ta:
+    print(httpx.get(ta.url + "/health").json())
+"""
+    result = run_in(venv, code=code, env={"TASKAPP_DISABLE_PLUGINS": "clash"})
+    assert result.returncode == 0, result.stderr
+    assert "{'loaded_by': 'echo'}" in result.stdout
+
+
+def test_conflicting_names_name_both_plugins(venv: Path) -> None:
+    code = """
+from taskapp import InProcessTaskApp
+from tests.conftest import minimal_app
+try:
+    InProcessTaskApp(app=minimal_app(), tunnel_backend="echo")
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+    result = run_in(
+        venv, code=f"import sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r})\n" + code
+    )
+    assert "PluginConflictError" in result.stdout
+    assert "echo" in result.stdout and "clash" in result.stdout
+
+
+def test_unknown_name_mentions_failed_plugins(venv: Path) -> None:
+    code = """
+from taskapp import InProcessTaskApp
+try:
+    InProcessTaskApp(app=lambda scope, receive, send: None, tunnel_backend="provided-by-broken")
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+    result = run_in(venv, code=code)
+    assert result.stdout.startswith("PluginLoadError")
+    assert "broken (taskapp-broken-plugin 0.0.1): ModuleNotFoundError" in result.stdout
+
+
+def test_strict_mode_makes_failures_fatal(venv: Path) -> None:
+    code = """
+from taskapp import InProcessTaskApp
+try:
+    InProcessTaskApp(app=lambda scope, receive, send: None)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+    result = run_in(venv, code=code, env={"TASKAPP_STRICT_PLUGINS": "1"})
+    assert result.stdout.startswith("PluginLoadError TASKAPP_STRICT_PLUGINS is set")
+
+
+@pytest.mark.parametrize(
+    ("load", "expected"),
+    [("", set()), ("taskapp-echo-tunnel", {"echo"}), ("taskapp-broken-plugin", {"broken"})],
+)
+def test_load_plugins_restricts_distributions(venv: Path, load: str, expected: set[str]) -> None:
+    result = run_in(venv, "plugins", "--json", env={"TASKAPP_LOAD_PLUGINS": load})
+    assert {row["name"] for row in json.loads(result.stdout)} == expected
+
+
+def test_disable_plugins_by_entry_point_or_distribution(venv: Path) -> None:
+    result = run_in(
+        venv,
+        "plugins",
+        "--json",
+        env={"TASKAPP_DISABLE_PLUGINS": "taskapp-broken-plugin,misspelled,clash"},
+    )
+    assert {row["name"] for row in json.loads(result.stdout)} == {"echo"}
+    assert result.returncode == 0
+
+
+def test_trace_plugins_logs_hook_calls(venv: Path) -> None:
+    code = """
+import logging, sys
+logging.basicConfig(level=logging.DEBUG, stream=sys.stdout)
+from taskapp.core.plugins import get_registry
+get_registry()
+"""
+    result = run_in(
+        venv, code=code, env={"TASKAPP_TRACE_PLUGINS": "1", "TASKAPP_DISABLE_PLUGINS": "clash"}
+    )
+    assert "taskapp.plugins" in result.stdout
+    assert "register_tunnels" in result.stdout
+
+
+# -- in-process plugin registration ----------------------------------------------------
+
+
+class _Recorder:
+    """A plugin object registered at run time."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    @taskapp.hookimpl
+    def url_changed(self, old_url: str, new_url: str) -> None:
+        self.events.append(f"url_changed {old_url} -> {new_url}")
+
+    @taskapp.hookimpl
+    def server_started(self) -> None:
+        raise RuntimeError("observer bug")
+
+
+class FlakyTunnel(TunnelBackend):
+    """A supervised in-process tunnel that drops once, then reopens under a new URL."""
+
+    name = "flaky-test-tunnel"
+    supervised = True
+    opened = 0
+    drop = threading.Event()
+
+    def open(self, ctx: TunnelContext) -> Tunnel:
+        type(self).opened += 1
+        return Tunnel(url=f"{ctx.local_url}/#{type(self).opened}", stable=False)
+
+    def wait_dropped(self, stop: threading.Event) -> str | None:
+        while not stop.is_set():
+            if type(self).drop.wait(0.02):
+                type(self).drop.clear()
+                return "simulated drop"
+        return None
+
+
+@taskapp.hookimpl
+def register_tunnels(register: Any) -> None:
+    register(FlakyTunnel)
+
+
+@pytest.fixture
+def recorder() -> Iterator[_Recorder]:
+    registry = get_registry()
+    plugin = _Recorder()
+    registry.register(plugin, name="test-recorder")
+    registry.register(sys.modules[__name__], name="test-flaky-tunnel")
+    try:
+        yield plugin
+    finally:
+        registry.unregister("test-recorder")
+        registry.unregister("test-flaky-tunnel")
+
+
+def test_url_change_from_supervised_tunnel(
+    recorder: _Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    changes: list[str | None] = []
+    port = free_port()
+    with caplog.at_level(logging.WARNING, logger="taskapp"):
+        with InProcessTaskApp(
+            app=minimal_app(),
+            port=port,
+            tunnel_backend="flaky-test-tunnel",
+            on_url_change=lambda ta: changes.append(ta.url),
+        ) as task_app:
+            first = task_app.url
+            FlakyTunnel.drop.set()
+            assert wait_until(lambda: task_app.url != first, timeout=10)
+            assert httpx.get(f"{task_app.local_url}/health").status_code == 200
+    assert changes == [task_app.url]
+    assert recorder.events == [f"url_changed {first} -> {task_app.url}"]
+    # A failing observer is logged with its plugin name and does not break the run.
+    assert "plugin 'test-recorder' raised in hook server_started" in caplog.text
+
+
+def test_registry_rejects_misspelled_hook_at_register_time() -> None:
+    class Misspelled:
+        @taskapp.hookimpl
+        def tunnel_opend(self) -> None: ...
+
+    registry = PluginRegistry(load_entry_points=False)
+    with pytest.raises(Exception, match="unknown hook 'tunnel_opend'"):
+        registry.register(Misspelled(), name="misspelled")
+    assert not registry.pm.has_plugin("misspelled")
+
+
+def test_registry_rejects_non_backend_classes() -> None:
+    class NotATunnel:
+        name = "x"
+
+    class Bad:
+        @taskapp.hookimpl
+        def register_tunnels(self, register: Any) -> None:
+            register(NotATunnel)
+
+    registry = PluginRegistry(load_entry_points=False)
+    registry.register(Bad(), name="bad")
+    assert "not a subclass of TunnelBackend" in registry.failures[0].error
+    assert "x" not in registry.tunnels
+
+
+def test_loader_returning_wrong_type_is_named() -> None:
+    class WrongLoader:
+        @taskapp.hookimpl(tryfirst=True)
+        def load_app(self, target: AppTarget) -> Any:
+            return "not a LoadedApp"
+
+    registry = PluginRegistry(load_entry_points=False)
+    registry.register(WrongLoader(), name="wrong-loader")
+    with pytest.raises(taskapp.AppLoadError, match="loader plugin 'wrong-loader' returned str"):
+        registry.load_app(AppTarget(kind="app", value=minimal_app(), api_key="k" * 10))
+
+
+def test_loader_crash_is_attributed() -> None:
+    class CrashingLoader:
+        @taskapp.hookimpl(tryfirst=True)
+        def load_app(self, target: AppTarget) -> LoadedApp | None:
+            raise KeyError("boom")
+
+    registry = PluginRegistry(load_entry_points=False)
+    registry.register(CrashingLoader(), name="crashing-loader")
+    with pytest.raises(taskapp.AppLoadError, match="loader plugin 'crashing-loader' failed"):
+        registry.load_app(AppTarget(kind="app", value=minimal_app(), api_key="k" * 10))
+
+
+def test_in_process_conflict() -> None:
+    class One:
+        @taskapp.hookimpl
+        def register_tunnels(self, register: Any) -> None:
+            register(FlakyTunnel)
+
+    registry = PluginRegistry(load_entry_points=False)
+    registry.register(One(), name="one")
+    registry.register(sys.modules[__name__], name="two")
+    with pytest.raises(PluginConflictError, match="registered by more than one plugin: one, two"):
+        registry.tunnel("flaky-test-tunnel")
+
+
+def test_plugins_are_loaded_lazily_and_once() -> None:
+    assert get_registry() is get_registry()
+    assert isinstance(PluginLoadError("x"), RuntimeError)

@@ -21,6 +21,7 @@ import taskapp
 from taskapp import InProcessTaskApp, PluginConflictError, PluginLoadError, Tunnel
 from taskapp.core.backends import AppTarget, LoadedApp, TunnelBackend, TunnelContext
 from taskapp.core.plugins import PluginRegistry, get_registry
+from taskapp.plugins.servers.thread import ThreadServer
 from tests.conftest import free_port, minimal_app, wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures" / "plugins"
@@ -361,3 +362,35 @@ def test_in_process_conflict() -> None:
 def test_plugins_are_loaded_lazily_and_once() -> None:
     assert get_registry() is get_registry()
     assert isinstance(PluginLoadError("x"), RuntimeError)
+
+
+class CountingRunner(ThreadServer):
+    """A third-party server runner: the thread runner, counting its starts."""
+
+    name = "counting-test"
+    starts = 0
+
+    def start(self, ctx: Any) -> None:
+        type(self).starts += 1
+        super().start(ctx)
+
+
+class _RunnerPlugin:
+    @taskapp.hookimpl
+    def register_servers(self, register: Any) -> None:
+        register(CountingRunner)
+
+
+def test_third_party_server_runner() -> None:
+    registry = get_registry()
+    registry.register(_RunnerPlugin(), name="test-counting-runner")
+    try:
+        with InProcessTaskApp(app=minimal_app(), port=free_port(), server="counting-test") as ta:
+            assert httpx.get(f"{ta.url}/health").status_code == 200
+            assert ta.server is not None
+            assert ta.server.name == "counting-test"
+        assert CountingRunner.starts == 1
+    finally:
+        registry.unregister("test-counting-runner")
+    with pytest.raises(taskapp.UnknownBackendError):
+        InProcessTaskApp(app=minimal_app(), server="counting-test")

@@ -411,8 +411,14 @@ class InProcessTaskApp:
         logger.info("task app stopped (%s)", self.url)
 
     def stop_for_signal(self, signum: int) -> None:
-        """Called by the signal handler: the same cleanup as leaving the context."""
-        self._stop()
+        """Called by the signal handler: the same cleanup as leaving the context.
+
+        A start still in progress is undone as far as it got.
+        """
+        if self._running:
+            self._stop()
+        else:
+            self._teardown()
 
     def _teardown(self) -> None:
         with self._lock:

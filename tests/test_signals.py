@@ -173,3 +173,30 @@ def test_python_dash_m_taskapp_works() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.strip() == f"taskapp {taskapp.__version__}"
+
+
+ASYNC_CHILD = """
+import asyncio, sys
+sys.path.insert(0, {repo!r})
+from taskapp import InProcessTaskApp
+from tests.conftest import demo_config
+
+async def main():
+    async with InProcessTaskApp(config=demo_config(), port={port},
+                                on_stop=lambda ta: print("on_stop ran", flush=True)) as ta:
+        print("URL", ta.url, flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_sigint_under_asyncio_run(tmp_path: Path, port: int) -> None:
+    proc = start_script(ASYNC_CHILD.format(repo=REPO, port=port), tmp_path)
+    url = read_line_with(proc, "URL ")
+    _assert_health(url)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert out.count("on_stop ran") == 1
+    assert "KeyboardInterrupt" in err
+    assert port_is_free(port)

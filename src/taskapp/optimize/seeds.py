@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+
 from taskapp.core.errors import ConfigurationError
 
 __all__ = ["SeedLoader", "SeedsLike", "format_seeds", "parse_seeds"]

@@ -1,0 +1,298 @@
+"""``taskapp optimize``: GEPA prompt optimization against a task app, run locally."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EPILOG = """examples:
+  # offline, on the bundled example, with the deterministic stand-in reflection model
+  taskapp optimize support-intents --stand-in --train-seeds 0-99 --val-seeds 100-139 \\
+      --test-seeds 300-399 --budget 400 --out runs/demo
+
+  # any task app (file, module:attr or URL), any OpenAI-compatible reflection model
+  taskapp optimize my_app.py --prompt-file prompt.txt --train-seeds 0-29 --val-seeds 30-79 \\
+      --budget 300 --reflection-model gpt-4.1-mini --reflection-api-key-env OPENAI_API_KEY \\
+      --policy-config '{"model": "llama-3.1-8b", "inference_url": "http://127.0.0.1:8000/v1"}'
+
+  # continue a run (the budget is the total over all runs in --out)
+  taskapp optimize support-intents --stand-in --train-seeds 0-99 --val-seeds 100-139 \\
+      --budget 800 --out runs/demo --resume
+
+writes to --out: result.json, best_prompt.txt, history.jsonl, score_curve.svg (and .png
+with matplotlib), candidate_tree.html, and gepa/ (the checkpoint --resume continues).
+exit status: 0 done, 1 failed, 2 bad input, 3 task app down or rollouts failing,
+4 reflection model failed every time, 130 interrupted (the best so far is saved).
+"""
+
+EXIT_UNAVAILABLE = 3
+EXIT_REFLECTION = 4
+EXIT_INTERRUPTED = 130
+
+
+def add_parser(subparsers: Any) -> None:
+    from taskapp.cli._common import TARGET_HELP, add_key_arguments
+
+    parser = subparsers.add_parser(
+        "optimize",
+        help="optimize a prompt with GEPA against a task app's /rollout, locally",
+        description=(
+            "Run the open-source GEPA optimizer on this machine against a task app's "
+            "POST /rollout: the candidate prompt travels in policy.config[PROMPT_KEY], "
+            "the rollout's metrics.details.feedback is what the reflection model reads. "
+            "Needs: pip install 'taskapp[optimize]'."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "target",
+        metavar="TARGET",
+        help=TARGET_HELP + ", or the http(s) URL of a running task app",
+    )
+    group = parser.add_argument_group("prompt")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--prompt", help="the seed prompt (default: what /info advertises)")
+    source.add_argument("--prompt-file", type=Path, help="read the seed prompt from a file")
+    group.add_argument(
+        "--prompt-key",
+        default="prompt",
+        help="the policy.config key the prompt travels in (default: prompt)",
+    )
+    group = parser.add_argument_group("seeds and budget")
+    group.add_argument("--train-seeds", required=True, help="e.g. 0-29: reflection minibatches")
+    group.add_argument("--val-seeds", required=True, help="e.g. 30-79: candidate selection")
+    group.add_argument("--test-seeds", help="held out: baseline and best scored after the run")
+    group.add_argument(
+        "--budget", type=int, required=True, help="the most rollouts to use, baseline included"
+    )
+    group.add_argument("--minibatch", type=int, default=3, help="train seeds per reflection")
+    group.add_argument("--concurrency", type=int, default=8, help="rollouts in flight (8)")
+    group.add_argument(
+        "--patience",
+        type=int,
+        default=20,
+        help="stop after N iterations without a better score (20; 0: never)",
+    )
+    group.add_argument("--timeout", type=float, help="stop after this many seconds")
+    group.add_argument(
+        "--perfect-score", type=float, default=1.0, help="the best possible rollout score (1.0)"
+    )
+    group.add_argument("--seed", type=int, default=0, help="random seed of the optimizer (0)")
+    group.add_argument(
+        "--selection",
+        default="pareto",
+        choices=("pareto", "current_best", "epsilon_greedy", "top_k_pareto"),
+        help="how the next parent candidate is chosen (pareto)",
+    )
+    group = parser.add_argument_group("reflection model")
+    which = group.add_mutually_exclusive_group()
+    which.add_argument("--reflection-model", help="an OpenAI-compatible chat model name")
+    which.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="the deterministic offline stand-in instead of a model (tests, demos)",
+    )
+    group.add_argument(
+        "--reflection-base-url",
+        help="OpenAI-compatible base URL ending in /v1 (default: $OPENAI_BASE_URL or OpenAI)",
+    )
+    group.add_argument(
+        "--reflection-api-key-env",
+        default="OPENAI_API_KEY",
+        metavar="VAR",
+        help="environment variable holding the model's API key (OPENAI_API_KEY)",
+    )
+    group.add_argument("--reflection-temperature", type=float, default=0.7)
+    group.add_argument("--reflection-max-tokens", type=int, default=2048)
+    group.add_argument(
+        "--reflection-template",
+        type=Path,
+        help="a reflection prompt file with <curr_param> and <side_info>",
+    )
+    group = parser.add_argument_group("task app")
+    group.add_argument(
+        "--policy-config",
+        help="JSON object (or @file) merged into every rollout's policy.config",
+    )
+    group.add_argument("--policy-name", help="policy.policy_name of every rollout")
+    group.add_argument("--env-config", help="JSON object (or @file) sent as env.config")
+    add_key_arguments(group, what="the key of a URL target")
+    group.add_argument("--rollout-timeout", type=float, default=300.0, help="seconds (300)")
+    group.add_argument(
+        "--health-timeout", type=float, default=10.0, help="seconds to wait for /health (10)"
+    )
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "--out", type=Path, help="output directory (default: optimize-runs/<target>-<time>)"
+    )
+    group.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    group.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(run=run)
+
+
+def _json_object(value: str | None, flag: str) -> dict[str, Any] | None:
+    from taskapp.cli import UsageError
+    from taskapp.cli._common import load_json_argument
+
+    if value is None:
+        return None
+    parsed = load_json_argument(value, option=flag)
+    if not isinstance(parsed, dict):
+        raise UsageError(f"{flag} must be a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
+def _read_text(path: Path, flag: str) -> str:
+    from taskapp.cli import UsageError
+
+    try:
+        return path.expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read {str(path)!r}: {exc.strerror}") from None
+
+
+def _default_out(target: str) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(target.rstrip("/")).name or "run").strip("-.")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("optimize-runs") / f"{name or 'run'}-{stamp}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from taskapp.cli import UsageError
+
+    if not args.stand_in and not args.reflection_model:
+        raise UsageError(
+            "choose a reflection model: --reflection-model NAME (any OpenAI-compatible "
+            "server) or --stand-in (the offline stand-in)"
+        )
+    if args.resume and args.out is None:
+        raise UsageError("--resume needs --out DIR (the run to continue)")
+    policy = _json_object(args.policy_config, "--policy-config")
+    env_config = _json_object(args.env_config, "--env-config")
+    prompt = args.prompt
+    if args.prompt_file is not None:
+        prompt = _read_text(args.prompt_file, "--prompt-file")
+    template = (
+        _read_text(args.reflection_template, "--reflection-template")
+        if args.reflection_template
+        else None
+    )
+    from taskapp.cli._common import resolve_api_key, resolve_target
+
+    target: Any = args.target
+    api_key = None
+    if args.target.startswith(("http://", "https://")):
+        api_key = resolve_api_key(args).value
+    else:
+        from taskapp.core.lifecycle import InProcessTaskApp
+
+        target = InProcessTaskApp(**resolve_target(args.target).kwargs)
+    out = args.out if args.out is not None else _default_out(args.target)
+
+    from taskapp.optimize import (
+        GepaNotInstalledError,
+        OpenAICompatLM,
+        ReflectionModelError,
+        StandInReflectionLM,
+        TaskAppUnavailableError,
+    )
+    from taskapp.optimize import run as optimize
+    from taskapp.optimize.progress import ConsolePrinter
+
+    lm: Any
+    if args.stand_in:
+        lm = StandInReflectionLM(perfect_score=args.perfect_score)
+    else:
+        lm = OpenAICompatLM(
+            args.reflection_model,
+            base_url=args.reflection_base_url,
+            api_key_env=args.reflection_api_key_env,
+            temperature=args.reflection_temperature,
+            max_tokens=args.reflection_max_tokens,
+        )
+    printer = None if args.quiet else ConsolePrinter(sys.stderr)
+    try:
+        result = optimize(
+            target,
+            prompt,
+            args.train_seeds,
+            args.val_seeds,
+            reflection_lm=lm,
+            policy=policy,
+            budget=args.budget,
+            test_seeds=args.test_seeds,
+            policy_name=args.policy_name,
+            env_config=env_config,
+            prompt_key=args.prompt_key,
+            minibatch_size=args.minibatch,
+            max_concurrency=args.concurrency,
+            patience=args.patience or None,
+            timeout_s=args.timeout,
+            perfect_score=args.perfect_score,
+            seed=args.seed,
+            selection=args.selection,
+            reflection_prompt_template=template,
+            api_key=api_key,
+            output_dir=out,
+            resume=args.resume,
+            on_progress=printer,
+            rollout_timeout=args.rollout_timeout,
+            health_timeout=args.health_timeout,
+        )
+    except GepaNotInstalledError as exc:
+        raise UsageError(exc.message) from None
+    except TaskAppUnavailableError as exc:
+        _report_failure(exc, out)
+        return EXIT_UNAVAILABLE
+    except ReflectionModelError as exc:
+        _report_failure(exc, out)
+        return EXIT_REFLECTION
+    finally:
+        close = getattr(lm, "close", None)
+        if callable(close):
+            close()
+    if args.json:
+        print(json.dumps(result.to_dict(include_raw=False), indent=2))
+    else:
+        _summary(result, out)
+    if result.status == "interrupted":
+        return EXIT_INTERRUPTED
+    return 0 if result.succeeded else 1
+
+
+def _report_failure(exc: Any, out: Path) -> None:
+    print(f"taskapp optimize: error: {exc}", file=sys.stderr)
+    if exc.result is not None:
+        print(
+            f"taskapp optimize: the best found before the failure "
+            f"({exc.result.best_score:.3f}, baseline {exc.result.baseline_score:.3f}) is "
+            f"saved in {out}",
+            file=sys.stderr,
+        )
+
+
+def _summary(result: Any, out: Path) -> None:
+    print(
+        f"{result.status}: val score {result.baseline_score:.3f} -> {result.best_score:.3f} "
+        f"({result.improvement:+.3f}) on {len(result.val_seeds)} val seeds; "
+        f"{result.metric_calls}/{result.budget} rollouts, {result.iterations} iterations, "
+        f"{len(result.candidates)} candidates, stopped by {result.stopped_by}, "
+        f"{result.elapsed_s:.1f}s"
+    )
+    if result.test_scores:
+        print(
+            f"test ({len(result.test_seeds or [])} seeds): {result.test_scores['baseline']:.3f}"
+            f" -> {result.test_scores['best']:.3f}"
+        )
+    if result.error:
+        print(f"error: {result.error}")
+    print(f"saved in {out}/ (result.json, best_prompt.txt, history.jsonl, score_curve.*)")
+    print("best prompt:")
+    print(result.best_prompt.rstrip("\n"))

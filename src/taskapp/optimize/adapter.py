@@ -1,0 +1,560 @@
+"""The GEPA adapter: evaluates candidate prompts through a task app's ``POST /rollout``.
+
+gepa's loop is sequential; all concurrency lives here. One HTTP client (keep-alive
+``http.client`` connections for loopback URLs, httpx otherwise) and one thread pool of
+``concurrency`` workers serve every rollout; :meth:`batch_evaluate`
+flattens several (candidate, seeds) pairs into the one pool.
+
+Conventions (docs/optimize.md, "The contract conventions"):
+
+* every component of a candidate is a key of ``policy.config``: a single prompt travels
+  as ``policy.config["prompt"]``, merged over the user's policy config;
+* ``metrics.details.feedback`` is the text GEPA reflects on; ``details.input`` /
+  ``predicted`` / ``expected`` (or common synonyms) fill the other fields of a record.
+
+Failures: a rollout that fails (HTTP error, bad JSON, no score) scores 0 and its error
+becomes the feedback. Transport errors and 429/502/503/504 are retried. A rejected key,
+a batch in which every rollout hit a transport error, or a first batch (the baseline) in
+which more than half the rollouts failed raise :class:`TaskAppUnavailableError`: those
+mean the task app is down, not that the prompt is bad.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.client
+import importlib
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from taskapp.core.health import Backoff, auth_headers, is_loopback_url
+from taskapp.core.logs import get_logger
+from taskapp.core.secrets import fingerprint, redact
+from taskapp.optimize.errors import TaskAppUnavailableError
+
+__all__ = ["Rollout", "TaskAppAdapter", "candidate_key", "placeholders"]
+
+logger = get_logger("taskapp.optimize")
+
+INPUT_KEYS = ("input", "inputs", "message", "question", "query", "observation", "text")
+PREDICTED_KEYS = ("predicted", "prediction", "output", "response", "completion", "answer_given")
+EXPECTED_KEYS = ("expected", "label", "gold", "target", "reference", "answer")
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_MAX_TEXT = 2000
+
+
+def placeholders(text: str) -> set[str]:
+    """The ``{name}`` template placeholders in ``text``.
+
+    >>> sorted(placeholders("Classify {message} for {customer}; {{literal}}"))
+    ['{customer}', '{message}']
+    """
+    return {m.group(0) for m in _PLACEHOLDER.finditer(text.replace("{{", "").replace("}}", ""))}
+
+
+def candidate_key(candidate: Mapping[str, str]) -> str:
+    """A short stable hash of a candidate (for run ids and caches)."""
+    blob = json.dumps(dict(sorted(candidate.items())), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:10]
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One rollout's outcome, successful or not."""
+
+    seed: int
+    score: float
+    error: str | None = None
+    status: int | None = None  # HTTP status; None when no answer came back
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    latency_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def transport_error(self) -> bool:
+        return self.error is not None and self.status is None
+
+    def output(self) -> dict[str, Any]:
+        """What gepa keeps per (candidate, seed): small and JSON-able."""
+        out: dict[str, Any] = {"seed": self.seed, "score": self.score}
+        predicted = _first(self.details, PREDICTED_KEYS)
+        if predicted is not None:
+            out["predicted"] = _short(predicted, 200)
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    def feedback(self) -> str:
+        if self.error:
+            return f"The rollout failed, so it scored 0: {self.error}"
+        text = self.details.get("feedback")
+        if isinstance(text, str) and text.strip():
+            return text.strip()
+        rest = {k: v for k, v in self.details.items() if k != "feedback"}
+        return f"score={self.score:g}; details={_short(rest, _MAX_TEXT)}"
+
+
+class TaskAppAdapter:
+    """A ``gepa.GEPAAdapter`` for any task app reachable at ``base_url``.
+
+    >>> adapter = TaskAppAdapter("http://127.0.0.1:8114", api_key="...",
+    ...                          seed_candidate={"prompt": "Classify: ..."})  # doctest: +SKIP
+    >>> adapter.evaluate([0, 1, 2], {"prompt": "Classify: ..."}).scores      # doctest: +SKIP
+    [1.0, 0.0, 1.0]
+    """
+
+    propose_new_texts = None  # gepa: use the reflection model
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        seed_candidate: Mapping[str, str],
+        policy_config: Mapping[str, Any] | None = None,
+        policy_name: str | None = None,
+        env_config: Mapping[str, Any] | None = None,
+        env_name: str | None = None,
+        concurrency: int = 8,
+        timeout: float = 300.0,
+        retries: int = 2,
+        max_failure_rate: float = 0.5,
+        run_tag: str = "opt",
+        transport: Any = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.policy_config = dict(policy_config or {})
+        self.policy_name = policy_name
+        self.env_config = dict(env_config or {})
+        self.env_name = env_name
+        self.concurrency = concurrency
+        self.retries = retries
+        self.max_failure_rate = max_failure_rate
+        self.run_tag = run_tag
+        self.required = {name: placeholders(text) for name, text in seed_candidate.items()}
+        parts = urllib.parse.urlsplit(self.base_url)
+        self._client: _LoopbackClient | _HttpxClient
+        if transport is None and parts.scheme == "http" and is_loopback_url(self.base_url):
+            self._client = _LoopbackClient(self.base_url, auth_headers(api_key), timeout)
+        else:
+            self._client = _HttpxClient(
+                self.base_url, auth_headers(api_key), timeout, concurrency, transport
+            )
+        self._pool = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="taskapp-optimize"
+        )
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._checked_first = False
+        self._task_inputs: dict[int, Any] = {}
+        self.preloaded: dict[tuple[str, tuple[int, ...]], Any] = {}
+        #: rollouts actually sent (the budget counts gepa's metric calls; this counts HTTP)
+        self.rollouts_sent = 0
+        self.rollouts_failed = 0
+        self.placeholder_rejections = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._client.close()
+
+    # -- gepa protocol -----------------------------------------------------------------
+
+    def evaluate(
+        self, batch: list[int], candidate: dict[str, str], capture_traces: bool = False
+    ) -> Any:
+        return self.batch_evaluate([(candidate, batch)], capture_traces=capture_traces)[0]
+
+    def batch_evaluate(
+        self, items: list[tuple[dict[str, str], list[int]]], capture_traces: bool = True
+    ) -> list[Any]:
+        """Evaluate several (candidate, seeds) pairs concurrently, in one pool."""
+        gepa = importlib.import_module("gepa")
+        results: list[Any] = [None] * len(items)
+        jobs: list[tuple[int, dict[str, str], int]] = []
+        for index, (candidate, batch) in enumerate(items):
+            cached = self.preloaded.pop((candidate_key(candidate), tuple(batch)), None)
+            if cached is not None and not capture_traces:
+                results[index] = cached
+                continue
+            missing = self._missing_placeholders(candidate)
+            if missing:
+                results[index] = self._rejected(gepa, batch, missing, capture_traces)
+                continue
+            jobs.extend((index, candidate, seed) for seed in batch)
+        rollouts = self.run_rollouts([(candidate, seed) for _, candidate, seed in jobs])
+        self._check(rollouts)
+        grouped: dict[int, list[Rollout]] = {}
+        for (index, _, _), rollout in zip(jobs, rollouts, strict=True):
+            grouped.setdefault(index, []).append(rollout)
+        for index, group in grouped.items():
+            results[index] = gepa.EvaluationBatch(
+                outputs=[r.output() for r in group],
+                scores=[r.score for r in group],
+                trajectories=[self._trajectory(r) for r in group] if capture_traces else None,
+            )
+        return results
+
+    def make_reflective_dataset(
+        self,
+        candidate: dict[str, str],
+        eval_batch: Any,
+        components_to_update: list[str],
+    ) -> dict[str, list[dict[str, Any]]]:
+        records = [self._record(trajectory) for trajectory in eval_batch.trajectories or []]
+        return {name: [dict(record) for record in records] for name in components_to_update}
+
+    # -- rollouts ----------------------------------------------------------------------
+
+    def run_rollouts(self, pairs: Sequence[tuple[Mapping[str, str], int]]) -> list[Rollout]:
+        """POST /rollout for every (candidate, seed), ``concurrency`` at a time, in order."""
+        if not pairs:
+            return []
+        futures = [self._pool.submit(self.rollout, candidate, seed) for candidate, seed in pairs]
+        return [future.result() for future in futures]
+
+    def rollout(self, candidate: Mapping[str, str], seed: int) -> Rollout:
+        with self._lock:
+            self._counter += 1
+            number = self._counter
+        body: dict[str, Any] = {
+            "run_id": f"{self.run_tag}-{candidate_key(candidate)}-{seed}-{number}",
+            "env": {"seed": seed, "config": dict(self.env_config)},
+            "policy": {"config": {**self.policy_config, **candidate}},
+            "mode": "eval",
+        }
+        if self.env_name:
+            body["env"]["env_name"] = self.env_name
+        if self.policy_name:
+            body["policy"]["policy_name"] = self.policy_name
+        result = self._post(body, seed)
+        with self._lock:
+            self.rollouts_sent += 1
+            if not result.ok:
+                self.rollouts_failed += 1
+        return result
+
+    def _post(self, body: dict[str, Any], seed: int) -> Rollout:
+        payload = json.dumps(body).encode("utf-8")
+        backoff = Backoff(first=0.05, maximum=1.0)
+        attempt = 0
+        started = time.perf_counter()
+        while True:
+            attempt += 1
+            try:
+                response = self._client.request("POST", "/rollout", payload)
+            except _Timeout as exc:
+                return Rollout(seed, 0.0, error=f"timed out: {exc}")
+            except _TransportError as exc:
+                problem: str = str(exc)
+                status: int | None = None
+                wait: float | None = None
+            else:
+                status = response.status_code
+                if status == 200:
+                    return self._parse(response, seed, time.perf_counter() - started)
+                problem = f"HTTP {status}: {_error_text(response)}"
+                if status not in RETRY_STATUS:
+                    return Rollout(seed, 0.0, error=redact(problem), status=status)
+                wait = _seconds(response.headers.get("retry-after"))
+            if attempt > self.retries:
+                return Rollout(seed, 0.0, error=redact(problem), status=status)
+            delay = min(wait, 10.0) if wait is not None else backoff.next_delay()
+            logger.debug("rollout seed %d: %s; retrying in %.2fs", seed, problem, delay)
+            time.sleep(delay)
+
+    @staticmethod
+    def _parse(response: Any, seed: int, latency: float) -> Rollout:
+        try:
+            payload = response.json()
+            metrics = payload["metrics"]
+            score = float(metrics["outcome_score"])
+        except (ValueError, KeyError, TypeError):
+            return Rollout(
+                seed,
+                0.0,
+                error="the response has no numeric metrics.outcome_score",
+                status=200,
+                latency_s=latency,
+            )
+        details = metrics.get("details") if isinstance(metrics, dict) else None
+        details = dict(details) if isinstance(details, dict) else {}
+        status = payload.get("success_status")
+        if status in ("runtime_error", "timeout", "failure") and "feedback" not in details:
+            details["feedback"] = f"The rollout ended with status {status!r}."
+        if score != score:  # NaN
+            score = 0.0
+        return Rollout(seed, score, details=details, status=200, latency_s=latency)
+
+    def _check(self, rollouts: list[Rollout]) -> None:
+        if not rollouts:
+            return
+        rejected = [r for r in rollouts if r.status in (401, 403)]
+        if rejected:
+            key = f"key {fingerprint(self.api_key)}" if self.api_key else "no key sent"
+            raise TaskAppUnavailableError(
+                f"the task app at {self.base_url} rejected the API key on /rollout "
+                f"({rejected[0].error}; {key}). Pass the key it expects (ENVIRONMENT_API_KEY "
+                "or --api-key-env)"
+            )
+        if all(r.transport_error for r in rollouts):
+            raise TaskAppUnavailableError(
+                f"the task app at {self.base_url} stopped answering: all {len(rollouts)} "
+                f"rollout(s) of the last batch failed (first: {rollouts[0].error}). Is it "
+                "still running?"
+            )
+        if not self._checked_first:
+            self._checked_first = True
+            failed = [r for r in rollouts if not r.ok]
+            if len(failed) > self.max_failure_rate * len(rollouts):
+                raise TaskAppUnavailableError(
+                    f"{len(failed)} of {len(rollouts)} baseline rollouts failed at "
+                    f"{self.base_url} (first, seed {failed[0].seed}: {failed[0].error}). Check "
+                    "the seeds and the policy config with `taskapp eval` first"
+                )
+
+    # -- placeholders ------------------------------------------------------------------
+
+    def _missing_placeholders(self, candidate: Mapping[str, str]) -> list[str]:
+        missing: list[str] = []
+        for name, required in self.required.items():
+            text = candidate.get(name, "")
+            missing.extend(sorted(ph for ph in required if ph not in text))
+        return missing
+
+    def _rejected(self, gepa: Any, batch: list[int], missing: list[str], traces: bool) -> Any:
+        """A proposal that dropped a placeholder: score 0, no rollout, no budget spent."""
+        with self._lock:
+            self.placeholder_rejections += 1
+        message = (
+            "The prompt must keep the template placeholder(s) "
+            + ", ".join(missing)
+            + " exactly as written; the task app fills them in."
+        )
+        failures = [Rollout(seed, 0.0, error=message) for seed in batch]
+        return gepa.EvaluationBatch(
+            outputs=[r.output() for r in failures],
+            scores=[0.0] * len(batch),
+            trajectories=[self._trajectory(r) for r in failures] if traces else None,
+            num_metric_calls=0,
+        )
+
+    # -- reflective records ------------------------------------------------------------
+
+    @staticmethod
+    def _trajectory(rollout: Rollout) -> dict[str, Any]:
+        return {
+            "seed": rollout.seed,
+            "score": rollout.score,
+            "error": rollout.error,
+            "details": rollout.details,
+            "feedback": rollout.feedback(),
+        }
+
+    def _record(self, trajectory: Mapping[str, Any]) -> dict[str, Any]:
+        details = trajectory.get("details") or {}
+        seed = int(trajectory.get("seed", -1))
+        inputs = _first(details, INPUT_KEYS)
+        if inputs is None:
+            inputs = self._task_input(seed)
+        record: dict[str, Any] = {
+            "Inputs": inputs if isinstance(inputs, dict) else {"seed": seed, "input": inputs},
+        }
+        predicted = _first(details, PREDICTED_KEYS)
+        record["Generated Outputs"] = (
+            _short(predicted, _MAX_TEXT) if predicted is not None else "(no output recorded)"
+        )
+        expected = _first(details, EXPECTED_KEYS)
+        if expected is not None:
+            record["Expected"] = _short(expected, _MAX_TEXT)
+        record["Score"] = f"{float(trajectory.get('score', 0.0)):g}"
+        record["Feedback"] = trajectory.get("feedback") or ""
+        return record
+
+    def _task_input(self, seed: int) -> Any:
+        """``GET /task_info?seed=N`` (cached): the input, when the rollout did not echo it."""
+        if seed in self._task_inputs:
+            return self._task_inputs[seed]
+        value: Any = f"(seed {seed}; the task app did not report the input)"
+        try:
+            response = self._client.request("GET", f"/task_info?seed={int(seed)}")
+            if response.status_code == 200:
+                info = response.json()
+                if isinstance(info, dict):
+                    metadata = info.get("task_metadata")
+                    value = metadata if isinstance(metadata, dict) and metadata else info
+        except Exception as exc:  # best effort: the record is still useful without it
+            logger.debug("task_info for seed %d failed: %s", seed, exc)
+        self._task_inputs[seed] = value
+        return value
+
+
+def _first(details: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        value = details.get(key)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _short(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_text(response: Any) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return (response.text or "").strip()[:300] or response.reason_phrase
+    if isinstance(payload, dict):
+        detail = payload.get("detail", payload)
+        if isinstance(detail, dict) and isinstance(detail.get("error"), dict):
+            error = detail["error"]
+            return f"{error.get('code', 'error')}: {error.get('message', '')}"[:300]
+        return _short(detail, 300)
+    return _short(payload, 300)
+
+
+def _seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class _Answer:
+    """A response, whichever client produced it."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], content: bytes) -> None:
+        self.status_code = status
+        self.headers = headers
+        self.content = content
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    @property
+    def reason_phrase(self) -> str:
+        return f"HTTP {self.status_code}"
+
+
+class _TransportError(Exception):
+    """No answer: refused, reset, DNS, TLS (retried)."""
+
+
+class _Timeout(Exception):
+    """No answer in time (not retried: the rollout may still be running)."""
+
+
+class _LoopbackClient:
+    """Keep-alive ``http.client`` connections, one per worker thread, for loopback URLs.
+
+    A rollout's HTTP costs a fraction of what httpx's does in CPU, which matters because
+    an in-process task app shares the GIL with these threads. No proxy, no TLS: loopback
+    ``http://`` only (the core's health checks make the same choice).
+    """
+
+    def __init__(self, base_url: str, headers: Mapping[str, str], timeout: float) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.headers = {**headers, "Content-Type": "application/json"}
+        self.timeout = timeout
+        self._local = threading.local()
+        self._connections: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> _Answer:
+        for attempt in (1, 2):
+            reused = getattr(self._local, "conn", None) is not None
+            conn = self._connection()
+            try:
+                conn.request(method, self.prefix + path, body=body, headers=self.headers)
+                response = conn.getresponse()
+                content = response.read()
+            except TimeoutError as exc:
+                self._drop()
+                raise _Timeout(type(exc).__name__) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop()
+                if reused and attempt == 1:
+                    continue  # the server closed an idle kept-alive connection: reconnect
+                raise _TransportError(f"{type(exc).__name__}: {exc}") from exc
+            if response.will_close:
+                self._drop()
+            headers = {key.lower(): value for key, value in response.getheaders()}
+            return _Answer(response.status, headers, content)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+
+
+class _HttpxClient:
+    """httpx for everything else (TLS, proxies from the environment)."""
+
+    def __init__(
+        self, base_url: str, headers: Mapping[str, str], timeout: float, limit: int, transport: Any
+    ) -> None:
+        import httpx
+
+        self._httpx = httpx
+        self._client = httpx.Client(
+            base_url=base_url,
+            headers={**headers, "Content-Type": "application/json"},
+            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+            trust_env=not is_loopback_url(base_url),
+            transport=transport,
+        )
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> _Answer:
+        try:
+            response = self._client.request(method, path, content=body)
+        except self._httpx.TimeoutException as exc:
+            raise _Timeout(type(exc).__name__) from exc
+        except self._httpx.TransportError as exc:
+            raise _TransportError(f"{type(exc).__name__}: {exc}") from exc
+        return _Answer(response.status_code, response.headers, response.content)
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,98 @@
+"""What ``taskapp optimize`` runs against: a URL, or a task app it starts in-process.
+
+``open_target(target)`` accepts:
+
+* an ``http://`` / ``https://`` URL of a running task app (key: ``api_key=`` or
+  ``$ENVIRONMENT_API_KEY``);
+* an :class:`~taskapp.InProcessTaskApp`, running (used as is) or not (started, then
+  stopped);
+* a :class:`~taskapp.TaskAppConfig`, an ASGI app, or a zero-argument factory of either;
+* anything ``taskapp serve`` accepts: a ``.py`` path, a ``"module:attr"`` import string,
+  or a bundled example's name (``support-intents``).
+
+Everything it starts is stopped when the ``with`` block ends, also on errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from taskapp.core.errors import ConfigurationError
+from taskapp.core.secrets import register_secret
+
+__all__ = ["Endpoint", "open_target"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where the task app answers, the key it accepts, and a label for messages."""
+
+    url: str
+    api_key: str | None
+    label: str
+    started_here: bool = False
+
+
+def _in_process(target: Any) -> Any:
+    """An (unstarted) InProcessTaskApp for a non-URL target."""
+    from taskapp.core.config import TaskAppConfig
+    from taskapp.core.lifecycle import InProcessTaskApp
+    from taskapp.core.loading import is_asgi_app
+
+    if isinstance(target, TaskAppConfig):
+        return InProcessTaskApp(config=target)
+    if isinstance(target, os.PathLike):
+        return InProcessTaskApp(task_app_path=target)
+    if isinstance(target, str):
+        from taskapp.examples import resolve
+
+        bundled = resolve(target)
+        if bundled is not None:
+            return InProcessTaskApp(app=bundled)
+        if target.endswith(".py") or Path(target).is_file():
+            return InProcessTaskApp(task_app_path=target)
+        if ":" in target:
+            return InProcessTaskApp(app=target)
+        raise ConfigurationError(
+            f"target {target!r} is not a URL, a .py file, a 'module:attr' import string or "
+            "a bundled example (support-intents)"
+        )
+    if is_asgi_app(target):
+        return InProcessTaskApp(app=target)
+    if callable(target):
+        return InProcessTaskApp(config_factory=target)
+    raise ConfigurationError(
+        f"cannot optimize against a {type(target).__name__}: pass a URL, an "
+        "InProcessTaskApp, a TaskAppConfig, an ASGI app, a .py path or 'module:attr'"
+    )
+
+
+@contextlib.contextmanager
+def open_target(target: Any, *, api_key: str | None = None) -> Iterator[Endpoint]:
+    """Yield the :class:`Endpoint` of ``target``, starting (and later stopping) it if needed."""
+    from taskapp.core.lifecycle import InProcessTaskApp
+
+    if isinstance(target, str) and target.startswith(("http://", "https://")):
+        key = api_key if api_key is not None else os.environ.get("ENVIRONMENT_API_KEY") or None
+        register_secret(key)
+        yield Endpoint(url=target.rstrip("/"), api_key=key, label=target.rstrip("/"))
+        return
+    task_app = target if isinstance(target, InProcessTaskApp) else _in_process(target)
+    if task_app.running:
+        yield Endpoint(url=task_app.local_url, api_key=task_app.api_key, label=repr(task_app))
+        return
+    task_app.start()
+    try:
+        yield Endpoint(
+            url=task_app.local_url,
+            api_key=task_app.api_key,
+            label=task_app.local_url,
+            started_here=True,
+        )
+    finally:
+        task_app.stop()

@@ -1,0 +1,473 @@
+"""Relay benchmark: direct vs through the relay (v1 and v2), side by side in one run.
+
+Three processes on loopback, as deployed:
+
+* the **relay**: ``taskapp relay serve`` (child process);
+* the **task app**: a child running two ``InProcessTaskApp(tunnel_mode="synthtunnel")``
+  (one agent speaking v1, one v2) - the agent threads live in the task app's process;
+* the **load generator**: this process (asyncio, raw keep-alive HTTP/1.1, uvloop if present).
+
+Measured: latency at concurrency 1 (1 KiB POST echo), requests/s at concurrency 16, one
+50 MiB download and upload, relay CPU per request and per MB (from /proc), relay RSS and the
+relay's buffered-bytes gauge with a slow consumer, and time from entering the context to a
+working public URL. Modes are interleaved in every repetition; medians are reported.
+
+    python benchmarks/bench_relay.py            # full run (about 2 minutes)
+    python benchmarks/bench_relay.py --quick    # shorter phases, one repetition
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+MB = 1024 * 1024
+REPO = Path(__file__).resolve().parent.parent
+
+APP_CHILD = r"""
+import json, os, sys, time, threading
+import http.client
+from taskapp import InProcessTaskApp
+
+RELAY, ADMIN = sys.argv[1], sys.argv[2]
+PATTERN = bytes(range(256)) * 256  # 64 KiB
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            if m["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"}); return
+    path = scope["path"]
+    if path == "/blob":
+        n = int(scope["query_string"].decode().split("=")[1])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(n).encode())]})
+        sent = 0
+        while sent < n:
+            size = min(65536, n - sent)
+            more = sent + size < n
+            await send({"type": "http.response.body", "body": PATTERN[:size], "more_body": more})
+            sent += size
+        return
+    body = []
+    count = 0
+    while True:
+        m = await receive()
+        if m["type"] != "http.request":
+            break
+        if path == "/sink":
+            count += len(m.get("body", b""))
+        else:
+            body.append(m.get("body", b""))
+        if not m.get("more_body"):
+            break
+    payload = str(count).encode() if path == "/sink" else (b"".join(body) or b'{"healthy":true}')
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+def public_get(url, token):
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn.request("GET", parts.path + "/health", headers={"X-SynthTunnel-Worker-Token": token})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+opts = {"relay_url": RELAY, "admin_token": ADMIN}
+ttu = []
+for i in range(int(os.environ.get("TTU_ROUNDS", "8"))):
+    t0 = time.perf_counter()
+    ta = InProcessTaskApp(app=app, port=18400 + i, tunnel_mode="synthtunnel", tunnel_options=opts)
+    with ta:
+        assert public_get(ta.url, ta.task_app_worker_token) == 200
+        ttu.append(time.perf_counter() - t0)
+
+apps = {}
+for name, proto in (("v1", "v1"), ("v2", "v2")):
+    ta = InProcessTaskApp(app=app, port=18500 if proto == "v1" else 18501,
+                          tunnel_mode="synthtunnel", tunnel_options={**opts, "protocol": proto})
+    ta.start()
+    apps[name] = ta
+print(json.dumps({
+    "pid": os.getpid(),
+    "direct": apps["v2"].local_url,
+    "v1": [apps["v1"].url, apps["v1"].task_app_worker_token],
+    "v2": [apps["v2"].url, apps["v2"].task_app_worker_token],
+    "ttu": ttu,
+}), flush=True)
+sys.stdin.read()
+for ta in apps.values():
+    ta.stop()
+"""
+
+
+# -- /proc readings --------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# -- a minimal keep-alive HTTP/1.1 client ------------------------------------------------
+
+
+class Conn:
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, int]:
+        assert self.reader is not None
+        assert self.writer is not None
+        head = (
+            f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: bench\r\n{self.extra}"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.write(head + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for line in lines[1:]:
+            if line.lower().startswith("content-length:"):
+                length = int(line.split(":", 1)[1])
+        remaining = length
+        while remaining:
+            chunk = await self.reader.read(min(remaining, 1 << 20))
+            if not chunk:
+                raise ConnectionError("short body")
+            remaining -= len(chunk)
+        return status, length
+
+
+async def small_requests(
+    url: str, headers: dict[str, str], conc: int, seconds: float
+) -> dict[str, float]:
+    body = os.urandom(1024)
+    conns = [Conn(url, headers) for _ in range(conc)]
+    for conn in conns:
+        await conn.open()
+    for conn in conns:  # warm-up
+        for _ in range(5):
+            await conn.request("POST", "/echo", body)
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+    errors = 0
+
+    async def worker(conn: Conn) -> None:
+        nonlocal errors
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            status, _ = await conn.request("POST", "/echo", body)
+            latencies.append(time.perf_counter() - t0)
+            errors += status != 200
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - started
+    for conn in conns:
+        conn.close()
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "count": len(latencies),
+        "errors": errors,
+    }
+
+
+async def big_transfer(url: str, headers: dict[str, str], direction: str, size: int) -> float:
+    conn = Conn(url, headers)
+    await conn.open()
+    started = time.perf_counter()
+    if direction == "down":
+        status, length = await conn.request("GET", f"/blob?n={size}")
+        assert status == 200, status
+        assert length == size, (length, size)
+    else:
+        assert conn.writer is not None
+        assert conn.reader is not None
+        head = (
+            f"POST {conn.prefix}/sink HTTP/1.1\r\nHost: bench\r\n{conn.extra}"
+            f"Content-Length: {size}\r\n\r\n"
+        ).encode()
+        conn.writer.write(head)
+        piece = os.urandom(MB)
+        for _ in range(size // MB):
+            conn.writer.write(piece)
+            await conn.writer.drain()
+        raw = await conn.reader.readuntil(b"\r\n\r\n")
+        assert b" 200 " in raw.split(b"\r\n")[0], raw[:60]
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return size / MB / elapsed
+
+
+async def slow_download(
+    url: str, headers: dict[str, str], size: int, relay_pid: int, metrics: Any
+) -> dict[str, float]:
+    conn = Conn(url, headers)
+    await conn.open()
+    assert conn.writer is not None
+    assert conn.reader is not None
+    conn.writer.write(
+        f"GET {conn.prefix}/blob?n={size} HTTP/1.1\r\nHost: bench\r\n{conn.extra}\r\n".encode()
+    )
+    before = rss_mib(relay_pid)
+    peak_rss, peak_buffered = before, 0.0
+    received = 0
+    started = time.perf_counter()
+    while received < size:
+        data = await conn.reader.read(64 * 1024)
+        if not data:
+            break
+        received += len(data)
+        await asyncio.sleep(0.004)  # a consumer reading about 10 MB/s
+        if received % (2 * MB) < 64 * 1024:
+            peak_rss = max(peak_rss, rss_mib(relay_pid))
+            peak_buffered = max(peak_buffered, await asyncio.to_thread(metrics))
+    conn.close()
+    return {
+        "rss_before_mib": before,
+        "rss_peak_mib": peak_rss,
+        "buffered_peak_mib": peak_buffered / MB,
+        "mb_s": received / MB / (time.perf_counter() - started),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--size-mib", type=int, default=50)
+    args = parser.parse_args()
+    if args.quick:
+        args.reps, args.seconds = 1, 1.5
+
+    try:
+        import uvloop
+
+        loop_factory: Any = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+
+    admin = secrets.token_urlsafe(32)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-relay-"))
+    tokens = workdir / "tokens"
+    tokens.write_text(admin + "\n")
+    tokens.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["PYTHONPATH"] = str(REPO / "src")
+    relay = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taskapp",
+            "relay",
+            "serve",
+            "--port",
+            "0",
+            "--no-access-log",
+            "--admin-token-file",
+            str(tokens),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    app: subprocess.Popen[str] | None = None
+    try:
+        assert relay.stdout is not None
+        relay_url = ""
+        for line in relay.stdout:
+            if line.startswith("taskapp relay: listening on "):
+                relay_url = line.split("on ", 1)[1].strip()
+                break
+        script = workdir / "app_child.py"
+        script.write_text(textwrap.dedent(APP_CHILD))
+        app = subprocess.Popen(
+            [sys.executable, str(script), relay_url, admin],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert app.stdout is not None
+        info = json.loads(app.stdout.readline())
+        modes = {
+            "direct": (info["direct"], {}),
+            "relay v1": (info["v1"][0], {"X-SynthTunnel-Worker-Token": info["v1"][1]}),
+            "relay v2": (info["v2"][0], {"X-SynthTunnel-Worker-Token": info["v2"][1]}),
+        }
+
+        def metrics_buffered() -> float:
+            import httpx
+
+            text = httpx.get(
+                relay_url + "/metrics", headers={"Authorization": f"Bearer {admin}"}
+            ).text
+            for line in text.splitlines():
+                if line.startswith("taskapp_relay_buffered_bytes "):
+                    return float(line.split()[1])
+            return 0.0
+
+        results: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
+
+        def record(mode: str, key: str, value: float) -> None:
+            results[mode].setdefault(key, []).append(value)
+
+        async def run_all() -> dict[str, Any]:
+            for rep in range(args.reps):
+                for conc in (1, 16):
+                    for mode, (url, headers) in modes.items():
+                        relay_cpu0, app_cpu0 = cpu_seconds(relay.pid), cpu_seconds(info["pid"])
+                        out = await small_requests(url, headers, conc, args.seconds)
+                        relay_cpu = cpu_seconds(relay.pid) - relay_cpu0
+                        app_cpu = cpu_seconds(info["pid"]) - app_cpu0
+                        record(mode, f"c{conc}_rps", out["rps"])
+                        record(mode, f"c{conc}_p50_ms", out["p50_ms"])
+                        record(mode, f"c{conc}_p99_ms", out["p99_ms"])
+                        record(
+                            mode, f"c{conc}_relay_cpu_ms_per_req", relay_cpu / out["count"] * 1000
+                        )
+                        record(mode, f"c{conc}_app_cpu_ms_per_req", app_cpu / out["count"] * 1000)
+                        assert out["errors"] == 0, (mode, out)
+                for direction in ("down", "up"):
+                    for mode, (url, headers) in modes.items():
+                        relay_cpu0 = cpu_seconds(relay.pid)
+                        mbs = await big_transfer(url, headers, direction, args.size_mib * MB)
+                        relay_cpu = cpu_seconds(relay.pid) - relay_cpu0
+                        record(mode, f"{direction}_mb_s", mbs)
+                        record(
+                            mode,
+                            f"{direction}_relay_cpu_ms_per_mb",
+                            relay_cpu / args.size_mib * 1000,
+                        )
+                print(f"repetition {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
+            slow = {}
+            for mode in ("relay v1", "relay v2"):
+                url, headers = modes[mode]
+                slow[mode] = await slow_download(url, headers, 32 * MB, relay.pid, metrics_buffered)
+            return slow
+
+        if loop_factory is not None:
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                slow = runner.run(run_all())
+        else:
+            slow = asyncio.run(run_all())
+    finally:
+        if app is not None and app.stdin is not None:
+            app.stdin.close()
+            try:
+                app.wait(20)
+            except subprocess.TimeoutExpired:
+                app.kill()
+        relay.terminate()
+        relay.wait(20)
+
+    med = {
+        mode: {k: statistics.median(v) for k, v in values.items()}
+        for mode, values in results.items()
+    }
+    direct = med["direct"]
+    print(
+        f"\n# relay benchmark ({args.reps} repetition(s), {args.seconds:g} s per point, "
+        f"{args.size_mib} MiB transfers; medians)\n"
+    )
+    print("| metric | direct | relay v1 | relay v2 | v1 / direct | v2 / direct |")
+    print("|---|---|---|---|---|---|")
+    rows = [
+        ("p50 latency, c=1, 1 KiB echo (ms)", "c1_p50_ms"),
+        ("p99 latency, c=1 (ms)", "c1_p99_ms"),
+        ("req/s, c=1", "c1_rps"),
+        ("req/s, c=16", "c16_rps"),
+        ("p50 latency, c=16 (ms)", "c16_p50_ms"),
+        (f"{args.size_mib} MiB download (MB/s)", "down_mb_s"),
+        (f"{args.size_mib} MiB upload (MB/s)", "up_mb_s"),
+    ]
+    for label, key in rows:
+        d, v1, v2 = direct[key], med["relay v1"][key], med["relay v2"][key]
+        print(f"| {label} | {d:.2f} | {v1:.2f} | {v2:.2f} | {v1 / d:.2f} | {v2 / d:.2f} |")
+    print()
+    print("| relay cost | relay v1 | relay v2 |")
+    print("|---|---|---|")
+    added_v1 = med["relay v1"]["c1_p50_ms"] - direct["c1_p50_ms"]
+    added_v2 = med["relay v2"]["c1_p50_ms"] - direct["c1_p50_ms"]
+    print(f"| added p50 latency at c=1 (ms) | {added_v1:.2f} | {added_v2:.2f} |")
+    for label, key in (
+        ("relay CPU per request, c=16 (ms)", "c16_relay_cpu_ms_per_req"),
+        (
+            "task-app process CPU per request, c=16 (ms; direct: "
+            f"{direct['c16_app_cpu_ms_per_req']:.2f})",
+            "c16_app_cpu_ms_per_req",
+        ),
+        ("relay CPU per MB, download (ms)", "down_relay_cpu_ms_per_mb"),
+        ("relay CPU per MB, upload (ms)", "up_relay_cpu_ms_per_mb"),
+    ):
+        print(f"| {label} | {med['relay v1'][key]:.2f} | {med['relay v2'][key]:.2f} |")
+    for label, key in (
+        ("relay RSS before slow 32 MiB download (MiB)", "rss_before_mib"),
+        ("relay RSS peak during it (MiB)", "rss_peak_mib"),
+        ("relay buffered-bytes gauge peak (MiB)", "buffered_peak_mib"),
+        ("slow consumer rate (MB/s)", "mb_s"),
+    ):
+        print(f"| {label} | {slow['relay v1'][key]:.1f} | {slow['relay v2'][key]:.1f} |")
+    ttu = sorted(info["ttu"])
+    print()
+    print(
+        f"time from entering InProcessTaskApp to a working public URL: first "
+        f"{info['ttu'][0] * 1000:.0f} ms (imports), then median "
+        f"{statistics.median(info['ttu'][1:]) * 1000:.0f} ms, "
+        f"max {ttu[-1] * 1000:.0f} ms over {len(ttu)} rounds"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

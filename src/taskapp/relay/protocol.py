@@ -1,0 +1,465 @@
+"""The relay wire protocol, shared by the relay server and the agent (standard library only).
+
+Two versions travel on the same agent WebSocket (``GET /api/v1/synthtunnel/agent`` with
+``Authorization: Bearer <agent_token>``); ``docs/relay-protocol.md`` is the full
+reference.
+
+**v1** is exactly what the original SynthTunnel agents speak: every frame is a WebSocket
+*text* frame holding one JSON object with a ``type``; bodies travel base64-encoded in
+``chunk_b64``::
+
+    agent -> relay   ATTACH  RESP_HEADERS  RESP_BODY  RESP_END  RESP_ERROR
+    relay -> agent   ATTACH_ACK  REQ_HEADERS  REQ_BODY  REQ_END  CANCEL
+
+**v2** is negotiated in ATTACH (``protocol_versions: [2, 1]`` and
+``capabilities.binary_frames``; the relay answers ``ATTACH_ACK.protocol_version``). A peer
+that does not know v2 never sees a v2 frame. v2 keeps the JSON control frames (adding
+``sid`` to identify a stream), moves bodies into *binary* frames with a 6-byte header
+``type u8 | flags u8 | sid u32`` and adds per-stream and per-connection credit flow
+control (``WINDOW_UPDATE``), CANCEL in both directions, GOAWAY, LEASE_RENEW/LEASE_STATE
+and an error-code table.
+
+>>> frame = encode_data(BIN_RESP_BODY, 7, b"hello", end=True)
+>>> decode_binary(frame)[:3]
+(17, 1, 7)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from taskapp.core.errors import TunnelProtocolError
+from taskapp.core.secrets import constant_time_in
+
+__all__ = [
+    "AGENT_PATH",
+    "BIN_REQ_BODY",
+    "BIN_RESP_BODY",
+    "BIN_WINDOW_UPDATE",
+    "ERROR_STATUS",
+    "FLAG_END",
+    "INGRESS_PREFIX",
+    "LEASES_PATH",
+    "SUPPORTED_VERSIONS",
+    "WORKER_TOKEN_HEADER",
+    "Credit",
+    "FrameError",
+    "InboundWindow",
+    "b64decode",
+    "b64encode",
+    "clean_request_headers",
+    "clean_response_headers",
+    "decode_binary",
+    "decode_text",
+    "encode_data",
+    "encode_text",
+    "encode_window_update",
+    "negotiate_version",
+    "status_for_error",
+    "token_hash",
+    "token_matches",
+]
+
+# -- paths and names -------------------------------------------------------------------
+
+API_PREFIX: Final = "/api/v1/synthtunnel"
+LEASES_PATH: Final = API_PREFIX + "/leases"
+AGENT_PATH: Final = API_PREFIX + "/agent"
+#: Public ingress: ``/s/rt_<route_token>/<path>`` (the original shape; SDKs detect it).
+INGRESS_PREFIX: Final = "/s/rt_"
+
+WORKER_TOKEN_HEADER: Final = "x-synthtunnel-worker-token"  # noqa: S105 - a header name
+LEASE_ID_HEADER: Final = "x-synthtunnel-lease-id"
+REQUEST_ID_HEADER: Final = "x-synthtunnel-request-id"
+#: A caller may ask for a shorter per-request deadline than the relay's maximum.
+DEADLINE_HEADER: Final = "x-synthtunnel-deadline-ms"
+
+# -- versions and sizes ------------------------------------------------------------------
+
+V1: Final = 1
+V2: Final = 2
+SUPPORTED_VERSIONS: Final = (2, 1)
+
+DEFAULT_FRAME_BYTES: Final = 64 * 1024
+MAX_FRAME_BYTES: Final = 256 * 1024
+DEFAULT_STREAM_WINDOW: Final = 2 * 1024 * 1024
+DEFAULT_CONN_WINDOW: Final = 32 * 1024 * 1024
+MIN_WINDOW: Final = 64 * 1024
+DEFAULT_DEADLINE_MS: Final = 600_000
+
+# -- frame types -----------------------------------------------------------------------
+
+ATTACH: Final = "ATTACH"
+ATTACH_ACK: Final = "ATTACH_ACK"
+REQ_HEADERS: Final = "REQ_HEADERS"
+REQ_BODY: Final = "REQ_BODY"
+REQ_END: Final = "REQ_END"
+RESP_HEADERS: Final = "RESP_HEADERS"
+RESP_BODY: Final = "RESP_BODY"
+RESP_END: Final = "RESP_END"
+RESP_ERROR: Final = "RESP_ERROR"
+CANCEL: Final = "CANCEL"
+GOAWAY: Final = "GOAWAY"
+LEASE_RENEW: Final = "LEASE_RENEW"
+LEASE_STATE: Final = "LEASE_STATE"
+
+BIN_REQ_BODY: Final = 0x10
+BIN_RESP_BODY: Final = 0x11
+BIN_WINDOW_UPDATE: Final = 0x20
+FLAG_END: Final = 0x01
+
+_HEADER = struct.Struct(">BBI")
+_U32 = struct.Struct(">I")
+HEADER_SIZE: Final = _HEADER.size
+MAX_SID: Final = 0xFFFFFFFF
+
+# -- error codes -----------------------------------------------------------------------
+
+#: RESP_ERROR / CANCEL code -> the status the public caller sees when no response
+#: headers were sent yet (after headers, the relay aborts the public connection).
+ERROR_STATUS: Final[Mapping[str, int]] = {
+    "LOCAL_CONNECT_FAILED": 502,
+    "LOCAL_TIMEOUT": 504,
+    "LOCAL_BAD_RESPONSE": 502,
+    "BAD_REQUEST_FRAME": 400,
+    "TOO_LARGE": 413,
+    "OVERLOADED": 503,
+    "CANCELLED": 502,
+    "FLOW_CONTROL_ERROR": 502,
+    "AGENT_SHUTDOWN": 503,
+}
+
+#: CANCEL reasons.
+CANCEL_REASONS: Final = (
+    "client_disconnect",
+    "deadline",
+    "stall",
+    "agent_shutdown",
+    "local_aborted",
+    "too_large",
+    "overload",
+    "relay_shutdown",
+)
+
+
+class FrameError(TunnelProtocolError):
+    """A frame that does not follow the protocol (bad JSON, bad base64, short header)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, backend="relay")
+
+
+def status_for_error(code: str) -> int:
+    """HTTP status for a RESP_ERROR code (unknown codes are a bad gateway)."""
+    return ERROR_STATUS.get(code, 502)
+
+
+# -- text (JSON) frames ------------------------------------------------------------------
+
+
+def encode_text(frame: Mapping[str, Any]) -> str:
+    """One control frame as compact JSON."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_text(text: str | bytes) -> dict[str, Any]:
+    """Parse a text frame; raise :class:`FrameError` unless it is an object with a type."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FrameError(f"frame is not JSON: {exc}") from None
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+        raise FrameError("frame is not a JSON object with a string 'type'")
+    return frame
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(data: Any) -> bytes:
+    """Decode ``chunk_b64`` (None or empty -> b""); raise FrameError on bad base64."""
+    if not data:
+        return b""
+    if not isinstance(data, str):
+        raise FrameError("chunk_b64 must be a string")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise FrameError("chunk_b64 is not valid base64") from None
+
+
+# -- binary frames (v2) ------------------------------------------------------------------
+
+
+def encode_data(kind: int, sid: int, data: bytes, *, end: bool = False) -> bytes:
+    """A v2 body frame: 6-byte header then the raw bytes."""
+    return _HEADER.pack(kind, FLAG_END if end else 0, sid) + data
+
+
+def encode_window_update(sid: int, increment: int) -> bytes:
+    """WINDOW_UPDATE: give the peer ``increment`` more bytes of credit (sid 0: connection)."""
+    return _HEADER.pack(BIN_WINDOW_UPDATE, 0, sid) + _U32.pack(increment)
+
+
+def decode_binary(frame: bytes) -> tuple[int, int, int, bytes]:
+    """Split a binary frame into ``(type, flags, sid, payload)``.
+
+    For WINDOW_UPDATE the payload is the 4-byte increment (see :func:`window_increment`).
+    """
+    if len(frame) < HEADER_SIZE:
+        raise FrameError(f"binary frame of {len(frame)} bytes is shorter than its header")
+    kind, flags, sid = _HEADER.unpack_from(frame)
+    return kind, flags, sid, frame[HEADER_SIZE:]
+
+
+def window_increment(payload: bytes) -> int:
+    if len(payload) != _U32.size:
+        raise FrameError("WINDOW_UPDATE payload must be 4 bytes")
+    value: int = _U32.unpack(payload)[0]
+    if value == 0:
+        raise FrameError("WINDOW_UPDATE increment must be positive")
+    return value
+
+
+# -- negotiation -----------------------------------------------------------------------
+
+
+def negotiate_version(attach: Mapping[str, Any], server_versions: Iterable[int]) -> int:
+    """The version a relay speaks with an agent that sent ``attach``.
+
+    An agent that does not list ``protocol_versions`` (every original agent) gets v1; v2
+    also needs ``capabilities.binary_frames``.
+    """
+    offered = attach.get("protocol_versions")
+    allowed = set(server_versions)
+    if not isinstance(offered, list):
+        return V1
+    capabilities = attach.get("capabilities")
+    binary = isinstance(capabilities, Mapping) and capabilities.get("binary_frames") is True
+    for version in sorted((v for v in offered if isinstance(v, int)), reverse=True):
+        if version in allowed and (version == V1 or (version == V2 and binary)):
+            return version
+    return V1
+
+
+def clamp_window(value: Any, default: int, maximum: int) -> int:
+    """An advertised window, bounded to ``[MIN_WINDOW, maximum]``; junk gives ``default``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return default
+    return max(MIN_WINDOW, min(value, maximum))
+
+
+# -- credit flow control (v2) ------------------------------------------------------------
+
+
+class Credit:
+    """Send-side credit: bytes the peer allows us to send (one stream, or the connection).
+
+    ``take`` waits until both this credit and ``conn`` are positive and consumes up to
+    ``want`` bytes from both; ``grant`` is called on WINDOW_UPDATE.
+    """
+
+    __slots__ = ("_event", "available", "closed")
+
+    def __init__(self, initial: int) -> None:
+        self.available = initial
+        self.closed = False
+        self._event = asyncio.Event()
+        if initial > 0:
+            self._event.set()
+
+    def grant(self, amount: int) -> None:
+        self.available += amount
+        if self.available > 0:
+            self._event.set()
+
+    def close(self) -> None:
+        """Wake waiters for good (the stream or connection ended)."""
+        self.closed = True
+        self._event.set()
+
+    async def take(self, want: int, conn: Credit | None = None) -> int:
+        """Consume up to ``want`` bytes of credit; 0 means the credit was closed."""
+        while True:
+            if self.closed or (conn is not None and conn.closed):
+                return 0
+            if self.available <= 0:
+                self._event.clear()
+                await self._event.wait()
+                continue
+            if conn is not None and conn.available <= 0:
+                conn._event.clear()
+                await conn._event.wait()
+                continue
+            amount = min(want, self.available)
+            if conn is not None:
+                amount = min(amount, conn.available)
+                conn.available -= amount
+            self.available -= amount
+            return amount
+
+
+class InboundWindow:
+    """Receive-side accounting: bytes the peer may still send, and credit to hand back.
+
+    ``received(n)`` is called when a data frame arrives (False: the peer overran the
+    window, a FLOW_CONTROL_ERROR). ``consumed(n)`` is called once the bytes were delivered
+    onwards and returns an increment to send in WINDOW_UPDATE when at least half the window
+    is waiting to be returned (batching, as HTTP/2 implementations do), else 0.
+    """
+
+    __slots__ = ("outstanding", "pending", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.outstanding = window
+        self.pending = 0
+
+    def received(self, amount: int) -> bool:
+        self.outstanding -= amount
+        return self.outstanding >= 0
+
+    def consumed(self, amount: int) -> int:
+        self.pending += amount
+        if self.pending < self.window // 2:
+            return 0
+        increment, self.pending = self.pending, 0
+        self.outstanding += increment
+        return increment
+
+
+# -- tokens ----------------------------------------------------------------------------
+
+
+def token_hash(token: str) -> str:
+    """What the relay stores instead of a token: its SHA-256 (hex)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_matches(candidate: str | None, hashes: Iterable[str]) -> bool:
+    """True when ``candidate`` hashes to one of ``hashes`` (each compared in constant time)."""
+    if not candidate:
+        return False
+    return constant_time_in(token_hash(candidate), [h for h in hashes if h])
+
+
+# -- header hygiene --------------------------------------------------------------------
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+_FORWARDING: Final = frozenset(
+    {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"}
+)
+_RELAY_PREFIXES: Final = ("x-synthtunnel-", "x-taskapp-")
+
+
+def _connection_named(headers: Sequence[tuple[str, str]]) -> set[str]:
+    named: set[str] = set()
+    for name, value in headers:
+        if name == "connection":
+            named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return named
+
+
+def clean_request_headers(
+    raw: Iterable[tuple[bytes, bytes]],
+    *,
+    strip_authorization: bool,
+    client_ip: str | None,
+    proto: str,
+    host: str,
+) -> list[list[str]]:
+    """The headers the relay forwards in REQ_HEADERS, as ``[[name, value], ...]``.
+
+    Dropped: hop-by-hop headers and every header named in ``Connection``; ``Host`` (the
+    agent sets its own); ``Expect`` (the relay already answered it); the worker token and
+    any other ``X-SynthTunnel-*``/``X-Taskapp-*`` header (callers cannot spoof relay
+    metadata); ``Authorization`` when it carried the worker token; the client's own
+    ``Forwarded``/``X-Forwarded-*``. Added: ``X-Forwarded-For`` (the client address uvicorn
+    resolved, through trusted proxies only), ``X-Forwarded-Proto`` and ``X-Forwarded-Host``
+    of the public URL.
+    """
+    decoded = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
+    drop = HOP_BY_HOP | _FORWARDING | _connection_named(decoded) | {"host", "expect"}
+    if strip_authorization:
+        drop = drop | {"authorization"}
+    out = [
+        [name, value]
+        for name, value in decoded
+        if name not in drop and not name.startswith(_RELAY_PREFIXES)
+    ]
+    if client_ip:
+        out.append(["x-forwarded-for", client_ip])
+    out.append(["x-forwarded-proto", proto])
+    out.append(["x-forwarded-host", host])
+    return out
+
+
+def clean_response_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """The agent's response headers, ready for ASGI: hop-by-hop removed, nosniff added."""
+    pairs: list[tuple[str, str]] = []
+    if isinstance(headers, list):
+        for item in headers:
+            if isinstance(item, list | tuple) and len(item) == 2:
+                pairs.append((str(item[0]).lower(), str(item[1])))
+    elif isinstance(headers, Mapping):
+        pairs = [(str(k).lower(), str(v)) for k, v in headers.items()]
+    drop = HOP_BY_HOP | _connection_named(pairs)
+    out: list[tuple[bytes, bytes]] = []
+    nosniff = False
+    for name, value in pairs:
+        if name in drop or not name or "\n" in value or "\r" in value:
+            continue
+        if name == "x-content-type-options":
+            nosniff = True
+        out.append((name.encode("latin-1", "replace"), value.encode("latin-1", "replace")))
+    if not nosniff:
+        out.append((b"x-content-type-options", b"nosniff"))
+    return out
+
+
+def local_request_headers(
+    headers: Any, *, lease_id: str, rid: str, host: str, content_length: int | None
+) -> list[tuple[str, str]]:
+    """Headers the agent sends to the local app for a REQ_HEADERS frame.
+
+    Hop-by-hop headers are dropped again (the relay may be an old one), ``Host`` names the
+    local target, and the lease and request ids are added (the v1 agents' behaviour).
+    """
+    pairs: list[tuple[str, str]] = []
+    if isinstance(headers, list):
+        for item in headers:
+            if isinstance(item, list | tuple) and len(item) == 2 and item[0]:
+                pairs.append((str(item[0]).lower(), str(item[1])))
+    drop = HOP_BY_HOP | _connection_named(pairs) | {"host", "content-length", "expect"}
+    out = [
+        (name, value)
+        for name, value in pairs
+        if name not in drop and "\n" not in value and "\r" not in value
+    ]
+    out.append(("host", host))
+    out.append((LEASE_ID_HEADER, lease_id))
+    out.append((REQUEST_ID_HEADER, rid))
+    if content_length is not None:
+        out.append(("content-length", str(content_length)))
+    return out

@@ -1,0 +1,132 @@
+"""``taskapp relay serve`` / ``taskapp relay token`` as a user runs them: child processes,
+signals, and a task app whose process is SIGKILLed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+
+from taskapp import InProcessTaskApp
+from tests._relay_helpers import (
+    ADMIN,
+    RelayProcess,
+    TaskAppProbe,
+    token_file,
+    wait_for,
+)
+from tests.conftest import free_port, port_is_free
+
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "taskapp", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_relay_token_prints_a_fresh_token() -> None:
+    first, second = run_cli("relay", "token"), run_cli("relay", "token", "--name", "ops")
+    assert first.returncode == 0
+    token = first.stdout.strip()
+    assert len(token) >= 43 and ":" not in token
+    assert second.stdout.startswith("ops:") and second.stdout.strip() != f"ops:{token}"
+    assert run_cli("relay").returncode == 2
+
+
+def test_serve_refuses_a_token_file_others_can_read(tmp_path: Path) -> None:
+    path = token_file(tmp_path, mode=0o644)
+    result = run_cli("relay", "serve", "--port", "0", "--admin-token-file", str(path))
+    assert result.returncode == 2
+    assert "chmod 600" in result.stderr
+    assert ADMIN not in result.stderr + result.stdout
+
+
+def test_serve_then_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
+    with RelayProcess(token_file(tmp_path), "--drain-timeout", "5") as relay:
+        url = relay.wait_url()
+        assert httpx.get(url + "/healthz").json()["ok"] is True
+        assert ADMIN not in "".join(relay.lines) + relay.stderr
+        probe = TaskAppProbe()
+        app = InProcessTaskApp(
+            app=probe,
+            port=free_port(),
+            tunnel_mode="synthtunnel",
+            tunnel_options={"relay_url": url, "admin_token": ADMIN, "delete_timeout": 1.0},
+        )
+        with app, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            assert app.url is not None
+            headers = {"X-SynthTunnel-Worker-Token": str(app.task_app_worker_token)}
+            slow = pool.submit(httpx.get, app.url + "/slow?s=1", headers=headers, timeout=10)
+            time.sleep(0.3)
+            relay.proc.send_signal(signal.SIGTERM)
+            assert wait_for(
+                lambda: httpx.get(app.url + "/health", headers=headers).status_code == 503, 3
+            )
+            assert slow.result(10).status_code == 200  # finished during the drain
+            assert relay.proc.wait(10) == 0
+        assert "drain" not in relay.stderr or "still running" not in relay.stderr
+
+
+def test_a_sigkilled_task_app_leaves_nothing_behind(tmp_path: Path) -> None:
+    with RelayProcess(token_file(tmp_path), "--reattach-grace", "0.5") as relay:
+        url = relay.wait_url()
+        port = free_port()
+        script = tmp_path / "child.py"
+        script.write_text(
+            textwrap.dedent(
+                f"""
+                import sys, time
+                sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+                from taskapp import InProcessTaskApp
+                from tests._relay_helpers import TaskAppProbe
+                app = InProcessTaskApp(app=TaskAppProbe(), port={port}, tunnel_mode="synthtunnel",
+                                       tunnel_options={{"relay_url": {url!r}, "admin_token": {ADMIN!r}}})
+                app.start()
+                print("URL", app.url, app.task_app_worker_token, flush=True)
+                time.sleep(60)
+                """
+            )
+        )
+        child = subprocess.Popen(
+            [sys.executable, str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line.startswith("URL "), (
+                child.stderr.read() if child.poll() is not None else line
+            )
+            _, public_url, worker = line.split()
+            headers = {"X-SynthTunnel-Worker-Token": worker}
+            assert httpx.get(public_url + "/health", headers=headers).status_code == 200
+            child.send_signal(signal.SIGKILL)
+            child.wait(5)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(5)
+            for stream in (child.stdout, child.stderr):
+                if stream is not None:
+                    stream.close()
+        # The relay notices at once (503), then forgets the lease after the grace period.
+        assert wait_for(lambda: httpx.get(public_url, headers=headers).status_code == 404, 5)
+        leases = httpx.get(url + "/api/v1/synthtunnel/leases", headers=ADMIN_AUTH).json()
+        assert leases == {"leases": []}
+        assert port_is_free(port)

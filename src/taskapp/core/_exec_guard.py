@@ -99,7 +99,7 @@ def main() -> None:
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), signal.SIG_DFL)
         os.set_inheritable(err_fd, False)
-        os.execv(exe, argv)
+        os.execv(exe, argv)  # noqa: S606 - the whole point of this wrapper
     except BaseException as exc:
         code = getattr(exc, "errno", 0) or 0
         message = f"{type(exc).__name__}:{code}:{exc}"

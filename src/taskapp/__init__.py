@@ -15,53 +15,54 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# The error tree and the hook marker are standard-library only: imported eagerly.
+from taskapp.core.errors import *  # noqa: F403
+from taskapp.core.errors import __all__ as _ERRORS
 from taskapp.core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from taskapp.core.backends import (
-        AppTarget,
-        LoadedApp,
-        ServerContext,
-        ServerRunner,
-        Tunnel,
-        TunnelBackend,
-        TunnelContext,
+        AppTarget as AppTarget,
     )
-    from taskapp.core.config import TaskAppConfig
+    from taskapp.core.backends import (
+        LoadedApp as LoadedApp,
+    )
+    from taskapp.core.backends import (
+        ServerContext as ServerContext,
+    )
+    from taskapp.core.backends import (
+        ServerRunner as ServerRunner,
+    )
+    from taskapp.core.backends import (
+        Tunnel as Tunnel,
+    )
+    from taskapp.core.backends import (
+        TunnelBackend as TunnelBackend,
+    )
+    from taskapp.core.backends import (
+        TunnelContext as TunnelContext,
+    )
+    from taskapp.core.config import TaskAppConfig as TaskAppConfig
     from taskapp.core.contract import (
-        RolloutMetrics,
-        RolloutRequest,
-        RolloutResponse,
-        TaskInfo,
-        create_task_app,
+        RolloutMetrics as RolloutMetrics,
     )
-    from taskapp.core.errors import (
-        ApiKeyRejectedError,
-        AppLoadError,
-        ConfigurationError,
-        HealthCheckError,
-        PluginConflictError,
-        PluginError,
-        PluginLoadError,
-        PortError,
-        ProcessError,
-        ProcessTimeoutError,
-        ServerStartError,
-        TaskAppError,
-        TaskAppFileNotFoundError,
-        TunnelAuthError,
-        TunnelBinaryMissingError,
-        TunnelError,
-        TunnelProtocolError,
-        TunnelRateLimitedError,
-        TunnelTimeoutError,
-        TunnelVerificationError,
-        UnknownBackendError,
+    from taskapp.core.contract import (
+        RolloutRequest as RolloutRequest,
     )
-    from taskapp.core.lifecycle import InProcessTaskApp
+    from taskapp.core.contract import (
+        RolloutResponse as RolloutResponse,
+    )
+    from taskapp.core.contract import (
+        TaskInfo as TaskInfo,
+    )
+    from taskapp.core.contract import (
+        create_task_app as create_task_app,
+    )
+    from taskapp.core.lifecycle import InProcessTaskApp as InProcessTaskApp
 
 __version__ = "0.1.0"
 
+# Imported on first use: these pull in fastapi/pydantic or the plugin machinery.
 _LAZY: dict[str, str] = {
     "InProcessTaskApp": "taskapp.core.lifecycle",
     "TaskAppConfig": "taskapp.core.config",
@@ -78,70 +79,8 @@ _LAZY: dict[str, str] = {
     "TunnelBackend": "taskapp.core.backends",
     "TunnelContext": "taskapp.core.backends",
 }
-_ERRORS = (
-    "ApiKeyRejectedError",
-    "AppLoadError",
-    "ConfigurationError",
-    "HealthCheckError",
-    "PluginConflictError",
-    "PluginError",
-    "PluginLoadError",
-    "PortError",
-    "ProcessError",
-    "ProcessTimeoutError",
-    "ServerStartError",
-    "TaskAppError",
-    "TaskAppFileNotFoundError",
-    "TunnelAuthError",
-    "TunnelBinaryMissingError",
-    "TunnelError",
-    "TunnelProtocolError",
-    "TunnelRateLimitedError",
-    "TunnelTimeoutError",
-    "TunnelVerificationError",
-    "UnknownBackendError",
-)
-_LAZY.update(dict.fromkeys(_ERRORS, "taskapp.core.errors"))
 
-__all__ = [
-    "ApiKeyRejectedError",
-    "AppLoadError",
-    "AppTarget",
-    "ConfigurationError",
-    "HealthCheckError",
-    "InProcessTaskApp",
-    "LoadedApp",
-    "PluginConflictError",
-    "PluginError",
-    "PluginLoadError",
-    "PortError",
-    "ProcessError",
-    "ProcessTimeoutError",
-    "RolloutMetrics",
-    "RolloutRequest",
-    "RolloutResponse",
-    "ServerContext",
-    "ServerRunner",
-    "ServerStartError",
-    "TaskAppConfig",
-    "TaskAppError",
-    "TaskAppFileNotFoundError",
-    "TaskInfo",
-    "Tunnel",
-    "TunnelAuthError",
-    "TunnelBackend",
-    "TunnelBinaryMissingError",
-    "TunnelContext",
-    "TunnelError",
-    "TunnelProtocolError",
-    "TunnelRateLimitedError",
-    "TunnelTimeoutError",
-    "TunnelVerificationError",
-    "UnknownBackendError",
-    "__version__",
-    "create_task_app",
-    "hookimpl",
-]
+__all__ = ["__version__", "hookimpl", *_LAZY, *_ERRORS]
 
 
 def __getattr__(name: str) -> Any:

@@ -141,6 +141,15 @@ class ServerRunner(abc.ABC):
     def __init__(self, options: Any) -> None:
         self.options = options
 
+    @classmethod  # noqa: B027 - optional override
+    def prepare(cls, options: Any) -> None:
+        """Import what :meth:`start` will need (the server library, protocol classes).
+
+        Called by the ``InProcessTaskApp`` constructor once the options are valid, so that
+        entering the context only starts things. Must not bind, spawn or connect. The
+        default does nothing.
+        """
+
     @abc.abstractmethod
     def start(self, ctx: ServerContext) -> None:
         """Start serving ``ctx.loaded.app`` on ``ctx.sock``."""
@@ -156,6 +165,16 @@ class ServerRunner(abc.ABC):
     def pids(self) -> tuple[int, ...]:
         """Process ids of child processes serving the app (empty for in-process runners)."""
         return ()
+
+    @property
+    def port(self) -> int | None:
+        """The port the server really listens on, read by the lifecycle after ``start``.
+
+        None (the default) means ``ctx.port``, the pre-bound socket. A runner whose server
+        cannot serve on that socket (Ray Serve's proxy, whose port is fixed cluster-wide)
+        returns the port it serves on; ``task_app.port`` and ``local_url`` then use it.
+        """
+        return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -186,6 +186,7 @@ class InProcessTaskApp:
         self._server_options = parse_options(
             self._server_cls.Options, server_options, owner=f"server {server!r}"
         )
+        self._server_cls.prepare(self._server_options)
         arguments = {
             "preconfigured_url": preconfigured_url,
             "preconfigured_auth_header": preconfigured_auth_header,
@@ -359,6 +360,9 @@ class InProcessTaskApp:
                 logger=get_logger(f"taskapp.server.{self.server_name}"),
             )
         )
+        if runner.port is not None and runner.port != self.port:
+            logger.debug("server %r serves on port %d instead", self.server_name, runner.port)
+            self.port = runner.port
         wait_healthy(
             self.local_url,
             api_key=self.api_key,

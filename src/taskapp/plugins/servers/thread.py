@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import socket
 import threading
 from typing import Any
@@ -61,6 +62,7 @@ class _LifespanProbe:
             raise
 
 
+@functools.cache
 def _server_class() -> type[Any]:
     import uvicorn
 
@@ -137,6 +139,31 @@ def _server_class() -> type[Any]:
     return FastExitServer
 
 
+async def _idle_app(scope: Any, receive: Any, send: Any) -> None:
+    """A placeholder app for :meth:`ThreadServer.prepare` (never served)."""
+
+
+def _uvicorn_config(app: Any, opts: ThreadOptions) -> Any:
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level=opts.log_level,
+        access_log=opts.access_log,
+        lifespan="auto",
+        loop=opts.loop,
+        http=opts.http,
+        ws=opts.ws,
+        timeout_graceful_shutdown=int(opts.graceful_timeout) or None,
+        limit_concurrency=opts.limit_concurrency,
+        timeout_keep_alive=opts.timeout_keep_alive,
+    )
+    # timeout_graceful_shutdown is typed int in uvicorn; keep the precise value.
+    config.timeout_graceful_shutdown = opts.graceful_timeout  # type: ignore[assignment]
+    return config
+
+
 class ThreadServer(ServerRunner):
     """uvicorn in a daemon thread, on the pre-bound socket."""
 
@@ -153,26 +180,17 @@ class ThreadServer(ServerRunner):
         self._probe: _LifespanProbe | None = None
         self._started = False
 
-    def start(self, ctx: ServerContext) -> None:
-        import uvicorn
+    @classmethod
+    def prepare(cls, options: ThreadOptions) -> None:
+        """Import uvicorn and the protocol, loop and lifespan classes ``start`` will use."""
+        config = _uvicorn_config(_idle_app, options)
+        config.load()
+        config.get_loop_factory()
+        _server_class()
 
+    def start(self, ctx: ServerContext) -> None:
         self._probe = _LifespanProbe(ctx.loaded.app)
-        opts = self.options
-        config = uvicorn.Config(
-            self._probe,
-            log_config=None,
-            log_level=opts.log_level,
-            access_log=opts.access_log,
-            lifespan="auto",
-            loop=opts.loop,
-            http=opts.http,
-            ws=opts.ws,
-            timeout_graceful_shutdown=int(opts.graceful_timeout) or None,
-            limit_concurrency=opts.limit_concurrency,
-            timeout_keep_alive=opts.timeout_keep_alive,
-        )
-        # timeout_graceful_shutdown is typed int in uvicorn; keep the precise value.
-        config.timeout_graceful_shutdown = opts.graceful_timeout  # type: ignore[assignment]
+        config = _uvicorn_config(self._probe, self.options)
         server = _server_class()(config)
         server.on_started = self._mark_started
         self._server = server

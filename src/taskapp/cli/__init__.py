@@ -17,13 +17,18 @@ import sys
 from collections.abc import Sequence
 
 from taskapp import __version__
-from taskapp.core.errors import ConfigurationError, TaskAppError
+from taskapp.core.errors import (
+    AppLoadError,
+    ConfigurationError,
+    ServerStartError,
+    TaskAppError,
+)
 from taskapp.core.logs import JsonFormatter
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: Command modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("plugins",)
+COMMANDS: tuple[str, ...] = ("serve", "eval", "check", "optimize", "relay", "plugins")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -91,10 +96,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taskapp {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TaskAppError as exc:
-        print(f"taskapp {args.command}: error: {exc}", file=sys.stderr)
         cause = exc.__cause__
-        if cause is not None and args.verbose:
+        if cause is not None and isinstance(exc, AppLoadError | ServerStartError):
+            # The user's code failed (import, factory, lifespan): show its traceback,
+            # without taskapp's own frames.
+            from taskapp.cli._common import user_traceback
+
+            shown = user_traceback(cause)
+            if shown:
+                print(shown, file=sys.stderr)
+        elif cause is not None and args.verbose:
             import traceback
 
             traceback.print_exception(cause, file=sys.stderr)
+        print(f"taskapp {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a bug in taskapp: one line, the traceback only with -v
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        print(
+            f"taskapp {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(run with -v for the traceback, and please report it)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED

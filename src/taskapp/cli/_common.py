@@ -1,0 +1,369 @@
+"""Helpers shared by ``taskapp serve``, ``eval`` and ``check``.
+
+Kept import-light: nothing here imports fastapi, uvicorn or httpx at module level, so
+``taskapp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import signal
+import ssl
+import sys
+import traceback
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from taskapp.cli import UsageError
+from taskapp.core.secrets import fingerprint, register_secret
+
+__all__ = [
+    "ApiKey",
+    "SignalFlag",
+    "Target",
+    "add_key_arguments",
+    "describe_transport_error",
+    "error_message",
+    "format_seeds",
+    "load_json_argument",
+    "parse_key_values",
+    "parse_seeds",
+    "resolve_api_key",
+    "resolve_target",
+    "stderr",
+    "user_traceback",
+]
+
+TARGET_HELP = (
+    "a .py file, a 'package.module:attr' import string, or a bundled example name (support-intents)"
+)
+
+
+def stderr(message: str) -> None:
+    """A progress or status line on stderr; a JSON log object under ``--log-json``."""
+    import logging
+
+    from taskapp.core.logs import JsonFormatter
+
+    for handler in logging.getLogger("taskapp").handlers:
+        if isinstance(handler.formatter, JsonFormatter):
+            record = logging.LogRecord("taskapp.cli", logging.INFO, "", 0, message, None, None)
+            print(handler.formatter.format(record), file=sys.stderr, flush=True)
+            return
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- targets -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What the user asked to run, as InProcessTaskApp keyword arguments."""
+
+    kwargs: dict[str, Any]
+    label: str
+
+
+_IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def resolve_target(target: str) -> Target:
+    """Turn TARGET into InProcessTaskApp arguments, or raise UsageError saying why not."""
+    from taskapp.examples import BUNDLED, resolve
+
+    bundled = resolve(target)
+    if bundled is not None:
+        return Target({"app": bundled}, target)
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise UsageError(f"no such file: {target}")
+        return Target({"task_app_path": str(path)}, target)
+    if _IMPORT_STRING.match(target):
+        module = target.partition(":")[0]
+        # Like uvicorn: modules in the current directory are importable by name.
+        cwd = os.getcwd()
+        if cwd not in sys.path and "" not in sys.path:
+            sys.path.insert(0, cwd)
+        try:
+            found = importlib.util.find_spec(module)
+        except Exception:
+            # A parent package failed to import: the loader imports it again and shows why.
+            return Target({"app": target}, target)
+        if found is None:
+            raise UsageError(
+                f"no module named {module!r} (from {target!r}); check the spelling, install "
+                "the package, or pass the path of a .py file instead"
+            )
+        return Target({"app": target}, target)
+    if Path(target).is_file():
+        raise UsageError(f"{target} is not a .py file; a task app file must end in .py")
+    examples = ", ".join(sorted(BUNDLED))
+    raise UsageError(
+        f"unknown target {target!r}: expected a bundled example name ({examples}), the path "
+        "of a .py file, or a 'package.module:attr' import string"
+    )
+
+
+# -- API keys ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiKey:
+    value: str | None
+    source: str  # "--api-key", "$NAME", "ENVIRONMENT_API_KEY" or "none"
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.value) if self.value else "no key"
+
+
+def add_key_arguments(parser: Any, *, what: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help=f"read {what} from environment variable NAME (default: ENVIRONMENT_API_KEY)",
+    )
+    group.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"{what} itself (visible in the process list: prefer --api-key-env)",
+    )
+
+
+def resolve_api_key(args: Any, *, warn_argv: bool = True) -> ApiKey:
+    """The key from --api-key, --api-key-env NAME, or ENVIRONMENT_API_KEY (in that order)."""
+    if getattr(args, "api_key", None):
+        register_secret(args.api_key)
+        if warn_argv:
+            stderr(
+                "taskapp: warning: a key given with --api-key is visible to other users in "
+                "the process list; prefer --api-key-env NAME"
+            )
+        return ApiKey(args.api_key, "--api-key")
+    env_name = getattr(args, "api_key_env", None)
+    if env_name:
+        value = os.environ.get(env_name, "")
+        if not value:
+            raise UsageError(
+                f"--api-key-env {env_name}: environment variable {env_name} is not set"
+            )
+        register_secret(value)
+        return ApiKey(value, f"${env_name}")
+    value = os.environ.get("ENVIRONMENT_API_KEY", "")
+    if value:
+        register_secret(value)
+        return ApiKey(value, "$ENVIRONMENT_API_KEY")
+    return ApiKey(None, "none")
+
+
+# -- argument parsing --------------------------------------------------------------------
+
+
+def parse_key_values(items: Sequence[str], *, option: str) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``; values that parse as JSON are JSON."""
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{option} {item!r}: expected KEY=VALUE")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        result[key.strip().replace("-", "_")] = value
+    return result
+
+
+def load_json_argument(value: str, *, option: str) -> Any:
+    """Parse ``value`` as JSON, or ``@path`` as the JSON in that file."""
+    source = "it"
+    text = value
+    if value.startswith("@"):
+        path = Path(value[1:]).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"{option} {value}: cannot read {path}: {exc.strerror}") from None
+        source = str(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{option}: {source} is not valid JSON: {exc.msg} at line {exc.lineno} column "
+            f"{exc.colno}"
+        ) from None
+
+
+_SEED_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``"0-99"``, ``"3"``, ``"1,5,10-12"`` -> a list of seeds (ranges inclusive)."""
+    seeds: list[int] = []
+    for part in spec.split(","):
+        match = _SEED_PART.match(part)
+        if match is None:
+            raise UsageError(
+                f"--seeds {spec!r}: expected seeds like 0-99, 7 or 1,5,10-12 (ranges inclusive)"
+            )
+        start = int(match.group(1))
+        stop = int(match.group(2)) if match.group(2) is not None else start
+        if stop < start:
+            raise UsageError(f"--seeds {spec!r}: range {part.strip()} goes backwards")
+        seeds.extend(range(start, stop + 1))
+    if len(seeds) > 1_000_000:
+        raise UsageError(f"--seeds {spec!r}: {len(seeds)} seeds is too many")
+    return list(dict.fromkeys(seeds))
+
+
+def format_seeds(seeds: Iterable[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    ordered = sorted(set(seeds))
+    parts: list[str] = []
+    index = 0
+    while index < len(ordered):
+        start = ordered[index]
+        while index + 1 < len(ordered) and ordered[index + 1] == ordered[index] + 1:
+            index += 1
+        end = ordered[index]
+        parts.append(str(start) if start == end else f"{start}-{end}")
+        index += 1
+    return ",".join(parts)
+
+
+# -- errors ------------------------------------------------------------------------------
+
+_OWN_DIR = str(Path(__file__).resolve().parent.parent)
+_EXAMPLES_DIR = str(Path(_OWN_DIR) / "examples")
+
+
+def _is_user_frame(filename: str) -> bool:
+    if filename.startswith("<frozen "):
+        return False
+    try:
+        resolved = str(Path(filename).resolve())
+    except OSError:
+        return True
+    return not resolved.startswith(_OWN_DIR + os.sep) or resolved.startswith(_EXAMPLES_DIR)
+
+
+def user_traceback(exc: BaseException) -> str | None:
+    """The traceback of ``exc`` without taskapp's own frames, or None when none are left."""
+    frames = [
+        frame for frame in traceback.extract_tb(exc.__traceback__) if _is_user_frame(frame.filename)
+    ]
+    if not frames and not isinstance(exc, SyntaxError):
+        return None
+    lines = ["Traceback (most recent call last):\n"]
+    lines.extend(traceback.format_list(frames))
+    lines.extend(traceback.format_exception_only(type(exc), exc))
+    from taskapp.core.secrets import redact
+
+    return redact("".join(lines).rstrip())
+
+
+def error_message(body: Any) -> str | None:
+    """The message of a task-app error envelope ``{"detail": {"error": {...}}}``, if any."""
+    if isinstance(body, dict):
+        detail = body.get("detail")
+        if isinstance(detail, dict) and isinstance(detail.get("error"), dict):
+            error = detail["error"]
+            code = error.get("code")
+            message = error.get("message")
+            return f"{message} ({code})" if code else str(message)
+        if isinstance(detail, str):
+            return detail
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def describe_transport_error(exc: BaseException, url: str, timeout: float) -> str:
+    """Why a request to ``url`` failed, in words: refused, timeout, TLS, DNS, ..."""
+    import httpx
+
+    from taskapp.core.secrets import redact
+
+    host = httpx.URL(url).host
+    port = httpx.URL(url).port
+    where = f"{host}:{port}" if port else host
+    chain = _chain(exc)
+    text = " ".join(str(item) for item in chain)
+    if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, httpx.ConnectTimeout):
+            return f"timeout: could not connect to {where} within {timeout:g}s"
+        return f"timeout: no answer from {where} within {timeout:g}s"
+    if any(isinstance(item, ssl.SSLError) for item in chain) or "SSL" in text or "TLS" in text:
+        reason = next((str(item) for item in chain if isinstance(item, ssl.SSLError)), text)
+        hint = (
+            "the server does not speak TLS: use http:// instead of https://"
+            if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text
+            else "is the certificate valid and trusted (SSL_CERT_FILE)?"
+        )
+        return f"TLS handshake with {where} failed ({redact(reason)}); {hint}"
+    if any(isinstance(item, ConnectionRefusedError) for item in chain) or "refused" in text:
+        return f"connection refused: nothing is listening at {where}; is the task app running?"
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return f"DNS lookup failed: the host {host!r} is unknown"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect to {where}: {redact(text) or type(exc).__name__}"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"{where} closed the connection or answered something that is not HTTP ({exc})"
+    return f"request to {where} failed: {type(exc).__name__}: {redact(str(exc))}"
+
+
+# -- signals -----------------------------------------------------------------------------
+
+
+class SignalFlag:
+    """SIGINT/SIGTERM handlers for a command's duration; previous handlers restored on exit.
+
+    The first signal calls ``on_signal(signum)`` (which may raise to unwind); a second one
+    raises KeyboardInterrupt. InProcessTaskApp chains to these handlers after it has
+    stopped the app, so cleanup happens first.
+    """
+
+    def __init__(self, on_signal: Any) -> None:
+        self.on_signal = on_signal
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.on_signal(signum)
+
+    def __enter__(self) -> SignalFlag:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)

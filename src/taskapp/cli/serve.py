@@ -1,0 +1,211 @@
+"""``taskapp serve TARGET``: run a task app in this process until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Any
+
+from taskapp.cli import UsageError
+from taskapp.cli._common import (
+    TARGET_HELP,
+    SignalFlag,
+    add_key_arguments,
+    parse_key_values,
+    resolve_api_key,
+    resolve_target,
+    stderr,
+)
+
+EPILOG = """examples:
+  taskapp serve support-intents                  the bundled example on http://127.0.0.1:8114
+  taskapp serve my_task_app.py --port 9000       a file defining app or build_config()
+  taskapp serve mypkg.tasks:build_config --tunnel cloudflare-quick
+  taskapp serve support-intents --server subprocess --workers 2
+  ENVIRONMENT_API_KEY=... taskapp serve support-intents --host 0.0.0.0
+
+The API key is --api-key-env NAME, else ENVIRONMENT_API_KEY, else a fresh random key.
+Only its fingerprint is printed; --show-key prints the key itself.
+"""
+
+
+class _Stopped(BaseException):
+    """Raised by the signal handler to unwind the wait (not an Exception: never caught
+    by accident)."""
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run a task app in this process, print its URL, stop on Ctrl-C/SIGTERM",
+        description=(
+            "Start a task app in this process (uvicorn on a pre-bound socket), give it a URL "
+            "through a tunnel backend, print the URL and the API key's fingerprint, and "
+            "serve until Ctrl-C or SIGTERM; then stop everything and exit 0."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("target", metavar="TARGET", help=TARGET_HELP)
+    parser.add_argument(
+        "--tunnel",
+        default="local",
+        metavar="MODE",
+        help="tunnel backend: local (default, nothing exposed), preconfigured, or any "
+        "installed tunnel plugin (see taskapp plugins --all)",
+    )
+    parser.add_argument(
+        "--tunnel-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the tunnel backend (repeatable), e.g. url=https://app.example.com",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on: 127.0.0.1 (default), localhost, ::1 or 0.0.0.0",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to listen on (default 8114); when it is busy, the next free port is used "
+        "and the banner says so",
+    )
+    parser.add_argument(
+        "--server",
+        default="thread",
+        metavar="NAME",
+        help="server runner: thread (default, uvicorn in a thread), subprocess, or a plugin",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="uvicorn worker processes (only with --server subprocess)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Ray Serve replicas (only with --server ray; needs pip install 'taskapp[ray]')",
+    )
+    add_key_arguments(parser, what="the API key clients must present")
+    parser.add_argument(
+        "--show-key", action="store_true", help="print the API key itself, not only its fingerprint"
+    )
+    parser.add_argument(
+        "--health-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long the app may take to start answering /health (default 30; 120 with "
+        "--server ray, which starts a Ray instance first)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    target = resolve_target(args.target)
+    key = resolve_api_key(args)
+    server_options: dict[str, Any] | None = None
+    if args.workers is not None:
+        if args.server != "subprocess":
+            raise UsageError("--workers needs --server subprocess (the thread server has one)")
+        if args.workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {args.workers}")
+        server_options = {"workers": args.workers}
+    if args.replicas is not None:
+        if args.server != "ray":
+            raise UsageError("--replicas needs --server ray (Ray Serve replicas)")
+        if args.replicas < 1:
+            raise UsageError(f"--replicas must be at least 1, got {args.replicas}")
+        server_options = {"num_replicas": args.replicas}
+    if args.health_timeout is None:
+        args.health_timeout = 120.0 if args.server == "ray" else 30.0
+    if args.health_timeout <= 0:
+        raise UsageError("--health-timeout must be positive")
+    tunnel_options = parse_key_values(args.tunnel_option, option="--tunnel-option")
+
+    from taskapp.core.lifecycle import InProcessTaskApp
+
+    def on_signal(signum: int) -> None:
+        raise _Stopped
+
+    with SignalFlag(on_signal) as flag:
+        try:
+            task_app = InProcessTaskApp(
+                **target.kwargs,
+                host=args.host,
+                port=args.port if args.port is not None else 8114,
+                # Never stop another process to free a port: move to the next free one.
+                auto_find_port=True,
+                tunnel_mode=args.tunnel,
+                api_key=key.value,
+                server=args.server,
+                server_options=server_options,
+                tunnel_options=tunnel_options or None,
+                health_check_timeout=args.health_timeout,
+                on_url_change=_print_new_url,
+            )
+            task_app.start()
+            try:
+                _print_banner(task_app, args, key.source)
+                _wait(task_app)
+            finally:
+                task_app.stop()
+        except _Stopped:
+            stderr(f"taskapp serve: {flag.name} received, stopped cleanly")
+            return 0
+    return 0
+
+
+def _print_new_url(task_app: Any) -> None:
+    """A supervised tunnel reconnected with a new public URL."""
+    print(f"  url changed: {task_app.url}", flush=True)
+
+
+def _wait(task_app: Any) -> None:
+    """Block until a signal unwinds us; fail if the server dies under us."""
+    idle = threading.Event()
+    while True:
+        idle.wait(1.0)
+        server = task_app.server
+        if server is not None:
+            server.check_alive()
+
+
+def _print_banner(task_app: Any, args: argparse.Namespace, key_source: str) -> None:
+    from taskapp.core.secrets import fingerprint
+
+    config = getattr(task_app.loaded, "config", None)
+    title = f"{args.target} ({config.name})" if config is not None else args.target
+    source = {
+        "none": "generated for this run",
+        "--api-key": "from --api-key",
+    }.get(key_source, f"from {key_source}")
+    lines = [
+        f"serving {title}",
+        f"  url:     {task_app.url}",
+    ]
+    requested = args.port if args.port is not None else 8114
+    if task_app.port != requested:
+        lines.append(f"           (port {requested} is in use; listening on {task_app.port})")
+    if task_app.url != task_app.local_url:
+        lines.append(f"  local:   {task_app.local_url}")
+    lines.append(f"  api key: {fingerprint(task_app.api_key)} ({source})")
+    if args.show_key:
+        lines.append(f"  key:     {task_app.api_key}")
+    elif key_source == "none":
+        lines.append("           (--show-key prints it; set ENVIRONMENT_API_KEY to choose it)")
+    lines.append(f"  server:  {task_app.server_name}   tunnel: {task_app.tunnel_backend}")
+    tunnel = task_app.tunnel
+    if tunnel is not None and tunnel.headers:
+        lines.append(f"  clients must also send header(s): {', '.join(tunnel.headers)}")
+    lines.append("press Ctrl-C to stop")
+    print("\n".join(lines), flush=True)
+    sys.stdout.flush()

@@ -239,3 +239,13 @@ def test_sync_callables_run_off_the_event_loop() -> None:
     for base in _serve(app):
         httpx.get(f"{base}/task_info", headers=h())
     assert threads and not threads[0].startswith("taskapp-uvicorn")
+
+
+def test_rollout_error_keeps_the_connection_usable(url: str) -> None:
+    """A 500 must not make the server drop the client's kept-alive connection."""
+    with httpx.Client(headers=h()) as client:
+        first = client.post(f"{url}/rollout", json={"run_id": "x", "env": {"seed": 13}})
+        assert first.status_code == 500
+        second = client.post(f"{url}/rollout", json={"run_id": "y", "env": {"seed": 2}})
+        assert second.status_code == 200
+        assert second.json()["run_id"] == "y"

@@ -272,7 +272,12 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
             if denied is not None:
                 status, body = denied
                 return JSONResponse(body, status_code=status)
-        return await call_next(request)
+        try:
+            return await call_next(request)
+        except Exception as exc:
+            # Answer here rather than in an exception handler: Starlette re-raises after a
+            # handler's 500, and uvicorn then drops the client's kept-alive connection.
+            return internal_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_request: Request, exc: RequestValidationError) -> Any:
@@ -293,8 +298,7 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(detail)), status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def on_error(_request: Request, exc: Exception) -> Any:
+    def internal_error(exc: Exception) -> Any:
         request_id = uuid.uuid4().hex[:16]
         logger.error("unhandled error in task app (request %s)", request_id, exc_info=exc)
         return JSONResponse(

@@ -69,8 +69,13 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "taskapp.plugins.loaders.path",
     "taskapp.plugins.loaders.import_string",
     "taskapp.plugins.servers.thread",
+    "taskapp.plugins.servers.subprocess",
+    "taskapp.plugins.servers.ray",
     "taskapp.plugins.tunnels.local",
     "taskapp.plugins.tunnels.preconfigured",
+    "taskapp.plugins.tunnels.ssh",
+    "taskapp.plugins.tunnels.cloudflare",
+    "taskapp.plugins.tunnels.relay",
 )
 
 #: Names users may ask for that no builtin provides yet, with what would provide them.

@@ -39,6 +39,7 @@ from taskapp.cli._common import (
     stderr,
 )
 from taskapp.core.errors import TaskAppError
+from taskapp.core.secrets import fingerprint
 
 EPILOG = """examples:
   taskapp eval support-intents                         the bundled example, its test split
@@ -230,6 +231,10 @@ def run(args: argparse.Namespace) -> int:
             try:
                 url = task_app.url or task_app.local_url
                 headers = dict(task_app.tunnel.headers) if task_app.tunnel else {}
+                stderr(
+                    f"eval: {target.label} is serving at {url} "
+                    f"(API key {fingerprint(task_app.api_key)})"
+                )
                 state = Run(target.label, url, args.concurrency, policy_config)
                 _evaluate_blocking(
                     state, url, task_app.api_key, headers, args, requested, interrupt

@@ -371,8 +371,6 @@ async def _evaluate(
 async def _get_json(client: Any, path: str, url: str, limit_s: float, api_key: str | None) -> Any:
     import httpx
 
-    from taskapp.core.secrets import fingerprint
-
     try:
         response = await client.get(path)
     except httpx.HTTPError as exc:

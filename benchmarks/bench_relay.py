@@ -14,6 +14,7 @@ working public URL. Modes are interleaved in every repetition; medians are repor
 
     python benchmarks/bench_relay.py            # full run (about 2 minutes)
     python benchmarks/bench_relay.py --quick    # shorter phases, one repetition
+    python benchmarks/bench_relay.py --local-leg 3000   # the agent's local leg only
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import json, os, sys, time, threading
 import http.client
 from taskapp import InProcessTaskApp
 
-RELAY, ADMIN = sys.argv[1], sys.argv[2]
+RELAY, ADMIN = sys.argv[1], os.environ["BENCH_RELAY_ADMIN"]  # never a token in argv
 PATTERN = bytes(range(256)) * 256  # 64 KiB
 
 async def app(scope, receive, send):
@@ -277,6 +278,128 @@ async def slow_download(
     }
 
 
+LEG_BODY = b"x" * 1024
+
+
+async def _echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _asgi_call(app: Any) -> int:
+    """One 1 KiB echo straight into the ASGI app (what in-process dispatch would run)."""
+    sent: list[Any] = []
+    request = {"type": "http.request", "body": LEG_BODY, "more_body": False}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/echo",
+        "raw_path": b"/echo",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-length", b"1024")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+        "state": {},
+    }
+
+    async def receive() -> Any:
+        return request
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return len(sent)
+
+
+def local_leg(count: int) -> int:
+    """CPU per request of the agent's local leg: its keep-alive HTTP client to the app's
+    uvicorn (what taskapp ships) vs calling the ASGI app directly, on the agent's loop or
+    on another thread's loop (an in-process dispatch must run the app on the server's)."""
+    import threading
+
+    from taskapp import InProcessTaskApp
+    from taskapp.relay.agent import LocalHttp
+
+    head = LocalHttp.request_head(
+        "POST", "/echo", [("host", "127.0.0.1"), ("content-length", str(len(LEG_BODY)))]
+    )
+
+    async def over_http(port: int) -> None:
+        local = LocalHttp("127.0.0.1", port)
+        for _ in range(count):
+            conn, _ = await local.acquire()
+            conn.writer.write(head + LEG_BODY)
+            status, _, mode = await LocalHttp.read_head(conn.reader)
+            await conn.reader.readexactly(int(mode.split(":")[1]))
+            assert status == 200
+            local.release(conn, True)
+        local.close()
+
+    async def direct() -> None:
+        for _ in range(count):
+            await _asgi_call(_echo_app)
+
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever, daemon=True)
+    thread.start()
+
+    async def cross_thread() -> None:
+        for _ in range(count):
+            future = asyncio.run_coroutine_threadsafe(_asgi_call(_echo_app), other)
+            await asyncio.wrap_future(future)
+
+    rows: dict[str, list[float]] = {"http": [], "asgi": [], "asgi_cross_thread": []}
+    with InProcessTaskApp(app=_echo_app, tunnel_mode="local") as task_app:
+        port = task_app.port
+        assert port is not None
+        for _ in range(5):  # interleaved repetitions
+            for name, make in (
+                ("http", lambda: over_http(port)),
+                ("asgi", direct),
+                ("asgi_cross_thread", cross_thread),
+            ):
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                asyncio.run(make())
+                cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+                rows[name].append(cpu / count * 1e6)
+                rows[name + "_wall"] = [*rows.get(name + "_wall", []), wall / count * 1e6]
+    other.call_soon_threadsafe(other.stop)
+    thread.join(5)
+    other.close()
+    print(f"\n# local leg, 1 KiB POST echo, {count} requests x 5 repetitions (medians, us)\n")
+    print("| local leg | process CPU per request (us) | wall per request (us) |")
+    print("|---|---:|---:|")
+    for name, label in (
+        ("http", "keep-alive HTTP/1.1 to the app's uvicorn (shipped)"),
+        ("asgi", "ASGI call on the agent's own loop"),
+        ("asgi_cross_thread", "ASGI call on another thread's loop"),
+    ):
+        print(
+            f"| {label} | {statistics.median(rows[name]):.0f} | "
+            f"{statistics.median(rows[name + '_wall']):.0f} |"
+        )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -285,7 +408,15 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--size-mib", type=int, default=50)
+    parser.add_argument(
+        "--local-leg",
+        type=int,
+        metavar="N",
+        help="only measure the agent's local leg (HTTP vs in-process ASGI), N requests each",
+    )
     args = parser.parse_args()
+    if args.local_leg:
+        return local_leg(args.local_leg)
     if args.quick:
         args.reps, args.seconds = 1, 1.5
 
@@ -332,11 +463,11 @@ def main() -> int:
         script = workdir / "app_child.py"
         script.write_text(textwrap.dedent(APP_CHILD))
         app = subprocess.Popen(
-            [sys.executable, str(script), relay_url, admin],
+            [sys.executable, str(script), relay_url],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=env,
+            env={**env, "BENCH_RELAY_ADMIN": admin},
         )
         assert app.stdout is not None
         info = json.loads(app.stdout.readline())

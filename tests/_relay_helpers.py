@@ -76,6 +76,7 @@ class TaskAppProbe:
         self.disconnects: list[tuple[str, float]] = []
         self.last_headers: dict[str, str] = {}
         self.first_chunk_sent = threading.Event()
+        self.slow_started = threading.Event()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -163,6 +164,7 @@ class TaskAppProbe:
             seconds = float(query.get("s", "5"))
             await _read_body(receive)
             started = time.monotonic()
+            self.slow_started.set()
             try:
                 async with asyncio.timeout(seconds):
                     while True:

@@ -33,12 +33,15 @@ from taskapp import (
     TunnelTimeoutError,
     TunnelVerificationError,
 )
+from taskapp.core.backends import Tunnel, TunnelContext
 from taskapp.core.plugins import get_registry
+from taskapp.core.supervisor import TunnelSupervisor
 from taskapp.plugins.tunnels.cloudflare import (
     CloudflaredExitedError,
     CloudflaredNetworkError,
     NamedOptions,
     NamedTunnel,
+    QuickOptions,
     QuickTunnel,
     _sweep_stale_workdirs,
     _Watcher,
@@ -151,6 +154,19 @@ def test_quick_tunnel_serves_the_app_through_the_edge(standin: Standin, port: in
     standin.assert_nothing_left()
 
 
+def test_ready_waits_for_the_metrics_server(standin: Standin, port: int) -> None:
+    # The connection is logged as registered, but /ready says 503 for 0.6 s more.
+    standin.env("STANDIN_READY_DELAY", "0.6")
+    started = time.monotonic()
+    with quick_app(standin, port, verify=False) as task_app:
+        assert time.monotonic() - started >= 0.6
+        (pid,) = task_app.tunnel.pids if task_app.tunnel else (0,)
+        argv = read_cmdline(pid)
+        metrics = argv[argv.index("--metrics") + 1]
+        assert via_edge(int(metrics.rsplit(":", 1)[1]), "http://x", "/ready")[0] == 200
+    standin.assert_nothing_left()
+
+
 def test_quick_verification_retries_until_the_edge_resolves(standin: Standin, port: int) -> None:
     standin.env("STANDIN_EDGE_DELAY", "0.8")  # "DNS" appears 0.8 s after registration
     started = time.monotonic()
@@ -221,6 +237,18 @@ def test_quick_timeouts(standin: Standin, port: int, mode: str, needle: str) -> 
     assert needle in str(info.value)
     assert "start_timeout" in str(info.value)
     assert "Requesting new quick Tunnel" in (info.value.log_tail or "")
+    assert_released(port)
+    standin.assert_nothing_left()
+
+
+def test_unconfirmed_url_is_refused(standin: Standin, port: int) -> None:
+    standin.mode("quicktunnel_mismatch")
+    with pytest.raises(TunnelProtocolError) as info:
+        quick_app(standin, port).start()
+    text = str(info.value)
+    assert "/quicktunnel reports 'some-other-quick-tunnel.trycloudflare.com'" in text
+    assert "unconfirmed URL" in text and "named" in text
+    assert info.value.log_tail and "trycloudflare.com" in info.value.log_tail
     assert_released(port)
     standin.assert_nothing_left()
 
@@ -318,6 +346,41 @@ def test_failed_restart_is_retried_with_a_warning(
         assert changed.wait(15), caplog.text
         assert task_app.url != old_url
         assert edge_get(standin, task_app.url or "", "/health")[0] == 200
+    standin.assert_nothing_left()
+
+
+def test_supervisor_gives_up_with_a_warning(
+    standin: Standin, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The core supervisor with short delays (the lifecycle's take 15 s to give up), driving
+    # the real backend: every restart is refused by the rate limit.
+    caplog.set_level(logging.WARNING, logger="taskapp.tunnel")
+    changed: list[Tunnel] = []
+    backend = QuickTunnel(QuickOptions())
+    ctx = TunnelContext(
+        local_url=f"http://127.0.0.1:{free_port()}",
+        host="127.0.0.1",
+        port=1,
+        api_key=KEY,
+        force_new=False,
+        start_timeout=10.0,
+        logger=logging.getLogger("taskapp.tunnel.cloudflare-quick"),
+        url_changed=changed.append,
+    )
+    supervisor = TunnelSupervisor(backend, ctx, max_restarts=3, first_delay=0.05, max_delay=0.1)
+    try:
+        (pid,) = backend.open(ctx).pids
+        supervisor.start()
+        standin.mode("rate_limit")
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: supervisor.gave_up, 15), caplog.text
+        assert "giving up on tunnel 'cloudflare-quick' after 3 attempts" in caplog.text
+        assert "(3/3)" in caplog.text and not changed
+        warnings = [r for r in caplog.records if "giving up" in r.getMessage()]
+        assert [r.levelno for r in warnings] == [logging.WARNING]
+    finally:
+        supervisor.stop()
+        backend.close()
     standin.assert_nothing_left()
 
 

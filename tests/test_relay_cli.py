@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
@@ -69,8 +68,10 @@ def test_serve_then_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
         with app, concurrent.futures.ThreadPoolExecutor(1) as pool:
             assert app.url is not None
             headers = {"X-SynthTunnel-Worker-Token": str(app.task_app_worker_token)}
-            slow = pool.submit(httpx.get, app.url + "/slow?s=1", headers=headers, timeout=10)
-            time.sleep(0.3)
+            slow = pool.submit(httpx.get, app.url + "/slow?s=2", headers=headers, timeout=10)
+            # SIGTERM only once the request is in the app: the drain must wait for it (a
+            # fixed sleep here raced the request on a busy machine).
+            assert probe.slow_started.wait(5)
             relay.proc.send_signal(signal.SIGTERM)
             assert wait_for(
                 lambda: httpx.get(app.url + "/health", headers=headers).status_code == 503, 3

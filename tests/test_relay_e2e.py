@@ -304,6 +304,29 @@ def test_over_the_memory_budget_new_requests_get_503() -> None:
         assert httpx.get(app.url + "/health", headers=auth(app)).status_code == 200
 
 
+def test_a_blocked_caller_loop_does_not_starve_the_agent() -> None:
+    done: dict[str, Any] = {}
+
+    async def main(relay_url: str) -> None:
+        async with task_app(relay_url) as app:
+            assert app.url is not None
+
+            def call() -> None:
+                answer = httpx.get(app.url + "/health", headers=auth(app), timeout=5)
+                done["status"], done["at"] = answer.status_code, time.monotonic()
+
+            caller = threading.Thread(target=call)
+            caller.start()
+            time.sleep(1.5)  # user code that blocks the caller's event loop
+            blocked_until = time.monotonic()
+            caller.join(5)
+        assert done["status"] == 200
+        assert done["at"] < blocked_until, "the request waited for the caller's loop"
+
+    with running_relay() as relay:
+        asyncio.run(main(relay.url))
+
+
 def test_agent_connection_killed_then_it_reconnects_by_itself() -> None:
     with running_relay() as relay, task_app(relay.url, reconnect_max_delay=0.3) as app:
         assert app.url is not None

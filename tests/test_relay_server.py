@@ -258,6 +258,25 @@ def test_inflight_limit_503_and_deadline_504_with_cancel_to_the_agent() -> None:
             agent.stop()
 
 
+def test_no_progress_for_the_stall_timeout_answers_504_and_cancels() -> None:
+    with running_relay(stall_timeout=0.5) as relay:
+        lease = create_lease(relay.url)
+        agent = LegacyV1Agent(
+            lease["agent_connect"]["url"], lease["agent_connect"]["agent_token"], lease["lease_id"]
+        ).start()
+        headers = {"X-SynthTunnel-Worker-Token": lease["worker_token"]}
+        try:
+            started = time.monotonic()
+            answer = httpx.get(lease["public_url"] + "/hang", headers=headers, timeout=10)
+            took = time.monotonic() - started
+            assert (answer.status_code, answer.json()) == (504, {"error": "gateway_timeout_stall"})
+            assert 0.5 <= took < 5  # the stall timeout, long before the 600 s deadline
+            assert wait_for(lambda: len(agent.cancelled) == 1, 5)
+            assert relay.app.counters["timeouts_504"] == 1
+        finally:
+            agent.stop()
+
+
 def test_request_size_and_header_limits() -> None:
     with running_relay(max_request_bytes=1000, max_header_bytes=2048) as relay:
         lease = create_lease(relay.url)

@@ -246,8 +246,12 @@ def test_busy_remote_port(sshd: SSHServer, port: int) -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
+        started = time.monotonic()
         with pytest.raises(SSHForwardRefusedError) as info:
             ssh_app(sshd, port, tunnel_options={"remote_port": busy}).start()
+        # ExitOnForwardFailure: ssh exits at once instead of running on without a tunnel
+        # until the 15 s timeout.
+        assert time.monotonic() - started < 8
     message = str(info.value)
     assert f"port {busy} is already in use on the server" in message
     assert f"remote port forwarding failed for listen port {busy}" in (info.value.log_tail or "")
@@ -299,6 +303,21 @@ def test_server_unreachable(sshd: SSHServer, port: int) -> None:
     assert time.monotonic() - started < 10
     assert "Connection refused" in (info.value.log_tail or "")
     assert "unreachable" in str(info.value)
+
+
+def test_server_hung_before_the_banner(sshd: SSHServer, port: int) -> None:
+    sshd.freeze()  # SIGSTOP: the kernel still accepts the TCP connection, nothing answers
+    try:
+        started = time.monotonic()
+        with pytest.raises(TunnelTimeoutError) as info:
+            ssh_app(sshd, port, tunnel_options={"connect_timeout": 1.0}).start()
+        took = time.monotonic() - started
+    finally:
+        sshd.thaw()
+    assert took < 8, f"took {took:.1f}s: ConnectTimeout must bound the banner exchange"
+    assert "banner exchange" in (info.value.log_tail or "")
+    assert "could not reach" in str(info.value) and "ProxyJump" in str(info.value)
+    assert_released(port)
 
 
 def test_ssh_missing(sshd: SSHServer, port: int, tmp_path: Path) -> None:

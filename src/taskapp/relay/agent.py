@@ -263,7 +263,10 @@ class RelayAgent:
                     logger.warning("relay lease %s lost: %s", self.config.lease_id, exc)
                     if self.first_error is None and not self.ready.is_set():
                         self.first_error = TunnelAuthError(
-                            f"the relay refused the agent: {exc}", backend="relay"
+                            f"the relay refused the agent: {exc}. The lease was deleted or "
+                            "expired, or the relay lost its state (restarted without "
+                            "--state-file); retry, which rents a new lease",
+                            backend="relay",
                         )
                         self.failed.set()
                     return

@@ -431,7 +431,11 @@ class _CloudflaredTunnel(TunnelBackend):
                         backend=self.name,
                     ) from exc
                 raise TunnelError(
-                    f"could not start {program}: {exc.message}", backend=self.name
+                    f"could not start {program}: {exc.message}. Check that it is an executable "
+                    "cloudflared (`cloudflared --version`), or point cloudflared_path / "
+                    "TASKAPP_CLOUDFLARED at one.",
+                    backend=self.name,
+                    log_tail=exc.log_tail,
                 ) from exc
             with self._lock:
                 self._proc, self._watcher = proc, watcher
@@ -444,7 +448,8 @@ class _CloudflaredTunnel(TunnelBackend):
                     raise self._failure(
                         TunnelError,
                         "cloudflared could not bind a free loopback port for its metrics "
-                        "server three times in a row",
+                        "server three times in a row (another program keeps taking the ports "
+                        "taskapp picks); retry, and check what binds loopback ports here",
                         proc,
                     ) from None
                 continue
@@ -534,7 +539,7 @@ class _CloudflaredTunnel(TunnelBackend):
             what=f"cloudflared's metrics server ({metrics_url})",
             error=lambda message: TunnelTimeoutError(
                 f"{message}. cloudflared logged a registered connection but /ready never "
-                "answered 200",
+                "answered 200; retry, and upgrade cloudflared if it keeps happening",
                 backend=self.name,
                 log_tail=proc.tail(),
             ),
@@ -805,7 +810,8 @@ class QuickTunnel(_CloudflaredTunnel):
             raise self._failure(
                 TunnelProtocolError,
                 f"cloudflared printed {url} but its metrics server did not confirm it "
-                f"(GET {self.metrics_url}/quicktunnel: {exc})",
+                f"(GET {self.metrics_url}/quicktunnel: {exc}). Retry; upgrade cloudflared if "
+                f"it keeps happening, or {_ADVICE_QUICK}",
                 proc,
             ) from exc
         confirmed = answer.get("hostname") if isinstance(answer, dict) else None
@@ -813,7 +819,8 @@ class QuickTunnel(_CloudflaredTunnel):
             raise self._failure(
                 TunnelProtocolError,
                 f"cloudflared printed {url} but /quicktunnel reports {confirmed!r}; refusing "
-                "to hand out an unconfirmed URL",
+                "to hand out an unconfirmed URL. Retry; upgrade cloudflared if it keeps "
+                f"happening, or {_ADVICE_QUICK}",
                 proc,
             )
         ctx.logger.info("cloudflared quick tunnel %s (pid %d) ready", url, proc.pid)

@@ -306,7 +306,8 @@ class _LocalhostRunJSON(_Parser):
         except ValueError:
             raise TunnelProtocolError(
                 f"localhost.run printed a tunnel event that is not valid JSON: "
-                f"{match.group(0)[:200]!r}",
+                f"{match.group(0)[:200]!r}; its output format may have changed: try "
+                "tunnel_options={'output': 'text'}, or another backend",
                 backend=backend.name,
                 log_tail=backend.log_tail(),
             ) from None
@@ -316,7 +317,8 @@ class _LocalhostRunJSON(_Parser):
         address = str(event.get("address", "")).strip()
         if not address:
             raise TunnelProtocolError(
-                "localhost.run reported a tunnel without an address",
+                "localhost.run reported a tunnel without an address; its output format may "
+                "have changed: try tunnel_options={'output': 'text'}, or another backend",
                 backend=backend.name,
                 log_tail=backend.log_tail(),
             )
@@ -503,7 +505,9 @@ class SSHTunnel(TunnelBackend):
                         backend=self.name,
                     ) from exc
                 raise TunnelError(
-                    f"could not start ssh for tunnel {self.name!r}: {exc.message}",
+                    f"could not start ssh for tunnel {self.name!r}: {exc.message}. Check that "
+                    f"{self.options.ssh_path!r} is the OpenSSH client (ssh -V), or set "
+                    "tunnel_options={'ssh_path': '/path/to/ssh'}.",
                     backend=self.name,
                     log_tail=exc.log_tail,
                 ) from exc
@@ -640,7 +644,9 @@ class SSHTunnel(TunnelBackend):
         with self._lock:
             proc, self._proc = self._proc, None
         if proc is not None:
-            proc.close(grace=3.0)
+            # ssh exits at once on SIGTERM; the short grace keeps close() under 2 s even
+            # if it does not.
+            proc.close(grace=1.0)
         self._remove_config()
 
     def _remove_config(self) -> None:

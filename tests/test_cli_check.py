@@ -113,6 +113,7 @@ def test_timeout_when_nothing_answers() -> None:
     [
         (["ftp://example.com"], "expected http://host"),
         (["http://127.0.0.1:1", "--timeout", "0"], "--timeout must be positive"),
+        (["http://127.0.0.1:1", "--timeout", "nan"], "--timeout must be positive and finite"),
         (["http://127.0.0.1:1", "--api-key-env", "UNSET_VAR_XYZ"], "UNSET_VAR_XYZ is not set"),
     ],
 )

@@ -204,6 +204,22 @@ def test_log_json_makes_every_stderr_line_json() -> None:
     assert any(r["logger"] == "taskapp" and "task app ready" in r["message"] for r in records)
 
 
+def test_log_json_errors_are_json_too(tmp_path: Path) -> None:
+    usage = taskapp("--log-json", "eval", "no-such-thing")
+    assert usage.returncode == 2
+    (record,) = [json.loads(line) for line in usage.stderr.strip().splitlines()]
+    assert record["level"] == "ERROR"
+    assert record["message"].startswith("taskapp eval: error: unknown target 'no-such-thing'")
+    path = write(tmp_path, "broken.py", "raise KeyError('settings')\n")
+    failed = taskapp("--log-json", "eval", str(path))
+    assert failed.returncode == 1
+    records = [json.loads(line) for line in failed.stderr.strip().splitlines()]
+    error = records[-1]
+    assert error["level"] == "ERROR" and "executing" in error["message"]
+    assert f'File "{path}", line 1' in error["exception"]
+    assert "KeyError: 'settings'" in error["exception"]
+
+
 def test_eval_the_standalone_example_file_scores_like_the_bundled_one() -> None:
     result = taskapp("eval", str(EXAMPLES_DIR / "support_intents_app.py"), "--split", "train")
     assert result.returncode == 0, result.stderr
@@ -303,6 +319,7 @@ def test_unreachable_inference_url_fails_fast_with_one_clear_cause(server: Serve
         (["support-intents", "--url", "http://127.0.0.1:9"], "either TARGET or --url"),
         ([], "pass TARGET"),
         (["support-intents", "--concurrency", "0"], "--concurrency must be at least 1"),
+        (["support-intents", "--timeout", "inf"], "--timeout must be positive and finite"),
         (["--url", "ftp://x"], "expected http://host"),
         (["support-intents", "--tunnel", "warp-drive"], "unknown tunnel 'warp-drive'"),
         (["--url", "http://127.0.0.1:9", "--tunnel", "local2"], "not with --url"),

@@ -130,6 +130,8 @@ def test_subprocess_server_with_workers() -> None:
         (["support-intents", "--tunnel-option", "novalue"], "expected KEY=VALUE"),
         (["support-intents", "--api-key-env", "UNSET_VAR_XYZ"], "UNSET_VAR_XYZ is not set"),
         (["support-intents", "--tunnel-option", "colour=blue"], "unknown option(s) 'colour'"),
+        (["support-intents", "--health-timeout", "nan"], "--health-timeout must be positive"),
+        (["support-intents", "--replicas", "2"], "--replicas needs --server ray"),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], message: str) -> None:

@@ -302,14 +302,40 @@ def test_wrong_key_is_reported_without_the_key(toy: tuple[ToyTask, InProcessTask
 
 
 def test_baseline_rollouts_failing_stops_the_run(tmp_path: Path) -> None:
-    task = ToyTask(size=110)  # val seeds 110-129 are out of range: HTTP 422
+    task = ToyTask(fail_seeds=frozenset(range(110, 130)))  # 20 of 30 val seeds: HTTP 500
     out = tmp_path / "run"
     with InProcessTaskApp(config=task.config()) as app:
         with pytest.raises(TaskAppUnavailableError, match="baseline rollouts failed") as info:
             optimize(app, output_dir=out)
-    assert "seed_out_of_range" in str(info.value)
+    assert "20 of 30 baseline rollouts failed" in str(info.value)
+    assert "HTTP 500" in str(info.value)
     assert info.value.result is None
     assert not out.exists() or not any(out.iterdir())  # the next attempt needs no --resume
+
+
+def test_seeds_outside_the_task_set_are_refused_before_any_rollout() -> None:
+    task = ToyTask(size=110)  # /task_info says seeds 0-109: val seeds 110-129 do not exist
+    with InProcessTaskApp(config=task.config()) as app:
+        with pytest.raises(ConfigurationError) as info:
+            optimize(app, test_seeds="105-112")
+    assert "val_seeds 110-129; test_seeds 110-112 outside the task set" in str(info.value)
+    assert "(its seeds are 0-109)" in str(info.value)
+    assert task.requests == []  # not a single rollout was sent
+
+
+def test_baseline_broken_by_an_unreachable_model_fails_fast() -> None:
+    # The bundled example answers 200 with success_status "runtime_error" when its model
+    # cannot be reached: without this check the run would "succeed" at score 0.
+    from taskapp.examples.support_intents import build_config
+
+    policy = {"inference_url": f"http://127.0.0.1:{closed_port()}/v1", "model": "m"}
+    with InProcessTaskApp(config=build_config()) as app:
+        with pytest.raises(TaskAppUnavailableError) as info:
+            run(app, None, "0-9", "10-19", reflection_lm=StandInReflectionLM(), policy=policy,
+                budget=100)  # fmt: skip
+    message = str(info.value)
+    assert "10 of 10 baseline rollouts failed" in message
+    assert "success_status 'runtime_error': could not reach the inference URL" in message
 
 
 def test_task_app_dying_mid_run_keeps_the_partial_result(tmp_path: Path) -> None:

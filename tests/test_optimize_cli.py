@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 TASKAPP = shutil.which("taskapp") or ""
 TOY = "tests._optimize_helpers:toy_app_config"
 SEEDS = ["--train-seeds", "0-39", "--val-seeds", "100-129"]
+OUTSIDE_SEEDS = ["--train-seeds", "390-420", "--val-seeds", "0-9", "--test-seeds", "100-109"]
+NAN_TEMPERATURE = ["--reflection-temperature", "nan"]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -84,6 +86,20 @@ def test_optimize_the_bundled_example(tmp_path: Path) -> None:
     assert (out / "score_curve.svg").is_file()
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert history[0]["event"] == "baseline" and history[-1]["event"] == "stopped"
+
+
+def test_log_json_makes_progress_and_errors_json(tmp_path: Path) -> None:
+    done = taskapp("--log-json", "optimize", TOY, "--stand-in", *SEEDS, "--budget", "100",
+                   "--out", str(tmp_path / "run"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stderr.strip().splitlines()]
+    kinds = [r["progress"]["event"] for r in records if "progress" in r]
+    assert kinds[0] == "baseline" and kinds[-1] == "stopped"
+    down = taskapp("--log-json", "optimize", f"http://127.0.0.1:{closed_port()}", "--stand-in",
+                   *SEEDS, "--budget", "100", "--health-timeout", "0.5")  # fmt: skip
+    assert down.returncode == 3
+    (error,) = [json.loads(line) for line in down.stderr.strip().splitlines()]
+    assert error["level"] == "ERROR" and "did not answer 200" in error["message"]
 
 
 def test_resume_continues_the_run(tmp_path: Path) -> None:
@@ -156,7 +172,8 @@ def test_reflection_model_failing_every_time_exits_4(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
 
 
-def test_ctrl_c_saves_the_partial_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_saves_the_partial_result(tmp_path: Path, signum: int, status: int) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [
@@ -193,7 +210,7 @@ def test_ctrl_c_saves_the_partial_result(tmp_path: Path) -> None:
     reader.start()
     try:
         assert seen_iteration.wait(30), "".join(lines)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         started = time.monotonic()
         code = proc.wait(20)
         assert time.monotonic() - started < 10
@@ -203,8 +220,10 @@ def test_ctrl_c_saves_the_partial_result(tmp_path: Path) -> None:
             proc.wait(5)
     reader.join(5)
     stdout = proc.stdout.read() if proc.stdout else ""
-    assert code == 130, "".join(lines)
+    assert code == status, "".join(lines)
     assert "interrupted" in stdout
+    assert f"{signal.Signals(signum).name}: stopping after the current step" in "".join(lines)
+    assert "Traceback" not in "".join(lines)
     saved = json.loads((out / "result.json").read_text())
     assert saved["status"] == "interrupted" and saved["stopped_by"] == "interrupted"
     assert saved["metric_calls"] < 5000
@@ -227,6 +246,15 @@ def test_ctrl_c_saves_the_partial_result(tmp_path: Path) -> None:
         ([TOY, "--stand-in", *SEEDS, "--budget", "100", "--policy-config", "[1]"], "JSON object"),
         ([TOY, "--stand-in", *SEEDS, "--budget", "100", "--resume"], "--out"),
         (["no/such/app.py", "--stand-in", *SEEDS, "--budget", "100"], "no such file"),
+        ([TOY, "--stand-in", *SEEDS, "--budget", "100", "--timeout", "nan"], "timeout_s must be"),
+        (
+            [TOY, *SEEDS, "--budget", "100", "--reflection-model", "m", *NAN_TEMPERATURE],
+            "temperature must be a number",
+        ),
+        (
+            ["support-intents", "--stand-in", *OUTSIDE_SEEDS, "--budget", "100"],
+            "train_seeds 400-420 outside the task set",
+        ),
         (
             [TOY, "--stand-in", *SEEDS, "--budget", "100", "--prompt-file", "/no/such/file"],
             "cannot read",

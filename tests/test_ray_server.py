@@ -7,7 +7,8 @@ To stay within about a minute on 2 cores the in-process tests share one local Ra
 instance: they run with ``stop_policy="delete_app"`` (taskapp keeps the instance for the
 next task app in this process), in file order, and ``test_default_stop_leaves_no_process``
 then stops it the default way and checks that nothing is left. The module fixture shuts
-down whatever is still kept if a test fails first.
+down whatever is still kept if a test fails first. ``taskapp serve --server ray`` in a
+fresh process (a fresh instance) is tested in tests/test_cli_ray.py.
 """
 
 from __future__ import annotations
@@ -224,6 +225,15 @@ def test_py_path_config_is_served_by_two_replicas(
             for part in ("cmdline", "environ"):
                 with open(f"/proc/{pid}/{part}", "rb") as handle:
                     assert KEY.encode() not in handle.read(), (pid, part)
+        # Ray's usage statistics are off (unless the user opted in): the instance's core
+        # processes inherit the setting. (Python workers rename themselves with
+        # setproctitle, which overwrites their /proc/PID/environ: not checkable there.)
+        if "RAY_USAGE_STATS_ENABLED" not in os.environ:
+            core = [pid for pid in pids if command(pid).endswith(("/raylet", "/gcs_server"))]
+            assert core, [command(pid) for pid in pids]
+            for pid in core:
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    assert b"RAY_USAGE_STATS_ENABLED=0\0" in handle.read(), command(pid)
         logs = session_dir(pids)
         assert logs is not None and logs.is_dir()
         for file in logs.rglob("*"):
@@ -376,69 +386,3 @@ def test_existing_ray_connection_keeps_other_applications(
             serve.shutdown()
         ray.shutdown()
         signal.signal(signal.SIGTERM, previous_sigterm)
-
-
-# -- the command line (a fresh process, a fresh instance) --------------------------------
-
-
-def test_cli_serve_with_replicas_then_eval_then_sigterm(
-    ray_runner: ModuleType, tmp_path: Path
-) -> None:
-    from ._cli_helpers import Served, taskapp
-
-    path = write_app(tmp_path)
-    with Served(
-        str(path),
-        "--server",
-        "ray",
-        "--replicas",
-        "2",
-        "--health-timeout",
-        str(START_TIMEOUT),
-        ENVIRONMENT_API_KEY=KEY,
-    ) as server:
-        server.wait_url(timeout=START_TIMEOUT + 10)
-        family = _descendants(server.proc.pid)
-        assert any(command(pid).startswith("ray::ServeReplica") for pid in family)
-        result = taskapp(
-            "eval",
-            "--url",
-            server.url,
-            "--seeds",
-            "0-7",
-            "--concurrency",
-            "4",
-            timeout=60,
-            ENVIRONMENT_API_KEY=KEY,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        code, elapsed, stderr = server.stop(signal.SIGTERM, timeout=30)
-    assert code == 0, stderr
-    assert "SIGTERM received, stopped cleanly" in stderr
-    assert KEY not in server.stdout + stderr
-    assert wait_until(lambda: not [p for p in family if alive(p)], 5), [
-        (p, command(p)) for p in family if alive(p)
-    ]
-    assert port_is_free(server.port)
-    state["cli_stop_s"] = elapsed
-
-
-def _descendants(root: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    stat = handle.read()
-                parents[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-            except (OSError, ValueError):
-                continue
-    found: set[int] = set()
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in found:
-                found.add(pid)
-                frontier.append(pid)
-    return found

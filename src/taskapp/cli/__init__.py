@@ -1,4 +1,5 @@
-"""The ``taskapp`` command line: ``serve``, ``eval``, ``check``, ``plugins``.
+"""The ``taskapp`` command line: ``serve``, ``eval``, ``check``, ``optimize``, ``relay``,
+``plugins``.
 
 Built on :mod:`argparse` (standard library: no dependency, and ``taskapp --help`` starts
 in milliseconds because nothing heavy is imported until a command runs). Each command
@@ -36,6 +37,20 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+EPILOG = """examples:
+  taskapp eval support-intents --split test     evaluate the bundled example, offline
+  taskapp serve support-intents                 serve it on http://127.0.0.1:8114
+  taskapp check http://127.0.0.1:8114           is a task app answering there?
+  taskapp optimize support-intents --stand-in --train-seeds 0-99 --val-seeds 100-139 \\
+      --budget 400                              GEPA prompt optimization, offline
+  taskapp -v --log-json serve my_task_app.py    INFO logs as one JSON object per line
+  taskapp COMMAND --help                        options and examples of one command
+
+exit status: 0 success, 1 the job failed, 2 usage error, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM); optimize adds 3 and 4 (see taskapp optimize --help).
+"""
+
+
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
 
@@ -47,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Run a task app in-process, give it a URL through a pluggable tunnel, "
             "evaluate it, and tear everything down cleanly."
         ),
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"taskapp {__version__}")
@@ -80,6 +96,26 @@ def configure_logging(verbose: int, log_json: bool) -> None:
     uvicorn_logger.propagate = False
 
 
+def _print_error(text: str, log_json: bool, *, traceback: str | None = None) -> None:
+    """An error on stderr: plain text, or one JSON log object under ``--log-json``."""
+    from taskapp.core.secrets import redact
+
+    text = redact(text)
+    traceback = redact(traceback) if traceback else None
+    if not log_json:
+        if traceback:
+            print(traceback, file=sys.stderr)
+        print(text, file=sys.stderr, flush=True)
+        return
+    record = logging.LogRecord("taskapp.cli", logging.ERROR, "", 0, text, None, None)
+    line = JsonFormatter().format(record)
+    if traceback:
+        import json
+
+        line = json.dumps({**json.loads(line), "exception": traceback}, ensure_ascii=False)
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -87,38 +123,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     configure_logging(args.verbose, args.log_json)
+    prefix = f"taskapp {args.command}"
     try:
         return int(args.run(args))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _print_error(f"{prefix}: interrupted", args.log_json)
         return EXIT_INTERRUPTED
     except (UsageError, ConfigurationError, FileNotFoundError) as exc:
-        print(f"taskapp {args.command}: error: {exc}", file=sys.stderr)
+        _print_error(f"{prefix}: error: {exc}", args.log_json)
         return EXIT_USAGE
     except TaskAppError as exc:
         cause = exc.__cause__
+        shown: str | None = None
         if cause is not None and isinstance(exc, AppLoadError | ServerStartError):
             # The user's code failed (import, factory, lifespan): show its traceback,
             # without taskapp's own frames.
             from taskapp.cli._common import user_traceback
 
             shown = user_traceback(cause)
-            if shown:
-                print(shown, file=sys.stderr)
         elif cause is not None and args.verbose:
             import traceback
 
-            traceback.print_exception(cause, file=sys.stderr)
-        print(f"taskapp {args.command}: error: {exc}", file=sys.stderr)
+            shown = "".join(traceback.format_exception(cause)).rstrip()
+        _print_error(f"{prefix}: error: {exc}", args.log_json, traceback=shown)
         return EXIT_FAILED
     except Exception as exc:  # a bug in taskapp: one line, the traceback only with -v
+        shown = None
         if args.verbose:
             import traceback
 
-            traceback.print_exc(file=sys.stderr)
-        print(
-            f"taskapp {args.command}: internal error: {type(exc).__name__}: {exc} "
+            shown = traceback.format_exc().rstrip()
+        _print_error(
+            f"{prefix}: internal error: {type(exc).__name__}: {exc} "
             "(run with -v for the traceback, and please report it)",
-            file=sys.stderr,
+            args.log_json,
+            traceback=shown,
         )
         return EXIT_FAILED

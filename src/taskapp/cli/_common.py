@@ -29,6 +29,7 @@ __all__ = [
     "Target",
     "add_key_arguments",
     "describe_transport_error",
+    "ephemeral_port",
     "error_message",
     "format_seeds",
     "load_json_argument",
@@ -111,6 +112,19 @@ def resolve_target(target: str) -> Target:
     )
 
 
+def ephemeral_port() -> int:
+    """A port nobody is likely to use, for an app that is only ours for this run.
+
+    (The lifecycle pre-binds it and moves to the next one if it was taken meanwhile.)
+    """
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    return port if 1024 <= port <= 65000 else 8114
+
+
 # -- API keys ----------------------------------------------------------------------------
 
 
@@ -136,6 +150,37 @@ def add_key_arguments(parser: Any, *, what: str) -> None:
         metavar="KEY",
         help=f"{what} itself (visible in the process list: prefer --api-key-env)",
     )
+
+
+def add_worker_token_argument(parser: Any) -> None:
+    parser.add_argument(
+        "--worker-token-env",
+        metavar="NAME",
+        help=(
+            "for a URL behind a taskapp relay: read the lease's worker token from "
+            "environment variable NAME (default: TASKAPP_WORKER_TOKEN when set) and send it "
+            "as the relay's worker-token header"
+        ),
+    )
+
+
+def worker_token_headers(args: Any) -> dict[str, str]:
+    """The relay worker-token header, from --worker-token-env NAME or TASKAPP_WORKER_TOKEN."""
+    env_name = getattr(args, "worker_token_env", None)
+    if env_name:
+        value = os.environ.get(env_name, "")
+        if not value:
+            raise UsageError(
+                f"--worker-token-env {env_name}: environment variable {env_name} is not set"
+            )
+    else:
+        value = os.environ.get("TASKAPP_WORKER_TOKEN", "")
+    if not value:
+        return {}
+    from taskapp.plugins.tunnels.relay import WORKER_TOKEN_HEADER
+
+    register_secret(value)
+    return {WORKER_TOKEN_HEADER: value}
 
 
 def resolve_api_key(args: Any, *, warn_argv: bool = True) -> ApiKey:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from typing import Any
 
 from taskapp.cli import EXIT_FAILED, EXIT_OK, UsageError
 from taskapp.cli._common import (
     add_key_arguments,
+    add_worker_token_argument,
     describe_transport_error,
     error_message,
     resolve_api_key,
+    worker_token_headers,
 )
 
 EPILOG = """examples:
@@ -40,6 +43,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("url", metavar="URL", help="base URL of the task app")
     add_key_arguments(parser, what="the task app's API key")
+    add_worker_token_argument(parser)
     parser.add_argument(
         "--timeout",
         type=float,
@@ -71,13 +75,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.url!r} is not a URL: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise UsageError(f"{args.url!r}: expected http://host[:port] or https://host")
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        raise UsageError(f"--timeout must be positive and finite, got {args.timeout}")
     url = args.url.rstrip("/")
     key = resolve_api_key(args)
+    relay_headers = worker_token_headers(args)
     checks: list[Check] = []
     with httpx.Client(
-        base_url=url, timeout=args.timeout, trust_env=not is_loopback_url(url)
+        base_url=url,
+        timeout=args.timeout,
+        trust_env=not is_loopback_url(url),
+        headers=relay_headers,
     ) as client:
         root = _request(client, "/", {}, url, args.timeout)
         checks.append(_judge_root(root))

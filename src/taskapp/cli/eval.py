@@ -28,7 +28,9 @@ from taskapp.cli._common import (
     TARGET_HELP,
     SignalFlag,
     add_key_arguments,
+    add_worker_token_argument,
     describe_transport_error,
+    ephemeral_port,
     error_message,
     format_seeds,
     load_json_argument,
@@ -37,6 +39,7 @@ from taskapp.cli._common import (
     resolve_api_key,
     resolve_target,
     stderr,
+    worker_token_headers,
 )
 from taskapp.core.errors import TaskAppError
 from taskapp.core.secrets import fingerprint
@@ -81,6 +84,7 @@ def add_parser(subparsers: Any) -> None:
         "--url", help="evaluate a task app already running at URL instead of starting TARGET"
     )
     add_key_arguments(parser, what="the task app's API key")
+    add_worker_token_argument(parser)
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
         "--seeds", metavar="SPEC", help="seeds to run: 0-99, 7, or 1,5,10-12 (inclusive)"
@@ -193,8 +197,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("pass TARGET (a .py file, module:attr or support-intents) or --url URL")
     if args.concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        raise UsageError(f"--timeout must be positive and finite, got {args.timeout}")
     if args.url and (args.tunnel != "local" or args.tunnel_option):
         raise UsageError("--tunnel and --tunnel-option start a tunnel for TARGET; not with --url")
     requested = parse_seeds(args.seeds) if args.seeds else None
@@ -212,13 +216,14 @@ def run(args: argparse.Namespace) -> int:
         if target is None:
             url = _check_url(args.url)
             state = Run(target_label(args), url, args.concurrency, policy_config)
-            _evaluate_blocking(state, url, key.value, {}, args, requested, interrupt)
+            relay_headers = worker_token_headers(args)
+            _evaluate_blocking(state, url, key.value, relay_headers, args, requested, interrupt)
         else:
             from taskapp.core.lifecycle import InProcessTaskApp
 
             task_app = InProcessTaskApp(
                 **target.kwargs,
-                port=_ephemeral_port(),
+                port=ephemeral_port(),
                 api_key=key.value,  # None: a fresh key for this run
                 tunnel_mode=args.tunnel,
                 tunnel_options=tunnel_options or None,
@@ -280,19 +285,6 @@ def _quiet_server_logs() -> None:
 
     for name in ("uvicorn.error", "taskapp.server"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-def _ephemeral_port() -> int:
-    """A port nobody is likely to use: the app is only ours for this run.
-
-    (The lifecycle pre-binds it and moves to the next one if it was taken meanwhile.)
-    """
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    return port if 1024 <= port <= 65000 else 8114
 
 
 def target_label(args: argparse.Namespace) -> str:

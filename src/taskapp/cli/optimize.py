@@ -27,12 +27,14 @@ EPILOG = """examples:
 writes to --out: result.json, best_prompt.txt, history.jsonl, score_curve.svg (and .png
 with matplotlib), candidate_tree.html, and gepa/ (the checkpoint --resume continues).
 exit status: 0 done, 1 failed, 2 bad input, 3 task app down or rollouts failing,
-4 reflection model failed every time, 130 interrupted (the best so far is saved).
+4 reflection model failed every time, 130 Ctrl-C / 143 SIGTERM (the best so far
+is saved).
 """
 
 EXIT_UNAVAILABLE = 3
 EXIT_REFLECTION = 4
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def add_parser(subparsers: Any) -> None:
@@ -184,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         if args.reflection_template
         else None
     )
-    from taskapp.cli._common import resolve_api_key, resolve_target
+    from taskapp.cli._common import ephemeral_port, resolve_api_key, resolve_target
 
     target: Any = args.target
     api_key = None
@@ -193,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from taskapp.core.lifecycle import InProcessTaskApp
 
-        target = InProcessTaskApp(**resolve_target(args.target).kwargs)
+        # An app of our own for this run: a free port, not the default 8114 of serve.
+        target = InProcessTaskApp(**resolve_target(args.target).kwargs, port=ephemeral_port())
     out = args.out if args.out is not None else _default_out(args.target)
 
     from taskapp.optimize import (
@@ -217,7 +220,11 @@ def run(args: argparse.Namespace) -> int:
             temperature=args.reflection_temperature,
             max_tokens=args.reflection_max_tokens,
         )
-    printer = None if args.quiet else ConsolePrinter(sys.stderr)
+    printer: Any = None
+    if args.log_json and not args.quiet:
+        printer = _json_progress
+    elif not args.quiet:
+        printer = ConsolePrinter(sys.stderr)
     try:
         result = optimize(
             target,
@@ -249,10 +256,10 @@ def run(args: argparse.Namespace) -> int:
     except GepaNotInstalledError as exc:
         raise UsageError(exc.message) from None
     except TaskAppUnavailableError as exc:
-        _report_failure(exc, out)
+        _report_failure(exc, out, args.log_json)
         return EXIT_UNAVAILABLE
     except ReflectionModelError as exc:
-        _report_failure(exc, out)
+        _report_failure(exc, out, args.log_json)
         return EXIT_REFLECTION
     finally:
         close = getattr(lm, "close", None)
@@ -263,18 +270,44 @@ def run(args: argparse.Namespace) -> int:
     else:
         _summary(result, out)
     if result.status == "interrupted":
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if _stop_signal(result) == "SIGTERM" else EXIT_INTERRUPTED
     return 0 if result.succeeded else 1
 
 
-def _report_failure(exc: Any, out: Path) -> None:
-    print(f"taskapp optimize: error: {exc}", file=sys.stderr)
+def _json_progress(event: dict[str, Any]) -> None:
+    """A progress event as one JSON log line on stderr (``--log-json``)."""
+    import logging
+
+    from taskapp.core.logs import JsonFormatter
+
+    kind = event.get("event")
+    record = logging.LogRecord(
+        "taskapp.optimize", logging.INFO, "", 0, f"optimize: {kind}", None, None
+    )
+    line = json.loads(JsonFormatter().format(record))
+    line["progress"] = {k: v for k, v in event.items() if k != "val_scores"}
+    print(json.dumps(line, default=str), file=sys.stderr, flush=True)
+
+
+def _stop_signal(result: Any) -> str | None:
+    """The signal that stopped this run (SIGINT, SIGTERM), from its last "stopped" event."""
+    for event in reversed(result.history):
+        if event.get("event") == "stopped":
+            signal_name = event.get("signal")
+            return signal_name if isinstance(signal_name, str) else None
+    return None
+
+
+def _report_failure(exc: Any, out: Path, log_json: bool) -> None:
+    from taskapp.cli import _print_error
+
+    _print_error(f"taskapp optimize: error: {exc}", log_json)
     if exc.result is not None:
-        print(
+        _print_error(
             f"taskapp optimize: the best found before the failure "
             f"({exc.result.best_score:.3f}, baseline {exc.result.baseline_score:.3f}) is "
             f"saved in {out}",
-            file=sys.stderr,
+            log_json,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import threading
 from typing import Any
@@ -23,6 +24,7 @@ EPILOG = """examples:
   taskapp serve my_task_app.py --port 9000       a file defining app or build_config()
   taskapp serve mypkg.tasks:build_config --tunnel cloudflare-quick
   taskapp serve support-intents --server subprocess --workers 2
+  taskapp serve my_task_app.py --server ray --replicas 4   Ray Serve (pip install 'taskapp[ray]')
   ENVIRONMENT_API_KEY=... taskapp serve support-intents --host 0.0.0.0
 
 The API key is --api-key-env NAME, else ENVIRONMENT_API_KEY, else a fresh random key.
@@ -78,7 +80,8 @@ def add_parser(subparsers: Any) -> None:
         "--server",
         default="thread",
         metavar="NAME",
-        help="server runner: thread (default, uvicorn in a thread), subprocess, or a plugin",
+        help="server runner: thread (default, uvicorn in a thread), subprocess (uvicorn in a "
+        "child process), ray (Ray Serve), or a plugin's",
     )
     parser.add_argument(
         "--workers",
@@ -127,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
         server_options = {"num_replicas": args.replicas}
     if args.health_timeout is None:
         args.health_timeout = 120.0 if args.server == "ray" else 30.0
-    if args.health_timeout <= 0:
-        raise UsageError("--health-timeout must be positive")
+    if not math.isfinite(args.health_timeout) or args.health_timeout <= 0:
+        raise UsageError(f"--health-timeout must be positive and finite, got {args.health_timeout}")
     tunnel_options = parse_key_values(args.tunnel_option, option="--tunnel-option")
 
     from taskapp.core.lifecycle import InProcessTaskApp

@@ -15,8 +15,10 @@ Conventions (docs/optimize.md, "The contract conventions"):
 Failures: a rollout that fails (HTTP error, bad JSON, no score) scores 0 and its error
 becomes the feedback. Transport errors and 429/502/503/504 are retried. A rejected key,
 a batch in which every rollout hit a transport error, or a first batch (the baseline) in
-which more than half the rollouts failed raise :class:`TaskAppUnavailableError`: those
-mean the task app is down, not that the prompt is bad.
+which more than half the rollouts failed (counting rollouts the app itself reports as
+``runtime_error`` or ``timeout``, e.g. because its model is unreachable) raise
+:class:`TaskAppUnavailableError`: those mean the task app is down, not that the prompt is
+bad.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ INPUT_KEYS = ("input", "inputs", "message", "question", "query", "observation", 
 PREDICTED_KEYS = ("predicted", "prediction", "output", "response", "completion", "answer_given")
 EXPECTED_KEYS = ("expected", "label", "gold", "target", "reference", "answer")
 RETRY_STATUS = frozenset({429, 502, 503, 504})
+#: ``success_status`` values that say the rollout broke, not that the prompt was bad.
+BROKEN_STATUSES = frozenset({"runtime_error", "timeout"})
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _MAX_TEXT = 2000
 
@@ -76,10 +80,24 @@ class Rollout:
     status: int | None = None  # HTTP status; None when no answer came back
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     latency_s: float = 0.0
+    success_status: str | None = None  # the app's own verdict (runtime_error, timeout...)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def broken(self) -> bool:
+        """No usable score: the request failed, or the app says the rollout itself broke
+        (``success_status`` ``runtime_error`` / ``timeout``, e.g. its model is down)."""
+        return not self.ok or self.success_status in BROKEN_STATUSES
+
+    def problem(self) -> str:
+        """Why the rollout is :attr:`broken`, in one line."""
+        if self.error:
+            return self.error
+        reason = self.details.get("error") or self.details.get("feedback") or ""
+        return redact(f"success_status {self.success_status!r}" + (f": {reason}" if reason else ""))
 
     @property
     def transport_error(self) -> bool:
@@ -297,7 +315,14 @@ class TaskAppAdapter:
             details["feedback"] = f"The rollout ended with status {status!r}."
         if score != score:  # NaN
             score = 0.0
-        return Rollout(seed, score, details=details, status=200, latency_s=latency)
+        return Rollout(
+            seed,
+            score,
+            details=details,
+            status=200,
+            latency_s=latency,
+            success_status=status if isinstance(status, str) else None,
+        )
 
     def _check(self, rollouts: list[Rollout]) -> None:
         if not rollouts:
@@ -318,12 +343,12 @@ class TaskAppAdapter:
             )
         if not self._checked_first:
             self._checked_first = True
-            failed = [r for r in rollouts if not r.ok]
+            failed = [r for r in rollouts if r.broken]
             if len(failed) > self.max_failure_rate * len(rollouts):
                 raise TaskAppUnavailableError(
                     f"{len(failed)} of {len(rollouts)} baseline rollouts failed at "
-                    f"{self.base_url} (first, seed {failed[0].seed}: {failed[0].error}). Check "
-                    "the seeds and the policy config with `taskapp eval` first"
+                    f"{self.base_url} (first, seed {failed[0].seed}: {failed[0].problem()}). "
+                    "Check the seeds and the policy config with `taskapp eval` first"
                 )
 
     # -- placeholders ------------------------------------------------------------------

@@ -25,6 +25,7 @@ feedback. Anything callable as ``lm(prompt: str) -> str`` works; taskapp ships t
 from __future__ import annotations
 
 import email.utils
+import math
 import os
 import re
 import threading
@@ -296,8 +297,14 @@ class OpenAICompatLM:
             raise ConfigurationError(
                 f"the reflection base URL must start with http:// or https://, got {url!r}"
             )
-        if max_retries < 0 or timeout <= 0:
+        if max_retries < 0 or not math.isfinite(timeout) or timeout <= 0:
             raise ConfigurationError("max_retries must be >= 0 and timeout > 0")
+        if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+            raise ConfigurationError(
+                f"the reflection temperature must be a number >= 0, got {temperature}"
+            )
+        if max_tokens is not None and max_tokens < 1:
+            raise ConfigurationError(f"the reflection max_tokens must be >= 1, got {max_tokens}")
         self.model = model
         self.base_url = url.rstrip("/")
         self.api_key_env = api_key_env

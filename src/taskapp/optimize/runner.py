@@ -48,7 +48,7 @@ from taskapp.optimize.lm import (
 )
 from taskapp.optimize.progress import GepaLogger, JsonlWriter, ProgressTracker, RunStopper
 from taskapp.optimize.result import OptimizeResult
-from taskapp.optimize.seeds import SeedLoader, SeedsLike, parse_seeds
+from taskapp.optimize.seeds import SeedLoader, SeedsLike, format_seeds, known_seeds, parse_seeds
 from taskapp.optimize.target import Endpoint, open_target
 
 __all__ = ["advertised_prompts", "import_gepa", "run", "run_async"]
@@ -183,7 +183,9 @@ def _settings(**kw: Any) -> _Settings:
     if patience is not None:
         patience = _positive_int(patience, "patience")
     timeout_s = kw["timeout_s"]
-    if timeout_s is not None and (not isinstance(timeout_s, int | float) or timeout_s <= 0):
+    if timeout_s is not None and (
+        not isinstance(timeout_s, int | float) or not math.isfinite(timeout_s) or timeout_s <= 0
+    ):
         raise ConfigurationError(f"timeout_s must be a positive number, got {timeout_s!r}")
     perfect = kw["perfect_score"]
     if not isinstance(perfect, int | float) or not math.isfinite(perfect):
@@ -200,7 +202,7 @@ def _settings(**kw: Any) -> _Settings:
         )
     for name in ("rollout_timeout", "health_timeout"):
         value = kw[name]
-        if not isinstance(value, int | float) or value <= 0:
+        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
     output_dir = Path(kw["output_dir"]).expanduser() if kw["output_dir"] is not None else None
     if kw["resume"] and output_dir is None:
@@ -331,41 +333,97 @@ def _check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
+def _check_seeds(endpoint: Endpoint, settings: _Settings) -> None:
+    """Refuse seeds outside the task set when ``GET /task_info`` says which seeds exist.
+
+    Without this, train seeds the task app rejects (HTTP 422) would burn the whole budget
+    on failed minibatches and the run would "succeed" with the baseline.
+    """
+    import httpx
+
+    try:
+        with httpx.Client(
+            timeout=settings.health_timeout, trust_env=not is_loopback_url(endpoint.url)
+        ) as client:
+            response = client.get(
+                endpoint.url + "/task_info", headers=auth_headers(endpoint.api_key)
+            )
+        body = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as exc:
+        logger.info("GET /task_info failed (%s); seeds not checked", exc)
+        return
+    known = known_seeds(body.get("taskset") if isinstance(body, dict) else None)
+    if known is None:
+        return
+    problems = []
+    for name, seeds in (
+        ("train_seeds", settings.train),
+        ("val_seeds", settings.val),
+        ("test_seeds", settings.test or []),
+    ):
+        outside = [seed for seed in seeds if seed not in known]
+        if outside:
+            problems.append(f"{name} {format_seeds(sorted(outside))}")
+    if problems:
+        raise ConfigurationError(
+            f"{'; '.join(problems)} outside the task set of {endpoint.label} (its seeds "
+            f"are {format_seeds(sorted(known))})"
+        )
+
+
 # -- Ctrl-C ------------------------------------------------------------------------------
 
 
+STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def _first_sigint_stops(event: threading.Event) -> Iterator[None]:
-    """On the main thread: the first Ctrl-C sets ``event``; a second one aborts as before."""
+def _first_signal_stops(event: threading.Event, caught: list[int]) -> Iterator[None]:
+    """On the main thread: the first Ctrl-C or SIGTERM sets ``event`` (and is appended to
+    ``caught``); a second one goes to the previous handler (abort, as before).
+
+    Installed on top of the lifecycle's handlers, so a SIGTERM does not stop an
+    in-process task app under the running optimization: the run ends after the current
+    step and saves its result, then the task app is stopped as usual.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous: dict[int, Any] = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if not event.is_set():
             event.set()
+            caught.append(signum)
             logger.warning(
-                "Ctrl-C: stopping after the current step and saving the best prompt so far "
-                "(Ctrl-C again to abort)"
+                "%s: stopping after the current step and saving the best prompt so far "
+                "(%s again to abort)",
+                signal.Signals(signum).name,
+                "Ctrl-C" if signum == signal.SIGINT else "SIGTERM",
             )
             return
-        signal.signal(signal.SIGINT, previous)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
+        before = previous[signum]
+        signal.signal(signum, before)
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL and signum == signal.SIGTERM:
+            signal.raise_signal(signum)
+        elif before != signal.SIG_IGN:
             raise KeyboardInterrupt
 
+    installed: list[int] = []
     try:
-        signal.signal(signal.SIGINT, handler)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, handler)
+            installed.append(signum)
     except ValueError:  # not the main interpreter
-        yield
-        return
+        pass
     try:
         yield
     finally:
-        if signal.getsignal(signal.SIGINT) is handler:
-            signal.signal(signal.SIGINT, previous)
+        for signum in installed:
+            if signal.getsignal(signum) is handler:
+                signal.signal(signum, previous[signum])
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -427,7 +485,7 @@ def run(
     * ``output_dir``: saves the result, checkpoints gepa's state there and writes
       ``history.jsonl`` as it goes; ``resume=True`` continues the run saved there.
     * ``stop_event``: set it (from any thread) to stop after the current step; on the
-      main thread the first Ctrl-C sets it too. The result then has status
+      main thread the first Ctrl-C or SIGTERM sets it too. The result then has status
       ``"interrupted"``.
 
     Raises :class:`ConfigurationError` for bad inputs (before anything starts),
@@ -474,6 +532,7 @@ def run(
     event = stop_event if stop_event is not None else threading.Event()
     with open_target(target, api_key=api_key) as endpoint:
         info = _check_health(endpoint, settings.health_timeout)
+        _check_seeds(endpoint, settings)
         return _Run(settings, gepa, endpoint, info, event, on_progress).execute()
 
 
@@ -517,6 +576,8 @@ class _Run:
         self.on_progress = on_progress
         self.started = time.perf_counter()
         self.previous: dict[str, Any] = {}
+        #: the signal (SIGINT or SIGTERM) that stopped the run, if one did
+        self.caught: list[int] = []
 
     # -- setup -------------------------------------------------------------------------
 
@@ -645,7 +706,7 @@ class _Run:
         status, error, failure = "succeeded", None, None
         gepa_result: Any = None
         try:
-            with _first_sigint_stops(self.stop_event):
+            with _first_signal_stops(self.stop_event, self.caught):
                 try:
                     gepa_result = self.gepa.optimize(
                         seed_candidate=seed_candidate,
@@ -754,6 +815,7 @@ class _Run:
                 "metric_calls": int(state.total_num_evals),
                 "best_score": tracker.best_score(),
                 "budget": self.s.budget,
+                "signal": signal.Signals(self.caught[0]).name if self.caught else None,
             }
         )
         result = _build_result(

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from taskapp.core.errors import ConfigurationError
 
-__all__ = ["SeedLoader", "SeedsLike", "format_seeds", "parse_seeds"]
+__all__ = ["SeedLoader", "SeedsLike", "format_seeds", "known_seeds", "parse_seeds"]
 
 SeedsLike = str | Iterable[int] | Mapping[str, int]
 
@@ -97,6 +97,44 @@ def format_seeds(seeds: Sequence[int]) -> str:
     if start is not None:
         parts.append(f"{start}-{prev}" if start != prev else f"{start}")
     return ",".join(parts)
+
+
+def known_seeds(taskset: object) -> set[int] | None:
+    """The seeds a task set (``GET /task_info`` without a seed) says exist, if it says.
+
+    Read from ``seed_range`` ([start, end), end exclusive), else ``size`` (seeds
+    0..size-1), else the union of the splits' seed lists. None when it does not tell
+    (for example splits given only as sizes).
+
+    >>> sorted(known_seeds({"seed_range": [0, 3]}))
+    [0, 1, 2]
+    >>> known_seeds({"splits": {"train": 8}}) is None
+    True
+    """
+    if not isinstance(taskset, Mapping):
+        return None
+    bounds = taskset.get("seed_range")
+    if (
+        isinstance(bounds, list | tuple)
+        and len(bounds) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+    ):
+        return set(range(bounds[0], bounds[1]))
+    size = taskset.get("size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        return set(range(size))
+    splits = taskset.get("splits")
+    if not isinstance(splits, Mapping) or not splits:
+        return None
+    found: set[int] = set()
+    for value in splits.values():
+        seeds = value.get("seeds") if isinstance(value, Mapping) else value
+        if not isinstance(seeds, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds
+        ):
+            return None  # sizes only: the seeds of a split are not known
+        found.update(seeds)
+    return found or None
 
 
 class SeedLoader:

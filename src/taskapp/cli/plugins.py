@@ -9,7 +9,7 @@ from typing import Any
 EPILOG = """examples:
   taskapp plugins              third-party plugins, and any that failed to load
   taskapp plugins --all        builtins too
-  taskapp plugins --all --json machine-readable
+  taskapp plugins --all --json  machine-readable
 """
 
 

@@ -12,7 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -23,19 +23,26 @@ from taskapp import (
     AppLoadError,
     HealthCheckError,
     InProcessTaskApp,
+    LifecycleError,
     PortError,
     ServerStartError,
     TaskAppConfig,
+    Tunnel,
+    TunnelBackend,
+    TunnelContext,
     TunnelVerificationError,
     create_task_app,
+    hookimpl,
 )
+from taskapp.core.plugins import get_registry
+from taskapp.plugins.servers.thread import ThreadServer
 from tests.conftest import (
     assert_released,
     demo_config,
     free_port,
     minimal_app,
     port_is_free,
-    wait_until,
+    taskapp_threads,
 )
 
 KEY = "test-key-0123456789"
@@ -516,9 +523,11 @@ def test_stop_is_bounded_with_a_hanging_request(port: int) -> None:
 
     app = FastAPI()
     app.get("/health")(lambda: {"ok": True})
+    arrived = threading.Event()
 
     @app.get("/hang")
     async def hang() -> None:
+        arrived.set()
         await asyncio.sleep(3600)
 
     task_app = InProcessTaskApp(
@@ -535,7 +544,8 @@ def test_stop_is_bounded_with_a_hanging_request(port: int) -> None:
 
     thread = threading.Thread(target=call, daemon=True)
     thread.start()
-    assert wait_until(lambda: False, timeout=0.3) is False  # let the request arrive
+    # The request is in the handler (a fixed sleep here was flaky on a busy machine).
+    assert arrived.wait(10)
     started = time.monotonic()
     task_app.stop()
     assert time.monotonic() - started < 3
@@ -572,3 +582,326 @@ def test_taskappconfig_validates() -> None:
             provide_task_instances=list,
             rollout=print,
         )
+
+
+# -- cancellation and interruption of start and stop -----------------------------------
+
+
+def never_healthy_app() -> Any:
+    """Serves, but /health answers 503 forever: the start waits in its health check."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    app.get("/health")(lambda: JSONResponse({"healthy": False}, status_code=503))
+    return app
+
+
+def test_timeout_around_async_with_interrupts_the_start(port: int) -> None:
+    before = signal.getsignal(signal.SIGINT)
+
+    async def main() -> float:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(_enter_and_wait(port), timeout=0.5)
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(main())
+    assert elapsed < 5, f"the cancelled start ran on for {elapsed:.1f}s"
+    assert_released(port)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_repeated_cancellation_still_undoes_the_start(port: int) -> None:
+    async def main() -> None:
+        task = asyncio.ensure_future(_enter_and_wait(port))
+        await asyncio.sleep(0.3)
+        for _ in range(3):  # a second and third cancel while the undo is running
+            task.cancel()
+            await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Nothing is left at the moment the cancelled task is done.
+        assert port_is_free(port)
+
+    asyncio.run(main())
+    assert_released(port)
+
+
+async def _enter_and_wait(port: int) -> None:
+    async with InProcessTaskApp(app=never_healthy_app(), port=port, health_check_timeout=30):
+        pytest.fail("the body must not run")
+
+
+def test_cancelled_exit_still_stops_completely(port: int) -> None:
+    def slow_on_stop(_: InProcessTaskApp) -> None:
+        time.sleep(0.5)
+
+    async def run() -> None:
+        async with asyncio.timeout(None) as timeout:
+            async with InProcessTaskApp(app=minimal_app(), port=port, on_stop=slow_on_stop):
+                # Expires while leaving the block, inside the 0.5 s on_stop.
+                timeout.reschedule(asyncio.get_running_loop().time() + 0.2)
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            await run()
+        # The timeout fired during the stop, yet leaving the block waited for it to end.
+        assert port_is_free(port)
+        assert not [t for t in taskapp_threads() if "uvicorn" in t.name]
+
+    asyncio.run(main())
+
+
+class _InterruptedCloseTunnel(TunnelBackend):
+    """Stand-in for a second Ctrl-C arriving while the tunnel closes."""
+
+    name = "interrupted-close-test"
+
+    def open(self, ctx: TunnelContext) -> Tunnel:
+        return Tunnel(url=ctx.local_url)
+
+    def close(self) -> None:
+        raise KeyboardInterrupt
+
+
+class _InterruptedClosePlugin:
+    @hookimpl
+    def register_tunnels(self, register: Any) -> None:
+        register(_InterruptedCloseTunnel)
+
+
+def test_keyboard_interrupt_during_stop_still_releases_everything(port: int) -> None:
+    registry = get_registry()
+    registry.register(_InterruptedClosePlugin(), name="test-interrupted-close")
+    try:
+        task_app = InProcessTaskApp(
+            app=minimal_app(), port=port, tunnel_backend="interrupted-close-test"
+        ).start()
+        with pytest.raises(KeyboardInterrupt):
+            task_app.stop()
+        # The server and the socket were still stopped before the interrupt went on.
+        assert_released(port)
+        assert not task_app.running
+    finally:
+        registry.unregister("test-interrupted-close")
+
+
+def test_starting_a_running_instance_is_a_lifecycle_error(port: int) -> None:
+    with InProcessTaskApp(app=minimal_app(), port=port) as task_app:
+        with pytest.raises(LifecycleError, match="already running; leave its `with` block"):
+            task_app.start()
+        assert httpx.get(f"{task_app.url}/health").status_code == 200
+    assert_released(port)
+
+
+def test_config_app_accepts_instance_key_and_environment_aliases(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENVIRONMENT_API_KEY", "env-key-not-used-123")
+    monkeypatch.setenv("ENVIRONMENT_API_KEY_ALIASES", "alias-key-one-111, alias-key-two-222")
+    with InProcessTaskApp(config=demo_config(), port=port, api_key=KEY) as task_app:
+        for key in (KEY, "alias-key-one-111", "alias-key-two-222"):
+            assert get(f"{task_app.url}/health", key).status_code == 200, key
+        # The explicit key replaced ENVIRONMENT_API_KEY; the aliases only add keys.
+        assert get(f"{task_app.url}/health", "env-key-not-used-123").status_code == 401
+
+
+STUBBORN_LISTENER = """
+import signal, socket, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()
+print("listening", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_listener_ignoring_sigterm_gets_sigkill_after_the_grace(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    from taskapp.core.ports import bind_listener
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN_LISTENER, str(port)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "listening"
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="taskapp"):
+            sock = bind_listener("127.0.0.1", port, auto_find_port=False, grace=0.3)
+        elapsed = time.monotonic() - started
+        sock.close()
+        assert child.wait(timeout=5) == -signal.SIGKILL
+        assert 0.3 <= elapsed < 5
+        messages = caplog.text
+        assert messages.index("asking it to stop (SIGTERM)") < messages.index("sending SIGKILL")
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_auto_find_port_is_bounded() -> None:
+    from taskapp.core.ports import bind_listener
+
+    # Three consecutive busy ports, searched with a window of two: a PortError, not a hang.
+    for _ in range(20):
+        base = free_port()
+        held: list[socket.socket] = []
+        try:
+            for offset in range(3):
+                blocker = socket.socket()
+                held.append(blocker)
+                blocker.bind(("127.0.0.1", base + offset))
+                blocker.listen()
+        except OSError:
+            for blocker in held:
+                blocker.close()
+            continue
+        try:
+            with pytest.raises(PortError, match=rf"ports {base}-{base + 2} .* all in use"):
+                bind_listener("127.0.0.1", base, auto_find_port=True, search=2)
+            assert isinstance(PortError("x"), RuntimeError)
+        finally:
+            for blocker in held:
+                blocker.close()
+        return
+    pytest.fail("found no three consecutive free ports")
+
+
+def test_health_check_sends_the_key_as_bearer_too(port: int) -> None:
+    from fastapi import FastAPI, Header, HTTPException
+
+    app = FastAPI()
+
+    @app.get("/health")
+    def health(authorization: str | None = Header(default=None)) -> dict[str, bool]:
+        if authorization != f"Bearer {KEY}":  # this app reads only Authorization
+            raise HTTPException(status_code=401)
+        return {"healthy": True}
+
+    with InProcessTaskApp(app=app, port=port, api_key=KEY) as task_app:
+        assert task_app.url is not None
+
+
+def test_access_log_is_off_by_default_without_touching_global_logging(
+    port: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    access = logging.getLogger("uvicorn.access")
+    # As a host would have it, whatever other code in this test process did before.
+    monkeypatch.setattr(access, "propagate", True)
+    before = (list(access.handlers), access.propagate, access.level)
+    with caplog.at_level(logging.DEBUG):
+        with InProcessTaskApp(app=minimal_app(), port=port) as task_app:
+            for _ in range(3):
+                assert httpx.get(f"{task_app.url}/health").status_code == 200
+        assert not [r for r in caplog.records if r.name == "uvicorn.access"]
+        # uvicorn's own switch empties the process-wide logger; the host's logging
+        # configuration (and its own uvicorn servers) must not be changed by taskapp.
+        assert (list(access.handlers), access.propagate, access.level) == before
+        caplog.clear()
+        with InProcessTaskApp(
+            app=minimal_app(), port=port, server_options={"access_log": True}
+        ) as task_app:
+            assert httpx.get(f"{task_app.url}/health").status_code == 200
+        # The switch works, so the check above could have failed.
+        assert [r for r in caplog.records if r.name == "uvicorn.access"]
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()])
+def test_on_start_raising_base_exception_stops_everything(port: int, exc: BaseException) -> None:
+    def on_start(_: InProcessTaskApp) -> None:
+        raise exc
+
+    stopped: list[bool] = []
+    with pytest.raises(type(exc)):
+        with InProcessTaskApp(
+            app=minimal_app(), port=port, on_start=on_start, on_stop=lambda _: stopped.append(True)
+        ):
+            pytest.fail("the body must not run")
+    assert stopped == [True]
+    assert_released(port)
+
+
+class _SocketCheckingRunner(ThreadServer):
+    """A runner that records what it was handed: the lifecycle's pre-bound listener."""
+
+    name = "socket-checking-test"
+    seen: ClassVar[list[tuple[int, int]]] = []
+
+    def start(self, ctx: Any) -> None:
+        accepting = ctx.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        type(self).seen.append((ctx.sock.getsockname()[1], accepting))
+        super().start(ctx)
+
+
+class _SocketCheckingPlugin:
+    @hookimpl
+    def register_servers(self, register: Any) -> None:
+        register(_SocketCheckingRunner)
+
+
+def test_server_gets_a_socket_already_bound_and_listening(port: int) -> None:
+    registry = get_registry()
+    registry.register(_SocketCheckingPlugin(), name="test-socket-checking")
+    try:
+        with InProcessTaskApp(app=minimal_app(), port=port, server="socket-checking-test") as ta:
+            assert task_app_port(ta) == port
+        # Bound and listening before the server started: no probe-then-bind window.
+        assert _SocketCheckingRunner.seen == [(port, 1)]
+    finally:
+        registry.unregister("test-socket-checking")
+    assert_released(port)
+
+
+def task_app_port(task_app: InProcessTaskApp) -> int:
+    assert task_app.task_app_worker_token is None  # only a tunnel backend sets one
+    return task_app.port
+
+
+def test_server_dying_during_the_health_check_fails_at_once(port: int) -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    holder: dict[str, InProcessTaskApp] = {}
+
+    @app.get("/health")
+    def health() -> Any:
+        # Stand-in for a server that dies after startup: end the uvicorn thread.
+        server = holder["task_app"].server
+        assert isinstance(server, ThreadServer)
+        server._server.request_exit()
+        return JSONResponse({"healthy": False}, status_code=503)
+
+    holder["task_app"] = InProcessTaskApp(app=app, port=port, health_check_timeout=30)
+    started = time.monotonic()
+    with pytest.raises(ServerStartError, match="the task app failed to start"):
+        holder["task_app"].start()
+    assert time.monotonic() - started < 5, "a dead server must not wait for the health timeout"
+    assert_released(port)
+
+
+def test_listener_is_tcp_so_asyncio_disables_nagle(port: int) -> None:
+    """Accepted sockets inherit the listener's proto; asyncio sets TCP_NODELAY only for
+    IPPROTO_TCP. Without it every keep-alive response waits ~40 ms (delayed ACK)."""
+    from taskapp.core.ports import bind_listener
+
+    sock = bind_listener("127.0.0.1", port, auto_find_port=False)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+    with InProcessTaskApp(
+        app=minimal_app(), port=port, server_options={"loop": "asyncio", "http": "h11"}
+    ) as task_app:
+        with httpx.Client() as client:
+            client.get(f"{task_app.url}/health")
+            started = time.perf_counter()
+            for _ in range(20):
+                assert client.get(f"{task_app.url}/health").status_code == 200
+            elapsed = time.perf_counter() - started
+    # 20 requests with Nagle's delay take >= 0.8 s; without it, a few ms each.
+    assert elapsed < 0.6, f"20 keep-alive requests took {elapsed:.2f}s"

@@ -3,6 +3,7 @@ broken plugins, conflicts, environment switches, and the order hooks fire in."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -394,3 +396,94 @@ def test_third_party_server_runner() -> None:
         registry.unregister("test-counting-runner")
     with pytest.raises(taskapp.UnknownBackendError):
         InProcessTaskApp(app=minimal_app(), server="counting-test")
+
+
+def test_async_hook_implementations_are_refused_with_the_plugin_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class AsyncPlugin:
+        @taskapp.hookimpl
+        async def register_tunnels(self, register: Any) -> None:
+            register(FlakyTunnel)
+
+        @taskapp.hookimpl(tryfirst=True)
+        async def load_app(self, target: AppTarget) -> None:
+            return None
+
+        @taskapp.hookimpl
+        async def task_app_started(self) -> None:
+            return None
+
+    registry = PluginRegistry(load_entry_points=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no nameless "coroutine was never awaited"
+        registry.register(AsyncPlugin(), name="async-plugin")
+        (failure,) = registry.failures
+        assert failure.name == "async-plugin"
+        assert "implements hook register_tunnels with `async def`" in failure.error
+        assert "flaky-test-tunnel" not in registry.tunnels
+        with pytest.raises(taskapp.PluginError, match="'async-plugin' implements hook load_app"):
+            registry.load_app(AppTarget(kind="app", value=minimal_app(), api_key="k" * 10))
+        with caplog.at_level(logging.WARNING, logger="taskapp"):
+            registry.notify("task_app_started", task_app=None)
+        assert "plugin 'async-plugin' raised in hook task_app_started" in caplog.text
+        gc.collect()
+
+
+class ReopenBlocksTunnel(TunnelBackend):
+    """Drops once; the reopen blocks until released, as a slow cloudflared start would."""
+
+    name = "reopen-blocks-test"
+    supervised = True
+
+    def __init__(self, options: Any) -> None:
+        super().__init__(options)
+        self.opens = 0
+        self.is_open = False
+        self.reopening = threading.Event()
+        self.release = threading.Event()
+
+    def open(self, ctx: TunnelContext) -> Tunnel:
+        self.opens += 1
+        if self.opens == 2:
+            self.reopening.set()
+            self.release.wait(10)
+        self.is_open = True
+        return Tunnel(url=f"{ctx.local_url}/#{self.opens}")
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def wait_dropped(self, stop: threading.Event) -> str | None:
+        if self.opens == 1:
+            return "simulated drop"
+        stop.wait()
+        return None
+
+
+def test_supervisor_closes_a_tunnel_it_opened_after_being_stopped() -> None:
+    from taskapp.core.options import NoOptions
+    from taskapp.core.supervisor import TunnelSupervisor
+
+    backend = ReopenBlocksTunnel(NoOptions())
+    ctx = TunnelContext(
+        local_url="http://127.0.0.1:9",
+        host="127.0.0.1",
+        port=9,
+        api_key="k" * 10,
+        force_new=False,
+        start_timeout=5.0,
+        logger=logging.getLogger("taskapp.tunnel.test"),
+        url_changed=lambda tunnel: None,
+    )
+    backend.open(ctx)
+    supervisor = TunnelSupervisor(backend, ctx, first_delay=0.0)
+    supervisor.start()
+    assert backend.reopening.wait(5)
+    supervisor.stop(timeout=0.1)  # the lifecycle's join gives up: open() is still running
+    backend.close()  # ... and the lifecycle closes the backend
+    backend.release.set()  # now the late open() returns
+    supervisor._thread.join(5)
+    assert not supervisor._thread.is_alive()
+    assert backend.opens == 2
+    assert not backend.is_open, "the tunnel opened after stop() was left open"

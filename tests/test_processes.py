@@ -172,6 +172,38 @@ def test_spawn_from_many_threads_at_once(closing: list) -> None:
         proc.wait_for_line(rf"^{proc.name}$", timeout=10)
 
 
+def test_spawn_interrupted_while_waiting_for_the_spawner_leaves_no_child() -> None:
+    spawner = processes._get_spawner()
+    release = threading.Event()
+    busy = spawner.submit(lambda: release.wait(10))  # the spawner thread is occupied
+    before = set(processes._live)
+    pipes_before = _open_pipes()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C while spawn() waits
+            spawn(py("import time; time.sleep(30)"), name="interrupted")
+    finally:
+        timer.cancel()
+        release.set()
+        busy.result(5)
+    spawner.run(lambda: None)  # everything queued before has run by now
+    assert set(processes._live) == before, "the interrupted spawn still started a child"
+    assert not _open_pipes() - pipes_before, "a pipe end leaked"
+
+
+def _open_pipes() -> set[str]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("pipe:"):
+            found.add(target)
+    return found
+
+
 # -- secrets -----------------------------------------------------------------------------
 
 
@@ -318,15 +350,18 @@ def test_ten_megabytes_on_stdout_and_stderr_do_not_stall(closing: list) -> None:
         print('end', flush=True)
     """
     started = time.monotonic()
-    proc = spawn(py(code), buffer_lines=500)
+    proc = spawn(py(code), buffer_lines=2000)
     closing.append(proc)
     assert proc.wait(30) == 0, "the child stalled on a full pipe"
     assert proc.output_drained(10)
     elapsed = time.monotonic() - started
-    lines = proc.lines()
-    assert len(lines) == 500  # bounded
-    assert lines[-1] == "end"
-    long_line = lines[-2]
+    assert len(proc.lines()) == 2000  # bounded
+    # Per stream: the two reader threads append as they read, so the stderr reader may
+    # still add lines it had buffered after stdout's "end" (at most a 64 kB pipe's worth,
+    # well under 2000 lines); across streams the order is arrival order.
+    stdout = proc.lines("stdout")
+    assert stdout[-1] == "end"
+    long_line = stdout[-2]
     assert long_line.startswith("y" * 100)
     assert len(long_line) < processes.MAX_LINE + 100
     assert "more bytes" in long_line

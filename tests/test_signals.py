@@ -200,3 +200,87 @@ def test_sigint_under_asyncio_run(tmp_path: Path, port: int) -> None:
     assert out.count("on_stop ran") == 1
     assert "KeyboardInterrupt" in err
     assert port_is_free(port)
+
+
+START_CHILD = """
+import asyncio, signal, sys, time
+sys.path.insert(0, {repo!r})
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from taskapp import InProcessTaskApp
+
+{prelude}
+
+app = FastAPI()
+polled = []
+
+@app.get("/health")
+def health():
+    if not polled:
+        polled.append(True)
+        print("health polled", flush=True)
+    return JSONResponse({{"healthy": False}}, status_code=503)  # the start keeps waiting
+
+task_app = InProcessTaskApp(app=app, port={port}, health_check_timeout=60)
+
+async def enter_async():
+    async with task_app:
+        print("body ran", flush=True)
+
+try:
+    if {use_async!r}:
+        asyncio.run(enter_async())
+    else:
+        with task_app:
+            print("body ran", flush=True)
+except Exception as exc:
+    print("raised", type(exc).__name__, exc, flush=True)
+"""
+
+
+def _start_child(tmp_path: Path, port: int, prelude: str, use_async: bool) -> subprocess.Popen[str]:
+    code = START_CHILD.format(repo=REPO, port=port, prelude=prelude, use_async=use_async)
+    proc = start_script(code, tmp_path)
+    read_line_with(proc, "health polled")  # the start is now waiting in its health check
+    return proc
+
+
+def _signal_and_collect(proc: subprocess.Popen[str], signum: int) -> tuple[str, str]:
+    """Send ``signum``; the child must end within 15 s (its health timeout is 60 s)."""
+    proc.send_signal(signum)
+    try:
+        return proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:  # only when the test failed
+            proc.kill()
+            proc.communicate(timeout=10)
+
+
+def test_sigterm_ignored_by_the_host_interrupts_a_start(tmp_path: Path, port: int) -> None:
+    # The host ignores SIGTERM, so the process lives on; the start must not run on half
+    # torn down until its 60 s health timeout, but give up at once with a typed error.
+    proc = _start_child(tmp_path, port, "signal.signal(signal.SIGTERM, signal.SIG_IGN)", False)
+    out, err = _signal_and_collect(proc, signal.SIGTERM)
+    assert "raised StartInterruptedError" in out, err
+    assert "interrupted by SIGTERM" in out
+    assert "body ran" not in out
+    assert proc.returncode == 0
+    assert port_is_free(port)
+
+
+def test_sigint_during_an_async_start_stops_it_at_once(tmp_path: Path, port: int) -> None:
+    proc = _start_child(tmp_path, port, "", True)
+    out, err = _signal_and_collect(proc, signal.SIGINT)
+    assert "KeyboardInterrupt" in err
+    assert "body ran" not in out
+    assert port_is_free(port)
+
+
+def test_sigterm_ignored_during_an_async_start_raises_in_async_with(
+    tmp_path: Path, port: int
+) -> None:
+    proc = _start_child(tmp_path, port, "signal.signal(signal.SIGTERM, signal.SIG_IGN)", True)
+    out, err = _signal_and_collect(proc, signal.SIGTERM)
+    assert "raised StartInterruptedError" in out, err
+    assert "body ran" not in out
+    assert port_is_free(port)

@@ -70,6 +70,7 @@ def pid():
 
 @app.get("/slow")
 async def slow():
+    print("slow request arrived", flush=True)
     await asyncio.sleep(30)
     return {"slow": True}
 """
@@ -277,7 +278,9 @@ def test_stop_is_bounded_with_a_hanging_request_and_frees_the_port(app_file: Pat
             [sys.executable, "-c", f"import httpx; httpx.get('{task_app.local_url}/slow')"],
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(0.5)  # the request is in flight
+        # The request is in flight (the child's output, drained by the process manager).
+        assert task_app.server.process is not None
+        task_app.server.process.wait_for_line("slow request arrived", timeout=20)
         started = time.monotonic()
         task_app.stop()
         assert time.monotonic() - started < 4

@@ -84,6 +84,9 @@ def test_validation_order_inputs_before_port(tmp_path: Path) -> None:
         InProcessTaskApp(app=minimal_app(), port=1, host="nope")
     with pytest.raises(ValueError, match="host"):
         InProcessTaskApp(task_app_path=tmp_path / "missing.py", host="nope")
+    # ... the tunnel mode before the path.
+    with pytest.raises(UnknownBackendError, match="unknown tunnel 'nope'"):
+        InProcessTaskApp(task_app_path=tmp_path / "missing.py", tunnel_mode="nope")
 
 
 def test_preconfigured_without_url_rejected_in_constructor(port: int) -> None:

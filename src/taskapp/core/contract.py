@@ -39,6 +39,7 @@ __all__ = [
     "SafetySpec",
     "TaskAppAuth",
     "TaskInfo",
+    "alias_keys_from_env",
     "create_task_app",
     "error_body",
 ]
@@ -190,9 +191,17 @@ def _keys_from_env() -> list[str]:
     primary = os.environ.get("ENVIRONMENT_API_KEY", "").strip()
     if primary:
         keys.append(primary)
-    aliases = os.environ.get("ENVIRONMENT_API_KEY_ALIASES", "")
-    keys.extend(part.strip() for part in aliases.split(",") if part.strip())
+    keys.extend(alias_keys_from_env())
     return keys
+
+
+def alias_keys_from_env() -> list[str]:
+    """The extra keys in the comma-separated ``ENVIRONMENT_API_KEY_ALIASES`` (may be empty).
+
+    Accepted next to the host's key too: they add keys, they never replace one.
+    """
+    aliases = os.environ.get("ENVIRONMENT_API_KEY_ALIASES", "")
+    return [part.strip() for part in aliases.split(",") if part.strip()]
 
 
 async def call_user(func: Callable[..., Any], *args: Any) -> Any:

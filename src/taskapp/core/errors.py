@@ -14,6 +14,8 @@ against synth-ai's ``InProcessTaskApp`` (``except ValueError`` / ``RuntimeError`
     ├── PluginError (RuntimeError)
     │   ├── PluginLoadError                     a plugin the run needs failed to load
     │   └── PluginConflictError                 two plugins register the same name
+    ├── LifecycleError (RuntimeError)           the call does not fit the instance's state
+    │   └── StartInterruptedError               SIGINT/SIGTERM or a cancellation hit a start
     ├── AppLoadError (RuntimeError)             the target could not be turned into an app
     ├── PortError (RuntimeError)                the port could not be bound
     ├── ServerStartError (RuntimeError)         the server died or failed while starting
@@ -37,6 +39,7 @@ __all__ = [
     "AppLoadError",
     "ConfigurationError",
     "HealthCheckError",
+    "LifecycleError",
     "PluginConflictError",
     "PluginError",
     "PluginLoadError",
@@ -44,6 +47,7 @@ __all__ = [
     "ProcessError",
     "ProcessTimeoutError",
     "ServerStartError",
+    "StartInterruptedError",
     "TaskAppError",
     "TaskAppFileNotFoundError",
     "TunnelAuthError",
@@ -98,6 +102,18 @@ class PluginLoadError(PluginError):
 
 class PluginConflictError(PluginError):
     """Two plugins register a backend under the same name."""
+
+
+class LifecycleError(TaskAppError, RuntimeError):
+    """The call does not fit the instance's state (already running; a blocking ``with``
+    inside a running event loop)."""
+
+
+class StartInterruptedError(LifecycleError):
+    """SIGINT/SIGTERM or a cancelled ``async with`` arrived while the task app was starting.
+
+    Everything started so far has been stopped before this is raised.
+    """
 
 
 class AppLoadError(TaskAppError, RuntimeError):

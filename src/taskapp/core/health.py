@@ -160,6 +160,7 @@ def wait_healthy(
             client.close()
     message = (
         f"{what} did not answer 200 at {url} within {timeout:g}s "
-        f"({attempts} attempt(s); last result: {last})"
+        f"({attempts} attempt(s); last result: {last}). Check that it serves GET {path} "
+        "with status 200, or allow it more time"
     )
     raise (error or HealthCheckError)(message)

@@ -2,8 +2,9 @@
 
 Mark implementations with :data:`taskapp.hookimpl`. Hooks are called with keyword
 arguments; an implementation may accept any subset of a hook's arguments, and must not
-declare defaults. Every hook is documented with its exact signature in
-``docs/plugin_hooks.md``.
+declare defaults. Hooks are synchronous: an ``async def`` implementation is refused with
+a :class:`~taskapp.core.errors.PluginError` naming the plugin. Every hook is documented
+with its exact signature in ``docs/plugin_hooks.md``.
 
 Phases, in the order they fire during ``InProcessTaskApp`` start and stop::
 

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,7 +39,12 @@ from taskapp.core.backends import (
     TunnelBackend,
     TunnelContext,
 )
-from taskapp.core.errors import ConfigurationError, TaskAppFileNotFoundError
+from taskapp.core.errors import (
+    ConfigurationError,
+    LifecycleError,
+    StartInterruptedError,
+    TaskAppFileNotFoundError,
+)
 from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.options import parse_options
@@ -136,7 +142,7 @@ class InProcessTaskApp:
             raise ConfigurationError(
                 f"health_check_timeout must be a positive number, got {health_check_timeout!r}"
             )
-        # 4. tunnel mode / backend (names resolved against the plugin registry below)
+        # 4. tunnel mode / backend, resolved against the plugin registry
         if not isinstance(tunnel_mode, str) or not tunnel_mode:
             raise ConfigurationError(f"tunnel_mode must be a non-empty string, got {tunnel_mode!r}")
         if tunnel_backend is not None and (
@@ -145,6 +151,11 @@ class InProcessTaskApp:
             raise ConfigurationError(
                 f"tunnel_backend must be a non-empty string, got {tunnel_backend!r}"
             )
+        from taskapp.core.plugins import get_registry
+
+        self._registry = get_registry()
+        backend_name = tunnel_backend or MODE_ALIASES.get(tunnel_mode, tunnel_mode)
+        self._tunnel_cls = self._registry.tunnel(backend_name)
         # 5./6. path exists and is a .py file
         target: AppTarget
         key = api_key if api_key is not None else os.environ.get("ENVIRONMENT_API_KEY") or None
@@ -176,12 +187,7 @@ class InProcessTaskApp:
             if callback is not None and not callable(callback):
                 raise ConfigurationError(f"{name} must be callable, got {type(callback).__name__}")
 
-        from taskapp.core.plugins import get_registry
-
-        self._registry = get_registry()
         self.tunnel_mode = tunnel_mode
-        backend_name = tunnel_backend or MODE_ALIASES.get(tunnel_mode, tunnel_mode)
-        self._tunnel_cls = self._registry.tunnel(backend_name)
         self._server_cls = self._registry.server(server)
         self._server_options = parse_options(
             self._server_cls.Options, server_options, owner=f"server {server!r}"
@@ -222,6 +228,9 @@ class InProcessTaskApp:
         self._lock = threading.RLock()
         self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Set by a signal or a cancelled `async with` while starting: the start gives up at
+        # its next step (see _check_interrupted) instead of running on half torn down.
+        self._interrupted: str | None = None
 
     # -- public ------------------------------------------------------------------------
 
@@ -236,6 +245,7 @@ class InProcessTaskApp:
 
     def start(self) -> InProcessTaskApp:
         """Start everything (what ``with`` does). Prefer the context managers."""
+        self._interrupted = None
         signals.activate(self)
         try:
             self._start()
@@ -256,7 +266,7 @@ class InProcessTaskApp:
             asyncio.get_running_loop()
         except RuntimeError:
             return self.start()
-        raise RuntimeError(
+        raise LifecycleError(
             "InProcessTaskApp: `with` blocks the running event loop; use `async with "
             "InProcessTaskApp(...)` inside async code"
         )
@@ -271,21 +281,29 @@ class InProcessTaskApp:
 
     async def __aenter__(self) -> InProcessTaskApp:
         self._loop = asyncio.get_running_loop()
+        self._interrupted = None
         signals.activate(self)
         future = self._loop.run_in_executor(None, self._start)
         try:
             await asyncio.shield(future)
         except asyncio.CancelledError:
-            # The start goes on in its thread; wait for it, then undo it.
-            with contextlib.suppress(BaseException):  # its own cleanup already ran
-                await future
-            await asyncio.to_thread(self._stop)
-            signals.deactivate(self)
+            # The start goes on in its thread: make it give up at its next step, wait for
+            # it (however often we are cancelled meanwhile), then undo what it left.
+            self._interrupted = "cancellation of `async with`"
+            try:
+                await _finish(asyncio.ensure_future(self._undo_start(future)))
+            finally:
+                signals.deactivate(self)
             raise
         except BaseException:
             signals.deactivate(self)
             raise
         return self
+
+    async def _undo_start(self, future: asyncio.Future[None]) -> None:
+        with contextlib.suppress(BaseException):  # a failed start cleaned up after itself
+            await future
+        await asyncio.to_thread(self._stop)
 
     async def __aexit__(
         self,
@@ -294,9 +312,13 @@ class InProcessTaskApp:
         tb: TracebackType | None,
     ) -> None:
         try:
-            await asyncio.to_thread(self._stop)
+            # Stop completely even when cancelled meanwhile (an expiring asyncio.timeout, a
+            # second Ctrl-C): leaving the block means the port is free and nothing runs.
+            cancelled = await _finish(asyncio.ensure_future(asyncio.to_thread(self._stop)))
         finally:
             signals.deactivate(self)
+        if cancelled:
+            raise asyncio.CancelledError
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
@@ -309,16 +331,30 @@ class InProcessTaskApp:
 
     def _push(self, label: str, undo: Callable[[], None]) -> None:
         self._cleanups.append((label, undo))
+        self._check_interrupted()
+
+    def _check_interrupted(self) -> None:
+        """Give up a start that a signal or a cancellation interrupted (between steps)."""
+        reason = self._interrupted
+        if reason is not None:
+            raise StartInterruptedError(
+                f"the task app start was interrupted by {reason}; everything started so far "
+                "has been stopped. Start it again when you are ready"
+            )
 
     def _start(self) -> None:
         with self._lock:
             if self._running:
-                raise RuntimeError("this InProcessTaskApp is already running")
+                raise LifecycleError(
+                    "this InProcessTaskApp is already running; leave its `with` block (or "
+                    "call stop()) before starting it again, or create a second instance"
+                )
             self._cleanups = []
             started = time.perf_counter()
             deadline = time.monotonic() + self.health_check_timeout
             try:
                 self._start_steps(deadline)
+                self._check_interrupted()
             except BaseException:
                 self._teardown()
                 raise
@@ -332,7 +368,13 @@ class InProcessTaskApp:
             (time.perf_counter() - started) * 1000,
         )
         self._registry.notify("task_app_started", task_app=self)
-        self._callback("on_start", self.on_start)
+        try:
+            self._callback("on_start", self.on_start)
+        except BaseException:
+            # SystemExit or KeyboardInterrupt from on_start (exceptions are only logged):
+            # the caller never gets the instance to stop, so stop it here.
+            self._stop()
+            raise
 
     def _start_steps(self, deadline: float) -> None:
         registry = self._registry
@@ -363,11 +405,16 @@ class InProcessTaskApp:
         if runner.port is not None and runner.port != self.port:
             logger.debug("server %r serves on port %d instead", self.server_name, runner.port)
             self.port = runner.port
+
+        def alive() -> None:
+            self._check_interrupted()
+            runner.check_alive()
+
         wait_healthy(
             self.local_url,
             api_key=self.api_key,
             timeout=_remaining(deadline),
-            alive=runner.check_alive,
+            alive=alive,
         )
         registry.notify("server_started", task_app=self, server=runner)
 
@@ -417,9 +464,22 @@ class InProcessTaskApp:
     def stop_for_signal(self, signum: int) -> None:
         """Called by the signal handler: the same cleanup as leaving the context.
 
-        A start still in progress is undone as far as it got.
+        A start still in progress is interrupted: it gives up at its next step (raising
+        :class:`StartInterruptedError` if the signal does not end the process) and what
+        it started is undone. A start running in another thread (``async with``) is
+        waited for until it has given up, so nothing it starts afterwards is left behind.
         """
-        if self._running:
+        self._interrupted = signal.Signals(signum).name
+        if not self._lock.acquire(timeout=self.health_check_timeout + 10.0):
+            logger.warning(
+                "a start in another thread did not give up in time; it cleans up after itself"
+            )
+            return
+        try:
+            running = self._running
+        finally:
+            self._lock.release()
+        if running:
             self._stop()
         else:
             self._teardown()
@@ -427,11 +487,18 @@ class InProcessTaskApp:
     def _teardown(self) -> None:
         with self._lock:
             cleanups, self._cleanups = self._cleanups, []
+        pending: BaseException | None = None
         for label, undo in reversed(cleanups):
             try:
                 undo()
             except Exception:
                 logger.warning("stopping %s failed", label, exc_info=True)
+            except BaseException as exc:
+                # KeyboardInterrupt (a second Ctrl-C) or SystemExit: finish the cleanup
+                # first, so no thread, socket or child outlives it, then raise it.
+                pending = pending or exc
+        if pending is not None:
+            raise pending
 
     # -- events ------------------------------------------------------------------------
 
@@ -486,6 +553,25 @@ class InProcessTaskApp:
 
 async def _as_coroutine(awaitable: Any) -> Any:
     return await awaitable
+
+
+async def _finish(future: asyncio.Future[Any]) -> bool:
+    """Await ``future`` to the end even if the caller is cancelled meanwhile.
+
+    Returns True when the caller was cancelled (it should then raise CancelledError); the
+    future's own exception propagates. For work running in a thread, which cannot be
+    cancelled: returning early would leave it running after the caller moved on.
+    """
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.done():
+                raise
+            cancelled = True
+            continue
+        return cancelled
 
 
 def _remaining(deadline: float) -> float:

@@ -70,13 +70,14 @@ def _is_factory(obj: Any) -> bool:
 def materialize(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppConfig | None]:
     """Turn a TaskAppConfig or an ASGI app into (ASGI app, config or None).
 
-    A config becomes an app accepting ``api_key``; an app built by ``create_task_app`` is
-    given ``api_key`` too (through ``app.state.taskapp_auth``, never ``os.environ``).
+    A config becomes an app accepting ``api_key`` (plus any ``ENVIRONMENT_API_KEY_ALIASES``,
+    as the contract says); an app built by ``create_task_app`` is given ``api_key`` too
+    (through ``app.state.taskapp_auth``, never ``os.environ``).
     """
     if isinstance(obj, TaskAppConfig):
-        from taskapp.core.contract import create_task_app
+        from taskapp.core.contract import alias_keys_from_env, create_task_app
 
-        return create_task_app(obj, api_keys=[api_key]), obj
+        return create_task_app(obj, api_keys=[api_key, *alias_keys_from_env()]), obj
     if is_asgi_app(obj):
         auth = getattr(getattr(obj, "state", None), "taskapp_auth", None)
         if auth is not None and hasattr(auth, "add_key"):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
+import inspect
 import os
 import threading
 import traceback
@@ -43,6 +44,7 @@ from taskapp.core.backends import AppTarget, LoadedApp, ServerRunner, TunnelBack
 from taskapp.core.errors import (
     AppLoadError,
     PluginConflictError,
+    PluginError,
     PluginLoadError,
     TaskAppError,
     UnknownBackendError,
@@ -277,6 +279,13 @@ class PluginRegistry:
         if self._trace:
             logger.debug("hook %s -> plugin %r", hook, impl.plugin_name)
         result = impl.function(**_kwargs(impl.argnames, available))
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: close it, instead of a nameless RuntimeWarning
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} implements hook {hook} with `async def`; "
+                "taskapp hooks are synchronous and their results are not awaited. Make it a "
+                "plain `def` (start async work from it yourself if you need to)"
+            )
         if self._trace:
             logger.debug("hook %s <- plugin %r returned %r", hook, impl.plugin_name, result)
         return result

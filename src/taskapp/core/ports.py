@@ -61,7 +61,10 @@ def _family(host: str) -> socket.AddressFamily:
 
 def _try_bind(host: str, port: int, backlog: int) -> socket.socket:
     bind_host = "127.0.0.1" if host == "localhost" else host
-    sock = socket.socket(_family(bind_host), socket.SOCK_STREAM)
+    # proto must say TCP: asyncio sets TCP_NODELAY on accepted connections only when the
+    # socket's proto is IPPROTO_TCP, and accepted sockets inherit the listener's proto.
+    # With proto 0, Nagle plus delayed ACKs add ~40 ms to every keep-alive response.
+    sock = socket.socket(_family(bind_host), socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         # Like uvicorn: lets us rebind a port whose old connections sit in TIME_WAIT, but
         # still fails (EADDRINUSE) while anyone listens on it.
@@ -91,7 +94,10 @@ def bind_listener(
         return _try_bind(host, port, backlog)
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
-            raise PortError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from exc
+            raise PortError(
+                f"cannot bind {host}:{port}: {exc.strerror or exc}; pass another host= (is "
+                "that address configured on this machine?) or another port="
+            ) from exc
     if auto_find_port:
         for candidate in range(port + 1, min(port + search, 65535) + 1):
             try:
@@ -143,7 +149,10 @@ def _reclaim(host: str, port: int, *, grace: float, backlog: int) -> socket.sock
     if sock is not None:
         return sock
     holders = ", ".join(item.describe() for item in find_listeners(port)) or "unknown"
-    raise PortError(f"port {port} on {host} is still in use (held by {holders})")
+    raise PortError(
+        f"port {port} on {host} is still in use (held by {holders}) after SIGTERM and "
+        "SIGKILL; stop that process yourself, pass another port=, or use auto_find_port=True"
+    )
 
 
 def _wait_for_port(host: str, port: int, backlog: int, deadline: float) -> socket.socket | None:

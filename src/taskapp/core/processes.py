@@ -130,12 +130,20 @@ class _Spawner:
             except BaseException as exc:
                 future.set_exception(exc)
 
-    def run(self, job: Callable[[], Any]) -> Any:
-        if threading.current_thread() is self.thread:
-            return job()
+    def submit(self, job: Callable[[], Any]) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if threading.current_thread() is self.thread:
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(job())
+            except BaseException as exc:
+                future.set_exception(exc)
+            return future
         self._jobs.put((job, future))
-        return future.result()
+        return future
+
+    def run(self, job: Callable[[], Any]) -> Any:
+        return self.submit(job).result()
 
 
 _state_lock = threading.Lock()
@@ -653,11 +661,22 @@ def spawn(
         proc._start_threads()
         return proc
 
+    future = _get_spawner().submit(start)
     try:
-        proc: ManagedProcess = _get_spawner().run(start)
+        proc: ManagedProcess = future.result()
     except OSError as exc:
         os.close(err_read)
         raise ProcessError(f"could not start {display}: {exc}") from exc
+    except BaseException:
+        # Interrupted while waiting for the spawner thread (KeyboardInterrupt): do not
+        # leave behind the child it is starting, or is about to start, for nobody to close.
+        if future.cancel():
+            os.close(err_write)  # the job that would have closed it never runs
+        else:
+            with contextlib.suppress(BaseException):
+                future.result(timeout=_EXEC_TIMEOUT).close(grace=0)
+        os.close(err_read)
+        raise
     try:
         failure = _read_exec_status(err_read)
     except BaseException:

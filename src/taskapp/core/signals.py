@@ -2,7 +2,8 @@
 
 Nothing is installed at import. While at least one task app is active and it was entered
 on the main thread, SIGINT and SIGTERM first clean up every active task app (``on_stop``,
-tunnel closed, server stopped), then behave as the handler that was there before would:
+tunnel closed, server stopped; a start still in progress gives up at its next step and
+what it started is undone), then behave as the handler that was there before would:
 
 * a Python handler the host installed is called;
 * SIGINT with Python's default handler raises KeyboardInterrupt;

@@ -72,15 +72,18 @@ class TunnelSupervisor:
             if not self._reconnect():
                 return
 
+    def _close_quietly(self) -> None:
+        try:
+            self.backend.close()
+        except Exception:
+            logger.debug("closing tunnel %r failed", self.backend.name, exc_info=True)
+
     def _reconnect(self) -> bool:
         name = self.backend.name
         backoff = Backoff(first=self.first_delay, maximum=self.max_delay)
         failures = 0
         while not self._stop.is_set():
-            try:
-                self.backend.close()
-            except Exception:
-                logger.debug("closing dropped tunnel %r failed", name, exc_info=True)
+            self._close_quietly()
             if self._stop.wait(backoff.next_delay()):
                 return False
             try:
@@ -88,6 +91,9 @@ class TunnelSupervisor:
                 if self.verify is not None:
                     self.verify(tunnel)
             except Exception as exc:
+                if self._stop.is_set():
+                    self._close_quietly()
+                    return False
                 failures += 1
                 logger.warning(
                     "reconnecting tunnel %r failed (%d/%d): %s",
@@ -98,6 +104,7 @@ class TunnelSupervisor:
                 )
                 if failures >= self.max_restarts:
                     self.gave_up = True
+                    self._close_quietly()  # e.g. opened but failed verification
                     logger.warning(
                         "giving up on tunnel %r after %d attempts; the task app still serves "
                         "its local URL %s",
@@ -108,6 +115,9 @@ class TunnelSupervisor:
                     return False
                 continue
             if self._stop.is_set():
+                # stop() came while open() ran (and may have timed out waiting for us): the
+                # lifecycle may already have closed the backend, so close what we opened.
+                self._close_quietly()
                 return False
             self.restarts += 1
             logger.info("tunnel %r reconnected: %s", name, tunnel.url)

@@ -139,6 +139,19 @@ def _server_class() -> type[Any]:
     return FastExitServer
 
 
+@functools.cache
+def _without_access_log(protocol: type[Any]) -> type[Any]:
+    """``protocol`` (uvicorn's h11 or httptools class) with its access log off."""
+
+    class QuietProtocol(protocol):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.access_log = False
+
+    QuietProtocol.__name__ = QuietProtocol.__qualname__ = f"Quiet{protocol.__name__}"
+    return QuietProtocol
+
+
 async def _idle_app(scope: Any, receive: Any, send: Any) -> None:
     """A placeholder app for :meth:`ThreadServer.prepare` (never served)."""
 
@@ -150,7 +163,10 @@ def _uvicorn_config(app: Any, opts: ThreadOptions) -> Any:
         app,
         log_config=None,
         log_level=opts.log_level,
-        access_log=opts.access_log,
+        # uvicorn switches its access log off by emptying the process-wide "uvicorn.access"
+        # logger (no handlers, no propagation), which would silence the host's own uvicorn
+        # servers too; start() switches it off for this server only (_without_access_log).
+        access_log=True,
         lifespan="auto",
         loop=opts.loop,
         http=opts.http,
@@ -191,24 +207,29 @@ class ThreadServer(ServerRunner):
     def start(self, ctx: ServerContext) -> None:
         self._probe = _LifespanProbe(ctx.loaded.app)
         config = _uvicorn_config(self._probe, self.options)
+        config.load()
+        if not self.options.access_log:
+            config.http_protocol_class = _without_access_log(config.http_protocol_class)
         server = _server_class()(config)
         server.on_started = self._mark_started
         self._server = server
-        self._thread = threading.Thread(
+        # A local reference: a signal handler may call stop() (which forgets the thread)
+        # while this method waits.
+        thread = self._thread = threading.Thread(
             target=self._run,
             args=(config, ctx.sock),
             name=f"taskapp-uvicorn-{ctx.port}",
             daemon=True,
         )
-        self._thread.start()
+        thread.start()
         if not self._ready.wait(ctx.start_timeout):
             self.stop()
             raise ServerStartError(
-                f"uvicorn did not finish starting within {ctx.start_timeout:g}s "
-                "(a slow lifespan startup?)"
+                f"uvicorn did not finish starting within {ctx.start_timeout:g}s (a slow "
+                "lifespan startup?); make startup faster or raise health_check_timeout="
             )
         if not self._started:
-            self._thread.join(timeout=5)
+            thread.join(timeout=5)
             raise self._startup_failure()
 
     def _mark_started(self) -> None:

@@ -43,6 +43,10 @@ class PreconfiguredOptions:
                 "preconfigured_auth_header and preconfigured_auth_token go together: pass both "
                 "or neither"
             )
+        # Known as secrets from the constructor on: logs and errors show fingerprints (the
+        # URL is logged, and may carry a password: https://user:password@host).
+        register_secret(self.auth_token)
+        register_secret(parts.password)
 
 
 class PreconfiguredTunnel(TunnelBackend):

@@ -1648,7 +1648,9 @@ def _uvicorn_config(app: RelayApp, settings: RelaySettings, **overrides: Any) ->
         "forwarded_allow_ips": list(settings.trusted_proxies),
         "lifespan": "on",
         "log_config": None,
-        "access_log": False,
+        # True here, switched off for this server's protocol only in RelayServer:
+        # access_log=False would empty the process-wide "uvicorn.access" logger.
+        "access_log": True,
         "timeout_keep_alive": 5,
         "timeout_graceful_shutdown": settings.drain_timeout,
         "ssl_certfile": settings.ssl_certfile,
@@ -1674,6 +1676,10 @@ class RelayServer:
         self.sock = sock
         _install_log_redaction()
         config = _uvicorn_config(self.app, settings)
+        config.load()
+        from taskapp.plugins.servers.thread import without_access_log
+
+        config.http_protocol_class = without_access_log(config.http_protocol_class)
         relay = self
 
         class _Server(uvicorn.Server):

@@ -140,8 +140,12 @@ def _server_class() -> type[Any]:
 
 
 @functools.cache
-def _without_access_log(protocol: type[Any]) -> type[Any]:
-    """``protocol`` (uvicorn's h11 or httptools class) with its access log off."""
+def without_access_log(protocol: type[Any]) -> type[Any]:
+    """``protocol`` (uvicorn's h11 or httptools class) with its access log off.
+
+    Use it instead of ``uvicorn.Config(access_log=False)``, which empties the process-wide
+    ``uvicorn.access`` logger and so silences every other uvicorn server in the process.
+    """
 
     class QuietProtocol(protocol):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -165,7 +169,7 @@ def _uvicorn_config(app: Any, opts: ThreadOptions) -> Any:
         log_level=opts.log_level,
         # uvicorn switches its access log off by emptying the process-wide "uvicorn.access"
         # logger (no handlers, no propagation), which would silence the host's own uvicorn
-        # servers too; start() switches it off for this server only (_without_access_log).
+        # servers too; start() switches it off for this server only (without_access_log).
         access_log=True,
         lifespan="auto",
         loop=opts.loop,
@@ -209,7 +213,7 @@ class ThreadServer(ServerRunner):
         config = _uvicorn_config(self._probe, self.options)
         config.load()
         if not self.options.access_log:
-            config.http_protocol_class = _without_access_log(config.http_protocol_class)
+            config.http_protocol_class = without_access_log(config.http_protocol_class)
         server = _server_class()(config)
         server.on_started = self._mark_started
         self._server = server

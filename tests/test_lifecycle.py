@@ -787,11 +787,18 @@ def test_health_check_sends_the_key_as_bearer_too(port: int) -> None:
 
 
 def test_access_log_is_off_by_default_without_touching_global_logging(
-    port: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    port: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     access = logging.getLogger("uvicorn.access")
-    # As a host would have it, whatever other code in this test process did before.
+    # As a host would have it, whatever other code in this test process did before (a
+    # uvicorn.Config(log_level=...) elsewhere sets this logger's level process-wide).
     monkeypatch.setattr(access, "propagate", True)
+    old_level = access.level
+    access.setLevel(logging.NOTSET)
+    request.addfinalizer(lambda: access.setLevel(old_level))
     before = (list(access.handlers), access.propagate, access.level)
     with caplog.at_level(logging.DEBUG):
         with InProcessTaskApp(app=minimal_app(), port=port) as task_app:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from taskapp.core.errors import PortError
+from taskapp.core.health import Backoff
 from taskapp.core.logs import get_logger
 
 __all__ = ["Listener", "bind_listener", "find_listeners", "url_host"]
@@ -156,15 +157,14 @@ def _reclaim(host: str, port: int, *, grace: float, backlog: int) -> socket.sock
 
 
 def _wait_for_port(host: str, port: int, backlog: int, deadline: float) -> socket.socket | None:
-    delay = 0.005
+    backoff = Backoff(first=0.005, maximum=0.1, deadline=deadline)
     while True:
         try:
             return _try_bind(host, port, backlog)
         except OSError:
-            if time.monotonic() >= deadline:
+            if backoff.expired():
                 return None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            backoff.sleep()
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -69,6 +69,7 @@ from typing import Any, Literal, TypeVar
 
 from taskapp.core.backends import ServerContext, ServerRunner
 from taskapp.core.errors import ConfigurationError, ServerStartError
+from taskapp.core.health import Backoff
 from taskapp.core.hookspecs import RegisterServer, hookimpl
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import fingerprint
@@ -602,7 +603,7 @@ class RayServer(ServerRunner):
         def read() -> dict[str, str]:
             return {node: str(getattr(s, "value", s)) for node, s in serve.status().proxies.items()}
 
-        delay = 0.05
+        backoff = Backoff(first=0.05, maximum=0.5)
         while True:
             proxies = self._call(session, read, deadline, "serve.status()")
             states = set(proxies.values())
@@ -613,13 +614,13 @@ class RayServer(ServerRunner):
                 )
             if proxies and states <= {"HEALTHY"}:
                 return
+            delay = backoff.next_delay()
             if time.monotonic() + delay >= deadline:
                 raise ServerStartError(
                     f"Serve's HTTP proxy on {host}:{port} was not ready in time "
                     f"(proxies: {proxies or 'none yet'}); {_SLOW_HINT}"
                 )
             time.sleep(delay)
-            delay = min(delay * 2, 0.5)
 
     def _check_listener(self, session: _Session, port: int) -> None:
         """The process listening on ``port`` must belong to this Ray instance."""
@@ -694,7 +695,7 @@ class RayServer(ServerRunner):
         )
 
     def _wait_running(self, session: _Session, deadline: float) -> None:
-        delay = 0.05
+        backoff = Backoff(first=0.05, maximum=0.5)
         last: tuple[str, str] | None = None
         while True:
             self._check_stopping()
@@ -708,6 +709,7 @@ class RayServer(ServerRunner):
                 return
             if state in ("DEPLOY_FAILED", "UNHEALTHY"):
                 raise ServerStartError(self._failure_message(state, message))
+            delay = backoff.next_delay()
             if time.monotonic() + delay >= deadline:
                 detail = f": {message.strip()}" if message.strip() else ""
                 raise ServerStartError(
@@ -715,7 +717,6 @@ class RayServer(ServerRunner):
                     f"(status {state}{detail}); {_SLOW_HINT}"
                 )
             time.sleep(delay)
-            delay = min(delay * 2, 0.5)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -1095,16 +1096,15 @@ def _kill_new_children(before: set[int]) -> None:
 
 def _reap(pids: Mapping[int, int], deadline: float) -> None:
     """Wait until ``pids`` (pid -> start time) are gone; SIGKILL what is left at ``deadline``."""
-    delay = 0.02
+    backoff = Backoff(first=0.02, maximum=0.2, deadline=deadline)
     while True:
         table = _process_table()
         left = {pid: start for pid, start in pids.items() if table.get(pid, (0, -1))[1] == start}
         if not left:
             return
-        if time.monotonic() >= deadline:
+        if backoff.expired():
             break
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
+        backoff.sleep()
     logger.warning(
         "%d process(es) of the local Ray instance still ran %.0fs after shutdown; "
         "sending SIGKILL to pid(s) %s",

@@ -117,11 +117,9 @@ def ephemeral_port() -> int:
 
     (The lifecycle pre-binds it and moves to the next one if it was taken meanwhile.)
     """
-    import socket
+    from taskapp.core.ports import free_loopback_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_loopback_port()
     return port if 1024 <= port <= 65000 else 8114
 
 

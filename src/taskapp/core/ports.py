@@ -27,7 +27,7 @@ from taskapp.core.errors import PortError
 from taskapp.core.health import Backoff
 from taskapp.core.logs import get_logger
 
-__all__ = ["Listener", "bind_listener", "find_listeners", "url_host"]
+__all__ = ["Listener", "bind_listener", "find_listeners", "free_loopback_port", "url_host"]
 
 logger = get_logger("taskapp.ports")
 
@@ -54,6 +54,14 @@ def url_host(host: str) -> str:
     if ":" in host:
         return f"[{host}]"
     return host
+
+
+def free_loopback_port() -> int:
+    """A 127.0.0.1 port the kernel just reported free (for a helper such as a tunnel's
+    metrics server; a task app's own port is pre-bound with :func:`bind_listener`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -38,7 +38,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -60,6 +59,7 @@ from taskapp.core.errors import (
     TunnelVerificationError,
 )
 from taskapp.core.hookspecs import RegisterTunnel, hookimpl
+from taskapp.core.ports import free_loopback_port
 from taskapp.core.secrets import fingerprint, redact, register_secret
 
 if TYPE_CHECKING:
@@ -320,12 +320,6 @@ class _Watcher:
         return changed
 
 
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 _WORKDIR_PREFIX = "taskapp-cloudflared-"
 
 
@@ -412,7 +406,7 @@ class _CloudflaredTunnel(TunnelBackend):
         config.write_text("")  # a user's ~/.cloudflared/config.yml must not apply
         env, extra_env, secrets = self._child_env(Path(workdir.name))
         for attempt in range(3):
-            metrics = f"127.0.0.1:{_free_loopback_port()}"
+            metrics = f"127.0.0.1:{free_loopback_port()}"
             watcher = _Watcher()
             argv = self._argv(program, ctx, config, metrics)
             try:

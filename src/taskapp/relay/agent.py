@@ -505,13 +505,7 @@ class RelayAgent:
     async def _on_binary(self, data: bytes) -> None:
         kind, flags, sid, payload = p.decode_binary(data)
         if kind == p.BIN_WINDOW_UPDATE:
-            increment = p.window_increment(payload)
-            if sid == 0:
-                self.conn_credit.grant(increment)
-            else:
-                stream = self.streams.get(sid)
-                if stream is not None and stream.send_credit is not None:
-                    stream.send_credit.grant(increment)
+            p.apply_window_update(sid, payload, self.conn_credit, self.streams)
             return
         if kind != p.BIN_REQ_BODY:
             return

@@ -52,6 +52,7 @@ __all__ = [
     "Credit",
     "FrameError",
     "InboundWindow",
+    "apply_window_update",
     "b64decode",
     "b64encode",
     "clean_request_headers",
@@ -305,6 +306,23 @@ class Credit:
                 conn.available -= amount
             self.available -= amount
             return amount
+
+
+def apply_window_update(
+    sid: int, payload: bytes, connection: Credit, streams: Mapping[int, Any]
+) -> None:
+    """Grant a WINDOW_UPDATE: ``sid`` 0 is the connection, any other ``sid`` one stream.
+
+    ``streams`` maps stream ids to objects with a ``send_credit`` (a :class:`Credit`, or
+    None on a v1 stream); an update for an unknown or finished stream is ignored.
+    """
+    increment = window_increment(payload)
+    if sid == 0:
+        connection.grant(increment)
+        return
+    stream = streams.get(sid)
+    if stream is not None and stream.send_credit is not None:
+        stream.send_credit.grant(increment)
 
 
 class InboundWindow:

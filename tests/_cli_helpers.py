@@ -27,6 +27,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from tests.conftest import free_port
+
 TASKAPP = shutil.which("taskapp") or ""
 KEY = "test-key-0123456789abcdef"
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -58,12 +60,6 @@ def taskapp(
         cwd=cwd,
         stdin=subprocess.DEVNULL,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_is_free(port: int) -> bool:

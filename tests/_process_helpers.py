@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
@@ -92,17 +91,6 @@ def still_running(snapshot: list[ProcInfo], sessions: set[int] | None = None) ->
             if info.session in sessions and info.state not in ("Z", "X") and info.pid not in seen:
                 alive.append(info)
     return alive
-
-
-def wait_until(predicate: object, timeout: float, interval: float = 0.02) -> bool:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def start_script(

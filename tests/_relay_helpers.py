@@ -48,15 +48,6 @@ def relay_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("taskapp-relay") and t.is_alive()]
 
 
-def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
-
 # -- a raw ASGI task app ---------------------------------------------------------------
 
 

@@ -27,26 +27,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from tests.conftest import free_port, wait_until
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
 
 
 # -- small process / socket utilities ----------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -115,16 +109,6 @@ def is_listening(port: int) -> bool:
             if fields[1].endswith(wanted) and fields[3] == "0A":
                 return True
     return False
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def keygen(path: Path, comment: str = "taskapp-test") -> Path:

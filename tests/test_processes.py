@@ -24,8 +24,8 @@ from tests._process_helpers import (
     start_script,
     stderr_of,
     still_running,
-    wait_until,
 )
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="checks children through Linux /proc"

@@ -18,9 +18,9 @@ from tests._relay_helpers import (
     RelayProcess,
     TaskAppProbe,
     token_file,
-    wait_for,
 )
 from tests.conftest import free_port, port_is_free
+from tests.conftest import wait_until as wait_for
 
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
 

@@ -30,9 +30,9 @@ from tests._relay_helpers import (
     relay_settings,
     relay_threads,
     running_relay,
-    wait_for,
 )
 from tests.conftest import free_port, port_is_free
+from tests.conftest import wait_until as wait_for
 
 MB = 1024 * 1024
 

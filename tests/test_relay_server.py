@@ -29,8 +29,8 @@ from tests._relay_helpers import (
     relay_settings,
     relay_threads,
     running_relay,
-    wait_for,
 )
+from tests.conftest import wait_until as wait_for
 
 V1_TYPES = {"ATTACH_ACK", "REQ_HEADERS", "REQ_BODY", "REQ_END", "CANCEL"}
 

@@ -25,9 +25,8 @@ from tests._process_helpers import (
     read_json_line,
     stderr_of,
     still_running,
-    wait_until,
 )
-from tests.conftest import free_port, port_is_free
+from tests.conftest import free_port, port_is_free, wait_until
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="checks children through Linux /proc"

@@ -28,8 +28,11 @@ def test_check_a_served_app(server: Served) -> None:
     assert lines[0] == f"checking {server.url} (key {fingerprint(KEY)} from $ENVIRONMENT_API_KEY)"
     assert "ok   GET /          task app 'support-intents' is up" in result.stdout
     assert "ok   GET /health    healthy, key accepted" in result.stdout
+    assert "ok   GET /health without key refused with HTTP 401" in result.stdout
     assert "ok   GET /info      service 'Customer-support intents'" in result.stdout
     assert "ok   GET /task_info splits train=300, test=100" in result.stdout
+    assert "ok   error envelope a malformed rollout is answered HTTP 422" in result.stdout
+    assert "ok   key not echoed in none of" in result.stdout
     assert lines[-1] == "task app OK"
     assert KEY not in result.stdout + result.stderr
 
@@ -40,8 +43,26 @@ def test_check_json_output(server: Served) -> None:
     report = json.loads(result.stdout)
     assert report["ok"] is True
     assert report["key"] == fingerprint(KEY)
-    assert [c["path"] for c in report["checks"]] == ["/", "/health", "/info", "/task_info"]
-    assert all(c["ok"] and c["status"] == 200 for c in report["checks"])
+    assert [c["name"] for c in report["checks"]] == [
+        "GET /",
+        "GET /health",
+        "GET /health without key",
+        "GET /info",
+        "GET /task_info",
+        "error envelope",
+        "key not echoed",
+    ]
+    assert all(c["ok"] for c in report["checks"])
+    assert [c["status"] for c in report["checks"][:5]] == [200, 200, 401, 200, 200]
+
+
+def test_check_without_scheme_with_rollouts(server: Served) -> None:
+    bare = server.url.removeprefix("http://")
+    result = taskapp("check", bare, "--seeds", "0-1", ENVIRONMENT_API_KEY=KEY)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"checking {server.url} (" in result.stdout
+    assert "ok   POST /rollout seed 0 score " in result.stdout
+    assert "ok   POST /rollout seed 1 score " in result.stdout
 
 
 def test_wrong_key(server: Served) -> None:
@@ -105,15 +126,17 @@ def test_timeout_when_nothing_answers() -> None:
         port = silent.getsockname()[1]
         result = taskapp("check", f"http://127.0.0.1:{port}", "--timeout", "0.5")
     assert result.returncode == 1
-    assert f"timeout: no answer from 127.0.0.1:{port} within 0.5s" in result.stdout
+    assert f"timeout: no answer from 127.0.0.1:{port} within 0.5 s" in result.stdout
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["ftp://example.com"], "expected http://host"),
-        (["http://127.0.0.1:1", "--timeout", "0"], "--timeout must be positive"),
-        (["http://127.0.0.1:1", "--timeout", "nan"], "--timeout must be positive and finite"),
+        (["http://127.0.0.1:99999"], "the port is not a number"),
+        (["http://127.0.0.1:1", "--timeout", "0"], "--timeout must be a positive number"),
+        (["http://127.0.0.1:1", "--timeout", "nan"], "--timeout must be a positive number"),
+        (["http://127.0.0.1:1", "--seeds", "3-1"], "--seeds: range '3-1' runs backwards"),
         (["http://127.0.0.1:1", "--api-key-env", "UNSET_VAR_XYZ"], "UNSET_VAR_XYZ is not set"),
     ],
 )

@@ -42,6 +42,11 @@ if TYPE_CHECKING:
     from taskapp.core.backends import (
         TunnelContext as TunnelContext,
     )
+    from taskapp.core.check import CheckReport as CheckReport
+    from taskapp.core.check import CheckResult as CheckResult
+    from taskapp.core.check import acheck as acheck
+    from taskapp.core.check import check as check
+    from taskapp.core.client import TaskAppClient as TaskAppClient
     from taskapp.core.config import TaskAppConfig as TaskAppConfig
     from taskapp.core.contract import (
         RolloutMetrics as RolloutMetrics,
@@ -78,6 +83,11 @@ _LAZY: dict[str, str] = {
     "Tunnel": "taskapp.core.backends",
     "TunnelBackend": "taskapp.core.backends",
     "TunnelContext": "taskapp.core.backends",
+    "check": "taskapp.core.check",
+    "acheck": "taskapp.core.check",
+    "CheckReport": "taskapp.core.check",
+    "CheckResult": "taskapp.core.check",
+    "TaskAppClient": "taskapp.core.client",
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY, *_ERRORS]

@@ -18,6 +18,14 @@ import sys
 from collections.abc import Sequence
 
 from taskapp import __version__
+from taskapp.cli._common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    user_traceback,
+)
 from taskapp.core.errors import (
     AppLoadError,
     ConfigurationError,
@@ -26,16 +34,19 @@ from taskapp.core.errors import (
 )
 from taskapp.core.logs import JsonFormatter
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = [
+    "COMMANDS",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "UsageError",
+    "build_parser",
+    "main",
+]
 
 #: Command modules, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("serve", "eval", "check", "optimize", "relay", "plugins")
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
 
 EPILOG = """examples:
   taskapp eval support-intents --split test     evaluate the bundled example, offline
@@ -49,10 +60,6 @@ EPILOG = """examples:
 exit status: 0 success, 1 the job failed, 2 usage error, 130 interrupted (Ctrl-C),
 143 terminated (SIGTERM); optimize adds 3 and 4 (see taskapp optimize --help).
 """
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,8 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cause is not None and isinstance(exc, AppLoadError | ServerStartError):
             # The user's code failed (import, factory, lifespan): show its traceback,
             # without taskapp's own frames.
-            from taskapp.cli._common import user_traceback
-
             shown = user_traceback(cause)
         elif cause is not None and args.verbose:
             import traceback

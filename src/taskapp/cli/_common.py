@@ -1,7 +1,9 @@
-"""Helpers shared by ``taskapp serve``, ``eval`` and ``check``.
+"""Helpers shared by ``taskapp serve``, ``eval``, ``check`` and ``optimize``.
 
 Kept import-light: nothing here imports fastapi, uvicorn or httpx at module level, so
-``taskapp --help`` stays fast.
+``taskapp --help`` stays fast. The exit codes and :class:`UsageError` live here (and are
+re-exported by :mod:`taskapp.cli`), so the command modules import this module, never the
+package that imports them.
 """
 
 from __future__ import annotations
@@ -12,34 +14,47 @@ import json
 import os
 import re
 import signal
-import ssl
 import sys
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from taskapp.cli import UsageError
+from taskapp.core.client import describe_transport_error, error_message
 from taskapp.core.secrets import fingerprint, register_secret
 
 __all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
     "ApiKey",
     "SignalFlag",
     "Target",
+    "UsageError",
     "add_key_arguments",
     "describe_transport_error",
     "ephemeral_port",
     "error_message",
-    "format_seeds",
     "load_json_argument",
     "parse_key_values",
-    "parse_seeds",
     "resolve_api_key",
     "resolve_target",
     "stderr",
     "user_traceback",
+    "worker_token",
 ]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
 
 TARGET_HELP = (
     "a .py file, a 'package.module:attr' import string, or a bundled example name (support-intents)"
@@ -162,8 +177,8 @@ def add_worker_token_argument(parser: Any) -> None:
     )
 
 
-def worker_token_headers(args: Any) -> dict[str, str]:
-    """The relay worker-token header, from --worker-token-env NAME or TASKAPP_WORKER_TOKEN."""
+def worker_token(args: Any) -> str | None:
+    """The relay worker token, from --worker-token-env NAME or TASKAPP_WORKER_TOKEN."""
     env_name = getattr(args, "worker_token_env", None)
     if env_name:
         value = os.environ.get(env_name, "")
@@ -174,11 +189,17 @@ def worker_token_headers(args: Any) -> dict[str, str]:
     else:
         value = os.environ.get("TASKAPP_WORKER_TOKEN", "")
     if not value:
-        return {}
-    from taskapp.plugins.tunnels.relay import WORKER_TOKEN_HEADER
-
+        return None
     register_secret(value)
-    return {WORKER_TOKEN_HEADER: value}
+    return value
+
+
+def worker_token_headers(args: Any) -> dict[str, str]:
+    """The relay worker-token header, from --worker-token-env NAME or TASKAPP_WORKER_TOKEN."""
+    from taskapp.core.client import WORKER_TOKEN_HEADER
+
+    value = worker_token(args)
+    return {WORKER_TOKEN_HEADER: value} if value else {}
 
 
 def resolve_api_key(args: Any, *, warn_argv: bool = True) -> ApiKey:
@@ -245,43 +266,6 @@ def load_json_argument(value: str, *, option: str) -> Any:
         ) from None
 
 
-_SEED_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
-
-
-def parse_seeds(spec: str) -> list[int]:
-    """``"0-99"``, ``"3"``, ``"1,5,10-12"`` -> a list of seeds (ranges inclusive)."""
-    seeds: list[int] = []
-    for part in spec.split(","):
-        match = _SEED_PART.match(part)
-        if match is None:
-            raise UsageError(
-                f"--seeds {spec!r}: expected seeds like 0-99, 7 or 1,5,10-12 (ranges inclusive)"
-            )
-        start = int(match.group(1))
-        stop = int(match.group(2)) if match.group(2) is not None else start
-        if stop < start:
-            raise UsageError(f"--seeds {spec!r}: range {part.strip()} goes backwards")
-        seeds.extend(range(start, stop + 1))
-    if len(seeds) > 1_000_000:
-        raise UsageError(f"--seeds {spec!r}: {len(seeds)} seeds is too many")
-    return list(dict.fromkeys(seeds))
-
-
-def format_seeds(seeds: Iterable[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
-    ordered = sorted(set(seeds))
-    parts: list[str] = []
-    index = 0
-    while index < len(ordered):
-        start = ordered[index]
-        while index + 1 < len(ordered) and ordered[index + 1] == ordered[index] + 1:
-            index += 1
-        end = ordered[index]
-        parts.append(str(start) if start == end else f"{start}-{end}")
-        index += 1
-    return ",".join(parts)
-
-
 # -- errors ------------------------------------------------------------------------------
 
 _OWN_DIR = str(Path(__file__).resolve().parent.parent)
@@ -311,63 +295,6 @@ def user_traceback(exc: BaseException) -> str | None:
     from taskapp.core.secrets import redact
 
     return redact("".join(lines).rstrip())
-
-
-def error_message(body: Any) -> str | None:
-    """The message of a task-app error envelope ``{"detail": {"error": {...}}}``, if any."""
-    if isinstance(body, dict):
-        detail = body.get("detail")
-        if isinstance(detail, dict) and isinstance(detail.get("error"), dict):
-            error = detail["error"]
-            code = error.get("code")
-            message = error.get("message")
-            return f"{message} ({code})" if code else str(message)
-        if isinstance(detail, str):
-            return detail
-    return None
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
-
-
-def describe_transport_error(exc: BaseException, url: str, timeout: float) -> str:
-    """Why a request to ``url`` failed, in words: refused, timeout, TLS, DNS, ..."""
-    import httpx
-
-    from taskapp.core.secrets import redact
-
-    host = httpx.URL(url).host
-    port = httpx.URL(url).port
-    where = f"{host}:{port}" if port else host
-    chain = _chain(exc)
-    text = " ".join(str(item) for item in chain)
-    if isinstance(exc, httpx.TimeoutException):
-        if isinstance(exc, httpx.ConnectTimeout):
-            return f"timeout: could not connect to {where} within {timeout:g}s"
-        return f"timeout: no answer from {where} within {timeout:g}s"
-    if any(isinstance(item, ssl.SSLError) for item in chain) or "SSL" in text or "TLS" in text:
-        reason = next((str(item) for item in chain if isinstance(item, ssl.SSLError)), text)
-        hint = (
-            "the server does not speak TLS: use http:// instead of https://"
-            if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text
-            else "is the certificate valid and trusted (SSL_CERT_FILE)?"
-        )
-        return f"TLS handshake with {where} failed ({redact(reason)}); {hint}"
-    if any(isinstance(item, ConnectionRefusedError) for item in chain) or "refused" in text:
-        return f"connection refused: nothing is listening at {where}; is the task app running?"
-    if "Name or service not known" in text or "nodename nor servname" in text:
-        return f"DNS lookup failed: the host {host!r} is unknown"
-    if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect to {where}: {redact(text) or type(exc).__name__}"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return f"{where} closed the connection or answered something that is not HTTP ({exc})"
-    return f"request to {where} failed: {type(exc).__name__}: {redact(str(exc))}"
 
 
 # -- signals -----------------------------------------------------------------------------

@@ -23,19 +23,20 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from taskapp.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from taskapp.cli._common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
     TARGET_HELP,
     SignalFlag,
+    UsageError,
     add_key_arguments,
     add_worker_token_argument,
     describe_transport_error,
     ephemeral_port,
     error_message,
-    format_seeds,
     load_json_argument,
     parse_key_values,
-    parse_seeds,
     resolve_api_key,
     resolve_target,
     stderr,
@@ -43,6 +44,7 @@ from taskapp.cli._common import (
 )
 from taskapp.core.errors import TaskAppError
 from taskapp.core.secrets import fingerprint
+from taskapp.core.seeds import format_seeds, parse_seeds
 
 EPILOG = """examples:
   taskapp eval support-intents                         the bundled example, its test split
@@ -201,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--timeout must be positive and finite, got {args.timeout}")
     if args.url and (args.tunnel != "local" or args.tunnel_option):
         raise UsageError("--tunnel and --tunnel-option start a tunnel for TARGET; not with --url")
-    requested = parse_seeds(args.seeds) if args.seeds else None
+    requested = parse_seeds(args.seeds, what="--seeds") if args.seeds else None
     policy_config: dict[str, Any] = {}
     if args.policy_config:
         policy_config = load_json_argument(args.policy_config, option="--policy-config")

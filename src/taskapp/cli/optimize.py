@@ -140,8 +140,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _json_object(value: str | None, flag: str) -> dict[str, Any] | None:
-    from taskapp.cli import UsageError
-    from taskapp.cli._common import load_json_argument
+    from taskapp.cli._common import UsageError, load_json_argument
 
     if value is None:
         return None
@@ -152,7 +151,7 @@ def _json_object(value: str | None, flag: str) -> dict[str, Any] | None:
 
 
 def _read_text(path: Path, flag: str) -> str:
-    from taskapp.cli import UsageError
+    from taskapp.cli._common import UsageError
 
     try:
         return path.expanduser().read_text(encoding="utf-8")
@@ -167,7 +166,7 @@ def _default_out(target: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from taskapp.cli import UsageError
+    from taskapp.cli._common import UsageError
 
     if not args.stand_in and not args.reflection_model:
         raise UsageError(

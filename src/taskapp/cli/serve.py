@@ -8,10 +8,10 @@ import sys
 import threading
 from typing import Any
 
-from taskapp.cli import UsageError
 from taskapp.cli._common import (
     TARGET_HELP,
     SignalFlag,
+    UsageError,
     add_key_arguments,
     parse_key_values,
     resolve_api_key,

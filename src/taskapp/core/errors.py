@@ -20,7 +20,9 @@ against synth-ai's ``InProcessTaskApp`` (``except ValueError`` / ``RuntimeError`
     ├── PortError (RuntimeError)                the port could not be bound
     ├── ServerStartError (RuntimeError)         the server died or failed while starting
     ├── HealthCheckError (RuntimeError)         /health never answered 200
-    │   └── ApiKeyRejectedError                 /health answered 401 or 403
+    │   └── ApiKeyRejectedError                 the app refused the key (401, 403, synth-ai's 400)
+    ├── TaskAppRequestError (RuntimeError)      a call to a running task app failed
+    │   └── TransportError, ClientTimeout       no answer (taskapp.core.client)
     ├── ProcessError (RuntimeError)             a managed child process failed
     │   └── ProcessTimeoutError                 ... did not print what we waited for
     └── TunnelError (RuntimeError)              a tunnel backend failed
@@ -50,6 +52,7 @@ __all__ = [
     "StartInterruptedError",
     "TaskAppError",
     "TaskAppFileNotFoundError",
+    "TaskAppRequestError",
     "TunnelAuthError",
     "TunnelBinaryMissingError",
     "TunnelError",
@@ -138,6 +141,11 @@ class HealthCheckError(TaskAppError, RuntimeError):
 
 class ApiKeyRejectedError(HealthCheckError):
     """``GET /health`` answered 401 or 403: the task app does not accept the API key."""
+
+
+class TaskAppRequestError(TaskAppError, RuntimeError):
+    """A call to a running task app failed: no answer, or not the answer the contract
+    promises (the message says which, and what to check)."""
 
 
 class ProcessError(TaskAppError, RuntimeError):

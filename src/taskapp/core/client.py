@@ -1,0 +1,957 @@
+"""The client half of the task-app contract: one way to call a running task app.
+
+Every part of taskapp that talks to a task app over HTTP goes through this module: the
+readiness check (:func:`taskapp.core.health.wait_healthy`), ``taskapp check``
+(:func:`taskapp.check`), ``taskapp eval`` (:func:`taskapp.evaluate`) and the optimizer's
+GEPA adapter. So a request is built one way (keys, the relay's worker token,
+``trace_correlation_id``) and an answer is read one way (the error envelope, a rejected
+key, a rollout's score and verdict).
+
+Transports carry the bytes (as in httpx, a transport sends one request and returns one
+answer):
+
+* :class:`LoopbackTransport`: keep-alive :mod:`http.client` connections, one per thread,
+  for ``http://`` loopback URLs. No proxy, no TLS, a fraction of httpx's CPU per request,
+  which matters when the task app runs in the same interpreter.
+* :class:`HttpxTransport`: httpx for everything else (TLS, proxies from the environment),
+  or any httpx transport passed in (``httpx.MockTransport``, ``httpx.WSGITransport``).
+* :class:`AsyncHttpxTransport`: the asyncio twin, used by :class:`AsyncTaskAppClient`.
+
+>>> client = TaskAppClient("http://127.0.0.1:8114", api_key="...")  # doctest: +SKIP
+>>> client.health()                                                   # doctest: +SKIP
+>>> client.rollout(seed=3).score                                      # doctest: +SKIP
+1.0
+
+Transport failures raise :class:`TransportError` (:class:`ClientTimeout` when nothing
+answered in time), with a message in words ("connection refused: nothing is listening at
+127.0.0.1:8114; is the task app running?"). Rollouts never raise for a failed rollout:
+:meth:`TaskAppClient.rollout` returns a :class:`RolloutOutcome` whose ``status`` says what
+happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import math
+import ssl
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from taskapp.core.errors import ApiKeyRejectedError, TaskAppRequestError
+from taskapp.core.secrets import fingerprint, redact, register_secret
+
+__all__ = [
+    "KEY_REJECTED_CODES",
+    "SCORE_FIELDS",
+    "WORKER_TOKEN_HEADER",
+    "Answer",
+    "AsyncHttpxTransport",
+    "AsyncTaskAppClient",
+    "AsyncTransport",
+    "ClientTimeout",
+    "HttpxTransport",
+    "LoopbackTransport",
+    "RolloutOutcome",
+    "TaskAppClient",
+    "Transport",
+    "TransportError",
+    "auth_headers",
+    "describe_transport_error",
+    "error_message",
+    "is_key_rejection",
+    "is_loopback_url",
+    "normalize_url",
+    "rollout_request",
+]
+
+#: The header a taskapp relay (and synth-ai's SynthTunnel) checks for the lease's token.
+WORKER_TOKEN_HEADER = "X-SynthTunnel-Worker-Token"  # noqa: S105 - a header name
+
+#: Where a rollout's score may be, in the order they are read: taskapp's own field,
+#: synth-ai 0.4-0.7's (Gen C) and synth-ai 0.3's (Gen B).
+SCORE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("metrics", "outcome_score"),
+    ("reward_info", "outcome_reward"),
+    ("metrics", "mean_return"),
+)
+
+#: Error codes meaning "wrong or missing key": taskapp's and synth-ai's spelling (synth-ai
+#: answers a wrong key with HTTP 400 and ``unauthorised``).
+KEY_REJECTED_CODES = frozenset({"unauthorized", "unauthorised"})
+
+#: ``success_status`` values of a rollout that ran; anything else is a failed rollout.
+_SUCCESS = "success"
+
+
+# -- URLs and headers --------------------------------------------------------------------
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when ``url``'s host is ``localhost`` or a loopback address."""
+    import ipaddress
+
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_url(url: str, *, what: str = "URL") -> str:
+    """``url`` without a trailing slash, ``http://`` assumed when no scheme is given.
+
+    >>> normalize_url("127.0.0.1:8114")
+    'http://127.0.0.1:8114'
+    >>> normalize_url("https://tasks.example.com/")
+    'https://tasks.example.com'
+
+    Raises :class:`ValueError` naming ``what`` when it is not an http(s) URL.
+    """
+    text = url.strip()
+    if not text:
+        raise ValueError(f"{what} is empty: expected http://host[:port] or https://host")
+    if "://" not in text:
+        text = "http://" + text
+    parts = urllib.parse.urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{what} {url!r}: the port is not a number from 0 to 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} {url!r}: expected http://host[:port] or https://host")
+    del port
+    return text.rstrip("/")
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The headers a task app accepts the key in: ``X-API-Key`` and ``Authorization``."""
+    if not api_key:
+        return {}
+    return {"X-API-Key": api_key, "Authorization": f"Bearer {api_key}"}
+
+
+# -- answers -----------------------------------------------------------------------------
+
+
+class Answer:
+    """One HTTP answer, whichever transport produced it."""
+
+    __slots__ = ("_body", "content", "elapsed_s", "headers", "path", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        content: bytes,
+        *,
+        path: str = "",
+        elapsed_s: float = 0.0,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.content = content
+        self.path = path
+        self.elapsed_s = elapsed_s
+        self._body: Any = ...
+
+    @property
+    def status_code(self) -> int:  # the httpx spelling
+        return self.status
+
+    def json(self) -> Any:
+        """The body as JSON; raises :class:`ValueError` when it is not JSON."""
+        return json.loads(self.content)
+
+    @property
+    def body(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        if self._body is ...:
+            try:
+                self._body = json.loads(self.content) if self.content else None
+            except ValueError:
+                self._body = None
+        return self._body
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    @property
+    def reason_phrase(self) -> str:
+        return f"HTTP {self.status}"
+
+    def is_html(self) -> bool:
+        return self.text.lstrip()[:15].lower().startswith(("<!doctype", "<html"))
+
+    def error_message(self) -> str | None:
+        """The message of the error envelope, if the body is one."""
+        return error_message(self.body)
+
+    def describe(self, limit: int = 200) -> str:
+        """``HTTP 500: boom (internal_error)``: the status and what the body says."""
+        message = self.error_message()
+        if message is None:
+            if self.body is not None:
+                message = _short(self.body, limit)
+            elif self.is_html():
+                message = "an HTML page"
+            else:
+                message = self.text.strip()[:limit] or "an empty body"
+        return f"HTTP {self.status}: {message}"
+
+
+def error_message(body: Any) -> str | None:
+    """The message of a task-app error envelope ``{"detail": {"error": {...}}}``, if any.
+
+    >>> error_message({"detail": {"error": {"code": "unauthorized", "message": "bad key"}}})
+    'bad key (unauthorized)'
+    """
+    if isinstance(body, dict):
+        detail = body.get("detail")
+        if isinstance(detail, dict) and isinstance(detail.get("error"), dict):
+            error = detail["error"]
+            code = error.get("code")
+            message = error.get("message")
+            return f"{message} ({code})" if code else str(message)
+        if isinstance(detail, str):
+            return detail
+    return None
+
+
+def _error_code(body: Any) -> str | None:
+    if isinstance(body, dict):
+        detail = body.get("detail")
+        if isinstance(detail, dict) and isinstance(detail.get("error"), dict):
+            code = detail["error"].get("code")
+            return code if isinstance(code, str) else None
+    return None
+
+
+def is_key_rejection(answer: Answer) -> bool:
+    """True when ``answer`` says the key is wrong or missing: 401, 403, or synth-ai's 400
+    with the ``unauthorised`` envelope."""
+    if answer.status in (401, 403):
+        return True
+    return answer.status == 400 and _error_code(answer.body) in KEY_REJECTED_CODES
+
+
+# -- transport errors --------------------------------------------------------------------
+
+
+class TransportError(TaskAppRequestError):
+    """No answer came back: refused, reset, DNS, TLS. The message says which, in words."""
+
+
+class ClientTimeout(TransportError):
+    """No answer within the time limit (the request may still be running on the app)."""
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def describe_transport_error(exc: BaseException, url: str, timeout: float) -> str:
+    """Why a request to ``url`` failed, in words: refused, timeout, TLS, DNS, ..."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or url
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    where = f"{host}:{port}" if port else host
+    chain = _chain(exc)
+    text = " ".join(str(item) for item in chain)
+    names = {type(item).__name__ for item in chain}
+    if "ConnectTimeout" in names:
+        return f"timeout: could not connect to {where} within {timeout:g} s"
+    if names & {"TimeoutException", "ReadTimeout", "WriteTimeout", "PoolTimeout"} or any(
+        isinstance(item, TimeoutError) for item in chain
+    ):
+        return f"timeout: no answer from {where} within {timeout:g} s"
+    if any(isinstance(item, ssl.SSLError) for item in chain) or "SSL" in text or "TLS" in text:
+        reason = next((str(item) for item in chain if isinstance(item, ssl.SSLError)), text)
+        hint = (
+            "the server does not speak TLS: use http:// instead of https://"
+            if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text
+            else "is the certificate valid and trusted (SSL_CERT_FILE)?"
+        )
+        return f"TLS handshake with {where} failed ({redact(reason)}); {hint}"
+    if any(isinstance(item, ConnectionRefusedError) for item in chain) or "refused" in text:
+        return f"connection refused: nothing is listening at {where}; is the task app running?"
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return f"DNS lookup failed: the host {host!r} is unknown"
+    if "ConnectError" in names:
+        return f"cannot connect to {where}: {redact(text) or type(exc).__name__}"
+    if names & {"RemoteProtocolError", "RemoteDisconnected", "BadStatusLine"} or isinstance(
+        exc, http.client.HTTPException | ConnectionResetError
+    ):
+        return (
+            f"{where} closed the connection or answered something that is not HTTP "
+            f"({type(exc).__name__})"
+        )
+    return f"request to {where} failed: {type(exc).__name__}: {redact(str(exc))}"
+
+
+def _transport_error(exc: BaseException, url: str, timeout: float) -> TransportError:
+    message = describe_transport_error(exc, url, timeout)
+    kind = ClientTimeout if message.startswith("timeout:") else TransportError
+    return kind(message)
+
+
+# -- transports --------------------------------------------------------------------------
+
+
+class Transport(Protocol):
+    """Sends one request and returns one answer; raises :class:`TransportError`."""
+
+    def request(
+        self, method: str, path: str, *, headers: Mapping[str, str], body: bytes | None = None
+    ) -> Answer: ...
+
+    def close(self) -> None: ...
+
+
+class AsyncTransport(Protocol):
+    """The asyncio twin of :class:`Transport`."""
+
+    async def request(
+        self, method: str, path: str, *, headers: Mapping[str, str], body: bytes | None = None
+    ) -> Answer: ...
+
+    async def aclose(self) -> None: ...
+
+
+class LoopbackTransport:
+    """Keep-alive :mod:`http.client` connections to a loopback ``http://`` URL, one per
+    thread (thread-safe). A kept-alive connection the server closed meanwhile is
+    reconnected once."""
+
+    def __init__(self, base_url: str, *, timeout: float) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        self.base_url = base_url
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.timeout = timeout
+        self._local = threading.local()
+        self._connections: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def request(
+        self, method: str, path: str, *, headers: Mapping[str, str], body: bytes | None = None
+    ) -> Answer:
+        started = time.perf_counter()
+        for attempt in (1, 2):
+            reused = getattr(self._local, "conn", None) is not None
+            conn = self._connection()
+            try:
+                conn.request(method, self.prefix + path, body=body, headers=dict(headers))
+                response = conn.getresponse()
+                content = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop()
+                if reused and attempt == 1 and not isinstance(exc, TimeoutError):
+                    continue  # the server closed an idle kept-alive connection: reconnect
+                raise _transport_error(exc, self.base_url, self.timeout) from exc
+            if response.will_close:
+                self._drop()
+            answer_headers = {key.lower(): value for key, value in response.getheaders()}
+            return Answer(
+                response.status,
+                answer_headers,
+                content,
+                path=path,
+                elapsed_s=time.perf_counter() - started,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+
+def _httpx_options(base_url: str, timeout: float, limit: int) -> dict[str, Any]:
+    import httpx
+
+    return {
+        "base_url": base_url,
+        "timeout": httpx.Timeout(timeout, connect=min(15.0, timeout)),
+        "limits": httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+        "trust_env": not is_loopback_url(base_url),  # no proxy detour for loopback
+        "follow_redirects": False,
+    }
+
+
+class HttpxTransport:
+    """httpx for any URL (TLS, proxies from the environment), or over ``transport`` (an
+    httpx transport such as ``httpx.MockTransport`` or ``httpx.WSGITransport``)."""
+
+    def __init__(
+        self, base_url: str, *, timeout: float, limit: int = 16, transport: Any = None
+    ) -> None:
+        import httpx
+
+        self.base_url = base_url
+        self.timeout = timeout
+        self._httpx = httpx
+        self._client = httpx.Client(**_httpx_options(base_url, timeout, limit), transport=transport)
+
+    def request(
+        self, method: str, path: str, *, headers: Mapping[str, str], body: bytes | None = None
+    ) -> Answer:
+        started = time.perf_counter()
+        try:
+            response = self._client.request(method, path, content=body, headers=dict(headers))
+        except self._httpx.HTTPError as exc:
+            raise _transport_error(exc, self.base_url, self.timeout) from exc
+        return Answer(
+            response.status_code,
+            response.headers,
+            response.content,
+            path=path,
+            elapsed_s=time.perf_counter() - started,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class AsyncHttpxTransport:
+    """One ``httpx.AsyncClient`` (``limit`` connections), or over an async httpx
+    ``transport`` (e.g. ``httpx.ASGITransport(app)`` to call an app in memory)."""
+
+    def __init__(
+        self, base_url: str, *, timeout: float, limit: int = 16, transport: Any = None
+    ) -> None:
+        import httpx
+
+        self.base_url = base_url
+        self.timeout = timeout
+        self._httpx = httpx
+        self._client = httpx.AsyncClient(
+            **_httpx_options(base_url, timeout, limit), transport=transport
+        )
+
+    async def request(
+        self, method: str, path: str, *, headers: Mapping[str, str], body: bytes | None = None
+    ) -> Answer:
+        httpx = self._httpx
+        started = time.perf_counter()
+        try:
+            try:
+                response = await self._client.request(
+                    method, path, content=body, headers=dict(headers)
+                )
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # The server closed a kept-alive connection as we reused it (uvicorn does
+                # so after an app error): nothing was answered, so send it once more.
+                response = await self._client.request(
+                    method, path, content=body, headers=dict(headers)
+                )
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, self.base_url, self.timeout) from exc
+        return Answer(
+            response.status_code,
+            response.headers,
+            response.content,
+            path=path,
+            elapsed_s=time.perf_counter() - started,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+# -- rollouts ----------------------------------------------------------------------------
+
+
+def rollout_request(
+    seed: int,
+    *,
+    run_id: str | None = None,
+    policy_config: Mapping[str, Any] | None = None,
+    env_config: Mapping[str, Any] | None = None,
+    policy_name: str | None = None,
+    env_name: str | None = None,
+    max_time_s: float | None = None,
+) -> dict[str, Any]:
+    """A ``POST /rollout`` body every generation of the contract accepts.
+
+    It carries ``run_id`` (taskapp, synth-ai 0.3) and ``trace_correlation_id``
+    (synth-ai 0.4+, which requires it), both the same id.
+
+    >>> body = rollout_request(3, run_id="eval-1-3")
+    >>> body["trace_correlation_id"], body["env"]["seed"], body["mode"]
+    ('eval-1-3', 3, 'eval')
+    """
+    identifier = run_id or f"taskapp-{uuid.uuid4().hex[:12]}-{seed}"
+    env: dict[str, Any] = {"seed": seed, "config": dict(env_config or {})}
+    if env_name:
+        env["env_name"] = env_name
+    policy: dict[str, Any] = {"config": dict(policy_config or {})}
+    if policy_name:
+        policy["policy_name"] = policy_name
+    body: dict[str, Any] = {
+        "run_id": identifier,
+        "trace_correlation_id": identifier,
+        "env": env,
+        "policy": policy,
+        "mode": "eval",
+    }
+    if max_time_s is not None:
+        body["safety"] = {"max_time_s": max_time_s}
+    return body
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+@dataclasses.dataclass
+class RolloutOutcome:
+    """What one ``POST /rollout`` came to, successful or not.
+
+    ``status`` is the app's ``success_status`` when it answered with a score (``success``,
+    ``failure``, ``timeout``, ``runtime_error``, ...), else what went wrong on the way:
+    ``http_error`` (a non-200 answer), ``invalid_response`` (200 without a usable score),
+    ``timeout`` (no answer in time) or ``transport_error`` (no answer at all).
+    """
+
+    seed: int
+    run_id: str
+    status: str
+    score: float | None
+    latency_s: float
+    http_status: int | None = None
+    error: str | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the app's own verdict (``success_status``), when it gave one
+    success_status: str | None = None
+    #: which field the score was read from (``metrics.outcome_score``, ...)
+    score_field: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == _SUCCESS
+
+    @property
+    def answered(self) -> bool:
+        """True when the app answered (even with an error); False for timeouts and
+        transport errors."""
+        return self.http_status is not None
+
+    @property
+    def key_rejected(self) -> bool:
+        return self.status == "key_rejected"
+
+    @classmethod
+    def from_answer(
+        cls, answer: Answer, *, seed: int, run_id: str, latency_s: float | None = None
+    ) -> RolloutOutcome:
+        """The one reading of a rollout's answer.
+
+        The score is read from ``metrics.outcome_score`` (taskapp), else
+        ``reward_info.outcome_reward`` (synth-ai 0.4+), else ``metrics.mean_return``
+        (synth-ai 0.3); the verdict from ``success_status`` (missing: success); details
+        from ``metrics.details`` and ``reward_info.details``.
+        """
+        latency = answer.elapsed_s if latency_s is None else latency_s
+        if answer.status != 200:
+            status = "key_rejected" if is_key_rejection(answer) else "http_error"
+            return cls(
+                seed,
+                run_id,
+                status,
+                None,
+                latency,
+                answer.status,
+                error=redact(answer.describe()),
+            )
+        payload = answer.body
+        if not isinstance(payload, dict):
+            kind = "not JSON" if payload is None else f"a JSON {type(payload).__name__}"
+            return cls(
+                seed,
+                run_id,
+                "invalid_response",
+                None,
+                latency,
+                200,
+                error=f"the rollout response is {kind}, not a JSON object",
+            )
+        score: float | None = None
+        field: str | None = None
+        wrong: list[str] = []
+        for group, name in SCORE_FIELDS:
+            container = payload.get(group)
+            if not isinstance(container, dict) or name not in container:
+                continue
+            value = _number(container[name])
+            if value is None or not math.isfinite(value):
+                shown = _short(json.dumps(container[name], default=str), 40)
+                wrong.append(f"{group}.{name} is {shown}, not a number")
+                continue
+            score, field = value, f"{group}.{name}"
+            break
+        details: dict[str, Any] = {}
+        for group in ("reward_info", "metrics"):
+            container = payload.get(group)
+            found = container.get("details") if isinstance(container, dict) else None
+            if isinstance(found, dict):
+                details.update(found)
+        verdict = payload.get("success_status")
+        verdict = verdict if isinstance(verdict, str) and verdict else None
+        if score is None:
+            expected = ", ".join(f"{group}.{name}" for group, name in SCORE_FIELDS)
+            problem = "; ".join(wrong) if wrong else f"none of {expected} is present"
+            keys = ", ".join(sorted(str(key) for key in payload)) or "none"
+            return cls(
+                seed,
+                run_id,
+                "invalid_response",
+                None,
+                latency,
+                200,
+                error=f"the rollout response has no score: {problem} (its fields: {keys})",
+                details=details,
+                success_status=verdict,
+            )
+        status = verdict or _SUCCESS
+        error = None
+        if status != _SUCCESS:
+            reason = details.get("error") or payload.get("status_detail") or details.get("feedback")
+            error = redact(str(reason or status))
+        return cls(
+            seed,
+            run_id,
+            status,
+            score,
+            latency,
+            200,
+            error,
+            details,
+            success_status=verdict,
+            score_field=field,
+        )
+
+    @classmethod
+    def from_transport_error(
+        cls, exc: TransportError, *, seed: int, run_id: str, latency_s: float
+    ) -> RolloutOutcome:
+        status = "timeout" if isinstance(exc, ClientTimeout) else "transport_error"
+        return cls(seed, run_id, status, None, latency_s, error=str(exc))
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- clients -----------------------------------------------------------------------------
+
+
+class _ClientBase:
+    """What both clients share: the URL, headers, and how answers are read."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        worker_token: str | None = None,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        try:
+            self.base_url = normalize_url(base_url)
+        except ValueError as exc:
+            from taskapp.core.errors import ConfigurationError
+
+            raise ConfigurationError(str(exc)) from None
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            from taskapp.core.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"timeout must be a positive number of seconds, got {timeout!r}"
+            )
+        register_secret(api_key)
+        register_secret(worker_token)
+        self.api_key = api_key or None
+        self.worker_token = worker_token or None
+        self.timeout = float(timeout)
+        self.headers: dict[str, str] = {**auth_headers(self.api_key), **(headers or {})}
+        if self.worker_token:
+            self.headers[WORKER_TOKEN_HEADER] = self.worker_token
+        #: the same headers without the API key (the worker token still reaches a relay)
+        self.headers_without_key = {
+            name: value
+            for name, value in self.headers.items()
+            if name.lower() not in ("x-api-key", "authorization", "x-api-keys")
+        }
+        self._post_headers = {**self.headers, "Content-Type": "application/json"}
+
+    @property
+    def key_note(self) -> str:
+        return f"key {fingerprint(self.api_key)}" if self.api_key else "no key sent"
+
+    def _raise_for(self, answer: Answer, what: str) -> Any:
+        """The JSON body of a 200 answer, or a typed error saying what went wrong."""
+        if is_key_rejection(answer):
+            hint = (
+                "pass the key the app was started with (api_key=..., --api-key-env NAME or "
+                "ENVIRONMENT_API_KEY)"
+                if self.api_key
+                else "it needs an API key: api_key=..., --api-key-env NAME or ENVIRONMENT_API_KEY"
+            )
+            raise ApiKeyRejectedError(
+                f"the task app at {self.base_url} rejected the API key on {what} "
+                f"(HTTP {answer.status}, {self.key_note}); {hint}"
+            )
+        if answer.status != 200:
+            raise TaskAppRequestError(
+                f"{what} at {self.base_url} answered {redact(answer.describe())}",
+            )
+        body = answer.body
+        if body is None:
+            raise TaskAppRequestError(
+                f"{what} at {self.base_url} did not return JSON: is this a task app? "
+                f"(check it with `taskapp check {self.base_url}`)"
+            )
+        return body
+
+    @staticmethod
+    def _task_info_path(seed: int | Sequence[int] | None) -> str:
+        if seed is None:
+            return "/task_info"
+        seeds = [seed] if isinstance(seed, int) else list(seed)
+        return "/task_info?" + urllib.parse.urlencode([("seed", int(s)) for s in seeds])
+
+    @staticmethod
+    def _rollout_body(
+        seed: int, body: Mapping[str, Any] | None, options: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], str]:
+        request = dict(body) if body is not None else rollout_request(seed, **options)
+        run_id = str(request.get("run_id") or request.get("trace_correlation_id") or "")
+        if not run_id:
+            run_id = f"taskapp-{uuid.uuid4().hex[:12]}-{seed}"
+            request["run_id"] = run_id
+        request.setdefault("run_id", run_id)
+        request.setdefault("trace_correlation_id", run_id)
+        return request, run_id
+
+
+class TaskAppClient(_ClientBase):
+    """A client for one task app: ``health``, ``info``, ``task_info``, ``rollout``.
+
+    ``transport`` defaults to :class:`LoopbackTransport` for ``http://`` loopback URLs and
+    :class:`HttpxTransport` otherwise; pass any object with ``request(method, path, *,
+    headers, body)`` and ``close()``. Thread-safe; use it as a context manager or call
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        worker_token: str | None = None,
+        timeout: float = 10.0,
+        transport: Transport | None = None,
+        headers: Mapping[str, str] | None = None,
+        limit: int = 16,
+    ) -> None:
+        super().__init__(
+            base_url, api_key, worker_token=worker_token, timeout=timeout, headers=headers
+        )
+        if transport is None:
+            if self.base_url.startswith("http://") and is_loopback_url(self.base_url):
+                transport = LoopbackTransport(self.base_url, timeout=self.timeout)
+            else:
+                transport = HttpxTransport(self.base_url, timeout=self.timeout, limit=limit)
+        self.transport: Transport = transport
+
+    def __enter__(self) -> TaskAppClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def request(
+        self, method: str, path: str, *, json_body: Any = None, auth: bool = True
+    ) -> Answer:
+        """One request; ``auth=False`` leaves the API key out. Raises TransportError."""
+        headers = self.headers if auth else self.headers_without_key
+        payload = None
+        if json_body is not None:
+            payload = json.dumps(json_body).encode("utf-8")
+            headers = {**headers, "Content-Type": "application/json"}
+        return self.transport.request(method, path, headers=headers, body=payload)
+
+    def health(self) -> None:
+        """``GET /health``; raises ApiKeyRejectedError, TaskAppRequestError, TransportError."""
+        answer = self.request("GET", "/health")
+        body = self._raise_for(answer, "GET /health")
+        if not (isinstance(body, dict) and body.get("healthy") is True):
+            raise TaskAppRequestError(
+                f"GET /health at {self.base_url} answered 200 without "
+                f'{{"healthy": true}}: {_short(body, 100)}'
+            )
+
+    def info(self) -> dict[str, Any]:
+        """``GET /info``: the service, its task and dataset."""
+        body = self._raise_for(self.request("GET", "/info"), "GET /info")
+        if not isinstance(body, dict):
+            raise TaskAppRequestError(f"GET /info at {self.base_url} did not return an object")
+        return body
+
+    def task_info(self, seed: int | Sequence[int] | None = None) -> Any:
+        """``GET /task_info``: ``{"taskset": ...}`` without seeds, one TaskInfo for one
+        seed, a list for several."""
+        path = self._task_info_path(seed)
+        return self._raise_for(self.request("GET", path), f"GET {path}")
+
+    def rollout(
+        self,
+        seed: int = 0,
+        *,
+        body: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> RolloutOutcome:
+        """``POST /rollout`` for ``seed`` (keyword ``options`` as :func:`rollout_request`,
+        or a complete ``body``). Never raises for a failed rollout: see
+        :class:`RolloutOutcome`."""
+        request, run_id = self._rollout_body(seed, body, options)
+        payload = json.dumps(request).encode("utf-8")
+        started = time.perf_counter()
+        try:
+            answer = self.transport.request(
+                "POST", "/rollout", headers=self._post_headers, body=payload
+            )
+        except TransportError as exc:
+            return RolloutOutcome.from_transport_error(
+                exc, seed=seed, run_id=run_id, latency_s=time.perf_counter() - started
+            )
+        return RolloutOutcome.from_answer(
+            answer, seed=seed, run_id=run_id, latency_s=time.perf_counter() - started
+        )
+
+
+class AsyncTaskAppClient(_ClientBase):
+    """The asyncio twin of :class:`TaskAppClient` (same methods, awaited)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        worker_token: str | None = None,
+        timeout: float = 10.0,
+        transport: AsyncTransport | None = None,
+        headers: Mapping[str, str] | None = None,
+        limit: int = 16,
+    ) -> None:
+        super().__init__(
+            base_url, api_key, worker_token=worker_token, timeout=timeout, headers=headers
+        )
+        self.transport: AsyncTransport = transport or AsyncHttpxTransport(
+            self.base_url, timeout=self.timeout, limit=limit
+        )
+
+    async def __aenter__(self) -> AsyncTaskAppClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def request(
+        self, method: str, path: str, *, json_body: Any = None, auth: bool = True
+    ) -> Answer:
+        headers = self.headers if auth else self.headers_without_key
+        payload = None
+        if json_body is not None:
+            payload = json.dumps(json_body).encode("utf-8")
+            headers = {**headers, "Content-Type": "application/json"}
+        return await self.transport.request(method, path, headers=headers, body=payload)
+
+    async def health(self) -> None:
+        answer = await self.request("GET", "/health")
+        body = self._raise_for(answer, "GET /health")
+        if not (isinstance(body, dict) and body.get("healthy") is True):
+            raise TaskAppRequestError(
+                f"GET /health at {self.base_url} answered 200 without "
+                f'{{"healthy": true}}: {_short(body, 100)}'
+            )
+
+    async def info(self) -> dict[str, Any]:
+        body = self._raise_for(await self.request("GET", "/info"), "GET /info")
+        if not isinstance(body, dict):
+            raise TaskAppRequestError(f"GET /info at {self.base_url} did not return an object")
+        return body
+
+    async def task_info(self, seed: int | Sequence[int] | None = None) -> Any:
+        path = self._task_info_path(seed)
+        return self._raise_for(await self.request("GET", path), f"GET {path}")
+
+    async def rollout(
+        self,
+        seed: int = 0,
+        *,
+        body: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> RolloutOutcome:
+        request, run_id = self._rollout_body(seed, body, options)
+        payload = json.dumps(request).encode("utf-8")
+        started = time.perf_counter()
+        try:
+            answer = await self.transport.request(
+                "POST", "/rollout", headers=self._post_headers, body=payload
+            )
+        except TransportError as exc:
+            return RolloutOutcome.from_transport_error(
+                exc, seed=seed, run_id=run_id, latency_s=time.perf_counter() - started
+            )
+        return RolloutOutcome.from_answer(
+            answer, seed=seed, run_id=run_id, latency_s=time.perf_counter() - started
+        )
+
+
+def _short(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

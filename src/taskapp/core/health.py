@@ -5,20 +5,28 @@ with a short exponential backoff (no fixed sleeps). 401/403 fails at once (the k
 rejected), a dead server fails at once (the ``alive`` callback raises), anything else is
 retried until the deadline, then reported with the last status or error.
 
-Loopback URLs are probed with :mod:`http.client` (no proxy, no TLS context: about a
-millisecond); other URLs with one httpx client per wait, which honours the environment's
-proxy settings and verifies TLS.
+The requests go through the one task-app client (:mod:`taskapp.core.client`): loopback
+URLs over kept-alive :mod:`http.client` connections (no proxy, no TLS context: about a
+millisecond), other URLs through httpx, which honours the environment's proxy settings and
+verifies TLS. A 400 with synth-ai's ``unauthorised`` envelope counts as a rejected key,
+like 401 and 403.
 """
 
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from taskapp.core.client import (
+    TaskAppClient,
+    TransportError,
+    auth_headers,
+    is_key_rejection,
+    is_loopback_url,
+)
 from taskapp.core.errors import ApiKeyRejectedError, HealthCheckError
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import fingerprint
@@ -55,23 +63,6 @@ class Backoff:
 
     def sleep(self) -> None:
         time.sleep(self.next_delay())
-
-
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    """The headers a task app accepts the key in: ``X-API-Key`` and ``Authorization``."""
-    if not api_key:
-        return {}
-    return {"X-API-Key": api_key, "Authorization": f"Bearer {api_key}"}
-
-
-def is_loopback_url(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def probe(
@@ -118,16 +109,11 @@ def wait_healthy(
     :class:`HealthCheckError`); a 401/403 always raises :class:`ApiKeyRejectedError`.
     """
     url = base_url.rstrip("/") + path
-    all_headers = {**auth_headers(api_key), **(headers or {})}
     started = time.monotonic()
     backoff = Backoff(deadline=started + timeout)
     last = "no attempt made"
     attempts = 0
-    client: Any = None
-    if not is_loopback_url(url):
-        import httpx
-
-        client = httpx.Client(timeout=min(10.0, max(timeout, 0.5)), follow_redirects=False)
+    client = TaskAppClient(base_url, api_key, timeout=min(10.0, max(timeout, 0.5)), headers=headers)
     try:
         while True:
             if alive is not None:
@@ -135,31 +121,30 @@ def wait_healthy(
             attempts += 1
             remaining = max(0.05, (backoff.deadline or 0) - time.monotonic())
             try:
-                status, _ = probe(url, all_headers, timeout=min(5.0, remaining), client=client)
-            except Exception as exc:  # transport errors: refused, reset, DNS, TLS, timeout
-                last = f"{type(exc).__name__}: {exc}"
+                answer = client.request("GET", path, timeout=min(5.0, remaining))
+            except TransportError as exc:  # refused, reset, DNS, TLS, timeout
+                last = str(exc)
             else:
-                if status == 200:
+                if answer.status == 200:
                     elapsed = time.monotonic() - started
                     logger.debug("%s healthy at %s after %d attempt(s)", what, url, attempts)
                     return elapsed
-                if status in (401, 403):
+                if is_key_rejection(answer):
                     key_note = f"key {fingerprint(api_key)}" if api_key else "no key"
                     raise ApiKeyRejectedError(
-                        f"{what} rejected the API key at {url} (HTTP {status}, {key_note}). "
-                        "Pass the key the app expects with api_key=..., or build the app "
-                        "from a TaskAppConfig so taskapp can give it the key."
+                        f"{what} rejected the API key at {url} (HTTP {answer.status}, "
+                        f"{key_note}). Pass the key the app expects with api_key=..., or "
+                        "build the app from a TaskAppConfig so taskapp can give it the key."
                     )
-                last = f"HTTP {status}"
+                last = f"HTTP {answer.status}"
             logger.debug("health check %s: %s (attempt %d)", url, last, attempts)
             if backoff.expired():
                 break
             backoff.sleep()
     finally:
-        if client is not None:
-            client.close()
+        client.close()
     message = (
-        f"{what} did not answer 200 at {url} within {timeout:g}s "
+        f"{what} did not answer 200 at {url} within {timeout:g} s "
         f"({attempts} attempt(s); last result: {last}). Check that it serves GET {path} "
         "with status 200, or allow it more time"
     )

@@ -64,6 +64,9 @@ if TYPE_CHECKING:
         create_task_app as create_task_app,
     )
     from taskapp.core.lifecycle import InProcessTaskApp as InProcessTaskApp
+    from taskapp.evaluation import EvaluationResult as EvaluationResult
+    from taskapp.evaluation import aevaluate as aevaluate
+    from taskapp.evaluation import evaluate as evaluate
 
 __version__ = "0.1.0"
 
@@ -88,6 +91,9 @@ _LAZY: dict[str, str] = {
     "CheckReport": "taskapp.core.check",
     "CheckResult": "taskapp.core.check",
     "TaskAppClient": "taskapp.core.client",
+    "evaluate": "taskapp.evaluation",
+    "aevaluate": "taskapp.evaluation",
+    "EvaluationResult": "taskapp.evaluation",
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY, *_ERRORS]

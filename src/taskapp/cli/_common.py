@@ -9,10 +9,8 @@ package that imports them.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
-import re
 import signal
 import sys
 import traceback
@@ -86,45 +84,16 @@ class Target:
     label: str
 
 
-_IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-
-
 def resolve_target(target: str) -> Target:
     """Turn TARGET into InProcessTaskApp arguments, or raise UsageError saying why not."""
-    from taskapp.examples import BUNDLED, resolve
+    from taskapp.core.errors import ConfigurationError, TaskAppFileNotFoundError
+    from taskapp.core.loading import target_kwargs
+    from taskapp.examples import BUNDLED
 
-    bundled = resolve(target)
-    if bundled is not None:
-        return Target({"app": bundled}, target)
-    if target.endswith(".py"):
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise UsageError(f"no such file: {target}")
-        return Target({"task_app_path": str(path)}, target)
-    if _IMPORT_STRING.match(target):
-        module = target.partition(":")[0]
-        # Like uvicorn: modules in the current directory are importable by name.
-        cwd = os.getcwd()
-        if cwd not in sys.path and "" not in sys.path:
-            sys.path.insert(0, cwd)
-        try:
-            found = importlib.util.find_spec(module)
-        except Exception:
-            # A parent package failed to import: the loader imports it again and shows why.
-            return Target({"app": target}, target)
-        if found is None:
-            raise UsageError(
-                f"no module named {module!r} (from {target!r}); check the spelling, install "
-                "the package, or pass the path of a .py file instead"
-            )
-        return Target({"app": target}, target)
-    if Path(target).is_file():
-        raise UsageError(f"{target} is not a .py file; a task app file must end in .py")
-    examples = ", ".join(sorted(BUNDLED))
-    raise UsageError(
-        f"unknown target {target!r}: expected a bundled example name ({examples}), the path "
-        "of a .py file, or a 'package.module:attr' import string"
-    )
+    try:
+        return Target(target_kwargs(target, aliases=BUNDLED), target)
+    except (ConfigurationError, TaskAppFileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def ephemeral_port() -> int:

@@ -370,8 +370,8 @@ class _ClientBase:
                 else "it needs an API key: api_key=..., --api-key-env NAME or ENVIRONMENT_API_KEY"
             )
             raise ApiKeyRejectedError(
-                f"the task app at {self.base_url} rejected the API key on {what} "
-                f"(HTTP {answer.status}, {self.key_note}); {hint}"
+                f"the task app at {self.base_url} rejected the API key (HTTP {answer.status}, "
+                f"{self.key_note}) on {what}; {hint}"
             )
         if answer.status != 200:
             raise TaskAppRequestError(

@@ -12,7 +12,10 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,6 +34,7 @@ __all__ = [
     "is_asgi_app",
     "load_target_string",
     "materialize",
+    "target_kwargs",
 ]
 
 APP_ATTRIBUTES = ("app", "application")
@@ -252,3 +256,69 @@ def load_target_string(target: str, *, api_key: str) -> LoadedApp:
     kind: TargetKind = "path" if target.endswith(".py") else "import_string"
     value: Any = Path(target) if kind == "path" else target
     return get_registry().load_app(AppTarget(kind=kind, value=value, api_key=api_key))
+
+
+_IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The :class:`~taskapp.InProcessTaskApp` keyword arguments for ``spec``: the one
+    target resolution of ``taskapp serve``/``eval``/``optimize``, :func:`taskapp.evaluate`
+    and :func:`taskapp.optimize.run`.
+
+    ``spec`` is a ``.py`` path (str or PathLike), a ``"module:attr"`` import string, a name
+    in ``aliases`` (the bundled examples: name -> import string; ``_`` and ``-`` alike), a
+    :class:`TaskAppConfig`, an ASGI app, or a zero-argument factory of either. Raises
+    :class:`ConfigurationError` (or :class:`TaskAppFileNotFoundError`) saying why not.
+
+    >>> target_kwargs("mod:build_config")
+    {'app': 'mod:build_config'}
+    """
+    from taskapp.core.errors import TaskAppFileNotFoundError
+
+    if isinstance(spec, TaskAppConfig):
+        return {"config": spec}
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        if is_asgi_app(spec):
+            return {"app": spec}
+        if callable(spec):
+            return {"config_factory": spec}
+        raise ConfigurationError(
+            f"cannot run a {type(spec).__name__}: pass a .py path, a 'module:attr' import "
+            "string, a TaskAppConfig, an ASGI app, or a zero-argument factory of either"
+        )
+    if aliases:
+        alias = aliases.get(spec.strip().lower().replace("_", "-"))
+        if alias is not None:
+            return {"app": alias}
+    if spec.endswith(".py"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise TaskAppFileNotFoundError(f"no such file: {spec}")
+        return {"task_app_path": str(path)}
+    if _IMPORT_STRING.match(spec):
+        module = spec.partition(":")[0]
+        # Like uvicorn: modules in the current directory are importable by name.
+        cwd = os.getcwd()
+        if cwd not in sys.path and "" not in sys.path:
+            sys.path.insert(0, cwd)
+        try:
+            found = importlib.util.find_spec(module)
+        except Exception:
+            # A parent package failed to import: the loader imports it again and shows why.
+            return {"app": spec}
+        if found is None:
+            raise ConfigurationError(
+                f"no module named {module!r} (from {spec!r}); check the spelling, install "
+                "the package, or pass the path of a .py file instead"
+            )
+        return {"app": spec}
+    if Path(spec).is_file():
+        raise ConfigurationError(f"{spec} is not a .py file; a task app file must end in .py")
+    names = f"a bundled example name ({', '.join(sorted(aliases))}), " if aliases else ""
+    raise ConfigurationError(
+        f"unknown target {spec!r}: expected {names}the path of a .py file, or a "
+        "'package.module:attr' import string"
+    )

@@ -19,10 +19,8 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from taskapp.core.errors import ConfigurationError
 from taskapp.core.secrets import register_secret
 
 __all__ = ["Endpoint", "open_target"]
@@ -39,37 +37,13 @@ class Endpoint:
 
 
 def _in_process(target: Any) -> Any:
-    """An (unstarted) InProcessTaskApp for a non-URL target."""
-    from taskapp.core.config import TaskAppConfig
+    """An (unstarted) InProcessTaskApp for a non-URL target (one resolution for the whole
+    package: :func:`taskapp.core.loading.target_kwargs`)."""
     from taskapp.core.lifecycle import InProcessTaskApp
-    from taskapp.core.loading import is_asgi_app
+    from taskapp.core.loading import target_kwargs
+    from taskapp.examples import BUNDLED
 
-    if isinstance(target, TaskAppConfig):
-        return InProcessTaskApp(config=target)
-    if isinstance(target, os.PathLike):
-        return InProcessTaskApp(task_app_path=target)
-    if isinstance(target, str):
-        from taskapp.examples import resolve
-
-        bundled = resolve(target)
-        if bundled is not None:
-            return InProcessTaskApp(app=bundled)
-        if target.endswith(".py") or Path(target).is_file():
-            return InProcessTaskApp(task_app_path=target)
-        if ":" in target:
-            return InProcessTaskApp(app=target)
-        raise ConfigurationError(
-            f"target {target!r} is not a URL, a .py file, a 'module:attr' import string or "
-            "a bundled example (support-intents)"
-        )
-    if is_asgi_app(target):
-        return InProcessTaskApp(app=target)
-    if callable(target):
-        return InProcessTaskApp(config_factory=target)
-    raise ConfigurationError(
-        f"cannot optimize against a {type(target).__name__}: pass a URL, an "
-        "InProcessTaskApp, a TaskAppConfig, an ASGI app, a .py path or 'module:attr'"
-    )
+    return InProcessTaskApp(**target_kwargs(target, aliases=BUNDLED))
 
 
 @contextlib.contextmanager

@@ -315,11 +315,15 @@ def test_unreachable_inference_url_fails_fast_with_one_clear_cause(server: Serve
         (["support-intents", "--policy-config", "{not json"], "is not valid JSON"),
         (["support-intents", "--policy-config", "@/nonexistent/p.json"], "cannot read"),
         (["support-intents", "--policy-config", "[1, 2]"], "must be a JSON object"),
-        (["support-intents", "--seeds", "0-10x"], "expected seeds like 0-99"),
+        (["support-intents", "--seeds", "0-10x"], "--seeds: '0-10x' is not a seed or an"),
         (["support-intents", "--url", "http://127.0.0.1:9"], "either TARGET or --url"),
         ([], "pass TARGET"),
         (["support-intents", "--concurrency", "0"], "--concurrency must be at least 1"),
-        (["support-intents", "--timeout", "inf"], "--timeout must be positive and finite"),
+        (["support-intents", "--timeout", "inf"], "--rollout-timeout must be positive"),
+        (["support-intents", "--health-timeout", "0"], "--health-timeout must be positive"),
+        (["support-intents", "--port", "70000"], "--port must be from 0 to 65535"),
+        (["support-intents", "--server-option", "x"], "--server-option 'x': expected KEY=VALUE"),
+        (["--url", "http://127.0.0.1:9", "--server", "subprocess"], "--server start TARGET"),
         (["--url", "ftp://x"], "expected http://host"),
         (["support-intents", "--tunnel", "warp-drive"], "unknown tunnel 'warp-drive'"),
         (["--url", "http://127.0.0.1:9", "--tunnel", "local2"], "not with --url"),
@@ -482,3 +486,70 @@ def test_ctrl_c_stops_cleanly_and_prints_what_finished(
     assert report.interrupted == name
     assert 40 <= report.summary.completed < 400
     assert f"{report.summary.completed} of 400" in stdout
+
+
+SLOW_START_APP = """\
+import time
+from taskapp import TaskAppConfig
+
+async def rollout(request, http_request):
+    return {"run_id": request.run_id, "metrics": {"outcome_score": 1.0}}
+
+def build_config():
+    return TaskAppConfig(
+        app_id="slow-start", name="slow start", description="",
+        describe_taskset=lambda: {"size": 4},
+        provide_task_instances=lambda seeds: [], rollout=rollout,
+        startup_hooks=[lambda: time.sleep(2.5)])
+"""
+
+
+def test_eval_starts_an_app_the_way_serve_does(tmp_path: Path) -> None:
+    # Issue 14 item 2: the start options of serve, with serve's names; errors name the
+    # flags and durations in seconds, not Python keywords.
+    path = write(tmp_path, "slow_start_app.py", SLOW_START_APP)
+    port = free_port()
+    too_short = taskapp("eval", str(path), "--health-timeout", "1")
+    assert too_short.returncode == 1
+    assert "--health-timeout" in too_short.stderr, too_short.stderr
+    assert "health_check_timeout" not in too_short.stderr
+    assert "1 s" in too_short.stderr
+    enough = taskapp("eval", str(path), "--health-timeout", "20", "--port", str(port),
+                     "--server", "subprocess", "--server-option", "workers=1",
+                     "--rollout-timeout", "30", "--json", "-")  # fmt: skip
+    assert enough.returncode == 0, enough.stderr
+    report = ReportModel.model_validate_json(enough.stdout)
+    assert report.url == f"http://127.0.0.1:{port}"
+    assert report.summary.completed == 4
+
+
+def test_malformed_rollout_responses_say_which_fields_once(tmp_path: Path) -> None:
+    # Issue 14 item 6: the user's rollout returned something without a score; nothing
+    # raised, so the message names the fields, once per distinct error, no traceback.
+    path = write(
+        tmp_path,
+        "malformed_app.py",
+        """\
+        from taskapp import TaskAppConfig
+
+        async def rollout(request, http_request):
+            if request.env.seed % 2:
+                return {"run_id": request.run_id, "metrics": {"score": 1.0}}
+            return {"run_id": request.run_id, "metrics": {"outcome_score": "high"}}
+
+        def build_config():
+            return TaskAppConfig(
+                app_id="malformed", name="malformed", description="",
+                describe_taskset=lambda: {"size": 6},
+                provide_task_instances=lambda seeds: [], rollout=rollout)
+        """,
+    )
+    result = taskapp("eval", str(path), "--keep-going")
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert "raised ValidationError" not in out
+    assert "Traceback" not in result.stderr
+    assert "metrics.outcome_score" in result.stdout
+    failures = [line for line in result.stdout.splitlines() if line.startswith("  3 x ")]
+    assert len(failures) == 2, result.stdout
+    assert result.stderr.count("metrics.outcome_score") <= 2, result.stderr

@@ -24,6 +24,7 @@ from taskapp.cli._common import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
+    cli_words,
     user_traceback,
 )
 from taskapp.core.errors import (
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(f"{prefix}: interrupted", args.log_json)
         return EXIT_INTERRUPTED
     except (UsageError, ConfigurationError, FileNotFoundError) as exc:
-        _print_error(f"{prefix}: error: {exc}", args.log_json)
+        _print_error(f"{prefix}: error: {cli_words(str(exc))}", args.log_json)
         return EXIT_USAGE
     except TaskAppError as exc:
         cause = exc.__cause__
@@ -150,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             shown = "".join(traceback.format_exception(cause)).rstrip()
-        _print_error(f"{prefix}: error: {exc}", args.log_json, traceback=shown)
+        _print_error(f"{prefix}: error: {cli_words(str(exc))}", args.log_json, traceback=shown)
         return EXIT_FAILED
     except Exception as exc:  # a bug in taskapp: one line, the traceback only with -v
         shown = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import traceback
@@ -32,6 +33,8 @@ __all__ = [
     "Target",
     "UsageError",
     "add_key_arguments",
+    "add_start_arguments",
+    "cli_words",
     "describe_transport_error",
     "ephemeral_port",
     "error_message",
@@ -39,6 +42,7 @@ __all__ = [
     "parse_key_values",
     "resolve_api_key",
     "resolve_target",
+    "start_kwargs",
     "stderr",
     "user_traceback",
     "worker_token",
@@ -105,6 +109,141 @@ def ephemeral_port() -> int:
 
     port = free_loopback_port()
     return port if 1024 <= port <= 65000 else 8114
+
+
+# -- start options (serve, eval, optimize) ------------------------------------------------
+
+#: --health-timeout's default: the same for every command (Ray starts a cluster first).
+HEALTH_TIMEOUT = 30.0
+HEALTH_TIMEOUT_RAY = 120.0
+DEFAULT_PORT = 8114
+
+
+def add_start_arguments(parser: Any) -> None:
+    """The options that start a task app, with the same names, defaults and help in
+    ``serve``, ``eval`` and ``optimize``."""
+    group = parser.add_argument_group("starting the app (not with a URL)")
+    group.add_argument(
+        "--tunnel",
+        default="local",
+        metavar="MODE",
+        help="tunnel backend: local (default, nothing exposed), preconfigured, or any "
+        "installed tunnel plugin (see taskapp plugins --all)",
+    )
+    group.add_argument(
+        "--tunnel-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the tunnel backend (repeatable), e.g. url=https://app.example.com",
+    )
+    group.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on: 127.0.0.1 (default), localhost, ::1 or 0.0.0.0",
+    )
+    group.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"port to listen on (default: {DEFAULT_PORT} for serve, any free port for eval "
+        "and optimize); when it is busy, the next free port is used",
+    )
+    group.add_argument(
+        "--server",
+        default="thread",
+        metavar="NAME",
+        help="server runner: thread (default, uvicorn in a thread), subprocess (uvicorn in a "
+        "child process), ray (Ray Serve), or a plugin's",
+    )
+    group.add_argument(
+        "--server-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the server runner (repeatable), e.g. workers=2 or graceful_timeout=5",
+    )
+    group.add_argument(
+        "--health-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"how long the app may take to start answering /health, in seconds (default "
+        f"{HEALTH_TIMEOUT:g}; {HEALTH_TIMEOUT_RAY:g} with --server ray, which starts a Ray "
+        "instance first)",
+    )
+
+
+def start_kwargs(args: Any, *, default_port: int | None = None) -> dict[str, Any]:
+    """InProcessTaskApp keyword arguments from the start options (UsageError naming the
+    flag for a bad value). ``default_port`` None: any free port."""
+    if args.health_timeout is None:
+        args.health_timeout = HEALTH_TIMEOUT_RAY if args.server == "ray" else HEALTH_TIMEOUT
+    if not (args.health_timeout > 0 and args.health_timeout != float("inf")):
+        raise UsageError(
+            f"--health-timeout must be positive and finite (seconds), got {args.health_timeout}"
+        )
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be from 0 to 65535, got {args.port}")
+    port = args.port if args.port is not None else default_port
+    if port is None or port == 0:
+        port = ephemeral_port()
+    tunnel_options = parse_key_values(args.tunnel_option, option="--tunnel-option")
+    server_options = parse_key_values(args.server_option, option="--server-option")
+    return {
+        "host": args.host,
+        "port": port,
+        "tunnel_mode": args.tunnel,
+        "tunnel_options": tunnel_options or None,
+        "server": args.server,
+        "server_options": server_options or None,
+        "health_check_timeout": args.health_timeout,
+    }
+
+
+def started_with_options(args: Any, *, allowed: Sequence[str] = ()) -> list[str]:
+    """The start options given explicitly (refused with a URL, which is not started),
+    except those in ``allowed``."""
+    given = []
+    if args.tunnel != "local":
+        given.append("--tunnel")
+    for flag, value in (
+        ("--tunnel-option", args.tunnel_option),
+        ("--server-option", args.server_option),
+        ("--port", args.port),
+        ("--health-timeout", args.health_timeout),
+    ):
+        if value:
+            given.append(flag)
+    if args.server != "thread":
+        given.append("--server")
+    if args.host != "127.0.0.1":
+        given.append("--host")
+    return [flag for flag in given if flag not in allowed]
+
+
+#: Python spellings in library errors -> the command-line options that set the same thing.
+_CLI_WORDS = (
+    (re.compile(r"\bhealth_check_timeout=?(?:\.\.\.)?"), "--health-timeout"),
+    (re.compile(r"tunnel_options=\{'(\w+)': \.\.\.\}"), r"--tunnel-option \1=..."),
+    (re.compile(r"\btunnel_options=?"), "--tunnel-option"),
+    (re.compile(r"\bserver_options=?"), "--server-option"),
+    (re.compile(r"\bapi_key=\.\.\."), "--api-key-env NAME"),
+    (re.compile(r"\btunnel_mode=?"), "--tunnel"),
+)
+_DURATION = re.compile(r"\b(\d+(?:\.\d+)?) ?s\b")
+
+
+def cli_words(text: str) -> str:
+    """A library message as a command-line user needs it: option names instead of Python
+    keywords, durations as ``35 s`` (three significant digits at most).
+
+    >>> cli_words("not ready within 29.99871s; raise health_check_timeout=")
+    'not ready within 30 s; raise --health-timeout'
+    """
+    for pattern, replacement in _CLI_WORDS:
+        text = pattern.sub(replacement, text)
+    return _DURATION.sub(lambda m: f"{float(m.group(1)):.3g} s", text)
 
 
 # -- API keys ----------------------------------------------------------------------------

@@ -38,7 +38,7 @@ EXIT_TERMINATED = 143
 
 
 def add_parser(subparsers: Any) -> None:
-    from taskapp.cli._common import TARGET_HELP, add_key_arguments
+    from taskapp.cli._common import TARGET_HELP, add_key_arguments, add_start_arguments
 
     parser = subparsers.add_parser(
         "optimize",
@@ -126,9 +126,6 @@ def add_parser(subparsers: Any) -> None:
     group.add_argument("--env-config", help="JSON object (or @file) sent as env.config")
     add_key_arguments(group, what="the key of a URL target")
     group.add_argument("--rollout-timeout", type=float, default=300.0, help="seconds (300)")
-    group.add_argument(
-        "--health-timeout", type=float, default=10.0, help="seconds to wait for /health (10)"
-    )
     group = parser.add_argument_group("output")
     group.add_argument(
         "--out", type=Path, help="output directory (default: optimize-runs/<target>-<time>)"
@@ -136,6 +133,7 @@ def add_parser(subparsers: Any) -> None:
     group.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     group.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    add_start_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -185,17 +183,31 @@ def run(args: argparse.Namespace) -> int:
         if args.reflection_template
         else None
     )
-    from taskapp.cli._common import ephemeral_port, resolve_api_key, resolve_target
+    from taskapp.cli._common import (
+        UsageError,
+        resolve_api_key,
+        resolve_target,
+        start_kwargs,
+        started_with_options,
+    )
 
     target: Any = args.target
     api_key = None
     if args.target.startswith(("http://", "https://")):
+        # --health-timeout also bounds the wait for a URL's /health here.
+        refused = started_with_options(args, allowed=("--health-timeout",))
+        if refused:
+            given = ", ".join(refused)
+            raise UsageError(f"{given} start TARGET; not with a URL (it is already running)")
         api_key = resolve_api_key(args).value
+        health_timeout = args.health_timeout or 30.0
     else:
         from taskapp.core.lifecycle import InProcessTaskApp
 
         # An app of our own for this run: a free port, not the default 8114 of serve.
-        target = InProcessTaskApp(**resolve_target(args.target).kwargs, port=ephemeral_port())
+        options = start_kwargs(args)
+        health_timeout = options["health_check_timeout"]
+        target = InProcessTaskApp(**resolve_target(args.target).kwargs, **options)
     out = args.out if args.out is not None else _default_out(args.target)
 
     from taskapp.optimize import (
@@ -250,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             on_progress=printer,
             rollout_timeout=args.rollout_timeout,
-            health_timeout=args.health_timeout,
+            health_timeout=health_timeout,
         )
     except GepaNotInstalledError as exc:
         raise UsageError(exc.message) from None

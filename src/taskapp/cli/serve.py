@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import threading
 from typing import Any
 
 from taskapp.cli._common import (
+    DEFAULT_PORT,
     TARGET_HELP,
     SignalFlag,
     UsageError,
     add_key_arguments,
-    parse_key_values,
+    add_start_arguments,
     resolve_api_key,
     resolve_target,
+    start_kwargs,
     stderr,
 )
 
@@ -51,39 +52,6 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("target", metavar="TARGET", help=TARGET_HELP)
     parser.add_argument(
-        "--tunnel",
-        default="local",
-        metavar="MODE",
-        help="tunnel backend: local (default, nothing exposed), preconfigured, or any "
-        "installed tunnel plugin (see taskapp plugins --all)",
-    )
-    parser.add_argument(
-        "--tunnel-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the tunnel backend (repeatable), e.g. url=https://app.example.com",
-    )
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="interface to listen on: 127.0.0.1 (default), localhost, ::1 or 0.0.0.0",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        help="port to listen on (default 8114); when it is busy, the next free port is used "
-        "and the banner says so",
-    )
-    parser.add_argument(
-        "--server",
-        default="thread",
-        metavar="NAME",
-        help="server runner: thread (default, uvicorn in a thread), subprocess (uvicorn in a "
-        "child process), ray (Ray Serve), or a plugin's",
-    )
-    parser.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -101,38 +69,28 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--show-key", action="store_true", help="print the API key itself, not only its fingerprint"
     )
-    parser.add_argument(
-        "--health-timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="how long the app may take to start answering /health (default 30; 120 with "
-        "--server ray, which starts a Ray instance first)",
-    )
+    add_start_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     target = resolve_target(args.target)
     key = resolve_api_key(args)
-    server_options: dict[str, Any] | None = None
+    options = start_kwargs(args, default_port=DEFAULT_PORT)
+    server_options: dict[str, Any] = dict(options["server_options"] or {})
     if args.workers is not None:
         if args.server != "subprocess":
             raise UsageError("--workers needs --server subprocess (the thread server has one)")
         if args.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {args.workers}")
-        server_options = {"workers": args.workers}
+        server_options["workers"] = args.workers
     if args.replicas is not None:
         if args.server != "ray":
             raise UsageError("--replicas needs --server ray (Ray Serve replicas)")
         if args.replicas < 1:
             raise UsageError(f"--replicas must be at least 1, got {args.replicas}")
-        server_options = {"num_replicas": args.replicas}
-    if args.health_timeout is None:
-        args.health_timeout = 120.0 if args.server == "ray" else 30.0
-    if not math.isfinite(args.health_timeout) or args.health_timeout <= 0:
-        raise UsageError(f"--health-timeout must be positive and finite, got {args.health_timeout}")
-    tunnel_options = parse_key_values(args.tunnel_option, option="--tunnel-option")
+        server_options["num_replicas"] = args.replicas
+    options["server_options"] = server_options or None
 
     from taskapp.core.lifecycle import InProcessTaskApp
 
@@ -143,16 +101,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             task_app = InProcessTaskApp(
                 **target.kwargs,
-                host=args.host,
-                port=args.port if args.port is not None else 8114,
+                **options,
                 # Never stop another process to free a port: move to the next free one.
                 auto_find_port=True,
-                tunnel_mode=args.tunnel,
                 api_key=key.value,
-                server=args.server,
-                server_options=server_options,
-                tunnel_options=tunnel_options or None,
-                health_check_timeout=args.health_timeout,
                 on_url_change=_print_new_url,
             )
             task_app.start()
@@ -195,7 +147,7 @@ def _print_banner(task_app: Any, args: argparse.Namespace, key_source: str) -> N
         f"serving {title}",
         f"  url:     {task_app.url}",
     ]
-    requested = args.port if args.port is not None else 8114
+    requested = args.port if args.port is not None else DEFAULT_PORT
     if task_app.port != requested:
         lines.append(f"           (port {requested} is in use; listening on {task_app.port})")
     if task_app.url != task_app.local_url:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from taskapp.core.config import TaskAppConfig
 from taskapp.core.logs import get_logger
@@ -353,7 +353,28 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
         result = await call_user(config.rollout, body, request)
         if isinstance(result, RolloutResponse):
             return result.model_dump(exclude_none=True)
-        return RolloutResponse.model_validate(result).model_dump(exclude_none=True)
+        try:
+            return RolloutResponse.model_validate(result).model_dump(exclude_none=True)
+        except ValidationError as exc:
+            return invalid_response(exc)
+
+    reported: set[str] = set()
+
+    def invalid_response(exc: ValidationError) -> Any:
+        """The user's rollout returned a value that is not a RolloutResponse: nothing
+        raised, so say which fields are missing or wrong (logged once per distinct
+        problem; the traceback only at DEBUG)."""
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'the response'}: {error['msg']}"
+            + (f" (got {error['input']!r})"[:80] if error["type"] != "missing" else "")
+            for error in exc.errors()
+        )
+        message = f"the rollout function returned an invalid response: {problems}"
+        if message not in reported and len(reported) < 100:
+            reported.add(message)
+            logger.warning("%s (logged once)", message)
+        logger.debug("invalid rollout response", exc_info=exc)
+        return JSONResponse(error_body("invalid_rollout_response", message), status_code=500)
 
     for router in config.routers:
         app.include_router(router)

@@ -1,7 +1,8 @@
 """The GEPA adapter: evaluates candidate prompts through a task app's ``POST /rollout``.
 
-gepa's loop is sequential; all concurrency lives here. One HTTP client (keep-alive
-``http.client`` connections for loopback URLs, httpx otherwise) and one thread pool of
+gepa's loop is sequential; all concurrency lives here. One task-app client
+(:class:`taskapp.core.client.TaskAppClient`: keep-alive ``http.client`` connections for
+loopback URLs, httpx otherwise; one reading of a rollout's answer) and one thread pool of
 ``concurrency`` workers serve every rollout; :meth:`batch_evaluate`
 flattens several (candidate, seeds) pairs into the one pool.
 
@@ -25,18 +26,26 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.client
 import importlib
 import json
 import re
 import threading
 import time
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from taskapp.core.health import Backoff, auth_headers, is_loopback_url
+from taskapp.core.client import (
+    Answer,
+    ClientTimeout,
+    HttpxTransport,
+    RolloutOutcome,
+    TaskAppClient,
+    TransportError,
+    is_key_rejection,
+    rollout_request,
+)
+from taskapp.core.health import Backoff
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import fingerprint, redact
 from taskapp.optimize.errors import TaskAppUnavailableError
@@ -81,6 +90,7 @@ class Rollout:
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     latency_s: float = 0.0
     success_status: str | None = None  # the app's own verdict (runtime_error, timeout...)
+    key_rejected: bool = False  # 401/403, or synth-ai's 400 "unauthorised"
 
     @property
     def ok(self) -> bool:
@@ -162,14 +172,19 @@ class TaskAppAdapter:
         self.max_failure_rate = max_failure_rate
         self.run_tag = run_tag
         self.required = {name: placeholders(text) for name, text in seed_candidate.items()}
-        parts = urllib.parse.urlsplit(self.base_url)
-        self._client: _LoopbackClient | _HttpxClient
-        if transport is None and parts.scheme == "http" and is_loopback_url(self.base_url):
-            self._client = _LoopbackClient(self.base_url, auth_headers(api_key), timeout)
-        else:
-            self._client = _HttpxClient(
-                self.base_url, auth_headers(api_key), timeout, concurrency, transport
-            )
+        self._client = TaskAppClient(
+            self.base_url,
+            api_key,
+            timeout=timeout,
+            limit=concurrency,
+            transport=(
+                HttpxTransport(
+                    self.base_url, timeout=timeout, limit=concurrency, transport=transport
+                )
+                if transport is not None
+                else None
+            ),
+        )
         self._pool = ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="taskapp-optimize"
         )
@@ -248,16 +263,14 @@ class TaskAppAdapter:
         with self._lock:
             self._counter += 1
             number = self._counter
-        body: dict[str, Any] = {
-            "run_id": f"{self.run_tag}-{candidate_key(candidate)}-{seed}-{number}",
-            "env": {"seed": seed, "config": dict(self.env_config)},
-            "policy": {"config": {**self.policy_config, **candidate}},
-            "mode": "eval",
-        }
-        if self.env_name:
-            body["env"]["env_name"] = self.env_name
-        if self.policy_name:
-            body["policy"]["policy_name"] = self.policy_name
+        body = rollout_request(
+            seed,
+            run_id=f"{self.run_tag}-{candidate_key(candidate)}-{seed}-{number}",
+            policy_config={**self.policy_config, **candidate},
+            env_config=self.env_config,
+            env_name=self.env_name,
+            policy_name=self.policy_name,
+        )
         result = self._post(body, seed)
         with self._lock:
             self.rollouts_sent += 1
@@ -266,68 +279,73 @@ class TaskAppAdapter:
         return result
 
     def _post(self, body: dict[str, Any], seed: int) -> Rollout:
-        payload = json.dumps(body).encode("utf-8")
         backoff = Backoff(first=0.05, maximum=1.0)
         attempt = 0
         started = time.perf_counter()
         while True:
             attempt += 1
+            answer: Answer | None = None
             try:
-                response = self._client.request("POST", "/rollout", payload)
-            except _Timeout as exc:
+                answer = self._client.request("POST", "/rollout", json_body=body)
+            except ClientTimeout as exc:
                 return Rollout(seed, 0.0, error=f"timed out: {exc}")
-            except _TransportError as exc:
+            except TransportError as exc:
                 problem: str = str(exc)
-                status: int | None = None
                 wait: float | None = None
-            else:
-                status = response.status_code
-                if status == 200:
-                    return self._parse(response, seed, time.perf_counter() - started)
-                problem = f"HTTP {status}: {_error_text(response)}"
-                if status not in RETRY_STATUS:
-                    return Rollout(seed, 0.0, error=redact(problem), status=status)
-                wait = _seconds(response.headers.get("retry-after"))
+            if answer is not None:
+                if answer.status == 200:
+                    outcome = RolloutOutcome.from_answer(
+                        answer,
+                        seed=seed,
+                        run_id=str(body["run_id"]),
+                        latency_s=time.perf_counter() - started,
+                    )
+                    return self._from_outcome(outcome)
+                problem = redact(answer.describe(300))
+                if answer.status not in RETRY_STATUS:
+                    return Rollout(
+                        seed,
+                        0.0,
+                        error=problem,
+                        status=answer.status,
+                        key_rejected=is_key_rejection(answer),
+                    )
+                wait = _seconds(answer.headers.get("retry-after"))
             if attempt > self.retries:
-                return Rollout(seed, 0.0, error=redact(problem), status=status)
+                status = answer.status if answer is not None else None
+                return Rollout(seed, 0.0, error=problem, status=status)
             delay = min(wait, 10.0) if wait is not None else backoff.next_delay()
             logger.debug("rollout seed %d: %s; retrying in %.2fs", seed, problem, delay)
             time.sleep(delay)
 
     @staticmethod
-    def _parse(response: Any, seed: int, latency: float) -> Rollout:
-        try:
-            payload = response.json()
-            metrics = payload["metrics"]
-            score = float(metrics["outcome_score"])
-        except (ValueError, KeyError, TypeError):
+    def _from_outcome(outcome: RolloutOutcome) -> Rollout:
+        """A 200 answer as gepa needs it: no usable score scores 0 with the reason."""
+        if outcome.score is None:
             return Rollout(
-                seed,
+                outcome.seed,
                 0.0,
-                error="the response has no numeric metrics.outcome_score",
+                error=outcome.error,
                 status=200,
-                latency_s=latency,
+                latency_s=outcome.latency_s,
             )
-        details = metrics.get("details") if isinstance(metrics, dict) else None
-        details = dict(details) if isinstance(details, dict) else {}
-        status = payload.get("success_status")
+        details = dict(outcome.details)
+        status = outcome.success_status
         if status in ("runtime_error", "timeout", "failure") and "feedback" not in details:
             details["feedback"] = f"The rollout ended with status {status!r}."
-        if score != score:  # NaN
-            score = 0.0
         return Rollout(
-            seed,
-            score,
+            outcome.seed,
+            outcome.score,
             details=details,
             status=200,
-            latency_s=latency,
-            success_status=status if isinstance(status, str) else None,
+            latency_s=outcome.latency_s,
+            success_status=status,
         )
 
     def _check(self, rollouts: list[Rollout]) -> None:
         if not rollouts:
             return
-        rejected = [r for r in rollouts if r.status in (401, 403)]
+        rejected = [r for r in rollouts if r.key_rejected or r.status in (401, 403)]
         if rejected:
             key = f"key {fingerprint(self.api_key)}" if self.api_key else "no key sent"
             raise TaskAppUnavailableError(
@@ -415,12 +433,10 @@ class TaskAppAdapter:
             return self._task_inputs[seed]
         value: Any = f"(seed {seed}; the task app did not report the input)"
         try:
-            response = self._client.request("GET", f"/task_info?seed={int(seed)}")
-            if response.status_code == 200:
-                info = response.json()
-                if isinstance(info, dict):
-                    metadata = info.get("task_metadata")
-                    value = metadata if isinstance(metadata, dict) and metadata else info
+            info = self._client.task_info(int(seed))
+            if isinstance(info, dict):
+                metadata = info.get("task_metadata")
+                value = metadata if isinstance(metadata, dict) and metadata else info
         except Exception as exc:  # best effort: the record is still useful without it
             logger.debug("task_info for seed %d failed: %s", seed, exc)
         self._task_inputs[seed] = value
@@ -440,20 +456,6 @@ def _short(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _error_text(response: Any) -> str:
-    try:
-        payload = response.json()
-    except ValueError:
-        return (response.text or "").strip()[:300] or response.reason_phrase
-    if isinstance(payload, dict):
-        detail = payload.get("detail", payload)
-        if isinstance(detail, dict) and isinstance(detail.get("error"), dict):
-            error = detail["error"]
-            return f"{error.get('code', 'error')}: {error.get('message', '')}"[:300]
-        return _short(detail, 300)
-    return _short(payload, 300)
-
-
 def _seconds(value: str | None) -> float | None:
     if not value:
         return None
@@ -461,125 +463,3 @@ def _seconds(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
-
-
-class _Answer:
-    """A response, whichever client produced it."""
-
-    def __init__(self, status: int, headers: Mapping[str, str], content: bytes) -> None:
-        self.status_code = status
-        self.headers = headers
-        self.content = content
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-    @property
-    def reason_phrase(self) -> str:
-        return f"HTTP {self.status_code}"
-
-
-class _TransportError(Exception):
-    """No answer: refused, reset, DNS, TLS (retried)."""
-
-
-class _Timeout(Exception):
-    """No answer in time (not retried: the rollout may still be running)."""
-
-
-class _LoopbackClient:
-    """Keep-alive ``http.client`` connections, one per worker thread, for loopback URLs.
-
-    A rollout's HTTP costs a fraction of what httpx's does in CPU, which matters because
-    an in-process task app shares the GIL with these threads. No proxy, no TLS: loopback
-    ``http://`` only (the core's health checks make the same choice).
-    """
-
-    def __init__(self, base_url: str, headers: Mapping[str, str], timeout: float) -> None:
-        parts = urllib.parse.urlsplit(base_url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
-        self.prefix = parts.path.rstrip("/")
-        self.headers = {**headers, "Content-Type": "application/json"}
-        self.timeout = timeout
-        self._local = threading.local()
-        self._connections: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> _Answer:
-        for attempt in (1, 2):
-            reused = getattr(self._local, "conn", None) is not None
-            conn = self._connection()
-            try:
-                conn.request(method, self.prefix + path, body=body, headers=self.headers)
-                response = conn.getresponse()
-                content = response.read()
-            except TimeoutError as exc:
-                self._drop()
-                raise _Timeout(type(exc).__name__) from exc
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop()
-                if reused and attempt == 1:
-                    continue  # the server closed an idle kept-alive connection: reconnect
-                raise _TransportError(f"{type(exc).__name__}: {exc}") from exc
-            if response.will_close:
-                self._drop()
-            headers = {key.lower(): value for key, value in response.getheaders()}
-            return _Answer(response.status, headers, content)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def close(self) -> None:
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
-
-
-class _HttpxClient:
-    """httpx for everything else (TLS, proxies from the environment)."""
-
-    def __init__(
-        self, base_url: str, headers: Mapping[str, str], timeout: float, limit: int, transport: Any
-    ) -> None:
-        import httpx
-
-        self._httpx = httpx
-        self._client = httpx.Client(
-            base_url=base_url,
-            headers={**headers, "Content-Type": "application/json"},
-            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
-            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
-            trust_env=not is_loopback_url(base_url),
-            transport=transport,
-        )
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> _Answer:
-        try:
-            response = self._client.request(method, path, content=body)
-        except self._httpx.TimeoutException as exc:
-            raise _Timeout(type(exc).__name__) from exc
-        except self._httpx.TransportError as exc:
-            raise _TransportError(f"{type(exc).__name__}: {exc}") from exc
-        return _Answer(response.status_code, response.headers, response.content)
-
-    def close(self) -> None:
-        self._client.close()

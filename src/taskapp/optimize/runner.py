@@ -29,8 +29,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from taskapp.core.errors import ApiKeyRejectedError, ConfigurationError, HealthCheckError
-from taskapp.core.health import auth_headers, is_loopback_url, wait_healthy
+from taskapp.core.client import TaskAppClient
+from taskapp.core.errors import (
+    ApiKeyRejectedError,
+    ConfigurationError,
+    HealthCheckError,
+    TaskAppRequestError,
+)
+from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import redact
 from taskapp.optimize.adapter import TaskAppAdapter, candidate_key
@@ -321,16 +327,12 @@ def _check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
         ) from exc
     except HealthCheckError as exc:
         raise TaskAppUnavailableError(exc.message) from exc
-    import httpx
-
     try:
-        with httpx.Client(timeout=timeout, trust_env=not is_loopback_url(endpoint.url)) as client:
-            response = client.get(endpoint.url + "/info", headers=auth_headers(endpoint.api_key))
-        info = response.json() if response.status_code == 200 else {}
-    except (httpx.HTTPError, ValueError) as exc:
+        with TaskAppClient(endpoint.url, endpoint.api_key, timeout=timeout) as client:
+            return client.info()
+    except TaskAppRequestError as exc:
         logger.info("GET /info failed (%s); continuing without it", exc)
-        info = {}
-    return info if isinstance(info, dict) else {}
+        return {}
 
 
 def _check_seeds(endpoint: Endpoint, settings: _Settings) -> None:
@@ -339,17 +341,12 @@ def _check_seeds(endpoint: Endpoint, settings: _Settings) -> None:
     Without this, train seeds the task app rejects (HTTP 422) would burn the whole budget
     on failed minibatches and the run would "succeed" with the baseline.
     """
-    import httpx
-
     try:
-        with httpx.Client(
-            timeout=settings.health_timeout, trust_env=not is_loopback_url(endpoint.url)
+        with TaskAppClient(
+            endpoint.url, endpoint.api_key, timeout=settings.health_timeout
         ) as client:
-            response = client.get(
-                endpoint.url + "/task_info", headers=auth_headers(endpoint.api_key)
-            )
-        body = response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError) as exc:
+            body = client.task_info()
+    except TaskAppRequestError as exc:
         logger.info("GET /task_info failed (%s); seeds not checked", exc)
         return
     known = known_seeds(body.get("taskset") if isinstance(body, dict) else None)

@@ -32,7 +32,7 @@ def test_check_a_served_app(server: Served) -> None:
     assert "ok   GET /info      service 'Customer-support intents'" in result.stdout
     assert "ok   GET /task_info splits train=300, test=100" in result.stdout
     assert "ok   error envelope a malformed rollout is answered HTTP 422" in result.stdout
-    assert "ok   key not echoed in none of" in result.stdout
+    assert "ok   key not echoed the key appears in none of" in result.stdout
     assert lines[-1] == "task app OK"
     assert KEY not in result.stdout + result.stderr
 

@@ -336,7 +336,7 @@ class _Checker:
                         "never be echoed",
                         answer.status,
                     )
-        return CheckResult(name, True, f"in none of {len(self.answers)} answers")
+        return CheckResult(name, True, f"the key appears in none of {len(self.answers)} answers")
 
 
 def _outcome_problem(outcome: RolloutOutcome) -> str:

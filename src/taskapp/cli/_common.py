@@ -20,7 +20,6 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from taskapp.core.client import describe_transport_error, error_message
 from taskapp.core.secrets import fingerprint, register_secret
 
 __all__ = [
@@ -35,9 +34,7 @@ __all__ = [
     "add_key_arguments",
     "add_start_arguments",
     "cli_words",
-    "describe_transport_error",
     "ephemeral_port",
-    "error_message",
     "load_json_argument",
     "parse_key_values",
     "resolve_api_key",

@@ -373,7 +373,7 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
         if message not in reported and len(reported) < 100:
             reported.add(message)
             logger.warning("%s (logged once)", message)
-        logger.debug("invalid rollout response", exc_info=exc)
+        logger.info("invalid rollout response (the traceback, with -v)", exc_info=exc)
         return JSONResponse(error_body("invalid_rollout_response", message), status_code=500)
 
     for router in config.routers:

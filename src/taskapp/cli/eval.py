@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import math
-import re
 import signal
 import sys
 import threading
@@ -38,7 +37,7 @@ from taskapp.cli._common import (
     worker_token,
 )
 from taskapp.core.secrets import fingerprint
-from taskapp.core.seeds import format_seeds, parse_seeds
+from taskapp.core.seeds import parse_seeds
 
 EPILOG = """examples:
   taskapp eval support-intents                         the bundled example, its test split
@@ -54,8 +53,6 @@ seeds. The same evaluation from Python: taskapp.evaluate(target_or_url, seeds=..
 Exit status: 0 all rollouts succeeded, 1 any failed, 2 bad arguments, 130 Ctrl-C
 (143 SIGTERM); when interrupted, what finished is still printed and written.
 """
-
-_REQUEST_ID = re.compile(r"\b[0-9a-f]{12,}\b")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -340,41 +337,12 @@ class _Progress:
 # -- reporting ---------------------------------------------------------------------------
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.1f} ms"
-
-
 def _report(state: Any, args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from taskapp.evaluation.console import print_result
 
     summary = state.summary
     to_stdout_json = args.json == "-"
-    stream = sys.stderr if to_stdout_json else sys.stdout
-    console = Console(file=stream, highlight=False, width=None if stream.isatty() else 110)
-    if state.plan is not None:
-        where = f"split {state.split}" if state.split else f"seeds {format_seeds(state.seeds)}"
-        policy = "chat model" if state.policy_config.get("inference_url") else "default policy"
-        if state.policy_config and not state.policy_config.get("inference_url"):
-            policy = "policy from --policy-config"
-        console.print(f"[bold]{state.target}[/]: {where}, {policy}", highlight=False)
-        table = Table(show_header=False)
-        table.add_column("metric", style="bold")
-        table.add_column("value", justify="right")
-        mean = summary.mean_score
-        table.add_row("rollouts", f"{summary.completed} of {summary.requested}")
-        table.add_row("mean score", "-" if mean is None else f"{mean:.3f}")
-        table.add_row("succeeded", str(summary.success))
-        failed = summary.failed
-        table.add_row("failed", str(failed) if not failed else f"[red]{failed}[/]")
-        table.add_row("latency p50", _ms(summary.latency_p50_s))
-        table.add_row("latency p95", _ms(summary.latency_p95_s))
-        rate = summary.rollouts_per_s
-        wall = f"{state.rollout_s:.2f} s" + (f" ({rate:.1f} rollouts/s)" if rate else "")
-        table.add_row("wall time", wall)
-        console.print(table)
-        _print_worst(console, state, args.worst)
-        _print_failures(console, state)
+    print_result(state, sys.stderr if to_stdout_json else sys.stdout, worst=args.worst)
     if args.json:
         text = json.dumps(state.to_dict(), indent=2, default=str)
         if to_stdout_json:
@@ -399,48 +367,3 @@ def _report(state: Any, args: argparse.Namespace) -> int:
         stderr(f"taskapp eval: {summary.failed} rollout(s) failed")
         return EXIT_FAILED
     return EXIT_OK
-
-
-def _print_worst(console: Any, state: Any, count: int) -> None:
-    """The lowest-scoring rollouts that ran, each with the app's explanation."""
-    scored = [r for r in state.results if r.ok and r.score is not None]
-    worst = sorted(scored, key=lambda r: (r.score, r.seed))[: max(0, count)]
-    worst = [r for r in worst if r.score is not None and r.score < 1.0]
-    if not worst:
-        return
-    console.print(f"[bold]worst {len(worst)}[/]")
-    for result in worst:
-        head = f"  seed {result.seed:<5} score {result.score:.2f}"
-        details = result.details
-        if "predicted" in details or "expected" in details:
-            head += f"  predicted {details.get('predicted')}, expected {details.get('expected')}"
-        _line(console, head)
-        message = details.get("message")
-        if isinstance(message, str):
-            _line(console, f"      {json.dumps(message)}")
-        feedback = details.get("feedback")
-        if feedback:
-            _line(console, f"      {feedback}")
-
-
-def _print_failures(console: Any, state: Any) -> None:
-    """Failed rollouts grouped by cause (each distinct cause once), with their seeds."""
-    causes: dict[str, list[int]] = {}
-    for result in state.results:
-        if not result.ok:
-            # Request ids differ per failure; group by what remains.
-            cause = _REQUEST_ID.sub("<id>", f"{result.status}: {result.error or ''}".rstrip(": "))
-            causes.setdefault(cause, []).append(result.seed)
-    if not causes:
-        return
-    console.print(f"[bold red]failed {sum(len(s) for s in causes.values())}[/]")
-    ranked = sorted(causes.items(), key=lambda item: -len(item[1]))
-    for cause, seeds in ranked[:5]:
-        _line(console, f"  {len(seeds)} x {cause}")
-        _line(console, f"      seeds {format_seeds(seeds)}")
-    if len(ranked) > 5:
-        _line(console, f"  ... and {len(ranked) - 5} other causes (see --json)")
-
-
-def _line(console: Any, text: str) -> None:
-    console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -151,3 +151,15 @@ def test_api_key_on_the_command_line_works_but_warns(server: Served) -> None:
     assert result.returncode == 0
     assert "visible to other users in the process list" in result.stderr
     assert KEY not in result.stdout + result.stderr
+
+
+def test_check_a_synth_ai_style_app() -> None:
+    from ._synth_style import synth_style_app
+
+    with _ThreadedUvicorn(synth_style_app(KEY)) as running:
+        good = taskapp("check", running.url, "--seeds", "0-1", ENVIRONMENT_API_KEY=KEY)
+        wrong = taskapp("check", running.url, ENVIRONMENT_API_KEY="not-the-key-123")
+    assert good.returncode == 0, good.stdout
+    assert "from reward_info.outcome_reward" in good.stdout
+    assert wrong.returncode == 1
+    assert "FAIL GET /health    auth rejected (HTTP 400)" in wrong.stdout

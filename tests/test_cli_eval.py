@@ -554,3 +554,24 @@ def test_malformed_rollout_responses_say_which_fields_once(tmp_path: Path) -> No
     failures = [line for line in result.stdout.splitlines() if line.startswith("  3 x ")]
     assert len(failures) == 2, result.stdout
     assert result.stderr.count("metrics.outcome_score") <= 2, result.stderr
+
+
+def test_eval_url_of_a_synth_ai_style_app(tmp_path: Path) -> None:
+    # Issue 16 item 2, reading side: trace_correlation_id sent, reward_info read.
+    from ._cli_helpers import _ThreadedUvicorn
+    from ._synth_style import synth_style_app
+
+    out = tmp_path / "synth.json"
+    with _ThreadedUvicorn(synth_style_app(KEY)) as running:
+        result = taskapp("eval", "--url", running.url, "--json", str(out), "--keep-going",
+                         ENVIRONMENT_API_KEY=KEY)  # fmt: skip
+        wrong = taskapp("eval", "--url", running.url, ENVIRONMENT_API_KEY="wrong-key-000000")
+    assert result.returncode == 1, result.stderr  # the odd seeds score 0 ("failure")
+    report = read_report(out)
+    assert report.split == "train"
+    assert [(r.seed, r.score, r.status) for r in report.results] == [
+        (seed, float(seed % 2 == 0), "success" if seed % 2 == 0 else "failure") for seed in range(6)
+    ]
+    assert report.summary.statuses == {"failure": 3, "success": 3}
+    assert wrong.returncode == 1
+    assert "rejected the API key (HTTP 400" in wrong.stderr

@@ -170,7 +170,7 @@ class _Checker:
         self.answers: list[Answer] = []
         self.checks: list[CheckResult] = []
 
-    def _get(self, path: str, *, auth: bool = True) -> Answer | str:
+    def _get(self, path: str, *, auth: bool | None = True) -> Answer | str:
         try:
             answer = self.client.request("GET", path, auth=auth)
         except TransportError as exc:
@@ -248,6 +248,8 @@ class _Checker:
         if isinstance(answer, str):
             return CheckResult(name, False, answer)
         ms = answer.elapsed_s * 1000
+        if answer.status == 200 and self.client.worker_token:
+            return self._relay_adds_key(name)
         if answer.status == 200:
             return CheckResult(
                 name,
@@ -278,6 +280,31 @@ class _Checker:
             name,
             True,
             f"refused with HTTP {answer.status}: {answer.error_message()}",
+            answer.status,
+            ms,
+        )
+
+    def _relay_adds_key(self, name: str) -> CheckResult:
+        """200 without the key, with a worker token: a relay that adds the app's key for
+        callers holding the token. Then the token itself must be required."""
+        answer = self._get("/health", auth=None)
+        if isinstance(answer, str):
+            return CheckResult(name, False, f"without key and worker token: {answer}")
+        ms = answer.elapsed_s * 1000
+        if answer.status in (401, 403) or is_key_rejection(answer):
+            return CheckResult(
+                name,
+                True,
+                f"the relay adds the key for worker-token holders; without the token it "
+                f"refuses (HTTP {answer.status})",
+                answer.status,
+                ms,
+            )
+        return CheckResult(
+            name,
+            False,
+            f"answered {answer.status} without the key and without the worker token: "
+            "anyone who can reach the URL can run rollouts",
             answer.status,
             ms,
         )

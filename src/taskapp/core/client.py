@@ -354,7 +354,18 @@ class _ClientBase:
             for name, value in self.headers.items()
             if name.lower() not in ("x-api-key", "authorization", "x-api-keys")
         }
+        #: ... and without the worker token either: no credential at all
+        self.headers_without_credentials = {
+            name: value
+            for name, value in self.headers_without_key.items()
+            if name.lower() != WORKER_TOKEN_HEADER.lower()
+        }
         self._post_headers = {**self.headers, "Content-Type": "application/json"}
+
+    def _headers_for(self, auth: bool | None) -> dict[str, str]:
+        if auth:
+            return self.headers
+        return self.headers_without_key if auth is False else self.headers_without_credentials
 
     @property
     def key_note(self) -> str:
@@ -451,12 +462,13 @@ class TaskAppClient(_ClientBase):
         path: str,
         *,
         json_body: Any = None,
-        auth: bool = True,
+        auth: bool | None = True,
         timeout: float | None = None,
     ) -> Answer:
-        """One request; ``auth=False`` leaves the API key out, ``timeout`` overrides the
-        client's. Raises :class:`TransportError` when nothing answered."""
-        headers = self.headers if auth else self.headers_without_key
+        """One request; ``auth=False`` leaves the API key out (``auth=None`` the worker token
+        too), ``timeout`` overrides the client's. Raises :class:`TransportError` when
+        nothing answered."""
+        headers = self._headers_for(auth)
         payload = None
         if json_body is not None:
             payload = json.dumps(json_body).encode("utf-8")
@@ -548,10 +560,10 @@ class AsyncTaskAppClient(_ClientBase):
         path: str,
         *,
         json_body: Any = None,
-        auth: bool = True,
+        auth: bool | None = True,
         timeout: float | None = None,  # noqa: ASYNC109 - per request, like httpx
     ) -> Answer:
-        headers = self.headers if auth else self.headers_without_key
+        headers = self._headers_for(auth)
         payload = None
         if json_body is not None:
             payload = json.dumps(json_body).encode("utf-8")

@@ -60,7 +60,9 @@ def test_the_same_scores_through_a_url_and_a_running_instance(
     example: InProcessTaskApp,
 ) -> None:
     assert example.url is not None
-    by_url = taskapp.evaluate(example.url, seeds=range(10), api_key=KEY, concurrency=2)
+    bare = example.url.removeprefix("http://")  # host:port means http://host:port
+    by_url = taskapp.evaluate(bare, seeds=range(10), api_key=KEY, concurrency=2)
+    assert by_url.url == example.url
     by_instance = taskapp.evaluate(example, seeds=[*range(10)])
     by_name = taskapp.evaluate("support-intents", seeds="0-9")
     scores = [r.score for r in by_name.by_seed()]

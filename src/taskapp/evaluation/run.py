@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -47,8 +48,15 @@ def validate_options(*, concurrency: Any, timeout: Any) -> None:
         )
 
 
+_HOST_PORT = re.compile(r"^(localhost|\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):\d+(/.*)?$")
+
+
 def _is_url(value: Any) -> bool:
-    return isinstance(value, str) and value.strip().lower().startswith(("http://", "https://"))
+    """``http(s)://...``, or ``host:port`` of a loopback name or an IP address (http)."""
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return text.lower().startswith(("http://", "https://")) or bool(_HOST_PORT.match(text))
 
 
 async def aevaluate(
@@ -164,7 +172,8 @@ def evaluate(
 ) -> EvaluationResult:
     """Run one rollout per seed against a task app; return every result and a summary.
 
-    ``target_or_url``: the URL of a running task app (``http://`` or ``https://``), an
+    ``target_or_url``: the URL of a running task app (``http://``, ``https://``, or
+    ``host:port`` of a loopback name or IP address, meaning ``http://``), an
     :class:`~taskapp.InProcessTaskApp` (running: used as is; not running: started and
     stopped), or anything ``taskapp eval`` starts: a ``.py`` path, a ``"module:attr"``
     import string, a bundled example's name, a :class:`~taskapp.TaskAppConfig`, an ASGI

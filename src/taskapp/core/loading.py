@@ -271,8 +271,10 @@ def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dic
     :class:`TaskAppConfig`, an ASGI app, or a zero-argument factory of either. Raises
     :class:`ConfigurationError` (or :class:`TaskAppFileNotFoundError`) saying why not.
 
-    >>> target_kwargs("mod:build_config")
-    {'app': 'mod:build_config'}
+    >>> target_kwargs("json:loads")
+    {'app': 'json:loads'}
+    >>> target_kwargs("support_intents", aliases={"support-intents": "pkg.mod:build"})
+    {'app': 'pkg.mod:build'}
     """
     from taskapp.core.errors import TaskAppFileNotFoundError
 

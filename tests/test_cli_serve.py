@@ -173,3 +173,36 @@ def test_lifespan_failure_shows_the_users_traceback(tmp_path: Path) -> None:
     assert "database unreachable" in result.stderr
     assert f'File "{path}", line 4, in connect' in result.stderr
     assert "lifespan startup raised ConnectionError" in result.stderr
+
+
+def test_port_zero_means_any_free_port() -> None:
+    import subprocess
+
+    from ._cli_helpers import TASKAPP, env
+
+    proc = subprocess.Popen(
+        [TASKAPP, "serve", "support-intents", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = ""
+        for line in proc.stdout:
+            banner += line
+            if line.startswith("press Ctrl-C"):
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert "url:     http://127.0.0.1:" in banner and ":0\n" not in banner, banner
+    assert "is in use" not in banner

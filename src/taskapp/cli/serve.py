@@ -148,7 +148,7 @@ def _print_banner(task_app: Any, args: argparse.Namespace, key_source: str) -> N
         f"  url:     {task_app.url}",
     ]
     requested = args.port if args.port is not None else DEFAULT_PORT
-    if task_app.port != requested:
+    if requested != 0 and task_app.port != requested:  # --port 0: any free port
         lines.append(f"           (port {requested} is in use; listening on {task_app.port})")
     if task_app.url != task_app.local_url:
         lines.append(f"  local:   {task_app.local_url}")

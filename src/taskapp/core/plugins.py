@@ -35,12 +35,14 @@ import os
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pluggy
 
+from taskapp._version import __version__
 from taskapp.core import hookspecs
-from taskapp.core.backends import AppTarget, LoadedApp, ServerRunner, TunnelBackend
+from taskapp.core.backends import AppTarget, LoadedApp, ServerRunner, TargetKind, TunnelBackend
 from taskapp.core.errors import (
     AppLoadError,
     PluginConflictError,
@@ -57,6 +59,7 @@ __all__ = [
     "PluginFailure",
     "PluginRegistry",
     "get_registry",
+    "load_target_string",
     "reset_registry",
 ]
 
@@ -417,10 +420,7 @@ def _kwargs(argnames: Iterable[str], available: Mapping[str, Any]) -> dict[str, 
 
 
 def _own_version() -> str:
-    try:
-        return importlib.metadata.version("taskapp")
-    except importlib.metadata.PackageNotFoundError:
-        return "source"
+    return __version__
 
 
 _lock = threading.Lock()
@@ -441,3 +441,14 @@ def reset_registry() -> None:
     global _registry
     with _lock:
         _registry = None
+
+
+def load_target_string(target: str, *, api_key: str) -> LoadedApp:
+    """Load a target string (``.py`` path or ``module:attr``) through the plugin registry.
+
+    This is what a child process (the subprocess and Ray runners) calls to rebuild the app
+    the parent loaded.
+    """
+    kind: TargetKind = "path" if target.endswith(".py") else "import_string"
+    value: Any = Path(target) if kind == "path" else target
+    return get_registry().load_app(AppTarget(kind=kind, value=value, api_key=api_key))

@@ -131,8 +131,7 @@ def test_overrides_replace_file_values() -> None:
     ("text", "match"),
     [
         (
-            '[prompt_learning]\nalgorithm = "gepa"\n[prompt_learning.gepa.rollout]\n'
-            "budget = 3OO\n",
+            '[prompt_learning]\nalgorithm = "gepa"\n[prompt_learning.gepa.rollout]\nbudget = 3OO\n',
             r"x.toml: malformed TOML at line 4, key prompt_learning.gepa.rollout.budget: "
             r".*\n  4 \| budget = 3OO",
         ),
@@ -170,9 +169,7 @@ def test_the_example_config_reads_cleanly() -> None:
 
 def test_cli_config_runs_and_warns_by_name(tmp_path: Path) -> None:
     config = tmp_path / "job.toml"
-    config.write_text(
-        EXAMPLE_TOML.read_text().replace("budget = 200", "budget = 120\nbudgte = 1")
-    )
+    config.write_text(EXAMPLE_TOML.read_text().replace("budget = 200", "budget = 120\nbudgte = 1"))
     out = tmp_path / "run"
     done = taskapp(
         "optimize", "support-intents", "--config", str(config), "--out", str(out), "--json"

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -21,7 +22,18 @@ from typing import Any
 
 from taskapp.core.errors import AppLoadError, ConfigurationError
 
-__all__ = ["exec_path", "import_from_string", "import_string_for"]
+__all__ = ["exec_path", "import_from_string", "import_string_for", "looks_like_import_string"]
+
+_IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def looks_like_import_string(text: str) -> bool:
+    """``"package.module:attr"`` (not a path that happens to contain a colon).
+
+    >>> looks_like_import_string("pkg.mod:app"), looks_like_import_string("dir/app.py")
+    (True, False)
+    """
+    return bool(_IMPORT_STRING.match(text))
 
 
 def import_string_for(obj: Any) -> str | None:

@@ -9,11 +9,11 @@ registry it goes through.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
 import os
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,16 +22,23 @@ from typing import Any
 
 from taskapp.core.config import TaskAppConfig
 from taskapp.core.errors import AppLoadError, ConfigurationError
-from taskapp.core.importing import exec_path, import_from_string, import_string_for
+from taskapp.core.importing import (
+    exec_path,
+    import_from_string,
+    import_string_for,
+    looks_like_import_string,
+)
 
 __all__ = [
     "APP_ATTRIBUTES",
     "CONFIG_ATTRIBUTES",
     "FACTORY_ATTRIBUTES",
+    "did_you_mean_file",
     "exec_path",
     "import_from_string",
     "import_string_for",
     "is_asgi_app",
+    "looks_like_import_string",
     "materialize",
     "target_kwargs",
 ]
@@ -142,7 +149,22 @@ def load_object(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
     )
 
 
-_IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+def did_you_mean_file(spec: str) -> str:
+    """`` Did you mean 'x.py'?`` for a missing path, or ``""``: the same name with ``.py``
+    appended, else the closest file name in the same folder."""
+    path = Path(spec).expanduser()
+    if path.suffix != ".py" and Path(f"{path}.py").is_file():
+        return f" Did you mean {spec}.py?"
+    folder = path.parent
+    try:
+        names = [entry.name for entry in folder.iterdir() if entry.is_file()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
+    if not close:
+        return ""
+    suggestion = close[0] if str(folder) in ("", ".") else str(folder / close[0])
+    return f" Did you mean {suggestion}?"
 
 
 def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -179,12 +201,14 @@ def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dic
         alias = aliases.get(spec.strip().lower().replace("_", "-"))
         if alias is not None:
             return {"app": alias}
-    if spec.endswith(".py"):
-        path = Path(spec).expanduser()
+    path = Path(spec).expanduser()
+    if spec.endswith(".py") or path.is_file():
+        # Any existing file: the loaders decide whether they can run it (the builtin one
+        # takes .py files; an installed plugin may claim e.g. *.qa.json).
         if not path.is_file():
-            raise TaskAppFileNotFoundError(f"no such file: {spec}")
+            raise TaskAppFileNotFoundError(f"no such file: {spec}.{did_you_mean_file(spec)}")
         return {"task_app_path": str(path)}
-    if _IMPORT_STRING.match(spec):
+    if looks_like_import_string(spec):
         module = spec.partition(":")[0]
         # Like uvicorn: modules in the current directory are importable by name.
         cwd = os.getcwd()
@@ -201,10 +225,12 @@ def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dic
                 "the package, or pass the path of a .py file instead"
             )
         return {"app": spec}
-    if Path(spec).is_file():
-        raise ConfigurationError(f"{spec} is not a .py file; a task app file must end in .py")
     names = f"a bundled example name ({', '.join(sorted(aliases))}), " if aliases else ""
+    hint = did_you_mean_file(spec)
+    if not hint and aliases:
+        close = difflib.get_close_matches(spec.lower().replace("_", "-"), list(aliases), n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
     raise ConfigurationError(
-        f"unknown target {spec!r}: expected {names}the path of a .py file, or a "
-        "'package.module:attr' import string"
+        f"unknown target {spec!r}: expected {names}the path of a file (a .py file, or one an "
+        f"installed loader plugin takes), or a 'package.module:attr' import string.{hint}"
     )

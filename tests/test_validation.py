@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from taskapp import (
@@ -23,10 +24,18 @@ def test_requires_exactly_one_input() -> None:
         InProcessTaskApp(app=minimal_app(), config=demo_config())
 
 
-@pytest.mark.parametrize("port", [0, 80, 1023, 65536, -1, "8114", 8114.0, True])
+@pytest.mark.parametrize("port", [80, 1023, 65536, -1, "8114", 8114.0, True])
 def test_port_range(port: Any) -> None:
-    with pytest.raises(ValueError, match=r"port must be an integer in \[1024, 65535\]"):
+    with pytest.raises(ValueError, match=r"port must be an integer in \[1024, 65535\], or 0"):
         InProcessTaskApp(app=minimal_app(), port=port)
+
+
+def test_port_zero_means_any_free_port() -> None:
+    with InProcessTaskApp(app=minimal_app(), port=0) as ta:
+        assert ta.requested_port == 0
+        assert 1024 <= ta.port <= 65535
+        assert ta.url == f"http://127.0.0.1:{ta.port}"
+        assert httpx.get(f"{ta.url}/health").status_code == 200
 
 
 @pytest.mark.parametrize("port", [1024, 65535])
@@ -67,12 +76,12 @@ def test_path_must_exist(tmp_path: Path) -> None:
         InProcessTaskApp(task_app_path=str(tmp_path / "missing.py"))
 
 
-def test_path_must_be_python(tmp_path: Path) -> None:
+def test_path_must_be_python_unless_a_loader_plugin_claims_it(tmp_path: Path) -> None:
     other = tmp_path / "app.txt"
     other.write_text("app = None\n")
-    with pytest.raises(ValueError, match=r"must be a \.py file"):
+    with pytest.raises(ValueError, match=r"no loader claims the file .*runs \.py files"):
         InProcessTaskApp(task_app_path=other)
-    with pytest.raises(ValueError, match=r"must be a \.py file"):
+    with pytest.raises(ValueError, match=r"no loader claims the folder"):
         InProcessTaskApp(task_app_path=tmp_path)
 
 

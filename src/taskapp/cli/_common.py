@@ -56,7 +56,8 @@ class UsageError(Exception):
 
 
 TARGET_HELP = (
-    "a .py file, a 'package.module:attr' import string, or a bundled example name (support-intents)"
+    "a .py file (or another file an installed loader plugin takes, e.g. x.qa.json), a "
+    "'package.module:attr' import string, or a bundled example name (support-intents)"
 )
 
 

@@ -62,8 +62,9 @@ class AppTarget:
     """What the user asked to serve, before any loader looked at it.
 
     ``kind`` says which constructor argument it came from: ``app`` (an ASGI object),
-    ``config`` (a TaskAppConfig), ``config_factory`` (a callable), ``path`` (a ``.py``
-    file) or ``import_string`` (``"package.module:attr"``). ``api_key`` is the key the
+    ``config`` (a TaskAppConfig), ``config_factory`` (a callable), ``path`` (an existing
+    file or folder: the builtin loader takes ``.py`` files, a plugin may claim others) or
+    ``import_string`` (``"package.module:attr"``). ``api_key`` is the key the
     instance will present; a loader that builds the app from a TaskAppConfig gives the app
     that key through its own configuration.
     """

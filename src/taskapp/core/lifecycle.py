@@ -131,8 +131,14 @@ class InProcessTaskApp:
                 f"(got {which})"
             )
         # 2. port
-        if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535:
-            raise ConfigurationError(f"port must be an integer in [1024, 65535], got {port!r}")
+        if (
+            isinstance(port, bool)
+            or not isinstance(port, int)
+            or not (port == 0 or 1024 <= port <= 65535)
+        ):
+            raise ConfigurationError(
+                f"port must be an integer in [1024, 65535], or 0 for any free port; got {port!r}"
+            )
         # 3. host
         if host not in ALLOWED_HOSTS:
             raise ConfigurationError(
@@ -164,12 +170,7 @@ class InProcessTaskApp:
         self.api_key: str = key or generate_key()
         register_secret(self.api_key)
         if task_app_path is not None:
-            path = Path(task_app_path).expanduser()
-            if not path.exists():
-                raise TaskAppFileNotFoundError(f"task_app_path {str(path)!r} does not exist")
-            if path.suffix != ".py" or not path.is_file():
-                raise ConfigurationError(f"task_app_path must be a .py file, got {str(path)!r}")
-            target = AppTarget(kind="path", value=path.resolve(), api_key=self.api_key)
+            target = self._path_target(task_app_path)
         elif app is not None:
             kind: Literal["app", "import_string"] = (
                 "import_string" if isinstance(app, str) else "app"
@@ -187,7 +188,9 @@ class InProcessTaskApp:
             if callback is not None and not callable(callback):
                 raise ConfigurationError(f"{name} must be callable, got {type(callback).__name__}")
 
-        self.tunnel_mode = tunnel_mode
+        # What actually runs: an explicit tunnel_backend= (a plugin's name, say) wins over
+        # the default tunnel_mode="local"; seed spellings ("quick", ...) stay as given.
+        self.tunnel_mode = backend_name if tunnel_backend is not None else tunnel_mode
         self._server_cls = self._registry.server(server)
         self._server_options = parse_options(
             self._server_cls.Options, server_options, owner=f"server {server!r}"
@@ -231,6 +234,25 @@ class InProcessTaskApp:
         # Set by a signal or a cancelled `async with` while starting: the start gives up at
         # its next step (see _check_interrupted) instead of running on half torn down.
         self._interrupted: str | None = None
+
+    def _path_target(self, task_app_path: str | os.PathLike[str]) -> AppTarget:
+        """``task_app_path=``: any existing file goes to the loaders (the builtin one takes
+        ``.py`` files, a plugin may claim others); ``"module:attr"`` is an import string."""
+        from taskapp.core.loading import did_you_mean_file, looks_like_import_string
+
+        text = os.fspath(task_app_path)
+        path = Path(text).expanduser()
+        if not path.exists():
+            if looks_like_import_string(text):
+                # "pkg.mod:attr" passed as a path: it is an import string (what app= takes).
+                return AppTarget(kind="import_string", value=text, api_key=self.api_key)
+            raise TaskAppFileNotFoundError(
+                f"task_app_path {str(path)!r} does not exist.{did_you_mean_file(text)}"
+            )
+        path = path.resolve()
+        if not self._registry.may_claim_path(path):
+            raise ConfigurationError(self._registry.unclaimed_path_message(path))
+        return AppTarget(kind="path", value=path, api_key=self.api_key)
 
     # -- public ------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ child processes (the subprocess server runner) to rebuild an app from a target s
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -28,11 +29,13 @@ __all__ = [
     "APP_ATTRIBUTES",
     "CONFIG_ATTRIBUTES",
     "FACTORY_ATTRIBUTES",
+    "did_you_mean_file",
     "exec_path",
     "import_from_string",
     "import_string_for",
     "is_asgi_app",
     "load_target_string",
+    "looks_like_import_string",
     "materialize",
     "target_kwargs",
 ]
@@ -247,18 +250,44 @@ def load_object(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
 
 
 def load_target_string(target: str, *, api_key: str) -> LoadedApp:
-    """Load a target string (``.py`` path or ``module:attr``) through the plugin registry.
+    """Load a target string (a file path or ``module:attr``) through the plugin registry.
 
-    This is what a child process calls to rebuild the app the parent loaded.
+    This is what a child process calls to rebuild the app the parent loaded. A path may be
+    any file a loader claims (``.py`` for the builtin one, ``*.qa.json`` for a plugin's).
     """
     from taskapp.core.plugins import get_registry
 
-    kind: TargetKind = "path" if target.endswith(".py") else "import_string"
+    kind: TargetKind = (
+        "import_string" if _IMPORT_STRING.match(target) and not Path(target).exists() else "path"
+    )
     value: Any = Path(target) if kind == "path" else target
     return get_registry().load_app(AppTarget(kind=kind, value=value, api_key=api_key))
 
 
 _IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def looks_like_import_string(text: str) -> bool:
+    """``"package.module:attr"`` (not a path that happens to contain a colon)."""
+    return bool(_IMPORT_STRING.match(text))
+
+
+def did_you_mean_file(spec: str) -> str:
+    """`` Did you mean 'x.py'?`` for a missing path, or ``""``: the same name with ``.py``
+    appended, else the closest file name in the same folder."""
+    path = Path(spec).expanduser()
+    if path.suffix != ".py" and Path(f"{path}.py").is_file():
+        return f" Did you mean {spec}.py?"
+    folder = path.parent
+    try:
+        names = [entry.name for entry in folder.iterdir() if entry.is_file()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
+    if not close:
+        return ""
+    suggestion = close[0] if str(folder) in ("", ".") else str(folder / close[0])
+    return f" Did you mean {suggestion}?"
 
 
 def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -295,10 +324,12 @@ def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dic
         alias = aliases.get(spec.strip().lower().replace("_", "-"))
         if alias is not None:
             return {"app": alias}
-    if spec.endswith(".py"):
-        path = Path(spec).expanduser()
+    path = Path(spec).expanduser()
+    if spec.endswith(".py") or path.is_file():
+        # Any existing file: the loaders decide whether they can run it (the builtin one
+        # takes .py files; an installed plugin may claim e.g. *.qa.json).
         if not path.is_file():
-            raise TaskAppFileNotFoundError(f"no such file: {spec}")
+            raise TaskAppFileNotFoundError(f"no such file: {spec}.{did_you_mean_file(spec)}")
         return {"task_app_path": str(path)}
     if _IMPORT_STRING.match(spec):
         module = spec.partition(":")[0]
@@ -317,10 +348,12 @@ def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dic
                 "the package, or pass the path of a .py file instead"
             )
         return {"app": spec}
-    if Path(spec).is_file():
-        raise ConfigurationError(f"{spec} is not a .py file; a task app file must end in .py")
     names = f"a bundled example name ({', '.join(sorted(aliases))}), " if aliases else ""
+    hint = did_you_mean_file(spec)
+    if not hint and aliases:
+        close = difflib.get_close_matches(spec.lower().replace("_", "-"), list(aliases), n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
     raise ConfigurationError(
-        f"unknown target {spec!r}: expected {names}the path of a .py file, or a "
-        "'package.module:attr' import string"
+        f"unknown target {spec!r}: expected {names}the path of a file (a .py file, or one an "
+        f"installed loader plugin takes), or a 'package.module:attr' import string.{hint}"
     )

@@ -35,6 +35,7 @@ import os
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -348,7 +349,39 @@ class PluginRegistry:
         hint = ""
         if self.failures:
             hint = " Plugins that failed to load: " + "; ".join(f.describe() for f in self.failures)
+        if target.kind == "path":
+            raise AppLoadError(self.unclaimed_path_message(Path(target.value)) + hint)
         raise AppLoadError(f"no loader accepts {target.describe()}.{hint}")
+
+    def third_party_loaders(self) -> list[str]:
+        """Names of the installed (non-builtin) plugins implementing ``load_app``."""
+        return [
+            impl.plugin_name
+            for impl in self.pm.hook.load_app.get_hookimpls()
+            if impl.plugin_name not in DEFAULT_PLUGINS
+        ]
+
+    def may_claim_path(self, path: Path) -> bool:
+        """False when no loader can take ``path``: it is not a ``.py`` file and only the
+        builtin loaders are installed. (With a loader plugin, the plugin decides.)"""
+        if path.is_file() and path.suffix == ".py":
+            return True
+        return bool(self.third_party_loaders())
+
+    def unclaimed_path_message(self, path: Path) -> str:
+        """Why nobody loads ``path``, and what to do about it."""
+        kind = "folder" if path.is_dir() else "file"
+        installed = self.third_party_loaders()
+        plugins = (
+            f"the installed loader plugins ({', '.join(installed)}) do not take it either"
+            if installed
+            else "no loader plugin is installed"
+        )
+        return (
+            f"no loader claims the {kind} {str(path)!r}: the builtin loader runs .py files and "
+            f"{plugins}. Pass a .py file defining `app` or `build_config()`, or install a "
+            "loader plugin for this kind of file (`taskapp plugins` lists the installed ones)"
+        )
 
     def notify(self, event: str, **kwargs: Any) -> None:
         """Fire event hook ``event``. A failing plugin is logged at WARNING, not raised."""

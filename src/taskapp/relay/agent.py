@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib
 import random
 import ssl
 import threading
@@ -946,9 +947,8 @@ class AgentThread:
     def _main(self) -> None:
         factory: Any = None
         with contextlib.suppress(ImportError):
-            import uvloop
-
-            factory = uvloop.new_event_loop
+            # importlib: mypy on a plain install (no uvloop) must not flag the import.
+            factory = importlib.import_module("uvloop").new_event_loop
         with (
             asyncio.Runner(loop_factory=factory) as runner,
             contextlib.suppress(asyncio.CancelledError),

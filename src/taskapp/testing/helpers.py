@@ -171,8 +171,8 @@ class LeakCheck:
     """Threads and child processes present now, to compare with later.
 
     >>> leaks = LeakCheck.snapshot()
-    >>> ...                                     # start and stop something
-    >>> leaks.assert_clean(timeout=5)           # doctest: +SKIP
+    >>> # ... start and stop something ...
+    >>> leaks.assert_clean(timeout=5)
 
     ``ignore_threads`` are thread-name prefixes that may outlive the block (a library's
     own long-lived pool, for example); by default asyncio's and ``concurrent.futures``'

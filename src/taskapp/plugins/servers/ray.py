@@ -67,6 +67,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from taskapp.core import proctable
 from taskapp.core.backends import ServerContext, ServerRunner
 from taskapp.core.errors import ConfigurationError, ServerStartError
 from taskapp.core.health import Backoff
@@ -1047,36 +1048,14 @@ def _indent(text: str, prefix: str = "    ") -> str:
 
 
 def _process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, start time in clock ticks) of every visible process."""
-    table: dict[int, tuple[int, int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return table
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read().decode(errors="replace")
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] == "Z":
-                continue  # a zombie has exited; it only waits to be reaped
-            table[int(entry)] = (int(fields[1]), int(fields[19]))
-        except (OSError, ValueError, IndexError):
-            continue
-    return table
+    """pid -> (parent pid, start time in clock ticks) of every live process."""
+    return {pid: (info.ppid, info.start_time) for pid, info in proctable.processes().items()}
 
 
 def _session_dir(pids: Mapping[int, int]) -> str | None:
     """``--session-dir`` from the command line of a process ``ray.init`` started."""
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
-        except OSError:
-            continue
-        for arg in argv:
+        for arg in proctable.argv(pid) or []:
             if arg.startswith(b"--session-dir="):
                 return arg.split(b"=", 1)[1].decode(errors="replace")
     return None

@@ -51,13 +51,11 @@ own Serve application. Everything measured about this runner is in ``docs/ray.md
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import contextlib
 import dataclasses
 import importlib.util
 import logging
 import os
-import queue
 import re
 import signal
 import sys
@@ -72,6 +70,7 @@ from taskapp.core.backends import ServerContext, ServerRunner
 from taskapp.core.errors import ConfigurationError, ServerStartError
 from taskapp.core.health import Backoff
 from taskapp.core.hookspecs import RegisterServer, hookimpl
+from taskapp.core.jobthread import JobThread, JobTimeout
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import fingerprint
 
@@ -234,64 +233,14 @@ class RayOptions:
 # -- the driver thread -------------------------------------------------------------------
 
 
-class _CallTimeout(Exception):
-    """A call on the driver thread did not finish in time (it may still be running)."""
+# One long-lived daemon thread makes every Ray call of this process's runner: ``ray.init``
+# for a local instance must run on a thread that outlives the instance (Ray arms the
+# parent-death signal of its processes against the calling thread).
+_CallTimeout = JobTimeout
 
 
-class _Driver:
-    """One long-lived daemon thread that makes every Ray call of this process's runner.
-
-    ``ray.init`` for a local instance must run on a thread that outlives the instance
-    (Ray arms the parent-death signal of its processes against the calling thread).
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[
-            tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None
-        ] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=DRIVER_THREAD, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            fn, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as exc:
-                future.set_exception(exc)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def call(self, fn: Callable[[], T], timeout: float) -> T:
-        if threading.current_thread() is self._thread:
-            return fn()
-        if not self._thread.is_alive():
-            raise RuntimeError("the Ray driver thread has ended")
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._jobs.put((fn, future))
-        done, _ = concurrent.futures.wait([future], timeout=max(0.0, timeout))
-        if not done:
-            future.cancel()  # drops it if it has not started yet
-            raise _CallTimeout
-        return future.result()
-
-    def submit(self, fn: Callable[[], Any]) -> None:
-        """Queue ``fn`` without waiting for it."""
-        self._jobs.put((fn, concurrent.futures.Future()))
-
-    def close(self, timeout: float = 5.0) -> None:
-        if not self._thread.is_alive():
-            return
-        self._jobs.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+def _Driver() -> JobThread:
+    return JobThread(DRIVER_THREAD)
 
 
 # -- the process-wide Ray connection ------------------------------------------------------
@@ -301,7 +250,7 @@ class _Driver:
 class _Session:
     """This process's connection to Ray, as far as taskapp knows it."""
 
-    driver: _Driver
+    driver: JobThread
     owned: bool
     """taskapp started this local instance: it shuts it down."""
     by_taskapp: bool

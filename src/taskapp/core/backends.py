@@ -236,6 +236,16 @@ class TunnelBackend(abc.ABC):
     def __init__(self, options: Any) -> None:
         self.options = options
 
+    @classmethod  # noqa: B027 - optional override
+    def prepare(cls, options: Any) -> None:
+        """Check what :meth:`open` will need (a program on ``PATH``, a key file), so a
+        missing piece fails before the server starts.
+
+        Called by the ``InProcessTaskApp`` constructor once the options are valid. Must not
+        bind, spawn or connect. Raise a :class:`~taskapp.core.errors.TunnelError` subclass
+        (``TunnelBinaryMissingError`` for a missing program). The default does nothing.
+        """
+
     @abc.abstractmethod
     def open(self, ctx: TunnelContext) -> Tunnel:
         """Open the tunnel and return its public URL."""

@@ -21,8 +21,10 @@ How a task app works (see docs/writing_task_apps.md):
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import urllib.parse
 from importlib import resources
 from typing import Any
 
@@ -165,9 +167,28 @@ def offline_policy(prompt: str, message: str) -> tuple[str | None, str]:
 # -- the model policy: any OpenAI-compatible chat-completions endpoint -------------------
 
 
+def _config_error(field: str, message: str, code: str = "invalid_policy") -> HTTPException:
+    """A wrong policy.config is the caller's mistake: 422 naming the field."""
+    error = {"code": code, "message": message, "field": f"policy.config.{field}"}
+    return HTTPException(422, detail={"error": error})
+
+
+def _finite(config: dict[str, Any], name: str, default: float) -> float:
+    value = config.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _config_error(name, f"policy.config.{name} must be a finite number")
+    return float(value)
+
+
 async def chat_policy(config: dict[str, Any], prompt: str, message: str) -> str:
     """The model's answer. Raises RuntimeError with a readable message on any failure."""
     url = str(config["inference_url"]).rstrip("/")
+    try:
+        if not url.startswith(("http://", "https://")) or not httpx.URL(url).host:
+            raise ValueError("not an http(s) URL with a host")
+        urllib.parse.urlsplit(url).port  # noqa: B018 (raises ValueError: port out of range)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise _config_error("inference_url", f"policy.config.inference_url: {exc}") from None
     if not url.endswith("/chat/completions"):
         url += "/chat/completions"
     model = config.get("model")
@@ -175,6 +196,16 @@ async def chat_policy(config: dict[str, Any], prompt: str, message: str) -> str:
         raise RuntimeError("policy.config.model is required with inference_url")
     headers = {}
     if config.get("api_key_env"):  # the NAME of an env var; the key never travels in requests
+        # A request must never choose which secret leaves the machine: only the names you,
+        # the owner, list in $SUPPORT_INTENTS_API_KEY_ENVS (comma-separated) are allowed.
+        allowed = set(re.split(r"[\s,]+", os.environ.get("SUPPORT_INTENTS_API_KEY_ENVS", "")))
+        if config["api_key_env"] not in allowed - {""}:
+            raise _config_error(
+                "api_key_env",
+                "policy.config.api_key_env names an environment variable the task app's "
+                "owner has not allowed (set SUPPORT_INTENTS_API_KEY_ENVS=NAME to allow one)",
+                code="api_key_env_not_allowed",
+            )
         key = os.environ.get(config["api_key_env"])
         if not key:
             raise RuntimeError(f"environment variable {config['api_key_env']} is not set")
@@ -184,7 +215,9 @@ async def chat_policy(config: dict[str, Any], prompt: str, message: str) -> str:
     else:
         messages = [{"role": "system", "content": prompt}, {"role": "user", "content": message}]
     body = {"model": model, "messages": messages, "temperature": 0, "max_tokens": 16}
-    timeout = float(config.get("timeout", 30))
+    timeout = _finite(config, "timeout", 30.0)
+    if timeout <= 0:
+        raise _config_error("timeout", "policy.config.timeout must be a positive number")
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:
             response = await client.post(url, json=body, headers=headers)

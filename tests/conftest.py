@@ -18,6 +18,30 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def server_stack() -> str:
+    """Which stack uvicorn's ``auto`` picks here: 'plain' (asyncio, h11) or 'fast' (uvloop, httptools)."""
+    import importlib.util
+
+    fast = [m for m in ("uvloop", "httptools") if importlib.util.find_spec(m) is not None]
+    return "fast" if fast else "plain"
+
+
+def pytest_report_header(config: Any) -> str:
+    names = {"plain": "asyncio loop, h11", "fast": "uvloop and/or httptools installed"}
+    return f"taskapp server stack: {server_stack()} ({names[server_stack()]})"
+
+
+def pytest_configure(config: Any) -> None:
+    # .ci/run sets TASKAPP_EXPECT_STACK so a run meant for the plain stack cannot silently
+    # run on uvloop/httptools (which once hid two real failures).
+    expected = os.environ.get("TASKAPP_EXPECT_STACK")
+    if expected and expected != server_stack():
+        raise pytest.UsageError(
+            f"TASKAPP_EXPECT_STACK={expected} but this environment has the {server_stack()} "
+            "stack (uvloop/httptools installed?); run in the venv .ci/run creates"
+        )
+
+
 def free_port() -> int:
     """A port that was free a moment ago (for tests that need a known number)."""
     with socket.socket() as sock:

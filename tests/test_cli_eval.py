@@ -278,6 +278,7 @@ def test_inference_url_end_to_end_with_a_stand_in_model(tmp_path: Path) -> None:
         result = taskapp(
             "eval", "support-intents", "--seeds", "0-19", "--policy-config", json.dumps(policy),
             "--json", str(out), STANDIN_MODEL_KEY=model_key,
+            SUPPORT_INTENTS_API_KEY_ENVS="STANDIN_MODEL_KEY",
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert len(model.requests) == 20

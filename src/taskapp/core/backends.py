@@ -104,7 +104,7 @@ class LoadedApp:
             return self.target
         if self.origin is None:
             return None
-        from taskapp.core.loading import import_string_for
+        from taskapp.core.importing import import_string_for
 
         return import_string_for(self.origin)
 

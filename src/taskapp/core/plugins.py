@@ -42,8 +42,9 @@ from typing import Any
 
 import pluggy
 
+from taskapp._version import __version__
 from taskapp.core import hookspecs
-from taskapp.core.backends import AppTarget, LoadedApp, ServerRunner, TunnelBackend
+from taskapp.core.backends import AppTarget, LoadedApp, ServerRunner, TargetKind, TunnelBackend
 from taskapp.core.errors import (
     AppLoadError,
     PluginConflictError,
@@ -52,6 +53,7 @@ from taskapp.core.errors import (
     TaskAppError,
     UnknownBackendError,
 )
+from taskapp.core.importing import looks_like_import_string
 from taskapp.core.logs import get_logger
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "PluginFailure",
     "PluginRegistry",
     "get_registry",
+    "load_target_string",
     "reset_registry",
 ]
 
@@ -524,10 +527,7 @@ def _kwargs(argnames: Iterable[str], available: Mapping[str, Any]) -> dict[str, 
 
 
 def _own_version() -> str:
-    try:
-        return importlib.metadata.version("taskapp")
-    except importlib.metadata.PackageNotFoundError:
-        return "source"
+    return __version__
 
 
 _lock = threading.Lock()
@@ -548,3 +548,19 @@ def reset_registry() -> None:
     global _registry
     with _lock:
         _registry = None
+
+
+def load_target_string(target: str, *, api_key: str) -> LoadedApp:
+    """Load a target string (a file path or ``module:attr``) through the plugin registry.
+
+    This is what a child process (the subprocess and Ray runners) calls to rebuild the app
+    the parent loaded. A path may be any file a loader claims (``.py`` for the builtin one,
+    ``*.qa.json`` for a plugin's).
+    """
+    kind: TargetKind = (
+        "import_string"
+        if looks_like_import_string(target) and not Path(target).exists()
+        else "path"
+    )
+    value: Any = Path(target) if kind == "path" else target
+    return get_registry().load_app(AppTarget(kind=kind, value=value, api_key=api_key))

@@ -16,15 +16,23 @@ The policy comes from ``policy.config``:
                     deterministic offline baseline answers (see ``policy.py``)
 ``model``           the model name (required with ``inference_url``)
 ``api_key_env``     name of an environment variable of the task app's process holding the
-                    model's API key (the key itself never travels in a request)
+                    model's API key (the key itself never travels in a request). Only names
+                    the app's owner allowed count (``build_config(api_key_envs=...)`` or
+                    ``$SUPPORT_INTENTS_API_KEY_ENVS``); any other is refused with 422
+                    ``api_key_env_not_allowed``: a request never chooses which secret
+                    leaves the machine
 ``temperature``, ``max_tokens``, ``timeout``   optional, defaults 0, 16 and 30 s
 
-All three callables are ``async`` because they never block: the offline baseline is a few
-microseconds of string work and the model call awaits httpx.
+A wrong value in ``policy.config`` is the caller's mistake: 422 ``invalid_policy`` with the
+field named in ``error.field``. All three callables are ``async``: the offline baseline is a
+few microseconds of string work for a normal prompt (a long prompt is parsed in a worker
+thread, so ``/health`` keeps answering) and the model call awaits httpx.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import HTTPException
@@ -41,7 +49,9 @@ from taskapp.examples.support_intents.policy import (
     ChatPolicy,
     ChatSettings,
     OfflinePrediction,
+    PolicyConfigError,
     PolicyError,
+    allowed_key_envs_from_environment,
     normalize_answer,
     offline_predict,
 )
@@ -72,17 +82,24 @@ Answer with the intent name only.
 """
 
 
-def _error(status: int, code: str, message: str) -> HTTPException:
+#: Prompts longer than this (characters) are parsed in a worker thread, off the event loop.
+LONG_PROMPT = 50_000
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> HTTPException:
     """An HTTP error in the task-app contract's envelope."""
-    return HTTPException(status_code=status, detail={"error": {"code": code, "message": message}})
+    error = {"code": code, "message": message, **extra}
+    return HTTPException(status_code=status, detail={"error": error})
 
 
 class SupportIntentsTask:
-    """The task's state: the examples (loaded once) and the shared model client."""
+    """The task's state: the examples (loaded once), the shared model client and the
+    owner's allow-list of environment variables a request may name in ``api_key_env``."""
 
-    def __init__(self) -> None:
+    def __init__(self, api_key_envs: Iterable[str] = ()) -> None:
         self.examples = load_examples()
         self.chat = ChatPolicy()
+        self.api_key_envs = frozenset(api_key_envs)
 
     def example(self, seed: int | None) -> Example:
         if seed is None:
@@ -140,8 +157,10 @@ class SupportIntentsTask:
 
         if config.get("inference_url"):
             try:
-                settings = ChatSettings.from_config(config)
+                settings = ChatSettings.from_config(config, self.api_key_envs)
                 answer = await self.chat.answer(settings, prompt, example.text)
+            except PolicyConfigError as exc:
+                raise _error(422, exc.code, str(exc), field=f"policy.config.{exc.field}") from None
             except PolicyError as exc:
                 return self._response(
                     request,
@@ -169,7 +188,10 @@ class SupportIntentsTask:
                 extra={"answer": answer[:200], "policy": f"chat:{settings.model}"},
             )
 
-        prediction = offline_predict(prompt, example.text, LABELS)
+        if len(prompt) > LONG_PROMPT:
+            prediction = await asyncio.to_thread(offline_predict, prompt, example.text, LABELS)
+        else:
+            prediction = offline_predict(prompt, example.text, LABELS)
         return self._response(
             request,
             example,
@@ -245,9 +267,17 @@ def _offline_feedback(prediction: OfflinePrediction, example: Example) -> str:
     return f"{prediction.label} matched ({got}); {expected}'s description shares no word with it"
 
 
-def build_config() -> TaskAppConfig:
-    """The support-intents task app. ``taskapp serve support-intents`` serves this."""
-    task = SupportIntentsTask()
+def build_config(api_key_envs: Iterable[str] | None = None) -> TaskAppConfig:
+    """The support-intents task app. ``taskapp serve support-intents`` serves this.
+
+    ``api_key_envs``: the environment variables a rollout may name in
+    ``policy.config.api_key_env`` (their values are sent as bearer tokens to the request's
+    ``inference_url``, so allow only keys any holder of the task app's key may use). Default:
+    the names in ``$SUPPORT_INTENTS_API_KEY_ENVS`` (comma-separated), else none.
+    """
+    if api_key_envs is None:
+        api_key_envs = allowed_key_envs_from_environment()
+    task = SupportIntentsTask(api_key_envs)
     return TaskAppConfig(
         app_id=APP_ID,
         name="Customer-support intents",

@@ -16,10 +16,13 @@ never contains the API key.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import math
 import os
 import re
-from collections.abc import Sequence
+import threading
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import httpx
@@ -29,6 +32,7 @@ from taskapp.core.secrets import redact, register_secret
 __all__ = [
     "ChatPolicy",
     "OfflinePrediction",
+    "PolicyConfigError",
     "PolicyError",
     "normalize_answer",
     "offline_predict",
@@ -55,6 +59,15 @@ _STOPWORDS = frozenset(
 
 class PolicyError(Exception):
     """The policy could not produce an answer; the message says why (no secrets)."""
+
+
+class PolicyConfigError(PolicyError):
+    """``policy.config`` is wrong: the caller's mistake, answered 422 naming ``field``."""
+
+    def __init__(self, field: str, message: str, *, code: str = "invalid_policy") -> None:
+        super().__init__(message)
+        self.field = field
+        self.code = code
 
 
 def _stem(word: str) -> str:
@@ -90,8 +103,44 @@ class ParsedPrompt:
     fallback: str | None
 
 
-@functools.lru_cache(maxsize=256)
+#: The parse cache holds at most this many characters of prompts in total; a longer prompt
+#: is parsed every time (bounded by bytes, not by count: 8 distinct 5 MB prompts once stayed).
+CACHE_BUDGET_CHARS = 4_000_000
+_cache: OrderedDict[tuple[str, tuple[str, ...]], ParsedPrompt] = OrderedDict()
+_cache_chars = 0
+_cache_lock = threading.Lock()
+
+
 def parse_intents(prompt: str, labels: tuple[str, ...]) -> ParsedPrompt:
+    """:func:`_parse_intents` through a small LRU cache bounded by total prompt size."""
+    global _cache_chars
+    key = (prompt, labels)
+    with _cache_lock:
+        found = _cache.get(key)
+        if found is not None:
+            _cache.move_to_end(key)
+            return found
+    parsed = _parse_intents(prompt, labels)
+    size = len(prompt)
+    if size > CACHE_BUDGET_CHARS // 4:
+        return parsed  # too big to be worth keeping
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = parsed
+            _cache_chars += size
+        while _cache_chars > CACHE_BUDGET_CHARS:
+            (old_prompt, _), _ = _cache.popitem(last=False)
+            _cache_chars -= len(old_prompt)
+    return parsed
+
+
+def cache_chars() -> int:
+    """Characters of prompts the parse cache holds now (for tests and monitoring)."""
+    with _cache_lock:
+        return _cache_chars
+
+
+def _parse_intents(prompt: str, labels: tuple[str, ...]) -> ParsedPrompt:
     """The intents ``prompt`` lists, in order, each with its keyword stems.
 
     A line ``- refund: the customer wants money back`` gives ``refund`` the stems of
@@ -177,20 +226,38 @@ class ChatSettings:
     timeout: float
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ChatSettings:
-        base = config.get("inference_url")
-        if not isinstance(base, str) or not base.startswith(("http://", "https://")):
-            raise PolicyError(f"policy.config.inference_url must be an http(s) URL, got {base!r}")
-        base = base.rstrip("/")
-        url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+    def from_config(
+        cls, config: dict[str, Any], allowed_key_envs: Collection[str] = ()
+    ) -> ChatSettings:
+        """Validated settings; :class:`PolicyConfigError` names the field that is wrong.
+
+        ``allowed_key_envs`` is the owner's allow-list: a request may only name one of these
+        environment variables in ``api_key_env`` (it never chooses which secret leaves the
+        machine).
+        """
+        url = _inference_url(config.get("inference_url"))
         model = config.get("model")
-        if not isinstance(model, str) or not model:
-            raise PolicyError("policy.config.model is required when inference_url is set")
+        if not isinstance(model, str) or not model.strip():
+            raise PolicyConfigError(
+                "model", "policy.config.model is required when inference_url is set"
+            )
         env_name = config.get("api_key_env")
         api_key = None
         if env_name is not None:
             if not isinstance(env_name, str) or not env_name:
-                raise PolicyError("policy.config.api_key_env must name an environment variable")
+                raise PolicyConfigError(
+                    "api_key_env", "policy.config.api_key_env must name an environment variable"
+                )
+            if env_name not in allowed_key_envs:
+                allowed = ", ".join(sorted(allowed_key_envs)) or "none"
+                raise PolicyConfigError(
+                    "api_key_env",
+                    f"policy.config.api_key_env {env_name!r} is not one of the environment "
+                    f"variables this task app's owner allows (allowed: {allowed}); the owner "
+                    "allows one with build_config(api_key_envs=[...]) or "
+                    f"{API_KEY_ENVS_VARIABLE}=NAME in the task app's environment",
+                    code="api_key_env_not_allowed",
+                )
             api_key = os.environ.get(env_name) or None
             if api_key is None:
                 raise PolicyError(
@@ -198,13 +265,75 @@ class ChatSettings:
                     "is not set in the task app's process"
                 )
             register_secret(api_key)
-        try:
-            temperature = float(config.get("temperature", 0.0))
-            max_tokens = int(config.get("max_tokens", 16))
-            timeout = float(config.get("timeout", 30.0))
-        except (TypeError, ValueError) as exc:
-            raise PolicyError(f"policy.config has a bad number: {exc}") from None
+        temperature = _number(config, "temperature", 0.0, low=0.0, high=100.0)
+        max_tokens = _integer(config, "max_tokens", 16, low=1, high=1_000_000)
+        timeout = _number(config, "timeout", 30.0, low=0.001, high=3600.0)
         return cls(url, model, api_key, env_name, temperature, max_tokens, timeout)
+
+
+#: The environment variable an owner sets to allow ``api_key_env`` names (comma-separated).
+API_KEY_ENVS_VARIABLE = "SUPPORT_INTENTS_API_KEY_ENVS"
+
+
+def allowed_key_envs_from_environment() -> frozenset[str]:
+    """The names in ``$SUPPORT_INTENTS_API_KEY_ENVS`` (comma- or space-separated)."""
+    raw = os.environ.get(API_KEY_ENVS_VARIABLE, "")
+    return frozenset(name for name in re.split(r"[\s,]+", raw) if name)
+
+
+def _inference_url(value: object) -> str:
+    """``policy.config.inference_url`` as the chat-completions URL, or PolicyConfigError."""
+    field = "inference_url"
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise PolicyConfigError(
+            field, f"policy.config.inference_url must be an http(s) URL, got {value!r:.200}"
+        )
+    if len(value) > 2048 or any(ord(ch) < 33 or ord(ch) == 127 for ch in value):
+        raise PolicyConfigError(
+            field,
+            "policy.config.inference_url must be a URL of at most 2048 characters "
+            "without spaces or control characters",
+        )
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port  # ValueError when not a number in 0-65535
+        httpx.URL(value)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise PolicyConfigError(
+            field, f"policy.config.inference_url is not a valid URL ({exc}): {value!r:.200}"
+        ) from None
+    if not parts.hostname or port == 0:
+        raise PolicyConfigError(
+            field, f"policy.config.inference_url needs a host and a port 1-65535: {value!r:.200}"
+        )
+    base = value.rstrip("/")
+    return base if base.endswith("/chat/completions") else base + "/chat/completions"
+
+
+def _number(config: dict[str, Any], name: str, default: float, *, low: float, high: float) -> float:
+    value = config.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PolicyConfigError(name, f"policy.config.{name} must be a number, got {value!r:.80}")
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        raise PolicyConfigError(
+            name,
+            f"policy.config.{name} must be a finite number from {low:g} to {high:g}, "
+            f"got {value!r:.80}",
+        )
+    return number
+
+
+def _integer(config: dict[str, Any], name: str, default: int, *, low: int, high: int) -> int:
+    value = config.get(name, default)
+    integral = isinstance(value, int) or (
+        isinstance(value, float) and math.isfinite(value) and value.is_integer()
+    )
+    if isinstance(value, bool) or not integral or not low <= value <= high:
+        raise PolicyConfigError(
+            name, f"policy.config.{name} must be an integer from {low} to {high}, got {value!r:.80}"
+        )
+    return int(value)
 
 
 class ChatPolicy:

@@ -15,6 +15,11 @@ working public URL. Modes are interleaved in every repetition; medians are repor
     python benchmarks/bench_relay.py            # full run (about 2 minutes)
     python benchmarks/bench_relay.py --quick    # shorter phases, one repetition
     python benchmarks/bench_relay.py --local-leg 3000   # the agent's local leg only
+    python benchmarks/bench_relay.py --stack plain      # as after a plain pip install:
+                                                        # asyncio loop and h11, no uvloop/httptools
+
+The first line of the report names the stack measured (event loop and HTTP parser of the
+relay, the task app and the load generator).
 """
 
 from __future__ import annotations
@@ -116,6 +121,48 @@ sys.stdin.read()
 for ta in apps.values():
     ta.stop()
 """
+
+
+# -- which stack --------------------------------------------------------------------------
+
+FAST_STACK = ("uvloop", "httptools")
+
+
+def block_fast_stack(directory: Path) -> Path:
+    """A directory that, first on PYTHONPATH, makes ``import uvloop``/``import httptools``
+    fail: uvicorn and taskapp then run on the asyncio loop and h11 (a plain install)."""
+    for name in FAST_STACK:
+        package = directory / name
+        package.mkdir(parents=True, exist_ok=True)
+        (package / "__init__.py").write_text(f"raise ImportError('{name} blocked: plain stack')\n")
+    return directory
+
+
+def describe_stack(env: dict[str, str]) -> str:
+    """What the child processes will import: 'plain (asyncio loop, h11)' or the fast stack."""
+    probe = (
+        "import importlib.util, sys\n"
+        "found = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "        found.append(name)\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "print(','.join(found))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *FAST_STACK],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not out:
+        return "plain (asyncio event loop, h11 HTTP parser)"
+    loop = "uvloop" if "uvloop" in out else "asyncio event loop"
+    parser = "httptools" if "httptools" in out else "h11"
+    return f"{loop}, {parser} HTTP parser"
 
 
 # -- /proc readings --------------------------------------------------------------------
@@ -409,6 +456,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--size-mib", type=int, default=50)
     parser.add_argument(
+        "--stack",
+        choices=("installed", "plain"),
+        default="installed",
+        help="installed: uvloop/httptools when present; plain: block them in every process",
+    )
+    parser.add_argument(
         "--local-leg",
         type=int,
         metavar="N",
@@ -420,20 +473,26 @@ def main() -> int:
     if args.quick:
         args.reps, args.seconds = 1, 1.5
 
-    try:
-        import uvloop
-
-        loop_factory: Any = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-
     admin = secrets.token_urlsafe(32)
     workdir = Path(tempfile.mkdtemp(prefix="bench-relay-"))
+    pythonpath = [str(REPO / "src")]
+    loop_factory: Any = None
+    if args.stack == "plain":
+        pythonpath.insert(0, str(block_fast_stack(workdir / "plain-stack")))
+    else:
+        try:
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            pass
     tokens = workdir / "tokens"
     tokens.write_text(admin + "\n")
     tokens.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env["PYTHONPATH"] = str(REPO / "src")
+    env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+    stack = describe_stack(env)
+    print(f"stack: {stack}", file=sys.stderr, flush=True)
     relay = subprocess.Popen(
         [
             sys.executable,
@@ -549,7 +608,7 @@ def main() -> int:
     direct = med["direct"]
     print(
         f"\n# relay benchmark ({args.reps} repetition(s), {args.seconds:g} s per point, "
-        f"{args.size_mib} MiB transfers; medians)\n"
+        f"{args.size_mib} MiB transfers; medians)\n\nstack: {stack}\n"
     )
     print("| metric | direct | relay v1 | relay v2 | v1 / direct | v2 / direct |")
     print("|---|---|---|---|---|---|")

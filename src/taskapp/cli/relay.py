@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import logging
 import re
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -142,19 +141,15 @@ def run_token(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     from taskapp.core.errors import ConfigurationError, PortError
+    from taskapp.core.ports import listen_tcp
     from taskapp.relay.server import RelayServer, RelaySettings, load_admin_tokens
 
     tokens = load_admin_tokens(
         args.admin_token_file, allow_insecure_permissions=args.insecure_permissions
     )
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))
-        sock.listen(2048)
+        sock = listen_tcp(args.host, args.port)
     except OSError as exc:
-        sock.close()
         raise PortError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port"
         ) from None

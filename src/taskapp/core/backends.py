@@ -104,7 +104,7 @@ class LoadedApp:
             return self.target
         if self.origin is None:
             return None
-        from taskapp.core.loading import import_string_for
+        from taskapp.core.importing import import_string_for
 
         return import_string_for(self.origin)
 
@@ -235,6 +235,16 @@ class TunnelBackend(abc.ABC):
 
     def __init__(self, options: Any) -> None:
         self.options = options
+
+    @classmethod  # noqa: B027 - optional override
+    def prepare(cls, options: Any) -> None:
+        """Check what :meth:`open` will need (a program on ``PATH``, a key file), so a
+        missing piece fails before the server starts.
+
+        Called by the ``InProcessTaskApp`` constructor once the options are valid. Must not
+        bind, spawn or connect. Raise a :class:`~taskapp.core.errors.TunnelError` subclass
+        (``TunnelBinaryMissingError`` for a missing program). The default does nothing.
+        """
 
     @abc.abstractmethod
     def open(self, ctx: TunnelContext) -> Tunnel:

@@ -206,6 +206,8 @@ class InProcessTaskApp:
             _merge_argument_options(self._tunnel_cls, arguments, tunnel_options),
             owner=f"tunnel {backend_name!r}",
         )
+        # A missing program (cloudflared, ssh) fails here, before any server starts.
+        self._tunnel_cls.prepare(self._tunnel_options)
 
         self._target = target
         self.host = host

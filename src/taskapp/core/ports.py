@@ -27,7 +27,14 @@ from taskapp.core.errors import PortError
 from taskapp.core.health import Backoff
 from taskapp.core.logs import get_logger
 
-__all__ = ["Listener", "bind_listener", "find_listeners", "free_loopback_port", "url_host"]
+__all__ = [
+    "Listener",
+    "bind_listener",
+    "find_listeners",
+    "free_loopback_port",
+    "listen_tcp",
+    "url_host",
+]
 
 logger = get_logger("taskapp.ports")
 
@@ -66,6 +73,18 @@ def free_loopback_port() -> int:
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def listen_tcp(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
+    """A bound, listening TCP socket on ``host:port`` (port 0: any free port), with no
+    conflict handling: ``OSError`` when the port is taken.
+
+    Every listener taskapp creates goes through here (or :func:`bind_listener`), because
+    the socket's proto must say TCP: asyncio sets TCP_NODELAY on accepted connections only
+    when the listener's proto is IPPROTO_TCP. With proto 0, Nagle's algorithm plus delayed
+    ACKs stall keep-alive responses by ~40 ms each.
+    """
+    return _try_bind(host, port, backlog)
 
 
 def _try_bind(host: str, port: int, backlog: int) -> socket.socket:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib
 import random
 import ssl
 import threading
@@ -909,7 +910,7 @@ class RelayAgent:
 
 def _version() -> str:
     try:
-        from taskapp import __version__
+        from taskapp._version import __version__
 
         return str(__version__)
     except Exception:  # pragma: no cover
@@ -946,9 +947,8 @@ class AgentThread:
     def _main(self) -> None:
         factory: Any = None
         with contextlib.suppress(ImportError):
-            import uvloop
-
-            factory = uvloop.new_event_loop
+            # importlib: mypy on a plain install (no uvloop) must not flag the import.
+            factory = importlib.import_module("uvloop").new_event_loop
         with (
             asyncio.Runner(loop_factory=factory) as runner,
             contextlib.suppress(asyncio.CancelledError),

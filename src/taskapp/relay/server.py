@@ -44,6 +44,7 @@ from typing import Any
 
 from taskapp.core.errors import ConfigurationError, ServerStartError
 from taskapp.core.logs import get_logger
+from taskapp.core.ports import listen_tcp
 from taskapp.core.secrets import fingerprint
 from taskapp.relay import protocol as p
 
@@ -1655,6 +1656,17 @@ def _uvicorn_config(app: RelayApp, settings: RelaySettings, **overrides: Any) ->
     return uvicorn.Config(app, **options)
 
 
+def _with_tcp_proto(sock: socket.socket) -> socket.socket:
+    """``sock``, or a duplicate whose proto says TCP when the caller made it with proto 0.
+
+    asyncio sets TCP_NODELAY on accepted connections only when the listener's proto is
+    IPPROTO_TCP; without it every keep-alive response waits ~40 ms for a delayed ACK.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.proto == socket.IPPROTO_TCP:
+        return sock
+    return socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=os.dup(sock.fileno()))
+
+
 class RelayServer:
     """uvicorn serving a :class:`RelayApp`, with a graceful drain on SIGTERM/SIGINT.
 
@@ -1667,11 +1679,12 @@ class RelayServer:
 
         self.settings = settings
         self.app = create_relay_app(settings)
-        self.sock = sock
+        self.sock = _with_tcp_proto(sock) if sock is not None else None
+        self._own_sock = self.sock is not sock  # a duplicate we made: ours to close
         _install_log_redaction()
         config = _uvicorn_config(self.app, settings)
         config.load()
-        from taskapp.plugins.servers.thread import without_access_log
+        from taskapp.core.serving import without_access_log
 
         config.http_protocol_class = without_access_log(config.http_protocol_class)
         relay = self
@@ -1707,7 +1720,11 @@ class RelayServer:
             self.started.set()
 
         self.server.startup = startup  # type: ignore[method-assign]
-        await self.server.serve(sockets=[self.sock] if self.sock is not None else None)
+        try:
+            await self.server.serve(sockets=[self.sock] if self.sock is not None else None)
+        finally:
+            if self._own_sock and self.sock is not None:
+                self.sock.close()
 
     def run(self) -> None:
         """Serve until stopped (blocking). Uses uvloop when installed."""
@@ -1787,14 +1804,7 @@ def start_relay_thread(settings: RelaySettings, *, timeout: float = 10.0) -> Run
     The socket is bound before the thread starts, so the URL is known and no other process
     can take the port. ``settings.public_url`` may be ``"auto"``: the bound address.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((settings.host, settings.port))
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
+    sock = listen_tcp(settings.host, settings.port)
     port = sock.getsockname()[1]
     url = f"http://{settings.host}:{port}"
     if settings.public_url == "auto":

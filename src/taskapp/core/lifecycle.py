@@ -48,7 +48,7 @@ from taskapp.core.errors import (
 from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.options import parse_options
-from taskapp.core.ports import bind_listener, url_host
+from taskapp.core.ports import bind_listener, listener_closer, url_host
 from taskapp.core.secrets import fingerprint, generate_key, register_secret
 from taskapp.core.supervisor import TunnelSupervisor
 
@@ -408,7 +408,7 @@ class InProcessTaskApp:
         registry.notify("app_loaded", task_app=self, loaded=loaded)
 
         sock = bind_listener(self.host, self.requested_port, auto_find_port=self.auto_find_port)
-        self._push("socket", sock.close)
+        self._push("socket", listener_closer(sock))
         self.port = sock.getsockname()[1]
         logger.debug("bound %s:%d", self.host, self.port)
 

@@ -401,9 +401,14 @@ class InProcessTaskApp:
             raise
 
     def _start_steps(self, deadline: float) -> None:
+        from taskapp.core.loading import release_key
+
         registry = self._registry
         loaded = registry.load_app(self._target)
         self.loaded = loaded
+        # The app object may be served again (same .py path or app=): this instance's key
+        # is refused once it stops.
+        self._push("instance key", lambda: release_key(loaded.app, self.api_key))
         logger.debug("loaded %s with loader %r", self._target.describe(), loaded.loader)
         registry.notify("app_loaded", task_app=self, loaded=loaded)
 

@@ -81,8 +81,8 @@ def materialize(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
     """Turn a TaskAppConfig or an ASGI app into (ASGI app, config or None).
 
     A config becomes an app accepting ``api_key`` (plus any ``ENVIRONMENT_API_KEY_ALIASES``,
-    as the contract says); an app built by ``create_task_app`` is given ``api_key`` too
-    (through ``app.state.taskapp_auth``, never ``os.environ``).
+    as the contract says); an app built by ``create_task_app`` is granted ``api_key`` too
+    (through ``app.state.taskapp_auth``, never ``os.environ``) until :func:`release_key`.
     """
     if isinstance(obj, TaskAppConfig):
         from taskapp.core.contract import alias_keys_from_env, create_task_app
@@ -90,7 +90,9 @@ def materialize(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
         return create_task_app(obj, api_keys=[api_key, *alias_keys_from_env()]), obj
     if is_asgi_app(obj):
         auth = getattr(getattr(obj, "state", None), "taskapp_auth", None)
-        if auth is not None and hasattr(auth, "add_key"):
+        if auth is not None and hasattr(auth, "grant"):
+            auth.grant(api_key)
+        elif auth is not None and hasattr(auth, "add_key"):
             auth.add_key(api_key)
         config = getattr(getattr(obj, "state", None), "taskapp_config", None)
         return obj, config if isinstance(config, TaskAppConfig) else None
@@ -98,6 +100,17 @@ def materialize(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
         f"{origin} gave {type(obj).__name__}, which is neither an ASGI app (e.g. FastAPI) nor "
         "a taskapp.TaskAppConfig"
     )
+
+
+def release_key(app: Any, api_key: str) -> None:
+    """Undo what :func:`materialize` granted: ``app`` refuses ``api_key`` from now on.
+
+    The host calls it when its instance stops, so serving the same app object (a ``.py``
+    path or ``app=``) again never accepts a stopped instance's key.
+    """
+    auth = getattr(getattr(app, "state", None), "taskapp_auth", None)
+    if auth is not None and hasattr(auth, "revoke"):
+        auth.revoke(api_key)
 
 
 def call_factory(factory: Any, origin: str) -> Any:

@@ -20,9 +20,11 @@ EPILOG = """examples:
       --budget 300 --reflection-model gpt-4.1-mini --reflection-api-key-env OPENAI_API_KEY \\
       --policy-config '{"model": "llama-3.1-8b", "inference_url": "http://127.0.0.1:8000/v1"}'
 
-  # continue a run (the budget is the total over all runs in --out)
-  taskapp optimize support-intents --stand-in --train-seeds 0-99 --val-seeds 100-139 \\
-      --budget 800 --out runs/demo --resume
+  # continue a run (its seeds come from --out; the budget is the total over all runs there)
+  taskapp optimize support-intents --stand-in --budget 800 --out runs/demo --resume
+
+  # a Synth [prompt_learning] TOML (flags given on the command line override it)
+  taskapp optimize --config configs/support_intents_gepa.toml --out runs/toml
 
 writes to --out: result.json, best_prompt.txt, history.jsonl, score_curve.svg (and .png
 with matplotlib), candidate_tree.html, and gepa/ (the checkpoint --resume continues).
@@ -55,7 +57,15 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "target",
         metavar="TARGET",
-        help=TARGET_HELP + ", or the http(s) URL of a running task app",
+        nargs="?",
+        help=TARGET_HELP
+        + ", or the http(s) URL of a running task app (default: --config's task_app_url)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="TOML",
+        help="a Synth [prompt_learning] TOML (see docs/jobs.md); flags override its values",
     )
     group = parser.add_argument_group("prompt")
     source = group.add_mutually_exclusive_group()
@@ -63,32 +73,35 @@ def add_parser(subparsers: Any) -> None:
     source.add_argument("--prompt-file", type=Path, help="read the seed prompt from a file")
     group.add_argument(
         "--prompt-key",
-        default="prompt",
         help="the policy.config key the prompt travels in (default: prompt)",
     )
     group = parser.add_argument_group("seeds and budget")
-    group.add_argument("--train-seeds", required=True, help="e.g. 0-29: reflection minibatches")
-    group.add_argument("--val-seeds", required=True, help="e.g. 30-79: candidate selection")
+    group.add_argument(
+        "--train-seeds",
+        help="e.g. 0-29: reflection minibatches (required unless --config or --resume)",
+    )
+    group.add_argument(
+        "--val-seeds",
+        help="e.g. 30-79: candidate selection (required unless --config or --resume)",
+    )
     group.add_argument("--test-seeds", help="held out: baseline and best scored after the run")
     group.add_argument(
-        "--budget", type=int, required=True, help="the most rollouts to use, baseline included"
+        "--budget",
+        type=int,
+        help="the most rollouts to use, baseline included (required unless --config)",
     )
-    group.add_argument("--minibatch", type=int, default=3, help="train seeds per reflection")
-    group.add_argument("--concurrency", type=int, default=8, help="rollouts in flight (8)")
+    group.add_argument("--minibatch", type=int, help="train seeds per reflection (3)")
+    group.add_argument("--concurrency", type=int, help="rollouts in flight (8)")
     group.add_argument(
         "--patience",
         type=int,
-        default=20,
         help="stop after N iterations without a better score (20; 0: never)",
     )
     group.add_argument("--timeout", type=float, help="stop after this many seconds")
-    group.add_argument(
-        "--perfect-score", type=float, default=1.0, help="the best possible rollout score (1.0)"
-    )
-    group.add_argument("--seed", type=int, default=0, help="random seed of the optimizer (0)")
+    group.add_argument("--perfect-score", type=float, help="the best possible rollout score (1.0)")
+    group.add_argument("--seed", type=int, help="random seed of the optimizer (0)")
     group.add_argument(
         "--selection",
-        default="pareto",
         choices=("pareto", "current_best", "epsilon_greedy", "top_k_pareto"),
         help="how the next parent candidate is chosen (pareto)",
     )
@@ -125,7 +138,7 @@ def add_parser(subparsers: Any) -> None:
     group.add_argument("--policy-name", help="policy.policy_name of every rollout")
     group.add_argument("--env-config", help="JSON object (or @file) sent as env.config")
     add_key_arguments(group, what="the key of a URL target")
-    group.add_argument("--rollout-timeout", type=float, default=300.0, help="seconds (300)")
+    group.add_argument("--rollout-timeout", type=float, help="seconds (300)")
     group = parser.add_argument_group("output")
     group.add_argument(
         "--out", type=Path, help="output directory (default: optimize-runs/<target>-<time>)"
@@ -163,43 +176,111 @@ def _default_out(target: str) -> Path:
     return Path("optimize-runs") / f"{name or 'run'}-{stamp}"
 
 
-def run(args: argparse.Namespace) -> int:
-    from taskapp.cli._common import UsageError
+def _config(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(OptimizeConfig, PromptLearningSpec or None): --config's values, then the flags."""
+    from taskapp.cli._common import UsageError, stderr
+    from taskapp.optimize.prompt_learning import load_prompt_learning
+    from taskapp.optimize.settings import OptimizeConfig
 
-    if not args.stand_in and not args.reflection_model:
+    spec = None
+    config = OptimizeConfig()
+    if args.config is not None:
+        spec = load_prompt_learning(args.config)
+        for warning in spec.warnings:
+            stderr(f"taskapp optimize: warning: {spec.source}: {warning}")
+        config = spec.config
+    elif not args.resume:
+        missing = [
+            flag
+            for flag, value in (
+                ("--train-seeds", args.train_seeds),
+                ("--val-seeds", args.val_seeds),
+                ("--budget", args.budget),
+            )
+            if value is None
+        ]
+        if missing:
+            raise UsageError(
+                f"{', '.join(missing)} required (or --config TOML, or --resume for a saved run)"
+            )
+    elif args.budget is None:
+        raise UsageError("--budget required (the total over all runs in --out)")
+    changes: dict[str, Any] = {}
+    for field, value in (
+        ("train_seeds", args.train_seeds),
+        ("val_seeds", args.val_seeds),
+        ("test_seeds", args.test_seeds),
+        ("budget", args.budget),
+        ("minibatch_size", args.minibatch),
+        ("max_concurrency", args.concurrency),
+        ("timeout_s", args.timeout),
+        ("perfect_score", args.perfect_score),
+        ("seed", args.seed),
+        ("selection", args.selection),
+        ("prompt_key", args.prompt_key),
+        ("rollout_timeout", args.rollout_timeout),
+        ("policy", _json_object(args.policy_config, "--policy-config")),
+        ("env_config", _json_object(args.env_config, "--env-config")),
+        ("policy_name", args.policy_name),
+    ):
+        if value is not None:
+            changes[field] = value
+    if args.patience is not None:
+        changes["patience"] = args.patience or None
+    if args.prompt is not None:
+        changes["seed_prompt"] = args.prompt
+    if args.prompt_file is not None:
+        changes["seed_prompt"] = _read_text(args.prompt_file, "--prompt-file")
+    if args.reflection_template:
+        changes["reflection_prompt_template"] = _read_text(
+            args.reflection_template, "--reflection-template"
+        )
+    if args.stand_in:
+        changes["reflection_lm"] = "stand-in"
+    elif args.reflection_model:
+        changes["reflection_lm"] = {
+            "model": args.reflection_model,
+            "base_url": args.reflection_base_url,
+            "api_key_env": args.reflection_api_key_env,
+            "temperature": args.reflection_temperature,
+            "max_tokens": args.reflection_max_tokens,
+        }
+    config = config.replace(**changes)
+    if config.reflection_lm is None:
         raise UsageError(
             "choose a reflection model: --reflection-model NAME (any OpenAI-compatible "
             "server) or --stand-in (the offline stand-in)"
         )
+    return config, spec
+
+
+def run(args: argparse.Namespace) -> int:
+    from taskapp.cli._common import UsageError
+
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out DIR (the run to continue)")
-    policy = _json_object(args.policy_config, "--policy-config")
-    env_config = _json_object(args.env_config, "--env-config")
-    prompt = args.prompt
-    if args.prompt_file is not None:
-        prompt = _read_text(args.prompt_file, "--prompt-file")
-    template = (
-        _read_text(args.reflection_template, "--reflection-template")
-        if args.reflection_template
-        else None
-    )
+    config, spec = _config(args)
     from taskapp.cli._common import (
-        UsageError,
         resolve_api_key,
         resolve_target,
         start_kwargs,
         started_with_options,
     )
 
-    target: Any = args.target
+    target: Any = args.target or (spec.task_app_url if spec is not None else None)
+    if target is None:
+        raise UsageError("TARGET required (or a --config whose task_app_url names one)")
     api_key = None
-    if args.target.startswith(("http://", "https://")):
+    if target.startswith(("http://", "https://")):
         # --health-timeout also bounds the wait for a URL's /health here.
         refused = started_with_options(args, allowed=("--health-timeout",))
         if refused:
             given = ", ".join(refused)
             raise UsageError(f"{given} start TARGET; not with a URL (it is already running)")
-        api_key = resolve_api_key(args).value
+        if spec is not None and not (args.api_key or args.api_key_env):
+            api_key = spec.task_app_key()
+        else:
+            api_key = resolve_api_key(args).value
         health_timeout = args.health_timeout or 30.0
     else:
         from taskapp.core.lifecycle import InProcessTaskApp
@@ -207,63 +288,31 @@ def run(args: argparse.Namespace) -> int:
         # An app of our own for this run: a free port, not the default 8114 of serve.
         options = start_kwargs(args)
         health_timeout = options["health_check_timeout"]
-        target = InProcessTaskApp(**resolve_target(args.target).kwargs, **options)
-    out = args.out if args.out is not None else _default_out(args.target)
+        target = InProcessTaskApp(**resolve_target(target).kwargs, **options)
+    out = args.out
+    if out is None:
+        out = _default_out(args.target or (args.config.stem if args.config else "run"))
+        if spec is not None and spec.results_folder:
+            out = Path(spec.results_folder) / out.name
+    config = config.replace(output_dir=out, resume=args.resume, health_timeout=health_timeout)
 
     from taskapp.optimize import (
         GepaNotInstalledError,
-        OpenAICompatLM,
         ReflectionModelError,
-        StandInReflectionLM,
         TaskAppUnavailableError,
     )
-    from taskapp.optimize import run as optimize
     from taskapp.optimize.progress import ConsolePrinter
+    from taskapp.optimize.runner import run_config
 
-    lm: Any
-    if args.stand_in:
-        lm = StandInReflectionLM(perfect_score=args.perfect_score)
-    else:
-        lm = OpenAICompatLM(
-            args.reflection_model,
-            base_url=args.reflection_base_url,
-            api_key_env=args.reflection_api_key_env,
-            temperature=args.reflection_temperature,
-            max_tokens=args.reflection_max_tokens,
-        )
+    lm = config.build_reflection_lm()
+    config = config.replace(reflection_lm=lm)
     printer: Any = None
     if args.log_json and not args.quiet:
         printer = _json_progress
     elif not args.quiet:
         printer = ConsolePrinter(sys.stderr)
     try:
-        result = optimize(
-            target,
-            prompt,
-            args.train_seeds,
-            args.val_seeds,
-            reflection_lm=lm,
-            policy=policy,
-            budget=args.budget,
-            test_seeds=args.test_seeds,
-            policy_name=args.policy_name,
-            env_config=env_config,
-            prompt_key=args.prompt_key,
-            minibatch_size=args.minibatch,
-            max_concurrency=args.concurrency,
-            patience=args.patience or None,
-            timeout_s=args.timeout,
-            perfect_score=args.perfect_score,
-            seed=args.seed,
-            selection=args.selection,
-            reflection_prompt_template=template,
-            api_key=api_key,
-            output_dir=out,
-            resume=args.resume,
-            on_progress=printer,
-            rollout_timeout=args.rollout_timeout,
-            health_timeout=health_timeout,
-        )
+        result = run_config(target, config, api_key=api_key, on_progress=printer)
     except GepaNotInstalledError as exc:
         raise UsageError(exc.message) from None
     except TaskAppUnavailableError as exc:

@@ -49,15 +49,15 @@ from taskapp.optimize.errors import (
 from taskapp.optimize.lm import (
     REFLECTION_TEMPLATE,
     ReflectionRecorder,
-    StandInReflectionLM,
     describe_lm,
 )
 from taskapp.optimize.progress import GepaLogger, JsonlWriter, ProgressTracker, RunStopper
 from taskapp.optimize.result import OptimizeResult
 from taskapp.optimize.seeds import SeedLoader, SeedsLike, format_seeds, known_seeds, parse_seeds
+from taskapp.optimize.settings import OptimizeConfig
 from taskapp.optimize.target import Endpoint, open_target
 
-__all__ = ["advertised_prompts", "import_gepa", "run", "run_async"]
+__all__ = ["advertised_prompts", "import_gepa", "run", "run_async", "run_config"]
 
 logger = get_logger("taskapp.optimize")
 
@@ -143,25 +143,38 @@ def _positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
     return value
 
 
-def _settings(**kw: Any) -> _Settings:
+def _settings(config: OptimizeConfig) -> _Settings:
+    kw = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
+    output_dir = Path(kw["output_dir"]).expanduser() if kw["output_dir"] is not None else None
+    if kw["resume"] and output_dir is None:
+        raise ConfigurationError("resume=True needs output_dir (the run to continue)")
+    previous: dict[str, Any] = {}
+    if kw["resume"] and output_dir is not None:
+        previous = _previous_run(output_dir)
+        # --resume continues with the seeds stored in run.json unless others are given
+        for name in ("train_seeds", "val_seeds"):
+            if _unset(kw[name]) and isinstance(previous.get(name), list):
+                kw[name] = previous[name]
+        if kw["test_seeds"] is None and isinstance(previous.get("test_seeds"), list):
+            kw["test_seeds"] = previous["test_seeds"] or None
     train = parse_seeds(kw["train_seeds"], what="train_seeds")
     val = parse_seeds(kw["val_seeds"], what="val_seeds")
     test = (
         parse_seeds(kw["test_seeds"], what="test_seeds") if kw["test_seeds"] is not None else None
     )
-    lm = kw["reflection_lm"]
+    lm = config.build_reflection_lm()
     if lm is None:
         raise ConfigurationError(
             "no reflection model: pass reflection_lm=OpenAICompatLM(model=...) (any "
             "OpenAI-compatible server) or reflection_lm=StandInReflectionLM() (offline stand-in)"
         )
-    if lm == "stand-in":
-        lm = StandInReflectionLM(perfect_score=float(kw["perfect_score"]))
     if not callable(lm):
         raise ConfigurationError(
             f"reflection_lm must be callable (prompt -> text), got {type(lm).__name__}"
         )
     seed_prompt = kw["seed_prompt"]
+    if seed_prompt is None and isinstance(previous.get("seed_candidate"), dict):
+        seed_prompt = previous["seed_candidate"]  # --resume: the run's own seed prompt
     if seed_prompt is not None:
         if isinstance(seed_prompt, str):
             if not seed_prompt.strip():
@@ -210,9 +223,6 @@ def _settings(**kw: Any) -> _Settings:
         value = kw[name]
         if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
-    output_dir = Path(kw["output_dir"]).expanduser() if kw["output_dir"] is not None else None
-    if kw["resume"] and output_dir is None:
-        raise ConfigurationError("resume=True needs output_dir (the run to continue)")
     settings = _Settings(
         seed_prompt=seed_prompt,
         train=train,
@@ -255,7 +265,46 @@ def _settings(**kw: Any) -> _Settings:
             f"--budget {settings.minimum_budget()} or more, or fewer val seeds"
         )
     _check_output_dir(settings)
+    if previous:
+        _check_budget_left(settings, previous)
     return settings
+
+
+def _unset(seeds: Any) -> bool:
+    return seeds is None or (not isinstance(seeds, str | Mapping) and len(list(seeds)) == 0)
+
+
+def _previous_run(folder: Path) -> dict[str, Any]:
+    """What run.json (and result.json) in ``folder`` say about the run there; {} if none."""
+    try:
+        previous = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read {folder / RUN_FILE}: {exc}") from exc
+    if not isinstance(previous, dict):
+        raise ConfigurationError(f"{folder / RUN_FILE} is not a JSON object")
+    try:
+        result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+        previous.setdefault("metric_calls", int(result["metric_calls"]))
+        previous.setdefault("test_seeds", result.get("test_seeds"))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return previous
+
+
+def _check_budget_left(settings: _Settings, previous: Mapping[str, Any]) -> None:
+    """Resuming with a budget the previous runs already spent would do nothing: say so."""
+    used = previous.get("metric_calls")
+    if not isinstance(used, int):
+        return
+    if settings.budget - used < settings.iteration_cost:
+        raise ConfigurationError(
+            f"the run in {str(settings.output_dir)!r} already used {used} of its "
+            f"{settings.budget} rollouts, and one more iteration needs up to "
+            f"{settings.iteration_cost}: the budget is a total over all runs in that "
+            f"directory, so pass --budget {used + settings.iteration_cost} or more to continue"
+        )
 
 
 def _check_output_dir(settings: _Settings) -> None:
@@ -490,18 +539,18 @@ def run(
     rollouts failing) and :class:`ReflectionModelError` (the model failed every time);
     the last two carry the partial ``result`` (saved when ``output_dir`` is set).
     """
-    settings = _settings(
-        seed_prompt=seed_prompt,
+    config = OptimizeConfig(
+        seed_prompt=dict(seed_prompt) if isinstance(seed_prompt, Mapping) else seed_prompt,
         train_seeds=train_seeds,
         val_seeds=val_seeds,
         test_seeds=test_seeds,
         reflection_lm=reflection_lm,
-        policy=policy,
+        policy=dict(policy) if policy is not None else None,
+        budget=budget,
         policy_name=policy_name,
-        env_config=env_config,
+        env_config=dict(env_config) if env_config is not None else None,
         env_name=env_name,
         prompt_key=prompt_key,
-        budget=budget,
         minibatch_size=minibatch_size,
         max_concurrency=max_concurrency,
         patience=patience,
@@ -516,6 +565,21 @@ def run(
         output_dir=output_dir,
         resume=resume,
     )
+    return run_config(
+        target, config, api_key=api_key, on_progress=on_progress, stop_event=stop_event
+    )
+
+
+def run_config(
+    target: Any,
+    config: OptimizeConfig,
+    *,
+    api_key: str | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    stop_event: threading.Event | None = None,
+) -> OptimizeResult:
+    """:func:`run` with the run described by one :class:`OptimizeConfig`."""
+    settings = _settings(config)
     gepa = import_gepa()
     try:
         loop = asyncio.get_running_loop()

@@ -114,7 +114,10 @@ class ServerContext:
     """What a server runner gets from the lifecycle.
 
     ``sock`` is already bound and listening; the runner serves on it (or passes it to a
-    child) and never binds a port itself.
+    child) and never binds a port itself. The lifecycle owns it and closes it after
+    :meth:`ServerRunner.stop`; a runner (or its server library) may close it earlier, even
+    behind the object's back (``os.close(sock.fileno())``): the lifecycle notices and does
+    not close the number again (:func:`taskapp.core.ports.listener_closer`).
     """
 
     loaded: LoadedApp

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
@@ -189,20 +190,54 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 class TaskAppAuth:
     """The keys a task app accepts. Lives on ``app.state.taskapp_auth``.
 
-    The host (InProcessTaskApp) adds its instance key with :meth:`add_key`, so the key
-    reaches the app through its own configuration rather than ``os.environ``.
+    The keys the app was built with (:meth:`add_key`) stay for its lifetime. A host
+    (InProcessTaskApp) serving the app grants its instance key (:meth:`grant`) while that
+    instance runs and revokes it (:meth:`revoke`) on stop, so the key reaches the app through its
+    own configuration rather than ``os.environ``, and serving the same app object again never
+    accepts a stopped instance's key.
     """
 
     def __init__(self, keys: Iterable[str], *, required: bool) -> None:
         self.keys: list[str] = []
         self.required = required
+        self._own: set[str] = set()
+        self._grants: dict[str, int] = {}
+        self._lock = threading.Lock()
         for key in keys:
             self.add_key(key)
 
     def add_key(self, key: str) -> None:
-        if key and key not in self.keys:
-            register_secret(key)
-            self.keys.append(key)
+        """Accept ``key`` for the app's lifetime."""
+        if not key:
+            return
+        register_secret(key)
+        with self._lock:
+            self._own.add(key)
+            if key not in self.keys:
+                self.keys = [*self.keys, key]
+
+    def grant(self, key: str) -> None:
+        """Accept ``key`` until a matching :meth:`revoke` (grants of one key are counted)."""
+        if not key:
+            return
+        register_secret(key)
+        with self._lock:
+            self._grants[key] = self._grants.get(key, 0) + 1
+            if key not in self.keys:
+                self.keys = [*self.keys, key]
+
+    def revoke(self, key: str) -> None:
+        """Undo one :meth:`grant`; the key is refused once its last grant is revoked (unless
+        it is one of the app's own keys)."""
+        with self._lock:
+            count = self._grants.get(key, 0)
+            if count > 1:
+                self._grants[key] = count - 1
+                return
+            self._grants.pop(key, None)
+            if key not in self._own:
+                # A new list, so a check running in another thread sees the old or the new.
+                self.keys = [k for k in self.keys if k != key]
 
     @staticmethod
     def presented(headers: Any) -> list[str]:
@@ -222,7 +257,8 @@ class TaskAppAuth:
         """None when the request may pass, else (status, error body)."""
         if not self.required:
             return None
-        if not self.keys:
+        keys = self.keys
+        if not keys:
             return 503, error_body(
                 "missing_api_key",
                 "the task app has no API key configured; set ENVIRONMENT_API_KEY or pass "
@@ -236,7 +272,7 @@ class TaskAppAuth:
             )
         accepted = False
         for candidate in presented:
-            accepted |= constant_time_in(candidate, self.keys)
+            accepted |= constant_time_in(candidate, keys)
         if not accepted:
             return 401, error_body("unauthorized", "invalid API key")
         return None

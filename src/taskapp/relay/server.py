@@ -1684,7 +1684,7 @@ class RelayServer:
         _install_log_redaction()
         config = _uvicorn_config(self.app, settings)
         config.load()
-        from taskapp.plugins.servers.thread import without_access_log
+        from taskapp.core.serving import without_access_log
 
         config.http_protocol_class = without_access_log(config.http_protocol_class)
         relay = self

@@ -147,6 +147,10 @@ class SynthAiHost:
         if self._loan is not None:
             env_keys.give_back(self._loan)
 
+    def give_back_key(self) -> None:
+        """Give the lent key back now (the host calls it on stop, after the lifespan)."""
+        self._give_back()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             # Before synth-ai's startup (which mints a key of its own when none is set)

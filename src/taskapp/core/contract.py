@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from taskapp.core.config import TaskAppConfig
 from taskapp.core.env_keys import environment_api_key, lent_keys
+from taskapp.core.errors import error_body
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import constant_time_in, register_secret
 
@@ -180,11 +181,6 @@ class TaskInfo(_Open):
     inference: InferenceInfo = Field(default_factory=InferenceInfo)
     limits: LimitsInfo = Field(default_factory=LimitsInfo)
     task_metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    """The one error envelope of the contract."""
-    return {"detail": {"error": {"code": code, "message": message, **extra}}}
 
 
 class TaskAppAuth:

@@ -39,6 +39,7 @@ from taskapp.core.backends import (
     TunnelBackend,
     TunnelContext,
 )
+from taskapp.core.blocking import call_blocking
 from taskapp.core.errors import (
     ConfigurationError,
     LifecycleError,
@@ -268,11 +269,15 @@ class InProcessTaskApp:
         return self._running
 
     def start(self) -> InProcessTaskApp:
-        """Start everything (what ``with`` does). Prefer the context managers."""
+        """Start everything (what ``with`` does). Prefer the context managers.
+
+        Inside a running event loop (a Jupyter cell) the start runs on a helper thread
+        while this one waits (see :mod:`taskapp.core.blocking`), so it works the same.
+        """
         self._interrupted = None
         signals.activate(self)
         try:
-            self._start()
+            call_blocking(self._start, name="taskapp-start")
         except BaseException:
             signals.deactivate(self)
             raise
@@ -281,19 +286,14 @@ class InProcessTaskApp:
     def stop(self) -> None:
         """Stop everything (what leaving ``with`` does). Idempotent."""
         try:
-            self._stop()
+            call_blocking(self._stop, name="taskapp-stop")
         finally:
             signals.deactivate(self)
 
     def __enter__(self) -> InProcessTaskApp:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return self.start()
-        raise LifecycleError(
-            "InProcessTaskApp: `with` blocks the running event loop; use `async with "
-            "InProcessTaskApp(...)` inside async code"
-        )
+        # Also inside a running event loop (Jupyter): the server runs in its own thread or
+        # process, so waiting here blocks nothing it needs. `async with` does not wait.
+        return self.start()
 
     def __exit__(
         self,

@@ -40,6 +40,7 @@ from taskapp.core.backends import (
     TunnelContext,
 )
 from taskapp.core.blocking import call_blocking
+from taskapp.core.env_keys import environment_api_key
 from taskapp.core.errors import (
     ConfigurationError,
     LifecycleError,
@@ -167,7 +168,8 @@ class InProcessTaskApp:
         self._tunnel_cls = self._registry.tunnel(backend_name)
         # 5./6. path exists and is a .py file
         target: AppTarget
-        key = api_key if api_key is not None else os.environ.get("ENVIRONMENT_API_KEY") or None
+        # The user's ENVIRONMENT_API_KEY; never a key lent to a running synth-ai app
+        key = api_key if api_key is not None else environment_api_key()
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise ConfigurationError("api_key must be a non-empty string")
         self.api_key: str = key or generate_key()

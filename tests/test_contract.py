@@ -104,9 +104,16 @@ def test_rollout_requires_auth(url: str) -> None:
 
 def test_info(url: str) -> None:
     info = httpx.get(f"{url}/info", headers=h()).json()
-    assert info["service"] == {"app_id": "demo", "name": "Demo", "description": "a demo task app"}
+    assert info["service"] == {
+        "app_id": "demo",
+        "name": "Demo",
+        "description": "a demo task app",
+        # synth-ai's TaskDescriptor, from base_task_info.task over the config's fields
+        "task": {"id": "demo", "name": "Demo", "description": "a demo task app"},
+    }
     assert info["task_info"] == {"task": {"id": "demo", "name": "Demo"}}
     assert info["dataset"] == {"splits": {"train": 4, "test": 2}}
+    assert info["inference"] == {} and info["limits"] == {}
 
 
 def test_task_info(url: str) -> None:
@@ -150,7 +157,7 @@ def test_malformed_rollout_is_422_with_validation_detail(url: str) -> None:
     error = response.json()["detail"]["error"]
     assert error["code"] == "invalid_request"
     locations = [tuple(item["loc"]) for item in error["errors"]]
-    assert ("body", "run_id") in locations
+    assert locations == [("body", "env", "seed")]
 
 
 def test_rollout_mode_is_checked(url: str) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from taskapp._version import __version__
+
 # The error tree and the hook marker are standard-library only: imported eagerly.
 from taskapp.core.errors import *  # noqa: F403
 from taskapp.core.errors import __all__ as _ERRORS
@@ -71,7 +73,6 @@ if TYPE_CHECKING:
     from taskapp.jobs.client import PromptLearningResult as PromptLearningResult
     from taskapp.jobs.client import run_in_process_job as run_in_process_job
 
-__version__ = "0.1.0"
 
 # Imported on first use: these pull in fastapi/pydantic or the plugin machinery.
 _LAZY: dict[str, str] = {

@@ -7,9 +7,11 @@ can run here).
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -202,3 +204,93 @@ def test_17_5_config_errors_answer_fast_and_never_reach_the_model(
     assert response.status_code == 422
     assert model.requests == []
     assert json.loads(response.text)["detail"]["error"]["field"] == "policy.config.timeout"
+
+
+# -- 17.2: a stopped instance's key is refused -------------------------------------------
+
+APP_FILE = """
+from taskapp import TaskAppConfig, create_task_app
+
+config = TaskAppConfig(
+    app_id="keys", name="keys", description="keys",
+    describe_taskset=lambda: {}, provide_task_instances=lambda seeds: [],
+    rollout=lambda request, http_request: {"run_id": request.run_id},
+)
+app = create_task_app(config, api_keys=["owner-configured-key-000"])
+"""
+
+
+def _status(url: str, key: str) -> int:
+    return httpx.get(url + "/info", headers={"X-API-Key": key}, trust_env=False).status_code
+
+
+@pytest.mark.parametrize("how", ["task_app_path", "app"])
+def test_17_2_serving_the_same_app_again_refuses_earlier_keys(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "keys_app.py"
+    path.write_text(APP_FILE)
+    namespace: dict[str, Any] = {}
+    exec(compile(APP_FILE, str(path), "exec"), namespace)
+    target: dict[str, Any] = (
+        {"task_app_path": path} if how == "task_app_path" else {"app": namespace["app"]}
+    )
+    keys: list[str] = []
+    for _ in range(3):
+        with InProcessTaskApp(**target) as app:
+            assert app.url is not None
+            keys.append(app.api_key)
+            statuses = [_status(app.url, key) for key in keys]
+            assert statuses == [401] * (len(keys) - 1) + [200], statuses
+            assert _status(app.url, "owner-configured-key-000") == 200
+
+
+def test_17_2_an_instance_key_equal_to_the_apps_own_key_survives_stop() -> None:
+    from taskapp.core.contract import TaskAppAuth
+
+    auth = TaskAppAuth(["own-key-123456"], required=True)
+    auth.grant("own-key-123456")
+    auth.grant("instance-key-1234")
+    auth.grant("instance-key-1234")  # two instances serving one app object
+    auth.revoke("own-key-123456")
+    auth.revoke("instance-key-1234")
+    assert auth.check({"x-api-key": "own-key-123456"}) is None
+    assert auth.check({"x-api-key": "instance-key-1234"}) is None  # one grant left
+    auth.revoke("instance-key-1234")
+    assert auth.check({"x-api-key": "instance-key-1234"}) == (
+        401,
+        {"detail": {"error": {"code": "unauthorized", "message": "invalid API key"}}},
+    )
+
+
+# -- 17.4: short keys do not stop the subprocess runner; real keys never go in argv -------
+
+
+def test_17_4_a_one_letter_key_serves_with_the_subprocess_runner(tmp_path: Path) -> None:
+    path = tmp_path / "keys_app.py"
+    path.write_text(APP_FILE)
+    # "k" occurs in the child's module path (taskapp.plugins...), and "keys" in the app path.
+    for key in ("k", "keys"):
+        with InProcessTaskApp(task_app_path=path, server="subprocess", api_key=key) as app:
+            assert app.url is not None
+            assert _status(app.url, key) == 200
+            assert _status(app.url, "wrong") == 401
+
+
+def test_17_4_the_argv_guard_still_catches_real_keys() -> None:
+    from taskapp.core.processes import ProcessError, spawn
+    from taskapp.core.secrets import contains_secret
+
+    long_key = "ta_" + "x1y2z3" * 5
+    for argv, key in [
+        ([sys.executable, "-c", "pass", f"--token={long_key}"], long_key),
+        ([sys.executable, "-c", "pass", f"prefix{long_key}suffix"], long_key),
+        ([sys.executable, "-c", "pass", "hunter22"], "hunter22"),
+        ([sys.executable, "-c", "pass", "--password=hunter22"], "hunter22"),
+    ]:
+        with pytest.raises(ProcessError, match="contains a secret") as caught:
+            spawn(argv, secrets=[key])
+        assert key not in str(caught.value)
+    # Medium keys inside a longer word and short keys are not matches (no false positives).
+    assert not contains_secret("/opt/hunter22x/app.py", ["hunter22"])
+    assert not contains_secret("taskapp.plugins.servers._subprocess_child", ["k"])
+    with spawn([sys.executable, "-c", "pass", "/opt/hunter22x/app.py"], secrets=["hunter22"]) as p:
+        assert p.wait(timeout=10) == 0

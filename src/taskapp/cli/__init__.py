@@ -17,7 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from taskapp import __version__
+from taskapp._version import __version__
 from taskapp.cli._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,

@@ -192,6 +192,11 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.no_access_log:
         logging.getLogger("taskapp.relay.access").setLevel(logging.WARNING)
     server = RelayServer(settings, sock=sock)
+    try:
+        server.app.store.prepare()  # refuse to start (naming the path) if it cannot be written
+    except ConfigurationError:
+        sock.close()
+        raise
     limits = {
         k: v
         for k, v in dataclasses.asdict(settings).items()

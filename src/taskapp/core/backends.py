@@ -104,7 +104,7 @@ class LoadedApp:
             return self.target
         if self.origin is None:
             return None
-        from taskapp.core.loading import import_string_for
+        from taskapp.core.importing import import_string_for
 
         return import_string_for(self.origin)
 
@@ -114,7 +114,10 @@ class ServerContext:
     """What a server runner gets from the lifecycle.
 
     ``sock`` is already bound and listening; the runner serves on it (or passes it to a
-    child) and never binds a port itself.
+    child) and never binds a port itself. The lifecycle owns it and closes it after
+    :meth:`ServerRunner.stop`; a runner (or its server library) may close it earlier, even
+    behind the object's back (``os.close(sock.fileno())``): the lifecycle notices and does
+    not close the number again (:func:`taskapp.core.ports.listener_closer`).
     """
 
     loaded: LoadedApp
@@ -235,6 +238,16 @@ class TunnelBackend(abc.ABC):
 
     def __init__(self, options: Any) -> None:
         self.options = options
+
+    @classmethod  # noqa: B027 - optional override
+    def prepare(cls, options: Any) -> None:
+        """Check what :meth:`open` will need (a program on ``PATH``, a key file), so a
+        missing piece fails before the server starts.
+
+        Called by the ``InProcessTaskApp`` constructor once the options are valid. Must not
+        bind, spawn or connect. Raise a :class:`~taskapp.core.errors.TunnelError` subclass
+        (``TunnelBinaryMissingError`` for a missing program). The default does nothing.
+        """
 
     @abc.abstractmethod
     def open(self, ctx: TunnelContext) -> Tunnel:

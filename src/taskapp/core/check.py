@@ -19,7 +19,8 @@ e.g. nothing listening, or the key rejected):
 * ``GET /info`` has a ``service`` object, ``GET /task_info`` a ``taskset``;
 * ``POST /rollout seed N`` for each seed: an answer with a score;
 * ``error envelope``: a malformed rollout request is answered 4xx with a JSON ``detail``;
-* ``key not echoed``: the API key and the worker token appear in no answer.
+* ``key not echoed``: the API key and the worker token appear in no answer (rollout
+  answers included).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +40,7 @@ from taskapp.core.client import (
     TransportError,
     is_key_rejection,
     normalize_url,
+    rollout_request,
 )
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.secrets import fingerprint, register_secret
@@ -311,7 +314,22 @@ class _Checker:
 
     def _rollout(self, seed: int) -> CheckResult:
         name = f"POST /rollout seed {seed}"
-        outcome = self.client.rollout(seed, run_id=f"taskapp-check-{seed}")
+        run_id = f"taskapp-check-{seed}"
+        started = time.perf_counter()
+        try:
+            # Through request(), not rollout(): the answer is kept for "key not echoed".
+            answer = self.client.request(
+                "POST", "/rollout", json_body=rollout_request(seed, run_id=run_id)
+            )
+        except TransportError as exc:
+            outcome = RolloutOutcome.from_transport_error(
+                exc, seed=seed, run_id=run_id, latency_s=time.perf_counter() - started
+            )
+        else:
+            self.answers.append(answer)
+            outcome = RolloutOutcome.from_answer(
+                answer, seed=seed, run_id=run_id, latency_s=time.perf_counter() - started
+            )
         ms = outcome.latency_s * 1000
         if outcome.score is None or outcome.status in ("runtime_error", "timeout"):
             return CheckResult(name, False, _outcome_problem(outcome), outcome.http_status, ms)

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from taskapp.core.config import TaskAppConfig
+from taskapp.core.errors import error_body
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import constant_time_in, register_secret
 
@@ -33,6 +35,7 @@ __all__ = [
     "DatasetInfo",
     "EnvSpec",
     "PolicySpec",
+    "RewardInfo",
     "RolloutMetrics",
     "RolloutRequest",
     "RolloutResponse",
@@ -42,6 +45,8 @@ __all__ = [
     "alias_keys_from_env",
     "create_task_app",
     "error_body",
+    "normalize_rollout_response",
+    "normalize_task_info",
 ]
 
 logger = get_logger("taskapp.app")
@@ -69,12 +74,45 @@ class SafetySpec(_Open):
 
 
 class RolloutRequest(_Open):
+    """One rollout to run. Every generation's request validates:
+
+    * taskapp's own (``run_id``, optionally ``trace_correlation_id``);
+    * synth-ai 0.4-0.7 ("Gen C": ``trace_correlation_id``, no ``run_id``);
+    * synth-ai 0.3 ("Gen B": ``run_id``, ``mode``, ``ops``, ``record``; the extra
+      fields are kept, unread).
+
+    After validation both ids are set: a missing ``run_id`` is the
+    ``trace_correlation_id`` (or a generated ``run-<hex>``), a missing
+    ``trace_correlation_id`` is the ``run_id``, so a rollout can always echo both.
+
+    >>> RolloutRequest.model_validate({"trace_correlation_id": "t-1", "env": {"seed": 2}}).run_id
+    't-1'
+    >>> RolloutRequest.model_validate({"run_id": "r-1"}).trace_correlation_id
+    'r-1'
+    """
+
     run_id: str
     env: EnvSpec = Field(default_factory=EnvSpec)
     policy: PolicySpec = Field(default_factory=PolicySpec)
     mode: Literal["eval", "rl"] = "eval"
     trace_correlation_id: str | None = None
     safety: SafetySpec = Field(default_factory=SafetySpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_ids(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        run_id = data.get("run_id")
+        correlation = data.get("trace_correlation_id")
+        if run_id is None or run_id == "":
+            data = {**data, "run_id": correlation or f"run-{uuid.uuid4().hex[:16]}"}
+        if correlation is None or correlation == "":
+            data = {**data, "trace_correlation_id": data["run_id"]}
+        mode = data.get("mode")
+        if isinstance(mode, str) and mode.strip().lower() in ("eval", "rl"):
+            data = {**data, "mode": mode.strip().lower()}
+        return data
 
 
 class RolloutMetrics(_Open):
@@ -84,12 +122,31 @@ class RolloutMetrics(_Open):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
+class RewardInfo(_Open):
+    """synth-ai 0.4+'s ``reward_info`` (its ``RolloutMetrics``): the score is ``outcome_reward``."""
+
+    outcome_reward: float
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+#: ``success_status`` values: taskapp's and synth-ai 0.7's.
+SuccessStatus = Literal[
+    "success", "timeout", "runtime_error", "failure", "network_error", "apply_failed"
+]
+
+
 class RolloutResponse(_Open):
+    """A rollout's answer. A task app always sends it in the shape every client reads:
+    ``metrics.outcome_score`` (taskapp, synth-ai 0.3) and ``reward_info.outcome_reward``
+    (synth-ai 0.4+) carry the same score, with ``run_id``, ``trace_correlation_id`` and
+    ``success_status`` (see :func:`normalize_rollout_response`)."""
+
     run_id: str
     metrics: RolloutMetrics
+    reward_info: RewardInfo | None = None
     trajectories: list[Any] | None = None
     trace: dict[str, Any] | None = None
-    success_status: Literal["success", "timeout", "runtime_error", "failure"] | None = None
+    success_status: SuccessStatus | None = None
     trace_correlation_id: str | None = None
 
 
@@ -125,28 +182,57 @@ class TaskInfo(_Open):
     task_metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    """The one error envelope of the contract."""
-    return {"detail": {"error": {"code": code, "message": message, **extra}}}
-
-
 class TaskAppAuth:
     """The keys a task app accepts. Lives on ``app.state.taskapp_auth``.
 
-    The host (InProcessTaskApp) adds its instance key with :meth:`add_key`, so the key
-    reaches the app through its own configuration rather than ``os.environ``.
+    The keys the app was built with (:meth:`add_key`) stay for its lifetime. A host
+    (InProcessTaskApp) serving the app grants its instance key (:meth:`grant`) while that
+    instance runs and revokes it (:meth:`revoke`) on stop, so the key reaches the app through its
+    own configuration rather than ``os.environ``, and serving the same app object again never
+    accepts a stopped instance's key.
     """
 
     def __init__(self, keys: Iterable[str], *, required: bool) -> None:
         self.keys: list[str] = []
         self.required = required
+        self._own: set[str] = set()
+        self._grants: dict[str, int] = {}
+        self._lock = threading.Lock()
         for key in keys:
             self.add_key(key)
 
     def add_key(self, key: str) -> None:
-        if key and key not in self.keys:
-            register_secret(key)
-            self.keys.append(key)
+        """Accept ``key`` for the app's lifetime."""
+        if not key:
+            return
+        register_secret(key)
+        with self._lock:
+            self._own.add(key)
+            if key not in self.keys:
+                self.keys = [*self.keys, key]
+
+    def grant(self, key: str) -> None:
+        """Accept ``key`` until a matching :meth:`revoke` (grants of one key are counted)."""
+        if not key:
+            return
+        register_secret(key)
+        with self._lock:
+            self._grants[key] = self._grants.get(key, 0) + 1
+            if key not in self.keys:
+                self.keys = [*self.keys, key]
+
+    def revoke(self, key: str) -> None:
+        """Undo one :meth:`grant`; the key is refused once its last grant is revoked (unless
+        it is one of the app's own keys)."""
+        with self._lock:
+            count = self._grants.get(key, 0)
+            if count > 1:
+                self._grants[key] = count - 1
+                return
+            self._grants.pop(key, None)
+            if key not in self._own:
+                # A new list, so a check running in another thread sees the old or the new.
+                self.keys = [k for k in self.keys if k != key]
 
     @staticmethod
     def presented(headers: Any) -> list[str]:
@@ -166,7 +252,8 @@ class TaskAppAuth:
         """None when the request may pass, else (status, error body)."""
         if not self.required:
             return None
-        if not self.keys:
+        keys = self.keys
+        if not keys:
             return 503, error_body(
                 "missing_api_key",
                 "the task app has no API key configured; set ENVIRONMENT_API_KEY or pass "
@@ -180,7 +267,7 @@ class TaskAppAuth:
             )
         accepted = False
         for candidate in presented:
-            accepted |= constant_time_in(candidate, self.keys)
+            accepted |= constant_time_in(candidate, keys)
         if not accepted:
             return 401, error_body("unauthorized", "invalid API key")
         return None
@@ -329,32 +416,50 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
-        dataset = await call_user(config.describe_taskset)
+        dataset = _dump(await call_user(config.describe_taskset))
+        base = _dump(config.base_task_info)
+        base = base if isinstance(base, dict) else {}
+        task = {
+            "id": config.app_id,
+            "name": config.name,
+            "description": config.description,
+            **_mapping(base.get("task")),
+        }
+        if isinstance(dataset, dict):
+            dataset = {**_mapping(base.get("dataset")), **dataset}
+        service: dict[str, Any] = {
+            "app_id": config.app_id,
+            "name": config.name,
+            "description": config.description,
+            "task": task,
+        }
+        if task.get("version") is not None:
+            service["version"] = task["version"]
         return {
-            "service": {
-                "app_id": config.app_id,
-                "name": config.name,
-                "description": config.description,
-            },
+            "service": service,
             "task_info": _dump(config.base_task_info),
-            "dataset": _dump(dataset),
+            "dataset": dataset,
+            "inference": _mapping(base.get("inference")),
+            "limits": _mapping(base.get("limits")),
         }
 
     @app.get("/task_info")
-    async def task_info(seed: list[int] | None = Query(default=None)) -> Any:  # noqa: B008
-        if not seed:
+    async def task_info(
+        seed: list[int] | None = Query(default=None),  # noqa: B008
+        seeds: list[int] | None = Query(default=None),  # noqa: B008
+    ) -> Any:
+        wanted = [*(seed or []), *(seeds or [])]
+        if not wanted:
             return {"taskset": _dump(await call_user(config.describe_taskset))}
-        instances = await call_user(config.provide_task_instances, list(seed))
-        dumped = [_dump(item) for item in instances]
+        instances = await call_user(config.provide_task_instances, wanted)
+        dumped = [normalize_task_info(item, config) for item in instances]
         return dumped[0] if len(dumped) == 1 else dumped
 
     @app.post("/rollout")
     async def rollout(body: RolloutRequest, request: Request) -> Any:
         result = await call_user(config.rollout, body, request)
-        if isinstance(result, RolloutResponse):
-            return result.model_dump(exclude_none=True)
         try:
-            return RolloutResponse.model_validate(result).model_dump(exclude_none=True)
+            return normalize_rollout_response(result, body)
         except ValidationError as exc:
             return invalid_response(exc)
 
@@ -387,6 +492,96 @@ def _dump(value: Any) -> Any:
     if isinstance(value, list):
         return [_dump(item) for item in value]
     return value
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    value = _dump(value)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _score_of(payload: dict[str, Any]) -> Any:
+    """The score as every client reads it (the order of
+    :data:`taskapp.core.client.SCORE_FIELDS`), or None."""
+    from taskapp.core.client import SCORE_FIELDS
+
+    for group, name in SCORE_FIELDS:
+        container = payload.get(group)
+        if isinstance(container, dict) and container.get(name) is not None:
+            return container[name]
+    return None
+
+
+def normalize_rollout_response(
+    result: Any, request: RolloutRequest | None = None
+) -> dict[str, Any]:
+    """The JSON a task app answers ``POST /rollout`` with, whatever ``rollout`` returned.
+
+    ``result`` may be a taskapp :class:`RolloutResponse`, a synth-ai response model
+    (any pydantic model: 0.4+ ``reward_info``, 0.3 ``metrics.mean_return``) or a plain
+    dict of either shape. The answer carries the score in both
+    ``metrics.outcome_score`` and ``reward_info.outcome_reward``, ``run_id`` and
+    ``trace_correlation_id`` (from ``request`` when missing) and ``success_status``
+    (``"success"`` when missing), so taskapp's readers and synth-ai 0.3 - 0.7 clients
+    all validate it. Unknown fields pass through.
+
+    >>> normalize_rollout_response({"run_id": "r", "reward_info": {"outcome_reward": 1}})
+    ... # doctest: +NORMALIZE_WHITESPACE
+    {'run_id': 'r', 'metrics': {'outcome_score': 1.0, 'details': {}},
+     'reward_info': {'outcome_reward': 1.0, 'details': {}}, 'success_status': 'success',
+     'trace_correlation_id': 'r'}
+
+    Raises :class:`pydantic.ValidationError` naming the fields when no score is there.
+    """
+    if isinstance(result, BaseModel):
+        payload = result.model_dump(mode="json", exclude_none=True)
+    elif isinstance(result, dict):
+        payload = dict(result)
+    else:
+        payload = result  # validation below says what is wrong
+    if isinstance(payload, dict):
+        score = _score_of(payload)
+        if score is not None:
+            metrics = _mapping(payload.get("metrics"))
+            if metrics.get("outcome_score") is None:
+                metrics["outcome_score"] = score
+            payload["metrics"] = metrics
+            reward = _mapping(payload.get("reward_info"))
+            if reward.get("outcome_reward") is None:
+                reward["outcome_reward"] = score
+            payload["reward_info"] = reward
+        run_id = payload.get("run_id") or payload.get("trace_correlation_id")
+        if not run_id and request is not None:
+            run_id = request.run_id
+        if run_id:
+            payload["run_id"] = run_id
+        if not payload.get("trace_correlation_id"):
+            correlation = request.trace_correlation_id if request is not None else None
+            payload["trace_correlation_id"] = correlation or run_id
+        if payload.get("success_status") is None:
+            payload["success_status"] = "success"
+    return RolloutResponse.model_validate(payload).model_dump(exclude_none=True)
+
+
+def normalize_task_info(instance: Any, config: TaskAppConfig) -> Any:
+    """One ``/task_info`` entry: the instance over ``base_task_info``'s defaults (one level
+    deep), with ``task``, ``dataset``, ``inference`` and ``limits`` always present, as
+    synth-ai 0.4+'s ``TaskInfo`` requires."""
+    item = _dump(instance)
+    if not isinstance(item, dict):
+        return item
+    base = _mapping(config.base_task_info)
+    merged: dict[str, Any] = dict(base)
+    for key, value in item.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = {**base[key], **value}
+        else:
+            merged[key] = value
+    if not isinstance(merged.get("task"), dict):
+        merged["task"] = {"id": config.app_id, "name": config.name}
+    for key in ("dataset", "inference", "limits"):
+        if not isinstance(merged.get(key), dict):
+            merged[key] = {}
+    return merged
 
 
 def is_task_app(app: Any) -> bool:

@@ -39,6 +39,7 @@ from taskapp.core.backends import (
     TunnelBackend,
     TunnelContext,
 )
+from taskapp.core.blocking import call_blocking
 from taskapp.core.errors import (
     ConfigurationError,
     LifecycleError,
@@ -48,7 +49,7 @@ from taskapp.core.errors import (
 from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.options import parse_options
-from taskapp.core.ports import bind_listener, url_host
+from taskapp.core.ports import bind_listener, listener_closer, url_host
 from taskapp.core.secrets import fingerprint, generate_key, register_secret
 from taskapp.core.supervisor import TunnelSupervisor
 
@@ -206,6 +207,8 @@ class InProcessTaskApp:
             _merge_argument_options(self._tunnel_cls, arguments, tunnel_options),
             owner=f"tunnel {backend_name!r}",
         )
+        # A missing program (cloudflared, ssh) fails here, before any server starts.
+        self._tunnel_cls.prepare(self._tunnel_options)
 
         self._target = target
         self.host = host
@@ -266,11 +269,15 @@ class InProcessTaskApp:
         return self._running
 
     def start(self) -> InProcessTaskApp:
-        """Start everything (what ``with`` does). Prefer the context managers."""
+        """Start everything (what ``with`` does). Prefer the context managers.
+
+        Inside a running event loop (a Jupyter cell) the start runs on a helper thread
+        while this one waits (see :mod:`taskapp.core.blocking`), so it works the same.
+        """
         self._interrupted = None
         signals.activate(self)
         try:
-            self._start()
+            call_blocking(self._start, name="taskapp-start")
         except BaseException:
             signals.deactivate(self)
             raise
@@ -279,19 +286,14 @@ class InProcessTaskApp:
     def stop(self) -> None:
         """Stop everything (what leaving ``with`` does). Idempotent."""
         try:
-            self._stop()
+            call_blocking(self._stop, name="taskapp-stop")
         finally:
             signals.deactivate(self)
 
     def __enter__(self) -> InProcessTaskApp:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return self.start()
-        raise LifecycleError(
-            "InProcessTaskApp: `with` blocks the running event loop; use `async with "
-            "InProcessTaskApp(...)` inside async code"
-        )
+        # Also inside a running event loop (Jupyter): the server runs in its own thread or
+        # process, so waiting here blocks nothing it needs. `async with` does not wait.
+        return self.start()
 
     def __exit__(
         self,
@@ -399,14 +401,19 @@ class InProcessTaskApp:
             raise
 
     def _start_steps(self, deadline: float) -> None:
+        from taskapp.core.loading import release_key
+
         registry = self._registry
         loaded = registry.load_app(self._target)
         self.loaded = loaded
+        # The app object may be served again (same .py path or app=): this instance's key
+        # is refused once it stops.
+        self._push("instance key", lambda: release_key(loaded.app, self.api_key))
         logger.debug("loaded %s with loader %r", self._target.describe(), loaded.loader)
         registry.notify("app_loaded", task_app=self, loaded=loaded)
 
         sock = bind_listener(self.host, self.requested_port, auto_find_port=self.auto_find_port)
-        self._push("socket", sock.close)
+        self._push("socket", listener_closer(sock))
         self.port = sock.getsockname()[1]
         logger.debug("bound %s:%d", self.host, self.port)
 

@@ -1,29 +1,33 @@
 """Shared mechanics of the builtin loaders: importing, executing files, building apps.
 
 The loaders in ``taskapp.plugins.loaders`` decide *which* target they accept; the work of
-turning an object into a servable ASGI app lives here once. Also the entry point used by
-child processes (the subprocess server runner) to rebuild an app from a target string.
+turning an object into a servable ASGI app lives here once. Importing by string or
+path lives in :mod:`taskapp.core.importing`; rebuilding an app from a target string in a
+child process (``load_target_string``) in :mod:`taskapp.core.plugins`, next to the
+registry it goes through.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import hashlib
 import importlib
 import importlib.util
 import inspect
 import os
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from taskapp.core.backends import AppTarget, LoadedApp, TargetKind
 from taskapp.core.config import TaskAppConfig
 from taskapp.core.errors import AppLoadError, ConfigurationError
+from taskapp.core.importing import (
+    exec_path,
+    import_from_string,
+    import_string_for,
+    looks_like_import_string,
+)
 
 __all__ = [
     "APP_ATTRIBUTES",
@@ -34,7 +38,6 @@ __all__ = [
     "import_from_string",
     "import_string_for",
     "is_asgi_app",
-    "load_target_string",
     "looks_like_import_string",
     "materialize",
     "target_kwargs",
@@ -78,8 +81,8 @@ def materialize(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
     """Turn a TaskAppConfig or an ASGI app into (ASGI app, config or None).
 
     A config becomes an app accepting ``api_key`` (plus any ``ENVIRONMENT_API_KEY_ALIASES``,
-    as the contract says); an app built by ``create_task_app`` is given ``api_key`` too
-    (through ``app.state.taskapp_auth``, never ``os.environ``).
+    as the contract says); an app built by ``create_task_app`` is granted ``api_key`` too
+    (through ``app.state.taskapp_auth``, never ``os.environ``) until :func:`release_key`.
     """
     if isinstance(obj, TaskAppConfig):
         from taskapp.core.contract import alias_keys_from_env, create_task_app
@@ -87,7 +90,9 @@ def materialize(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
         return create_task_app(obj, api_keys=[api_key, *alias_keys_from_env()]), obj
     if is_asgi_app(obj):
         auth = getattr(getattr(obj, "state", None), "taskapp_auth", None)
-        if auth is not None and hasattr(auth, "add_key"):
+        if auth is not None and hasattr(auth, "grant"):
+            auth.grant(api_key)
+        elif auth is not None and hasattr(auth, "add_key"):
             auth.add_key(api_key)
         config = getattr(getattr(obj, "state", None), "taskapp_config", None)
         return obj, config if isinstance(config, TaskAppConfig) else None
@@ -95,6 +100,17 @@ def materialize(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
         f"{origin} gave {type(obj).__name__}, which is neither an ASGI app (e.g. FastAPI) nor "
         "a taskapp.TaskAppConfig"
     )
+
+
+def release_key(app: Any, api_key: str) -> None:
+    """Undo what :func:`materialize` granted: ``app`` refuses ``api_key`` from now on.
+
+    The host calls it when its instance stops, so serving the same app object (a ``.py``
+    path or ``app=``) again never accepts a stopped instance's key.
+    """
+    auth = getattr(getattr(app, "state", None), "taskapp_auth", None)
+    if auth is not None and hasattr(auth, "revoke"):
+        auth.revoke(api_key)
 
 
 def call_factory(factory: Any, origin: str) -> Any:
@@ -105,109 +121,6 @@ def call_factory(factory: Any, origin: str) -> Any:
     if inspect.isawaitable(result):
         raise AppLoadError(f"{origin} is async; app factories must be plain functions")
     return result
-
-
-def import_string_for(obj: Any) -> str | None:
-    """``"module:attr"`` that imports ``obj`` again in a fresh interpreter, if there is one.
-
-    Functions and classes name their module; instances (a FastAPI app, a TaskAppConfig)
-    do not, so every imported module's namespace is searched for the very object.
-    """
-    own_module = getattr(obj, "__module__", None)
-    candidates: list[str] = []
-    if isinstance(own_module, str) and (inspect.isfunction(obj) or isinstance(obj, type)):
-        candidates.append(own_module)
-    else:
-        for name, module in list(sys.modules.items()):
-            namespace = getattr(module, "__dict__", None)
-            if not isinstance(namespace, dict):
-                continue
-            if any(value is obj for value in list(namespace.values())):
-                candidates.append(name)
-    for name in candidates:
-        if name == "__main__" or name.startswith("taskapp_path_"):
-            continue  # not importable under that name by another interpreter
-        found = sys.modules.get(name)
-        if found is None or getattr(found, "__spec__", None) is None:
-            continue
-        for attr, value in list(vars(found).items()):
-            if value is obj and not attr.startswith("_"):
-                return f"{name}:{attr}"
-    return None
-
-
-def import_from_string(spec: str) -> Any:
-    """Import ``"package.module:attr.sub"``; tell a missing module from a broken one."""
-    module_name, sep, attr_path = spec.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise ConfigurationError(
-            f"import string {spec!r} must look like 'package.module:attribute'"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (
-            module_name == exc.name or module_name.startswith(exc.name + ".")
-        ):
-            raise AppLoadError(
-                f"could not import module {module_name!r} from import string {spec!r}: no such "
-                "module on sys.path. Check the spelling, install the package, or pass a .py "
-                "path instead"
-            ) from exc
-        raise AppLoadError(
-            f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    except Exception as exc:
-        raise AppLoadError(
-            f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    obj: Any = module
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise AppLoadError(
-                f"module {module_name!r} has no attribute {attr_path!r} (import string {spec!r})"
-            ) from None
-    return obj
-
-
-def exec_path(path: Path) -> ModuleType:
-    """Execute a ``.py`` file as a module with a unique name.
-
-    The file's folder is on ``sys.path`` only while the file runs (so it can import its
-    siblings), then removed. The module stays in ``sys.modules`` under its unique name, so
-    dataclasses and pickling inside it work.
-    """
-    path = path.resolve()
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    module_name = f"taskapp_path_{path.stem}_{digest}"
-    existing = sys.modules.get(module_name)
-    if existing is not None:
-        return existing
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise AppLoadError(f"cannot load {path} as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    folder = str(path.parent)
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException as exc:
-        sys.modules.pop(module_name, None)
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise
-        raise AppLoadError(
-            f"executing {path} failed: {type(exc).__name__}: {exc} (traceback above)"
-        ) from exc
-    finally:
-        if added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(folder)
-    return module
 
 
 def app_from_module(
@@ -247,29 +160,6 @@ def load_object(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
         f"{origin} is a {type(obj).__name__}: expected an ASGI app, a TaskAppConfig, or a "
         "zero-argument function returning one"
     )
-
-
-def load_target_string(target: str, *, api_key: str) -> LoadedApp:
-    """Load a target string (a file path or ``module:attr``) through the plugin registry.
-
-    This is what a child process calls to rebuild the app the parent loaded. A path may be
-    any file a loader claims (``.py`` for the builtin one, ``*.qa.json`` for a plugin's).
-    """
-    from taskapp.core.plugins import get_registry
-
-    kind: TargetKind = (
-        "import_string" if _IMPORT_STRING.match(target) and not Path(target).exists() else "path"
-    )
-    value: Any = Path(target) if kind == "path" else target
-    return get_registry().load_app(AppTarget(kind=kind, value=value, api_key=api_key))
-
-
-_IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-
-
-def looks_like_import_string(text: str) -> bool:
-    """``"package.module:attr"`` (not a path that happens to contain a colon)."""
-    return bool(_IMPORT_STRING.match(text))
 
 
 def did_you_mean_file(spec: str) -> str:
@@ -331,7 +221,7 @@ def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dic
         if not path.is_file():
             raise TaskAppFileNotFoundError(f"no such file: {spec}.{did_you_mean_file(spec)}")
         return {"task_app_path": str(path)}
-    if _IMPORT_STRING.match(spec):
+    if looks_like_import_string(spec):
         module = spec.partition(":")[0]
         # Like uvicorn: modules in the current directory are importable by name.
         cwd = os.getcwd()

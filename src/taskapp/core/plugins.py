@@ -28,10 +28,12 @@ plugins stays fast.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import importlib.metadata
 import inspect
 import os
+import re
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -40,8 +42,9 @@ from typing import Any
 
 import pluggy
 
+from taskapp._version import __version__
 from taskapp.core import hookspecs
-from taskapp.core.backends import AppTarget, LoadedApp, ServerRunner, TunnelBackend
+from taskapp.core.backends import AppTarget, LoadedApp, ServerRunner, TargetKind, TunnelBackend
 from taskapp.core.errors import (
     AppLoadError,
     PluginConflictError,
@@ -50,6 +53,7 @@ from taskapp.core.errors import (
     TaskAppError,
     UnknownBackendError,
 )
+from taskapp.core.importing import looks_like_import_string
 from taskapp.core.logs import get_logger
 
 __all__ = [
@@ -58,6 +62,7 @@ __all__ = [
     "PluginFailure",
     "PluginRegistry",
     "get_registry",
+    "load_target_string",
     "reset_registry",
 ]
 
@@ -182,18 +187,33 @@ class PluginRegistry:
             if self._is_blocked(ep.name, dist_name):
                 self.pm.set_blocked(ep.name)
                 continue
-            if self.pm.has_plugin(ep.name) or self.pm.is_blocked(ep.name):
+            if self.pm.is_blocked(ep.name):
+                continue
+            if self.pm.has_plugin(ep.name):
+                owner = self.distributions.get(ep.name)
+                if owner is None or owner[0] != dist_name:
+                    # Two distributions use one entry-point name (the same distribution
+                    # seen twice on sys.path is not a conflict): the first one wins.
+                    first = f"{owner[0]} {owner[1]}" if owner else "a builtin plugin"
+                    self._fail(
+                        ep.name,
+                        dist_name,
+                        version,
+                        PluginConflictError(
+                            f"the plugin name {ep.name!r} is already taken by {first}; this "
+                            "one is skipped. Uninstall one of them, or block one with "
+                            "TASKAPP_DISABLE_PLUGINS=<distribution>"
+                        ),
+                    )
                 continue
             try:
                 plugin = ep.load()
-                self.pm.register(plugin, name=ep.name)
             except Exception as exc:
                 self._fail(ep.name, dist_name, version, exc)
                 continue
             try:
-                self.pm.check_pending()
+                self._register_checked(plugin, ep.name)
             except Exception as exc:
-                self.pm.unregister(name=ep.name)
                 self._fail(ep.name, dist_name, version, exc)
                 continue
             if dist_name is not None and version is not None:
@@ -206,13 +226,59 @@ class PluginRegistry:
         Its hooks are validated at once (``check_pending``) and the servers and tunnels it
         registers become available immediately.
         """
-        self.pm.register(plugin, name=name)
+        self._register_checked(plugin, name)
+        self._recollect()
+
+    def _register_checked(self, plugin: object, name: str) -> None:
+        """Register and validate ``plugin``; short, typed errors instead of pluggy's.
+
+        A name already taken is a :class:`PluginConflictError` naming both plugins (not
+        pluggy's dump of every registered plugin); an unknown hook name is a
+        :class:`PluginError` with the closest hook name.
+        """
+        existing = self.pm.get_plugin(name)
+        if existing is not None or self.pm.has_plugin(name):
+            raise PluginConflictError(
+                f"cannot register {_describe_plugin(plugin)} as plugin {name!r}: that name is "
+                f"already taken by {_describe_plugin(existing)}. Unregister the first one "
+                f"(registry.unregister({name!r})) or choose another name"
+            )
+        other_name = self.pm.get_name(plugin)
+        if other_name is not None:
+            raise PluginConflictError(
+                f"{_describe_plugin(plugin)} is already registered as plugin {other_name!r}; "
+                f"register it once (or unregister {other_name!r} first)"
+            )
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(self._validation_message(exc, name)) from None
         try:
             self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            raise PluginError(self._validation_message(exc, name)) from None
         except Exception:
             self.pm.unregister(name=name)
             raise
-        self._recollect()
+
+    def _validation_message(self, exc: pluggy.PluginValidationError, name: str) -> str:
+        text = str(exc.args[0]) if exc.args else str(exc)
+        match = re.search(r"unknown hook '([^']+)'", text)
+        if match is None:
+            return f"plugin {name!r} is invalid: {text}"
+        hook = match.group(1)
+        known = sorted(
+            n
+            for n in dir(self.pm.hook)
+            if not n.startswith("_") and getattr(self.pm.hook, n).spec is not None
+        )
+        close = difflib.get_close_matches(hook, known, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        return (
+            f"plugin {name!r} implements unknown hook {hook!r}.{hint} The hooks are: "
+            f"{', '.join(known)} (docs/plugin_hooks.md)"
+        )
 
     def unregister(self, name: str) -> None:
         """Remove a plugin registered with :meth:`register` (no-op when unknown)."""
@@ -445,15 +511,23 @@ class PluginRegistry:
         return rows
 
 
+def _describe_plugin(plugin: object) -> str:
+    """A short name for a plugin object: its module (and file) or its class."""
+    if plugin is None:
+        return "a blocked plugin"
+    if inspect.ismodule(plugin):
+        origin = getattr(plugin, "__file__", None)
+        return f"module {plugin.__name__!r}" + (f" ({origin})" if origin else "")
+    cls = type(plugin)
+    return f"a {cls.__module__}.{cls.__qualname__} object"
+
+
 def _kwargs(argnames: Iterable[str], available: Mapping[str, Any]) -> dict[str, Any]:
     return {name: available[name] for name in argnames if name in available}
 
 
 def _own_version() -> str:
-    try:
-        return importlib.metadata.version("taskapp")
-    except importlib.metadata.PackageNotFoundError:
-        return "source"
+    return __version__
 
 
 _lock = threading.Lock()
@@ -474,3 +548,19 @@ def reset_registry() -> None:
     global _registry
     with _lock:
         _registry = None
+
+
+def load_target_string(target: str, *, api_key: str) -> LoadedApp:
+    """Load a target string (a file path or ``module:attr``) through the plugin registry.
+
+    This is what a child process (the subprocess and Ray runners) calls to rebuild the app
+    the parent loaded. A path may be any file a loader claims (``.py`` for the builtin one,
+    ``*.qa.json`` for a plugin's).
+    """
+    kind: TargetKind = (
+        "import_string"
+        if looks_like_import_string(target) and not Path(target).exists()
+        else "path"
+    )
+    value: Any = Path(target) if kind == "path" else target
+    return get_registry().load_app(AppTarget(kind=kind, value=value, api_key=api_key))

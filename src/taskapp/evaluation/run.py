@@ -12,7 +12,6 @@ import asyncio
 import math
 import os
 import re
-import threading
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -208,25 +207,12 @@ def evaluate(
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(coroutine)``, on a helper thread when this thread runs a loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    from taskapp.core.blocking import call_blocking
+
+    def run() -> T:
         return asyncio.run(coroutine)
-    box: dict[str, Any] = {}
 
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coroutine)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="taskapp-evaluate", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    value: T = box["value"]
-    return value
+    return call_blocking(run, name="taskapp-evaluate")
 
 
 def _free_port() -> int:

@@ -910,7 +910,7 @@ class RelayAgent:
 
 def _version() -> str:
     try:
-        from taskapp import __version__
+        from taskapp._version import __version__
 
         return str(__version__)
     except Exception:  # pragma: no cover

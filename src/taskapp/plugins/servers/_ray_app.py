@@ -44,7 +44,7 @@ def build_task_app(target: str, api_key: str, sys_path: Sequence[str] = ()) -> A
     missing = [entry for entry in sys_path if entry not in sys.path]
     if missing:
         sys.path[:0] = missing
-    from taskapp.core.loading import load_target_string
+    from taskapp.core.plugins import load_target_string
     from taskapp.core.secrets import register_secret
 
     register_secret(api_key)

@@ -64,7 +64,7 @@ def _load_app(target: str) -> Any:
     if not api_key:
         _fail(f"{ENV_API_KEY} is not set in the environment")
     try:
-        from taskapp.core.loading import load_target_string
+        from taskapp.core.plugins import load_target_string
 
         assert api_key is not None
         return load_target_string(target, api_key=api_key).app
@@ -117,9 +117,9 @@ def _ready(workers: int, pids: list[int]) -> None:
 
 @functools.cache
 def _child_server_class() -> type[Any]:
-    from taskapp.plugins.servers.thread import _server_class
+    from taskapp.core.serving import fast_exit_server_class
 
-    class ChildServer(_server_class()):  # type: ignore[misc]
+    class ChildServer(fast_exit_server_class()):  # type: ignore[misc]
         """The thread runner's fast-exit uvicorn server, woken at once by SIGTERM/SIGINT."""
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -876,9 +876,9 @@ def _start_session(opts: RayOptions, deadline: float, ctx: ServerContext) -> _Se
     runtime_env = dict(opts.runtime_env or {})
     ship = opts.ship_taskapp if opts.ship_taskapp is not None else not owned
     if ship:
-        import taskapp
+        from taskapp import _version
 
-        package = os.path.dirname(os.path.abspath(taskapp.__file__))
+        package = os.path.dirname(os.path.abspath(_version.__file__))
         modules = list(runtime_env.get("py_modules") or [])
         if package not in modules:
             runtime_env["py_modules"] = [*modules, package]

@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import functools
 import socket
 import threading
 from typing import Any
@@ -24,8 +22,12 @@ from taskapp.core.backends import ServerContext, ServerRunner
 from taskapp.core.errors import ServerStartError
 from taskapp.core.hookspecs import RegisterServer, hookimpl
 from taskapp.core.logs import get_logger
+from taskapp.core.serving import fast_exit_server_class, without_access_log
 
-__all__ = ["ThreadServer"]
+__all__ = ["ThreadServer", "without_access_log"]
+
+# The old private name (the subprocess child used it); the class lives in core/serving.py.
+_server_class = fast_exit_server_class
 
 logger = get_logger("taskapp.server.thread")
 
@@ -60,100 +62,6 @@ class _LifespanProbe:
         except BaseException as exc:
             self.error = exc
             raise
-
-
-@functools.cache
-def _server_class() -> type[Any]:
-    import uvicorn
-
-    class FastExitServer(uvicorn.Server):
-        """uvicorn.Server whose exit request wakes the main loop at once."""
-
-        _wake: asyncio.Event | None = None
-        _loop: asyncio.AbstractEventLoop | None = None
-        on_started: Any = None
-
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            self._loop = asyncio.get_running_loop()
-            self._wake = asyncio.Event()
-            await super().startup(sockets=sockets)
-            if self.on_started is not None:
-                self.on_started()
-
-        async def main_loop(self) -> None:
-            counter = 0
-            should_exit = await self.on_tick(counter)
-            while not should_exit:
-                counter = (counter + 1) % 864000
-                assert self._wake is not None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=0.1)
-                should_exit = await self.on_tick(counter)
-
-        def request_exit(self) -> None:
-            self.should_exit = True
-            loop, wake = self._loop, self._wake
-            if loop is not None and wake is not None and not loop.is_closed():
-                # RuntimeError: the loop closed between the check and the call.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(wake.set)
-
-        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            # uvicorn's own shutdown sleeps a fixed 0.1 s and polls every 0.1 s; this one
-            # polls every few milliseconds and cancels what outlives the grace period.
-            for server in self.servers:
-                server.close()
-            for sock in sockets or []:
-                sock.close()
-            for connection in list(self.server_state.connections):
-                connection.shutdown()
-            loop = asyncio.get_running_loop()
-            grace = self.config.timeout_graceful_shutdown
-            deadline = loop.time() + (grace if grace is not None else 5.0)
-            delay = 0.001
-            while (
-                self.server_state.connections or self.server_state.tasks
-            ) and not self.force_exit:
-                if loop.time() >= deadline:
-                    logger.warning(
-                        "cancelling %d request(s) still running after the %.1fs grace period",
-                        len(self.server_state.tasks),
-                        grace,
-                    )
-                    for task in list(self.server_state.tasks):
-                        task.cancel(msg="taskapp: graceful shutdown timeout exceeded")
-                    for connection in list(self.server_state.connections):
-                        transport = getattr(connection, "transport", None)
-                        if transport is not None:
-                            transport.abort()
-                    await asyncio.sleep(0)
-                    break
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.02)
-            for server in self.servers:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(server.wait_closed(), timeout=1.0)
-            if not self.force_exit:
-                await self.lifespan.shutdown()
-
-    return FastExitServer
-
-
-@functools.cache
-def without_access_log(protocol: type[Any]) -> type[Any]:
-    """``protocol`` (uvicorn's h11 or httptools class) with its access log off.
-
-    Use it instead of ``uvicorn.Config(access_log=False)``, which empties the process-wide
-    ``uvicorn.access`` logger and so silences every other uvicorn server in the process.
-    """
-
-    class QuietProtocol(protocol):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.access_log = False
-
-    QuietProtocol.__name__ = QuietProtocol.__qualname__ = f"Quiet{protocol.__name__}"
-    return QuietProtocol
 
 
 async def _idle_app(scope: Any, receive: Any, send: Any) -> None:
@@ -206,7 +114,7 @@ class ThreadServer(ServerRunner):
         config = _uvicorn_config(_idle_app, options)
         config.load()
         config.get_loop_factory()
-        _server_class()
+        fast_exit_server_class()
 
     def start(self, ctx: ServerContext) -> None:
         self._probe = _LifespanProbe(ctx.loaded.app)
@@ -214,7 +122,7 @@ class ThreadServer(ServerRunner):
         config.load()
         if not self.options.access_log:
             config.http_protocol_class = without_access_log(config.http_protocol_class)
-        server = _server_class()(config)
+        server = fast_exit_server_class()(config)
         server.on_started = self._mark_started
         self._server = server
         # A local reference: a signal handler may call stop() (which forgets the thread)

@@ -22,6 +22,8 @@ def add_parser(subparsers: Any) -> None:
         "backend",
         help="run the prompt-learning job backend (PromptLearningJob, taskapp jobs)",
         description="The self-hosted job backend for [prompt_learning] jobs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="backend_command", metavar="SUBCOMMAND")
     serve = commands.add_parser(

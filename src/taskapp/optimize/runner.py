@@ -579,17 +579,42 @@ def run_config(
     stop_event: threading.Event | None = None,
 ) -> OptimizeResult:
     """:func:`run` with the run described by one :class:`OptimizeConfig`."""
+    from taskapp.core.blocking import call_blocking, in_running_loop
+
     settings = _settings(config)
     gepa = import_gepa()
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if loop is not None:
-        logger.warning(
-            "taskapp.optimize.run() blocks this thread's running event loop; a task app "
-            "served on that loop cannot answer. Use `await run_async(...)` in async code"
+    if in_running_loop():
+        # A Jupyter cell: run on a helper thread (as `with InProcessTaskApp` and
+        # taskapp.evaluate do). Safe for a task app taskapp starts (it has its own loop);
+        # a task app at a URL might be served on this very loop, which then cannot answer.
+        if isinstance(target, str) and target.startswith(("http://", "https://")):
+            logger.warning(
+                "taskapp.optimize.run() blocks this thread's running event loop while it "
+                "runs; if the task app at %s is served on that loop it cannot answer. Use "
+                "`await taskapp.optimize.run_async(...)` there",
+                target,
+            )
+        return call_blocking(
+            _run_config,
+            target,
+            settings,
+            gepa,
+            api_key,
+            on_progress,
+            stop_event,
+            name="taskapp-optimize",
         )
+    return _run_config(target, settings, gepa, api_key, on_progress, stop_event)
+
+
+def _run_config(
+    target: Any,
+    settings: _Settings,
+    gepa: Any,
+    api_key: str | None,
+    on_progress: Callable[[dict[str, Any]], None] | None,
+    stop_event: threading.Event | None,
+) -> OptimizeResult:
     event = stop_event if stop_event is not None else threading.Event()
     with open_target(target, api_key=api_key) as endpoint:
         info = _check_health(endpoint, settings.health_timeout)

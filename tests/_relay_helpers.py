@@ -479,3 +479,14 @@ def token_file(tmp_path: Any, mode: int = 0o600) -> Any:
     path.write_text(f"tests:{ADMIN}\n")
     path.chmod(mode)
     return path
+
+
+def relay_error(answer: Any) -> str:
+    """The code of a relay error answer, after checking it is the task app's envelope
+    ``{"detail": {"error": {"code": ..., "message": ...}}}`` with a non-empty message."""
+    body = answer.json()
+    assert set(body) == {"detail"}, body
+    error = body["detail"]["error"]
+    assert isinstance(error["message"], str) and error["message"], body
+    code: str = error["code"]
+    return code

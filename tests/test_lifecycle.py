@@ -481,11 +481,12 @@ def test_async_context_and_async_callbacks(port: int) -> None:
     assert_released(port)
 
 
-def test_sync_with_inside_event_loop_points_to_async_with(port: int) -> None:
+def test_sync_with_inside_event_loop_works_like_outside(port: int) -> None:
+    # A Jupyter cell runs in the kernel's loop: the start runs on a helper thread.
     async def main() -> None:
-        with pytest.raises(RuntimeError, match="use `async with"):
-            with InProcessTaskApp(app=minimal_app(), port=port):
-                pass
+        with InProcessTaskApp(app=minimal_app(), port=port) as task_app:
+            assert task_app.running
+            assert httpx.get(f"{task_app.url}/health").status_code == 200
 
     asyncio.run(main())
     assert port_is_free(port)

@@ -41,6 +41,14 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("plugin-venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root)], check=True)
     python = root / "bin" / "python"
+    # The taskapp under test (an editable install in a venv is not a system site package).
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(site, "taskapp_under_test.pth").write_text(str(Path(taskapp.__file__).parent.parent))
     subprocess.run(
         [
             str(python),
@@ -83,6 +91,8 @@ def test_plugins_listing_shows_installed_and_failed(venv: Path) -> None:
     assert broken["version"] == "0.0.1"
     assert "ModuleNotFoundError" in broken["error"]
     assert "register_tunnel" in rows["misspelled"]["error"]
+    assert "Did you mean 'register_tunnels'?" in rows["misspelled"]["error"]
+    assert len(result.stdout) < 4000, "no dump of every registered plugin"
     assert result.returncode == 1, "a listing with failed plugins exits 1"
     assert not any(row["builtin"] for row in rows.values())
 
@@ -304,9 +314,34 @@ def test_registry_rejects_misspelled_hook_at_register_time() -> None:
         def tunnel_opend(self) -> None: ...
 
     registry = PluginRegistry(load_entry_points=False)
-    with pytest.raises(Exception, match="unknown hook 'tunnel_opend'"):
+    with pytest.raises(
+        taskapp.PluginError, match="unknown hook 'tunnel_opend'. Did you mean 'tunnel_opened'?"
+    ) as caught:
         registry.register(Misspelled(), name="misspelled")
     assert not registry.pm.has_plugin("misspelled")
+    assert "before_shutdown" in str(caught.value)  # the hooks that exist are listed
+
+
+def test_registering_a_plugin_name_twice_names_both_plugins() -> None:
+    class First:
+        pass
+
+    class Second:
+        pass
+
+    registry = PluginRegistry(load_entry_points=False)
+    registry.register(First(), name="mine")
+    with pytest.raises(PluginConflictError) as caught:
+        registry.register(Second(), name="mine")
+    message = str(caught.value)
+    assert "Second object as plugin 'mine'" in message
+    assert "already taken by a tests.test_plugins" in message and "First object" in message
+    assert len(message) < 400, "no dump of every registered plugin"
+    assert "taskapp.plugins.loaders" not in message
+    same = First()
+    registry.register(same, name="once")
+    with pytest.raises(PluginConflictError, match="already registered as plugin 'once'"):
+        registry.register(same, name="twice")
 
 
 def test_registry_rejects_non_backend_classes() -> None:

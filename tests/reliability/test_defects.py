@@ -7,19 +7,27 @@ can run here).
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+import taskapp
 from taskapp import InProcessTaskApp
+from taskapp.core.backends import Tunnel, TunnelBackend, TunnelContext
+from taskapp.core.errors import HealthCheckError, ServerStartError
+from taskapp.core.plugins import get_registry
 from taskapp.examples.support_intents import build_config
 from taskapp.examples.support_intents import policy as policy_module
 
 from .._cli_helpers import EXAMPLES_DIR, ChatStandIn
+from ..conftest import minimal_app
+from ._leaks import assert_no_leaks, snapshot
 
 # -- 17.1: a request never chooses which environment variable leaves the machine ---------
 
@@ -202,3 +210,219 @@ def test_17_5_config_errors_answer_fast_and_never_reach_the_model(
     assert response.status_code == 422
     assert model.requests == []
     assert json.loads(response.text)["detail"]["error"]["field"] == "policy.config.timeout"
+
+
+# -- 17.2: a stopped instance's key is refused -------------------------------------------
+
+APP_FILE = """
+from taskapp import TaskAppConfig, create_task_app
+
+config = TaskAppConfig(
+    app_id="keys", name="keys", description="keys",
+    describe_taskset=lambda: {}, provide_task_instances=lambda seeds: [],
+    rollout=lambda request, http_request: {"run_id": request.run_id},
+)
+app = create_task_app(config, api_keys=["owner-configured-key-000"])
+"""
+
+
+def _status(url: str, key: str) -> int:
+    return httpx.get(url + "/info", headers={"X-API-Key": key}, trust_env=False).status_code
+
+
+@pytest.mark.parametrize("how", ["task_app_path", "app"])
+def test_17_2_serving_the_same_app_again_refuses_earlier_keys(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "keys_app.py"
+    path.write_text(APP_FILE)
+    namespace: dict[str, Any] = {}
+    exec(compile(APP_FILE, str(path), "exec"), namespace)
+    target: dict[str, Any] = (
+        {"task_app_path": path} if how == "task_app_path" else {"app": namespace["app"]}
+    )
+    keys: list[str] = []
+    for _ in range(3):
+        with InProcessTaskApp(**target) as app:
+            assert app.url is not None
+            keys.append(app.api_key)
+            statuses = [_status(app.url, key) for key in keys]
+            assert statuses == [401] * (len(keys) - 1) + [200], statuses
+            assert _status(app.url, "owner-configured-key-000") == 200
+
+
+def test_17_2_an_instance_key_equal_to_the_apps_own_key_survives_stop() -> None:
+    from taskapp.core.contract import TaskAppAuth
+
+    auth = TaskAppAuth(["own-key-123456"], required=True)
+    auth.grant("own-key-123456")
+    auth.grant("instance-key-1234")
+    auth.grant("instance-key-1234")  # two instances serving one app object
+    auth.revoke("own-key-123456")
+    auth.revoke("instance-key-1234")
+    assert auth.check({"x-api-key": "own-key-123456"}) is None
+    assert auth.check({"x-api-key": "instance-key-1234"}) is None  # one grant left
+    auth.revoke("instance-key-1234")
+    assert auth.check({"x-api-key": "instance-key-1234"}) == (
+        401,
+        {"detail": {"error": {"code": "unauthorized", "message": "invalid API key"}}},
+    )
+
+
+# -- 17.4: short keys do not stop the subprocess runner; real keys never go in argv -------
+
+
+def test_17_4_a_one_letter_key_serves_with_the_subprocess_runner(tmp_path: Path) -> None:
+    path = tmp_path / "keys_app.py"
+    path.write_text(APP_FILE)
+    # "k" occurs in the child's module path (taskapp.plugins...), and "keys" in the app path.
+    for key in ("k", "keys"):
+        with InProcessTaskApp(task_app_path=path, server="subprocess", api_key=key) as app:
+            assert app.url is not None
+            assert _status(app.url, key) == 200
+            assert _status(app.url, "wrong") == 401
+
+
+def test_17_4_the_argv_guard_still_catches_real_keys() -> None:
+    from taskapp.core.processes import ProcessError, spawn
+    from taskapp.core.secrets import contains_secret
+
+    long_key = "ta_" + "x1y2z3" * 5
+    for argv, key in [
+        ([sys.executable, "-c", "pass", f"--token={long_key}"], long_key),
+        ([sys.executable, "-c", "pass", f"prefix{long_key}suffix"], long_key),
+        ([sys.executable, "-c", "pass", "hunter22"], "hunter22"),
+        ([sys.executable, "-c", "pass", "--password=hunter22"], "hunter22"),
+    ]:
+        with pytest.raises(ProcessError, match="contains a secret") as caught:
+            spawn(argv, secrets=[key])
+        assert key not in str(caught.value)
+    # Medium keys inside a longer word and short keys are not matches (no false positives).
+    assert not contains_secret("/opt/hunter22x/app.py", ["hunter22"])
+    assert not contains_secret("taskapp.plugins.servers._subprocess_child", ["k"])
+    with spawn([sys.executable, "-c", "pass", "/opt/hunter22x/app.py"], secrets=["hunter22"]) as p:
+        assert p.wait(timeout=10) == 0
+
+
+# -- 17.3: stopping ends a startup in progress, on time, leaving nothing ------------------
+
+SLOW_LIFESPAN_APP = """
+import asyncio
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+
+@asynccontextmanager
+async def lifespan(app):
+    await asyncio.sleep(60)
+    yield
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.get("/health")
+def health():
+    return {"healthy": True}
+"""
+
+
+def test_17_3_a_slow_lifespan_fails_on_time_and_leaks_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "slow_lifespan.py"
+    path.write_text(SLOW_LIFESPAN_APP)
+
+    def attempt() -> tuple[float, str]:
+        started = time.monotonic()
+        with pytest.raises(ServerStartError) as caught:
+            with InProcessTaskApp(task_app_path=path, health_check_timeout=1.0):
+                pass
+        return time.monotonic() - started, str(caught.value)
+
+    attempt()  # warm-up: first-use imports and lazily created process-wide objects
+    before = snapshot()
+    for _ in range(3):
+        elapsed, message = attempt()
+        assert elapsed < 2.0, f"took {elapsed:.1f}s for a 1 s health_check_timeout"
+        assert "the 1 s health check timeout" in message  # 17.8: the timeout the user set
+    assert_no_leaks(before)
+
+
+# -- 17.8: messages say what happened --------------------------------------------------
+
+
+def test_17_8_a_server_crash_after_startup_is_not_called_a_lifespan_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from taskapp.core.serving import fast_exit_server_class
+
+    async def exploding_main_loop(self: Any) -> None:
+        raise RuntimeError("main loop exploded")
+
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> JSONResponse:  # never healthy: only the crash can end the start early
+        return JSONResponse({"healthy": False}, status_code=503)
+
+    monkeypatch.setattr(fast_exit_server_class(), "main_loop", exploding_main_loop)
+    before = snapshot()
+    started = time.monotonic()
+    with pytest.raises(ServerStartError) as caught:
+        InProcessTaskApp(app=app, health_check_timeout=10.0).start()
+    assert time.monotonic() - started < 5.0, "a dead server must not wait out the timeout"
+    message = str(caught.value)
+    assert "ended after the server had started" in message
+    assert "RuntimeError: main loop exploded" in message
+    assert "CancelledError" not in message and "lifespan" not in message
+    monkeypatch.undo()
+    assert_no_leaks(before)
+
+
+def test_17_8_the_health_timeout_message_names_the_timeout_set() -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        return JSONResponse({"healthy": False}, status_code=503)
+
+    with pytest.raises(HealthCheckError) as caught:
+        with InProcessTaskApp(app=app, health_check_timeout=1.5):
+            pass
+    assert "within the 1.5 s health check timeout" in str(caught.value)
+    assert "HTTP 503" in str(caught.value)
+
+
+class ExplodingTunnel(TunnelBackend):
+    """A tunnel plugin whose open() fails with its own (non-taskapp) error."""
+
+    name = "exploding-test-tunnel"
+
+    def open(self, ctx: TunnelContext) -> Tunnel:
+        raise ConnectionError("the tunnel service hung up")
+
+
+@taskapp.hookimpl
+def register_tunnels(register: Any) -> None:
+    register(ExplodingTunnel)
+
+
+def test_17_8_a_tunnel_plugins_error_names_the_backend() -> None:
+    registry = get_registry()
+    registry.register(sys.modules[__name__], name="test-exploding-tunnel")
+    try:
+        before = snapshot()
+        with pytest.raises(taskapp.TunnelError) as caught:
+            with InProcessTaskApp(app=minimal_app(), tunnel_backend="exploding-test-tunnel"):
+                pass
+    finally:
+        registry.unregister("test-exploding-tunnel")
+    assert caught.value.backend == "exploding-test-tunnel"
+    assert "tunnel 'exploding-test-tunnel' failed to open" in str(caught.value)
+    assert "ConnectionError: the tunnel service hung up" in str(caught.value)
+    assert isinstance(caught.value.__cause__, ConnectionError)
+    assert_no_leaks(before)

@@ -222,14 +222,30 @@ def started_with_options(args: Any, *, allowed: Sequence[str] = ()) -> list[str]
     return [flag for flag in given if flag not in allowed]
 
 
+def _option_flags(match: re.Match[str]) -> str:
+    """``tunnel_options={'a': 'x', 'b': ...}`` -> ``--tunnel-option a=x --tunnel-option b=...``."""
+    flag = "--tunnel-option" if match.group(1) == "tunnel" else "--server-option"
+    entries = _DICT_ENTRY.findall(match.group(2))
+    if not entries:
+        return flag
+    parts = []
+    for key, quoted, bare in entries:
+        value = quoted if quoted or not bare else bare
+        parts.append(f"{flag} {key}={value}")
+    return " ".join(parts)
+
+
+_DICT_ENTRY = re.compile(r"'(\w+)':\s*(?:'([^']*)'|(\.\.\.|[\w.+-]+))")
+
 #: Python spellings in library errors -> the command-line options that set the same thing.
 _CLI_WORDS = (
     (re.compile(r"\bhealth_check_timeout=?(?:\.\.\.)?"), "--health-timeout"),
-    (re.compile(r"tunnel_options=\{'(\w+)': \.\.\.\}"), r"--tunnel-option \1=..."),
+    (re.compile(r"\b(tunnel|server)_options=\{([^{}]*)\}"), _option_flags),
     (re.compile(r"\btunnel_options=?"), "--tunnel-option"),
     (re.compile(r"\bserver_options=?"), "--server-option"),
     (re.compile(r"\bapi_key=\.\.\."), "--api-key-env NAME"),
-    (re.compile(r"\btunnel_mode=?"), "--tunnel"),
+    (re.compile(r"\btunnel_(?:mode|backend)='([\w-]+)'"), r"--tunnel \1"),
+    (re.compile(r"\btunnel_(?:mode|backend)=?"), "--tunnel"),
 )
 _DURATION = re.compile(r"\b(\d+(?:\.\d+)?) ?s\b")
 
@@ -240,6 +256,12 @@ def cli_words(text: str) -> str:
 
     >>> cli_words("not ready within 29.99871s; raise health_check_timeout=")
     'not ready within 30 s; raise --health-timeout'
+    >>> cli_words("or pass tunnel_options={'cloudflared_path': '/opt/cloudflared'}.")
+    'or pass --tunnel-option cloudflared_path=/opt/cloudflared.'
+    >>> cli_words("pass tunnel_options={'host': 'my.server', 'user': ...}")
+    'pass --tunnel-option host=my.server --tunnel-option user=...'
+    >>> cli_words("or an ssh tunnel (tunnel_backend='ssh')")
+    'or an ssh tunnel (--tunnel ssh)'
     """
     for pattern, replacement in _CLI_WORDS:
         text = pattern.sub(replacement, text)

@@ -114,7 +114,10 @@ class ServerContext:
     """What a server runner gets from the lifecycle.
 
     ``sock`` is already bound and listening; the runner serves on it (or passes it to a
-    child) and never binds a port itself.
+    child) and never binds a port itself. The lifecycle owns it and closes it after
+    :meth:`ServerRunner.stop`; a runner (or its server library) may close it earlier, even
+    behind the object's back (``os.close(sock.fileno())``): the lifecycle notices and does
+    not close the number again (:func:`taskapp.core.ports.listener_closer`).
     """
 
     loaded: LoadedApp
@@ -123,7 +126,16 @@ class ServerContext:
     port: int
     api_key: str
     start_timeout: float
+    """Seconds left of the start's budget (what to wait at most)."""
     logger: logging.Logger
+    timeout_setting: float | None = None
+    """The timeout the user set (health_check_timeout), for messages; None when unknown."""
+
+    def timeout_text(self) -> str:
+        """How a message names the time limit: the user's setting, not the seconds left."""
+        if self.timeout_setting is None:
+            return f"{self.start_timeout:g} s"
+        return f"the {self.timeout_setting:g} s health check timeout"
 
 
 class ServerRunner(abc.ABC):
@@ -235,6 +247,16 @@ class TunnelBackend(abc.ABC):
 
     def __init__(self, options: Any) -> None:
         self.options = options
+
+    @classmethod  # noqa: B027 - optional override
+    def prepare(cls, options: Any) -> None:
+        """Check what :meth:`open` will need (a program on ``PATH``, a key file), so a
+        missing piece fails before the server starts.
+
+        Called by the ``InProcessTaskApp`` constructor once the options are valid. Must not
+        bind, spawn or connect. Raise a :class:`~taskapp.core.errors.TunnelError` subclass
+        (``TunnelBinaryMissingError`` for a missing program). The default does nothing.
+        """
 
     @abc.abstractmethod
     def open(self, ctx: TunnelContext) -> Tunnel:

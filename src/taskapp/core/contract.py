@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
@@ -26,6 +27,8 @@ from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from taskapp.core.config import TaskAppConfig
+from taskapp.core.env_keys import environment_api_key, lent_keys
+from taskapp.core.errors import error_body
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import constant_time_in, register_secret
 
@@ -180,28 +183,57 @@ class TaskInfo(_Open):
     task_metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    """The one error envelope of the contract."""
-    return {"detail": {"error": {"code": code, "message": message, **extra}}}
-
-
 class TaskAppAuth:
     """The keys a task app accepts. Lives on ``app.state.taskapp_auth``.
 
-    The host (InProcessTaskApp) adds its instance key with :meth:`add_key`, so the key
-    reaches the app through its own configuration rather than ``os.environ``.
+    The keys the app was built with (:meth:`add_key`) stay for its lifetime. A host
+    (InProcessTaskApp) serving the app grants its instance key (:meth:`grant`) while that
+    instance runs and revokes it (:meth:`revoke`) on stop, so the key reaches the app through its
+    own configuration rather than ``os.environ``, and serving the same app object again never
+    accepts a stopped instance's key.
     """
 
     def __init__(self, keys: Iterable[str], *, required: bool) -> None:
         self.keys: list[str] = []
         self.required = required
+        self._own: set[str] = set()
+        self._grants: dict[str, int] = {}
+        self._lock = threading.Lock()
         for key in keys:
             self.add_key(key)
 
     def add_key(self, key: str) -> None:
-        if key and key not in self.keys:
-            register_secret(key)
-            self.keys.append(key)
+        """Accept ``key`` for the app's lifetime."""
+        if not key:
+            return
+        register_secret(key)
+        with self._lock:
+            self._own.add(key)
+            if key not in self.keys:
+                self.keys = [*self.keys, key]
+
+    def grant(self, key: str) -> None:
+        """Accept ``key`` until a matching :meth:`revoke` (grants of one key are counted)."""
+        if not key:
+            return
+        register_secret(key)
+        with self._lock:
+            self._grants[key] = self._grants.get(key, 0) + 1
+            if key not in self.keys:
+                self.keys = [*self.keys, key]
+
+    def revoke(self, key: str) -> None:
+        """Undo one :meth:`grant`; the key is refused once its last grant is revoked (unless
+        it is one of the app's own keys)."""
+        with self._lock:
+            count = self._grants.get(key, 0)
+            if count > 1:
+                self._grants[key] = count - 1
+                return
+            self._grants.pop(key, None)
+            if key not in self._own:
+                # A new list, so a check running in another thread sees the old or the new.
+                self.keys = [k for k in self.keys if k != key]
 
     @staticmethod
     def presented(headers: Any) -> list[str]:
@@ -221,7 +253,8 @@ class TaskAppAuth:
         """None when the request may pass, else (status, error body)."""
         if not self.required:
             return None
-        if not self.keys:
+        keys = self.keys
+        if not keys:
             return 503, error_body(
                 "missing_api_key",
                 "the task app has no API key configured; set ENVIRONMENT_API_KEY or pass "
@@ -235,7 +268,7 @@ class TaskAppAuth:
             )
         accepted = False
         for candidate in presented:
-            accepted |= constant_time_in(candidate, self.keys)
+            accepted |= constant_time_in(candidate, keys)
         if not accepted:
             return 401, error_body("unauthorized", "invalid API key")
         return None
@@ -243,7 +276,7 @@ class TaskAppAuth:
 
 def _keys_from_env() -> list[str]:
     keys = []
-    primary = os.environ.get("ENVIRONMENT_API_KEY", "").strip()
+    primary = environment_api_key()
     if primary:
         keys.append(primary)
     keys.extend(alias_keys_from_env())
@@ -256,7 +289,10 @@ def alias_keys_from_env() -> list[str]:
     Accepted next to the host's key too: they add keys, they never replace one.
     """
     aliases = os.environ.get("ENVIRONMENT_API_KEY_ALIASES", "")
-    return [part.strip() for part in aliases.split(",") if part.strip()]
+    lent = lent_keys()  # keys taskapp lent to a running synth-ai app are not the user's
+    return [
+        part.strip() for part in aliases.split(",") if part.strip() and part.strip() not in lent
+    ]
 
 
 async def call_user(func: Callable[..., Any], *args: Any) -> Any:

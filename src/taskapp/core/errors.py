@@ -36,6 +36,8 @@ against synth-ai's ``InProcessTaskApp`` (``except ValueError`` / ``RuntimeError`
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ApiKeyRejectedError",
     "AppLoadError",
@@ -186,3 +188,16 @@ class TunnelProtocolError(TunnelError):
 
 class TunnelVerificationError(TunnelError):
     """The public URL was handed out but does not serve ``/health``."""
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The one error envelope on the wire: ``{"detail": {"error": {"code", "message"}}}``.
+
+    Task apps (:mod:`taskapp.core.contract`) and the relay answer every error with it, and
+    :func:`taskapp.core.transport.error_message` reads it. Never put key material in it.
+    (Not in ``__all__``: the package's top level re-exports this module's names.)
+
+    >>> error_body("unauthorized", "wrong worker token")
+    {'detail': {'error': {'code': 'unauthorized', 'message': 'wrong worker token'}}}
+    """
+    return {"detail": {"error": {"code": code, "message": message, **extra}}}

@@ -40,17 +40,21 @@ from taskapp.core.backends import (
     TunnelBackend,
     TunnelContext,
 )
+from taskapp.core.blocking import call_blocking
+from taskapp.core.env_keys import environment_api_key
 from taskapp.core.errors import (
     ConfigurationError,
     LifecycleError,
     StartInterruptedError,
+    TaskAppError,
     TaskAppFileNotFoundError,
+    TunnelError,
 )
 from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.options import parse_options
-from taskapp.core.ports import bind_listener, url_host
-from taskapp.core.secrets import fingerprint, generate_key, register_secret
+from taskapp.core.ports import bind_listener, listener_closer, url_host
+from taskapp.core.secrets import fingerprint, generate_key, redact, register_secret
 from taskapp.core.supervisor import TunnelSupervisor
 
 __all__ = ["MODE_ALIASES", "InProcessTaskApp"]
@@ -165,7 +169,8 @@ class InProcessTaskApp:
         self._tunnel_cls = self._registry.tunnel(backend_name)
         # 5./6. path exists and is a .py file
         target: AppTarget
-        key = api_key if api_key is not None else os.environ.get("ENVIRONMENT_API_KEY") or None
+        # The user's ENVIRONMENT_API_KEY; never a key lent to a running synth-ai app
+        key = api_key if api_key is not None else environment_api_key()
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise ConfigurationError("api_key must be a non-empty string")
         self.api_key: str = key or generate_key()
@@ -207,6 +212,8 @@ class InProcessTaskApp:
             _merge_argument_options(self._tunnel_cls, arguments, tunnel_options),
             owner=f"tunnel {backend_name!r}",
         )
+        # A missing program (cloudflared, ssh) fails here, before any server starts.
+        self._tunnel_cls.prepare(self._tunnel_options)
 
         self._target = target
         self.host = host
@@ -267,11 +274,15 @@ class InProcessTaskApp:
         return self._running
 
     def start(self) -> InProcessTaskApp:
-        """Start everything (what ``with`` does). Prefer the context managers."""
+        """Start everything (what ``with`` does). Prefer the context managers.
+
+        Inside a running event loop (a Jupyter cell) the start runs on a helper thread
+        while this one waits (see :mod:`taskapp.core.blocking`), so it works the same.
+        """
         self._interrupted = None
         signals.activate(self)
         try:
-            self._start()
+            call_blocking(self._start, name="taskapp-start")
         except BaseException:
             signals.deactivate(self)
             raise
@@ -280,19 +291,14 @@ class InProcessTaskApp:
     def stop(self) -> None:
         """Stop everything (what leaving ``with`` does). Idempotent."""
         try:
-            self._stop()
+            call_blocking(self._stop, name="taskapp-stop")
         finally:
             signals.deactivate(self)
 
     def __enter__(self) -> InProcessTaskApp:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return self.start()
-        raise LifecycleError(
-            "InProcessTaskApp: `with` blocks the running event loop; use `async with "
-            "InProcessTaskApp(...)` inside async code"
-        )
+        # Also inside a running event loop (Jupyter): the server runs in its own thread or
+        # process, so waiting here blocks nothing it needs. `async with` does not wait.
+        return self.start()
 
     def __exit__(
         self,
@@ -400,14 +406,19 @@ class InProcessTaskApp:
             raise
 
     def _start_steps(self, deadline: float) -> None:
+        from taskapp.core.loading import release_key
+
         registry = self._registry
         loaded = registry.load_app(self._target)
         self.loaded = loaded
+        # The app object may be served again (same .py path or app=): this instance's key
+        # is refused once it stops.
+        self._push("instance key", lambda: release_key(loaded.app, self.api_key))
         logger.debug("loaded %s with loader %r", self._target.describe(), loaded.loader)
         registry.events.app_loaded(task_app=self, loaded=loaded)
 
         sock = bind_listener(self.host, self.requested_port, auto_find_port=self.auto_find_port)
-        self._push("socket", sock.close)
+        self._push("socket", listener_closer(sock))
         self.port = sock.getsockname()[1]
         logger.debug("bound %s:%d", self.host, self.port)
 
@@ -423,6 +434,7 @@ class InProcessTaskApp:
                 api_key=self.api_key,
                 start_timeout=_remaining(deadline),
                 logger=get_logger(f"taskapp.server.{self.server_name}"),
+                timeout_setting=self.health_check_timeout,
             )
         )
         if runner.port is not None and runner.port != self.port:
@@ -438,6 +450,7 @@ class InProcessTaskApp:
             api_key=self.api_key,
             timeout=_remaining(deadline),
             alive=alive,
+            limit=f"the {self.health_check_timeout:g} s health check timeout",
         )
         registry.events.server_started(task_app=self, server=runner)
 
@@ -454,7 +467,7 @@ class InProcessTaskApp:
             logger=get_logger(f"taskapp.tunnel.{self.tunnel_backend}"),
             url_changed=self._tunnel_url_changed,
         )
-        tunnel = backend.open(ctx)
+        tunnel = _open_tunnel(backend, ctx, self.tunnel_backend)
         verify = None
         if not self.skip_tunnel_verification:
 
@@ -595,6 +608,27 @@ async def _finish(future: asyncio.Future[Any]) -> bool:
             cancelled = True
             continue
         return cancelled
+
+
+def _open_tunnel(backend: TunnelBackend, ctx: TunnelContext, name: str) -> Tunnel:
+    """``backend.open(ctx)``; any error it raises names the backend (plugins' errors too)."""
+    try:
+        return backend.open(ctx)
+    except TunnelError as exc:
+        if not exc.backend:
+            exc.backend = name
+        if name not in exc.message:
+            exc.message = f"tunnel {name!r}: {exc.message}"
+            exc.args = (exc._render(),)
+        raise
+    except TaskAppError:
+        raise
+    except Exception as exc:
+        raise TunnelError(
+            f"tunnel {name!r} failed to open: {type(exc).__name__}: {redact(str(exc))}. "
+            "The error comes from the tunnel backend (a plugin?); see the chained traceback",
+            backend=name,
+        ) from exc
 
 
 def _remaining(deadline: float) -> float:

@@ -28,10 +28,12 @@ plugins stays fast.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import importlib.metadata
 import inspect
 import os
+import re
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -83,6 +85,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "taskapp.plugins.loaders.factory",
     "taskapp.plugins.loaders.path",
     "taskapp.plugins.loaders.import_string",
+    "taskapp.plugins.loaders.synth_ai",
     "taskapp.plugins.servers.thread",
     "taskapp.plugins.servers.subprocess",
     "taskapp.plugins.servers.ray",
@@ -196,19 +199,33 @@ class PluginRegistry:
             if self._is_blocked(ep.name, dist_name):
                 self.pm.set_blocked(ep.name)
                 continue
-            if self.pm.has_plugin(ep.name) or self.pm.is_blocked(ep.name):
+            if self.pm.is_blocked(ep.name):
+                continue
+            if self.pm.has_plugin(ep.name):
+                owner = self.distributions.get(ep.name)
+                if owner is None or owner[0] != dist_name:
+                    # Two distributions use one entry-point name (the same distribution
+                    # seen twice on sys.path is not a conflict): the first one wins.
+                    first = f"{owner[0]} {owner[1]}" if owner else "a builtin plugin"
+                    self._fail(
+                        ep.name,
+                        dist_name,
+                        version,
+                        PluginConflictError(
+                            f"the plugin name {ep.name!r} is already taken by {first}; this "
+                            "one is skipped. Uninstall one of them, or block one with "
+                            "TASKAPP_DISABLE_PLUGINS=<distribution>"
+                        ),
+                    )
                 continue
             try:
                 plugin = ep.load()
-                self.pm.register(plugin, name=ep.name)
             except Exception as exc:
                 self._fail(ep.name, dist_name, version, exc)
                 continue
             try:
-                self.pm.check_pending()
-                self._refuse_wrappers(ep.name)
+                self._register_checked(plugin, ep.name)
             except Exception as exc:
-                self.pm.unregister(name=ep.name)
                 self._fail(ep.name, dist_name, version, exc)
                 continue
             if dist_name is not None and version is not None:
@@ -221,14 +238,60 @@ class PluginRegistry:
         Its hooks are validated at once (``check_pending``) and the servers and tunnels it
         registers become available immediately.
         """
-        self.pm.register(plugin, name=name)
+        self._register_checked(plugin, name)
+        self._recollect()
+
+    def _register_checked(self, plugin: object, name: str) -> None:
+        """Register and validate ``plugin``; short, typed errors instead of pluggy's.
+
+        A name already taken is a :class:`PluginConflictError` naming both plugins (not
+        pluggy's dump of every registered plugin); an unknown hook name is a
+        :class:`PluginError` with the closest hook name.
+        """
+        existing = self.pm.get_plugin(name)
+        if existing is not None or self.pm.has_plugin(name):
+            raise PluginConflictError(
+                f"cannot register {_describe_plugin(plugin)} as plugin {name!r}: that name is "
+                f"already taken by {_describe_plugin(existing)}. Unregister the first one "
+                f"(registry.unregister({name!r})) or choose another name"
+            )
+        other_name = self.pm.get_name(plugin)
+        if other_name is not None:
+            raise PluginConflictError(
+                f"{_describe_plugin(plugin)} is already registered as plugin {other_name!r}; "
+                f"register it once (or unregister {other_name!r} first)"
+            )
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(self._validation_message(exc, name)) from None
         try:
             self.pm.check_pending()
             self._refuse_wrappers(name)
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            raise PluginError(self._validation_message(exc, name)) from None
         except Exception:
             self.pm.unregister(name=name)
             raise
-        self._recollect()
+
+    def _validation_message(self, exc: pluggy.PluginValidationError, name: str) -> str:
+        text = str(exc.args[0]) if exc.args else str(exc)
+        match = re.search(r"unknown hook '([^']+)'", text)
+        if match is None:
+            return f"plugin {name!r} is invalid: {text}"
+        hook = match.group(1)
+        known = sorted(
+            n
+            for n in dir(self.pm.hook)
+            if not n.startswith("_") and getattr(self.pm.hook, n).spec is not None
+        )
+        close = difflib.get_close_matches(hook, known, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        return (
+            f"plugin {name!r} implements unknown hook {hook!r}.{hint} The hooks are: "
+            f"{', '.join(known)} (docs/plugin_hooks.md)"
+        )
 
     def _refuse_wrappers(self, name: str) -> None:
         """Raise :class:`PluginError` if plugin ``name`` has a pluggy wrapper
@@ -476,6 +539,17 @@ class PluginRegistry:
                 }
             )
         return rows
+
+
+def _describe_plugin(plugin: object) -> str:
+    """A short name for a plugin object: its module (and file) or its class."""
+    if plugin is None:
+        return "a blocked plugin"
+    if inspect.ismodule(plugin):
+        origin = getattr(plugin, "__file__", None)
+        return f"module {plugin.__name__!r}" + (f" ({origin})" if origin else "")
+    cls = type(plugin)
+    return f"a {cls.__module__}.{cls.__qualname__} object"
 
 
 def _kwargs(argnames: Iterable[str], available: Mapping[str, Any]) -> dict[str, Any]:

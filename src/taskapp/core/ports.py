@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from taskapp.core.errors import PortError
@@ -33,6 +34,7 @@ __all__ = [
     "find_listeners",
     "free_loopback_port",
     "listen_tcp",
+    "listener_closer",
     "url_host",
 ]
 
@@ -139,6 +141,47 @@ def bind_listener(
             "pass another port= or free one"
         )
     return _reclaim(host, port, grace=grace, backlog=backlog)
+
+
+def listener_closer(sock: socket.socket) -> Callable[[], None]:
+    """The undo step for a pre-bound listener: close it unless its server runner did.
+
+    The lifecycle owns ``ServerContext.sock`` and closes it after the runner stopped. A
+    runner (or the server library it drives) may close it first, through the same object
+    (``ctx.sock.close()``: fine) or behind its back (``os.close(ctx.sock.fileno())``, a
+    ``socket.socket(fileno=...)`` wrapper it closes). Then the descriptor number is dead
+    or, worse, already reused by another file: the returned function checks the number
+    still names the very socket it was given (device and inode) before closing it, and
+    otherwise forgets it without closing anything. No "Bad file descriptor", and never a
+    stranger's file closed.
+    """
+    try:
+        status = os.fstat(sock.fileno())
+        identity: tuple[int, int] | None = (status.st_dev, status.st_ino)
+    except OSError:
+        identity = None
+
+    def close() -> None:
+        fd = sock.fileno()
+        if fd == -1:
+            return  # closed through this very object: nothing left to do
+        try:
+            status = os.fstat(fd)
+        except OSError:
+            sock.detach()  # closed behind our back: forget the dead number
+            logger.debug("listening socket fd %d was already closed by its server", fd)
+            return
+        if identity is not None and (status.st_dev, status.st_ino) != identity:
+            sock.detach()  # the number now names another file: not ours to close
+            logger.debug("listening socket fd %d was closed and reused; left alone", fd)
+            return
+        try:
+            sock.close()
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+
+    return close
 
 
 def _reclaim(host: str, port: int, *, grace: float, backlog: int) -> socket.socket:

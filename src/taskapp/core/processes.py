@@ -64,7 +64,7 @@ from typing import IO, Literal
 from taskapp.core.errors import ProcessError, ProcessTimeoutError
 from taskapp.core.jobthread import JobThread
 from taskapp.core.logs import get_logger
-from taskapp.core.secrets import redact, register_secret
+from taskapp.core.secrets import contains_secret, redact, register_secret
 
 __all__ = [
     "GuardMode",
@@ -500,10 +500,6 @@ class ManagedProcess:
 # -- spawn ------------------------------------------------------------------------------
 
 
-def _contains_secret(arg: str, secrets: Sequence[str]) -> bool:
-    return any(s and s in arg for s in secrets) or redact(arg) != arg
-
-
 def _resolve_program(program: str, env: Mapping[str, str], cwd: str | None) -> str:
     if os.sep in program or (os.altsep and os.altsep in program):
         path = program if os.path.isabs(program) else os.path.join(cwd or os.getcwd(), program)
@@ -565,7 +561,7 @@ def spawn(
     for secret in secret_list:
         register_secret(secret)
     for index, arg in enumerate(args):
-        if _contains_secret(arg, secret_list):
+        if contains_secret(arg, secret_list):
             raise ProcessError(
                 f"argv[{index}] of {args[0]!r} contains a secret "
                 f"({redact(arg, secret_list)!r}); pass secrets through the environment "

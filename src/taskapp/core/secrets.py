@@ -23,6 +23,7 @@ from collections.abc import Iterable
 __all__ = [
     "RedactingFilter",
     "constant_time_in",
+    "contains_secret",
     "fingerprint",
     "generate_key",
     "redact",
@@ -65,6 +66,40 @@ def redact(text: str, extra: Iterable[str] = ()) -> str:
         if secret in text:
             text = text.replace(secret, replacement)
     return text
+
+
+#: Secrets at least this long are found anywhere in a command-line argument.
+_ANYWHERE_LEN = 16
+
+
+def contains_secret(arg: str, secrets: Iterable[str] = ()) -> bool:
+    """True when the command-line argument ``arg`` holds one of ``secrets`` or a registered one.
+
+    How a secret is looked for depends on its length, so a short development key such as
+    ``"k"`` or ``"dev"`` does not match every path that happens to contain those letters:
+
+    * 16 characters or more (every generated key): anywhere in ``arg``;
+    * 6 to 15 characters: only as the whole argument or the whole value of ``--opt=value``;
+    * under 6 characters: not checked (too short to tell apart from ordinary text; such
+      keys still never go on a command line, because taskapp passes keys by environment).
+
+    >>> contains_secret("--token=ta_abcdefghijklmnopqrstuvwxyz", ["ta_abcdefghijklmnopqrstuvwxyz"])
+    True
+    >>> contains_secret("/home/kim/app.py", ["k"])
+    False
+    >>> contains_secret("--key=hunter22", ["hunter22"]), contains_secret("hunter22x", ["hunter22"])
+    (True, False)
+    """
+    with _lock:
+        candidates = [*secrets, *_known]
+    value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else None
+    for secret in candidates:
+        if len(secret) >= _ANYWHERE_LEN:
+            if secret in arg:
+                return True
+        elif len(secret) >= _MIN_SECRET_LEN and secret in (arg, value):
+            return True
+    return False
 
 
 def constant_time_in(candidate: str, keys: Iterable[str]) -> bool:

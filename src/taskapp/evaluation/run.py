@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import re
-import threading
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -22,6 +20,7 @@ from taskapp.core.client import (
     RolloutOutcome,
     normalize_url,
 )
+from taskapp.core.env_keys import environment_api_key
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.secrets import register_secret
 from taskapp.core.seeds import SeedsLike, parse_seeds
@@ -106,7 +105,7 @@ async def aevaluate(
             url = normalize_url(target_or_url)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
-        key = api_key if api_key is not None else os.environ.get("ENVIRONMENT_API_KEY") or None
+        key = api_key if api_key is not None else environment_api_key()
         register_secret(key)
         result = EvaluationResult(url, url, concurrency, policy_config)
         return await _evaluate_url(
@@ -208,25 +207,12 @@ def evaluate(
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(coroutine)``, on a helper thread when this thread runs a loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    from taskapp.core.blocking import call_blocking
+
+    def run() -> T:
         return asyncio.run(coroutine)
-    box: dict[str, Any] = {}
 
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coroutine)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="taskapp-evaluate", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    value: T = box["value"]
-    return value
+    return call_blocking(run, name="taskapp-evaluate")
 
 
 def _free_port() -> int:

@@ -31,6 +31,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -55,6 +56,7 @@ __all__ = [
     "apply_window_update",
     "b64decode",
     "b64encode",
+    "check_response_head",
     "clean_request_headers",
     "clean_response_headers",
     "decode_binary",
@@ -176,6 +178,8 @@ def decode_text(text: str | bytes) -> dict[str, Any]:
         frame = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FrameError(f"frame is not JSON: {exc}") from None
+    except RecursionError:
+        raise FrameError("frame is JSON nested too deeply") from None
     if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
         raise FrameError("frame is not a JSON object with a string 'type'")
     return frame
@@ -454,6 +458,58 @@ def clean_response_headers(headers: Any) -> list[tuple[bytes, bytes]]:
     if not nosniff:
         out.append((b"x-content-type-options", b"nosniff"))
     return out
+
+
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def check_response_head(status: Any, headers: Any) -> tuple[list[tuple[bytes, bytes]], int | None]:
+    """Validate an agent's RESP_HEADERS before anything reaches the public caller.
+
+    Returns the cleaned headers (as :func:`clean_response_headers`) and the declared
+    Content-Length (None when absent). Raises :class:`FrameError` naming the first problem:
+    a status outside 200-599 (1xx, 101 included: interim answers cannot be relayed), a
+    header that is not a ``[name, value]`` pair of strings, a name that is not an HTTP
+    token, a control character (NUL, CR, LF, ...) in a value, or a Content-Length that is
+    not a non-negative integer (or several that disagree). The relay answers such a
+    response with 502 instead of letting the HTTP server drop the caller's connection.
+    """
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise FrameError(f"response status {str(status)[:20]!r} is not in 200-599")
+    if isinstance(headers, Mapping):
+        items: list[Any] = [[k, v] for k, v in headers.items()]
+    elif isinstance(headers, list):
+        items = headers
+    elif headers is None:
+        items = []
+    else:
+        raise FrameError("response headers must be a list of [name, value] pairs")
+    if len(items) > 1000:
+        raise FrameError("more than 1000 response headers")
+    lengths: set[int] = set()
+    pairs: list[list[str]] = []
+    for item in items:
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise FrameError("a response header is not a [name, value] pair")
+        name, value = item
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise FrameError("a response header name or value is not a string")
+        if not _TOKEN_RE.fullmatch(name):
+            raise FrameError(f"response header name {name[:40]!r} is not an HTTP token")
+        value = value.strip(" \t")
+        if _BAD_VALUE_RE.search(value):
+            raise FrameError(f"response header {name[:40]!r} has a control character")
+        if name.lower() == "content-length":
+            if not value.isdigit() or not value.isascii() or len(value) > 18:
+                raise FrameError(f"response Content-Length {value[:20]!r} is not a number")
+            lengths.add(int(value))
+        pairs.append([name, value])
+    if len(lengths) > 1:
+        raise FrameError("the response has several Content-Length values that disagree")
+    return clean_response_headers(pairs), (lengths.pop() if lengths else None)
 
 
 def local_request_headers(

@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMappi
 from pathlib import Path
 from typing import Any
 
-from taskapp.core.errors import ConfigurationError, ServerStartError
+from taskapp.core.errors import ConfigurationError, ServerStartError, error_body
 from taskapp.core.logs import get_logger
 from taskapp.core.ports import listen_tcp
 from taskapp.core.secrets import fingerprint
@@ -69,6 +69,9 @@ Send = Callable[[Message], Awaitable[None]]
 
 ADMIN_TOKEN_ENV = "TASKAPP_RELAY_ADMIN_TOKEN"  # noqa: S105 - a variable name
 _MIN_TOKEN_LEN = 16
+_MAX_REST_BODY = 64 * 1024
+#: The largest v1 message accepted from an agent (tungstenite's default limit).
+V1_MESSAGE_CAP = 64 * 1024 * 1024
 
 
 # -- settings and admin tokens -----------------------------------------------------------
@@ -164,8 +167,16 @@ class RelaySettings:
 
     @property
     def ws_max_size(self) -> int:
-        # v1 frames carry base64 (4/3) of chunks the original agents size freely.
-        return max(1024 * 1024, math.ceil(self.max_frame_bytes * 4 / 3) + 4096)
+        """The largest WebSocket message accepted from an agent.
+
+        v1 agents size RESP_BODY chunks freely (the Rust agent sends one per upstream
+        chunk: over 1 MiB seen under load), so a v1 message may carry the base64 (4/3) of a
+        whole response up to ``max_response_bytes``, capped at 64 MiB (tungstenite's own
+        default). v2 frames are held to the negotiated size per session (close 1008).
+        """
+        v1_body = math.ceil(self.max_response_bytes * 4 / 3) + 64 * 1024
+        v2_frame = math.ceil(self.max_frame_bytes * 4 / 3) + 4096
+        return max(min(v1_body, V1_MESSAGE_CAP), v2_frame, 1024 * 1024)
 
 
 def load_admin_tokens(
@@ -225,6 +236,15 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def _text(value: Any, limit: int) -> str:
+    """A string field of a peer's JSON, bounded; anything else (nested junk) is ""."""
+    if isinstance(value, str):
+        return value[:limit]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)[:limit]
+    return ""
+
+
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
@@ -252,6 +272,8 @@ class Lease:
     bytes_in: int = 0
     bytes_out: int = 0
     expiring_sent: bool = False
+    #: Wall-clock time of the agent's last frame (or attach); 0.0: never connected.
+    last_seen: float = 0.0
 
     def worker_matches(self, candidate: str | None, now: float) -> bool:
         hashes = [self.worker_hash]
@@ -328,9 +350,45 @@ class LeaseStore:
                 count += 1
         return count
 
+    def prepare(self) -> None:
+        """Make sure the state file can be written, before the relay takes any lease.
+
+        A missing directory is created (mode 0700); anything else that prevents writing
+        raises :class:`ConfigurationError` naming the path, so the relay refuses to start
+        instead of answering every lease request with an error.
+        """
+        path = self.state_file
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Probe with the temporary file save() writes (the state file itself, which
+            # may hold leases to restore, is left alone).
+            probe = path.with_name(path.name + ".tmp")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot write the relay's --state-file {str(path)!r}: "
+                f"{exc.strerror or exc}; pass a path in a writable directory"
+            ) from None
+
     def save(self) -> None:
+        """Persist the leases (hashes only). A failure is logged, never raised: the relay
+        keeps serving from memory; only a restart would lose the leases."""
         if self.state_file is None:
             return
+        try:
+            self._write()
+        except OSError as exc:
+            logger.error(
+                "cannot write the state file %s (%s); leases are kept in memory only",
+                self.state_file,
+                exc.strerror or exc,
+            )
+
+    def _write(self) -> None:
+        assert self.state_file is not None
         payload = {"version": 1, "leases": [lease.persistent() for lease in self.by_id.values()]}
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -427,6 +485,10 @@ class AgentSession:
         self.stream_window = settings.stream_window
         self.conn_window = settings.conn_window
         self.max_frame = settings.max_frame_bytes
+        #: v2 text frames (control frames only) may not exceed this many characters.
+        self.max_text = 4 * settings.max_header_bytes + 4096
+        #: REQ_BODY chunk size for a v1 agent: what it advertised (max_body_chunk_bytes).
+        self.v1_chunk = settings.max_frame_bytes
         self.closing = False  # GOAWAY either way: no new streams
         self.closed = False
         self.conn_credit = p.Credit(self.conn_window)
@@ -532,13 +594,14 @@ class AgentSession:
         """Forward request bytes to the agent; False when the stream ended meanwhile."""
         if self.version == p.V1:
             lease_id = self.lease.lease_id
-            if chunk:
+            step = self.v1_chunk
+            for offset in range(0, len(chunk), step):
                 await self.send_text(
                     {
                         "type": p.REQ_BODY,
                         "lease_id": lease_id,
                         "rid": stream.rid,
-                        "chunk_b64": p.b64encode(chunk),
+                        "chunk_b64": p.b64encode(chunk[offset : offset + step]),
                     }
                 )
             if end:
@@ -621,21 +684,24 @@ class AgentSession:
         elif kind == p.RESP_ERROR:
             stream = self._stream_for(frame)
             if stream is not None:
-                code = str(frame.get("code") or "LOCAL_BAD_RESPONSE")
-                stream.events.put(("error", code, str(frame.get("message") or "")[:200]))
+                code = _text(frame.get("code"), 64) or "LOCAL_BAD_RESPONSE"
+                stream.events.put(("error", code, _text(frame.get("message"), 200)))
         elif kind == p.CANCEL:
             stream = self._stream_for(frame)
             self.relay.counters["agent_cancels"] += 1
             if stream is not None:
-                stream.events.put(("error", "CANCELLED", str(frame.get("reason") or "")))
+                stream.events.put(("error", "CANCELLED", _text(frame.get("reason"), 200)))
         elif kind == p.GOAWAY:
             self.closing = True
             logger.info(
-                "agent of lease %s sent GOAWAY (%s)", self.lease.lease_id, frame.get("reason")
+                "agent of lease %s sent GOAWAY (%s)",
+                self.lease.lease_id,
+                _text(frame.get("reason"), 200),
             )
         elif kind == p.LEASE_RENEW and self.version == p.V2:
             ttl = frame.get("requested_ttl_seconds")
-            self.relay.renew(self.lease, ttl if isinstance(ttl, int) else None)
+            valid = isinstance(ttl, int) and not isinstance(ttl, bool)
+            self.relay.renew(self.lease, ttl if valid else None)
             await self.send_text(self.relay.lease_state(self.lease, "active"))
         # Unknown frame types are ignored (forward compatibility).
 
@@ -670,6 +736,32 @@ class AgentSession:
 # -- the ASGI app ----------------------------------------------------------------------
 
 
+#: What each relay error means for the caller, and what to do (the envelope's message).
+ERROR_MESSAGES: dict[str, str] = {
+    "unauthorized": (
+        "missing or wrong token: send the lease's worker token in X-SynthTunnel-Worker-Token "
+        "(or Authorization: Bearer) for /s/rt_..., an admin token for the lease API"
+    ),
+    "not_found": "no such lease or route (it expired, was deleted, or the URL is mistyped)",
+    "headers_too_large": "the request headers exceed the relay's --max-header-bytes",
+    "request_too_large": "the request body exceeds the relay's --max-request-bytes",
+    "no_agent": "the task app's agent is not connected to the relay; retry shortly",
+    "relay_draining": "the relay is shutting down; retry shortly",
+    "too_many_inflight": "too many requests in flight for this lease; retry shortly",
+    "relay_memory_budget": "the relay's memory budget is used up; retry shortly",
+    "gateway_timeout_deadline": "the task app did not answer within the request deadline",
+    "gateway_timeout_stall": "the task app stopped sending for longer than the stall timeout",
+    "LOCAL_BAD_RESPONSE": "the task app's agent sent a response the relay cannot forward",
+    "AGENT_GONE": "the task app's agent disconnected before answering",
+    "LEASE_GONE": "the lease ended before the task app answered",
+}
+
+
+def _error_payload(code: str, message: str = "") -> dict[str, Any]:
+    """The task app's error envelope, for the relay's own errors."""
+    return error_body(code, message or ERROR_MESSAGES.get(code) or code.replace("_", " ").lower())
+
+
 def _json_body(
     status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -684,9 +776,13 @@ def _json_body(
 
 
 async def _respond(
-    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send,
+    status: int,
+    code: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    message: str = "",
 ) -> None:
-    status, out, body = _json_body(status, payload, headers)
+    status, out, body = _json_body(status, _error_payload(code, message), headers)
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body})
 
@@ -779,6 +875,10 @@ class RelayApp:
             "expires_at": _iso(lease.expires_at),
             "state": "active" if session is not None else "detached",
             "agent_connected": session is not None,
+            # synth-ai's LeaseStatusResponse names
+            "status": "active" if session is not None else "pending",
+            "connected": session is not None,
+            "last_seen_at": _iso(lease.last_seen) if lease.last_seen else None,
             "protocol_version": session.version if session is not None else None,
             "inflight": lease.inflight,
             "requests": lease.requests,
@@ -803,10 +903,20 @@ class RelayApp:
             "stall_timeout_ms": int(s.stall_timeout * 1000),
             "stream_window": s.stream_window,
             "conn_window": s.conn_window,
+            # synth-ai's LeaseLimits names
+            "max_request_duration_seconds": int(s.max_deadline),
+            "idle_disconnect_seconds": int(s.stall_timeout),
+            "resume_window_seconds": int(s.reattach_grace),
         }
 
     def heartbeat(self) -> dict[str, Any]:
-        return {"interval_s": self.settings.ping_interval, "timeout_s": self.settings.ping_timeout}
+        return {
+            "interval_s": self.settings.ping_interval,
+            "timeout_s": self.settings.ping_timeout,
+            # synth-ai's LeaseHeartbeat names (WebSocket pings; nothing to POST)
+            "required": False,
+            "recommended_interval_seconds": int(self.settings.ping_interval),
+        }
 
     # ASGI entry ------------------------------------------------------------------------
 
@@ -844,6 +954,7 @@ class RelayApp:
 
     async def startup(self) -> None:
         loaded = self.store.load()
+        self.store.prepare()
         if loaded:
             logger.info("restored %d lease(s) from %s", loaded, self.settings.state_file)
         self._sweeper = asyncio.create_task(self._sweep_forever())
@@ -944,10 +1055,28 @@ class RelayApp:
         def error(status: int, code: str, message: str = "") -> Response:
             if status == 401:
                 self.counters["unauthorized"] += 1
-            body: dict[str, str] = {"error": code}
-            if message:
-                body["message"] = message
-            return JSONResponse(body, status_code=status, headers={"cache-control": "no-store"})
+            return JSONResponse(
+                _error_payload(code, message),
+                status_code=status,
+                headers={"cache-control": "no-store"},
+            )
+
+        async def json_object(request: Request) -> dict[str, Any] | Response:
+            """The request body as a JSON object ({} when empty), or the error to answer."""
+            body = await request.body()
+            if len(body) > _MAX_REST_BODY:
+                return error(413, "request_too_large", "lease API bodies are limited to 64 KiB")
+            if not body.strip():
+                return {}
+            try:
+                data = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                return error(400, "bad_request", "the body must be JSON")
+            except RecursionError:
+                return error(400, "bad_request", "the body is JSON nested too deeply")
+            if not isinstance(data, dict):
+                return error(400, "bad_request", "the body must be a JSON object")
+            return data
 
         def lease_or_404(request: Request) -> Lease | None:
             lease = self.store.by_id.get(request.path_params["lease_id"])
@@ -965,12 +1094,9 @@ class RelayApp:
             admin = self.admin_name(request.scope["headers"])
             if admin is None:
                 return error(401, "unauthorized")
-            try:
-                body = await request.json() if await request.body() else {}
-            except ValueError:
-                return error(400, "bad_request", "body must be JSON")
-            if not isinstance(body, dict):
-                return error(400, "bad_request", "body must be a JSON object")
+            body = await json_object(request)
+            if isinstance(body, Response):
+                return body
             if len(self.store.by_id) >= self.settings.max_leases:
                 return error(429, "too_many_leases", "the relay's lease limit is reached")
             ttl = body.get("requested_ttl_seconds")
@@ -978,7 +1104,11 @@ class RelayApp:
             ttl = min(ttl or self.settings.default_ttl, self.settings.max_ttl)
             raw_metadata = body.get("metadata")
             metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
-            if len(json.dumps(metadata)) > 4096:
+            try:
+                metadata_size = len(json.dumps(metadata))
+            except (ValueError, RecursionError):
+                return error(400, "bad_request", "metadata is nested too deeply")
+            if metadata_size > 4096:
                 return error(400, "bad_request", "metadata larger than 4 KiB")
             agent_token, worker_token = new_token(), new_token()
             now = time.time()
@@ -990,7 +1120,7 @@ class RelayApp:
                 expires_at=now + ttl,
                 created_at=now,
                 admin_name=admin,
-                client_instance_id=str(body.get("client_instance_id") or "")[:128],
+                client_instance_id=_text(body.get("client_instance_id"), 128),
                 metadata=metadata,
                 detached_since=time.monotonic(),
             )
@@ -1011,7 +1141,11 @@ class RelayApp:
                     "route_token": lease.route_token,
                     "public_base_url": base_url,
                     "public_url": self.public_url_of(lease),
-                    "agent_connect": {"url": self.settings.agent_url, "agent_token": agent_token},
+                    "agent_connect": {
+                        "transport": "websocket",
+                        "url": self.settings.agent_url,
+                        "agent_token": agent_token,
+                    },
                     "worker_token": worker_token,
                     "expires_at": _iso(lease.expires_at),
                     "ttl_seconds": ttl,
@@ -1020,6 +1154,7 @@ class RelayApp:
                     "protocol_versions": sorted(self.settings.protocols),
                     "renew_url": f"{base_url}{p.LEASES_PATH}/{lease.lease_id}/renew",
                 },
+                status_code=201,
                 headers={"cache-control": "no-store"},
             )
 
@@ -1042,11 +1177,10 @@ class RelayApp:
                 return error(401, "unauthorized")
             if lease is None:
                 return error(404, "not_found")
-            try:
-                body = await request.json() if await request.body() else {}
-            except ValueError:
-                body = {}
-            ttl = body.get("requested_ttl_seconds") if isinstance(body, dict) else None
+            body = await json_object(request)
+            if isinstance(body, Response):
+                return body
+            ttl = body.get("requested_ttl_seconds")
             self.renew(lease, ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else None)
             return JSONResponse(
                 {
@@ -1086,7 +1220,18 @@ class RelayApp:
             await self.end_lease(lease, "revoked")
             self.store.save()
             logger.info("lease %s deleted", lease.lease_id)
-            return JSONResponse({"lease_id": lease.lease_id, "deleted": True})
+            return JSONResponse(
+                {
+                    "lease_id": lease.lease_id,
+                    "deleted": True,
+                    # synth-ai's LeaseStatusResponse
+                    "status": "closed",
+                    "connected": False,
+                    "inflight": lease.inflight,
+                    "expires_at": _iso(lease.expires_at),
+                    "last_seen_at": _iso(lease.last_seen) if lease.last_seen else None,
+                }
+            )
 
         async def healthz(request: Request) -> Response:
             return JSONResponse({"ok": True, "draining": self.draining})
@@ -1103,6 +1248,8 @@ class RelayApp:
             Route(base + p.LEASES_PATH + "/{lease_id}", delete, methods=["DELETE"]),
             Route(base + p.LEASES_PATH + "/{lease_id}/renew", renew, methods=["POST"]),
             Route(base + p.LEASES_PATH + "/{lease_id}/worker-token", rotate, methods=["POST"]),
+            # synth-ai 0.10-0.17's lease client (refresh_synth_worker_token)
+            Route(base + p.LEASES_PATH + "/{lease_id}/token:refresh", rotate, methods=["POST"]),
             Route(base + "/healthz", healthz, methods=["GET"]),
             Route(base + "/metrics", metrics, methods=["GET"]),
         ]
@@ -1173,15 +1320,18 @@ class RelayApp:
             if lease_id == lease.lease_id:
                 accepted.append(lease_id)
             else:
-                rejected.append({"lease_id": str(lease_id), "code": "UNAUTHORIZED"})
+                rejected.append({"lease_id": _text(lease_id, 128), "code": "UNAUTHORIZED"})
         capabilities = attach.get("capabilities")
         caps: Mapping[str, Any] = capabilities if isinstance(capabilities, Mapping) else {}
         advert = caps.get("max_inflight")
         if isinstance(advert, int) and not isinstance(advert, bool) and advert > 0:
             session.max_inflight = min(session.max_inflight, advert)
+        chunk_advert = caps.get("max_body_chunk_bytes")
+        if isinstance(chunk_advert, int) and not isinstance(chunk_advert, bool):
+            session.v1_chunk = max(1024, min(chunk_advert, self.settings.max_frame_bytes))
         ack: dict[str, Any] = {
             "type": p.ATTACH_ACK,
-            "agent_id": str(attach.get("agent_id") or ""),
+            "agent_id": _text(attach.get("agent_id"), 128),
             "accepted_leases": accepted,
             "rejected_leases": rejected,
             "protocol_version": version,
@@ -1231,6 +1381,7 @@ class RelayApp:
         previous = lease.session
         lease.session = session
         lease.detached_since = None
+        lease.last_seen = time.time()
         self.counters["agent_connects"] += 1
         logger.info(
             "agent attached to lease %s (protocol v%d, session %s, agent token %s)",
@@ -1262,7 +1413,7 @@ class RelayApp:
     async def _reject_ws(self, scope: Scope, send: Send, status: int, code: str) -> None:
         extensions = scope.get("extensions") or {}
         if "websocket.http.response" in extensions:
-            _, headers, body = _json_body(status, {"error": code})
+            _, headers, body = _json_body(status, _error_payload(code))
             await send(
                 {"type": "websocket.http.response.start", "status": status, "headers": headers}
             )
@@ -1271,23 +1422,43 @@ class RelayApp:
             await send({"type": "websocket.close", "code": 4401 if status == 401 else 1013})
 
     async def _read_frames(self, session: AgentSession, receive: Receive) -> None:
+        lease = session.lease
         while True:
             message = await receive()
             if message["type"] != "websocket.receive":
                 return
+            lease.last_seen = time.time()
             try:
                 text = message.get("text")
                 if text is not None:
+                    if session.version == p.V2 and len(text) > session.max_text:
+                        raise p.FrameError(
+                            f"text frame of {len(text)} characters exceeds the negotiated "
+                            f"limit of {session.max_text}"
+                        )
                     await session.handle_text(p.decode_text(text))
                 else:
                     data = message.get("bytes")
                     if data is not None:
+                        if len(data) > session.max_frame + p.HEADER_SIZE:
+                            raise p.FrameError(
+                                f"binary frame of {len(data)} bytes exceeds the negotiated "
+                                f"max_frame_bytes {session.max_frame}"
+                            )
                         await session.handle_binary(data)
             except p.FrameError as exc:
                 logger.warning(
                     "closing agent connection of lease %s: %s", session.lease.lease_id, exc.message
                 )
                 await session.close(1008, "protocol error")
+                return
+            except Exception:
+                # A bug, not the agent's fault alone: say so once, close, fail its streams.
+                logger.exception(
+                    "closing agent connection of lease %s: unexpected error handling a frame",
+                    session.lease.lease_id,
+                )
+                await session.close(1011, "internal error")
                 return
 
     # ingress ---------------------------------------------------------------------------
@@ -1333,7 +1504,7 @@ class RelayApp:
         now = time.time()
         if lease is None or lease.expires_at <= now:
             state["status"] = 404
-            await _respond(send, 404, {"error": "not_found"})
+            await _respond(send, 404, "not_found")
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         header_bytes = 0
@@ -1363,15 +1534,15 @@ class RelayApp:
         else:
             self.counters["unauthorized"] += 1
             state["status"] = 401
-            await _respond(send, 401, {"error": "unauthorized"})
+            await _respond(send, 401, "unauthorized")
             return
         if header_bytes > settings.max_header_bytes or len(headers) > settings.max_headers:
             state["status"] = 431
-            await _respond(send, 431, {"error": "headers_too_large"})
+            await _respond(send, 431, "headers_too_large")
             return
         if content_length is not None and content_length > settings.max_request_bytes:
             state["status"] = 413
-            await _respond(send, 413, {"error": "request_too_large"})
+            await _respond(send, 413, "request_too_large")
             return
         session = lease.session
         retry = [(b"retry-after", str(settings.retry_after).encode())]
@@ -1387,7 +1558,7 @@ class RelayApp:
         if reason is not None or session is None:
             self.counters["rejected_503"] += 1
             state["status"] = 503
-            await _respond(send, 503, {"error": reason or "no_agent"}, retry)
+            await _respond(send, 503, reason or "no_agent", retry)
             return
 
         stream = session.open_stream()
@@ -1425,7 +1596,13 @@ class RelayApp:
             await session.send_text(frame)
             body_task = asyncio.create_task(self._pump_request(session, stream, receive, state))
             await self._pump_response(
-                session, stream, send, state, started=time.monotonic(), deadline_s=deadline_s
+                session,
+                stream,
+                send,
+                state,
+                started=time.monotonic(),
+                deadline_s=deadline_s,
+                method=scope["method"],
             )
         finally:
             if body_task is not None and not body_task.done():
@@ -1485,12 +1662,15 @@ class RelayApp:
         *,
         started: float,
         deadline_s: float,
+        method: str = "GET",
     ) -> None:
         settings = self.settings
         deadline = started + deadline_s
         last_progress = started
         response_started = False
-        sent = 0
+        bodiless = False
+        declared: int | None = None
+        sent = received = 0
         events = stream.events
         while True:
             now = time.monotonic()
@@ -1507,7 +1687,7 @@ class RelayApp:
                 if response_started:
                     return  # abort: the client sees a truncated body
                 state["status"] = 504
-                await _respond(send, 504, {"error": f"gateway_timeout_{why}"})
+                await _respond(send, 504, f"gateway_timeout_{why}")
                 return
             kind = event[0]
             if kind == "progress":
@@ -1517,40 +1697,62 @@ class RelayApp:
                 if response_started:
                     continue
                 status = event[1]
-                if not isinstance(status, int) or not 100 <= status <= 599:
+                try:
+                    headers, declared = p.check_response_head(status, event[2])
+                except p.FrameError as exc:
+                    logger.warning(
+                        "lease %s, request %s: bad response from the agent: %s",
+                        stream.lease.lease_id,
+                        stream.rid,
+                        exc.message,
+                    )
                     await session.cancel(stream, "local_aborted")
                     state["status"] = 502
-                    await _respond(send, 502, {"error": "LOCAL_BAD_RESPONSE"})
+                    await _respond(send, 502, "LOCAL_BAD_RESPONSE")
                     return
+                if method == "HEAD" or status in (204, 304):
+                    bodiless = True
                 response_started = True
                 state["status"] = status
                 last_progress = time.monotonic()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": status,
-                        "headers": p.clean_response_headers(event[2]),
-                    }
-                )
+                await send({"type": "http.response.start", "status": status, "headers": headers})
                 continue
             if kind == "data":
                 data, end = event[1], event[2]
                 if not response_started:
                     await session.cancel(stream, "local_aborted")
                     state["status"] = 502
-                    await _respond(send, 502, {"error": "LOCAL_BAD_RESPONSE"})
+                    await _respond(send, 502, "LOCAL_BAD_RESPONSE")
                     return
                 if not end and events.pop_end_marker():
                     end = True
-                sent += len(data)
-                if sent > settings.max_response_bytes:
+                received += len(data)
+                if received > settings.max_response_bytes:
                     await session.cancel(stream, "too_large")
                     return
-                last_progress = time.monotonic()
-                await send({"type": "http.response.body", "body": data, "more_body": not end})
-                state["out"] = sent
                 if data:
                     await session.delivered(stream, len(data))
+                last_progress = time.monotonic()
+                if bodiless:
+                    data = b""  # HEAD, 204, 304: no body on the wire, whatever the agent sent
+                elif declared is not None and (
+                    sent + len(data) > declared or (end and sent + len(data) < declared)
+                ):
+                    # More or less than its own Content-Length: the HTTP server would drop
+                    # the connection mid-write; abort the response instead (truncated).
+                    logger.warning(
+                        "lease %s, request %s: the agent's body does not match its "
+                        "Content-Length %d; response aborted",
+                        stream.lease.lease_id,
+                        stream.rid,
+                        declared,
+                    )
+                    await session.cancel(stream, "local_aborted")
+                    return
+                if data or end:
+                    await send({"type": "http.response.body", "body": data, "more_body": not end})
+                sent += len(data)
+                state["out"] = sent
                 if end:
                     return
                 continue
@@ -1564,10 +1766,11 @@ class RelayApp:
                 if response_started:
                     return
                 state["status"] = 413
-                await _respond(send, 413, {"error": "request_too_large"})
+                await _respond(send, 413, "request_too_large")
                 return
             if kind == "error":
-                code = str(event[1])
+                code = str(event[1])[:64]
+                message = ""
                 if response_started:
                     return  # abort
                 if code in ("AGENT_GONE", "LEASE_GONE"):
@@ -1580,7 +1783,7 @@ class RelayApp:
                 extra = (
                     [(b"retry-after", str(settings.retry_after).encode())] if status == 503 else []
                 )
-                await _respond(send, status, {"error": code}, extra)
+                await _respond(send, status, code, extra, message)
                 return
 
 

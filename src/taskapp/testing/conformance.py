@@ -47,7 +47,7 @@ from taskapp.testing.helpers import (
 )
 
 if TYPE_CHECKING:
-    from taskapp.core.backends import TunnelBackend, TunnelContext
+    from taskapp.core.backends import Tunnel, TunnelBackend, TunnelContext
     from taskapp.core.lifecycle import InProcessTaskApp
 
 __all__ = ["ServerRunnerConformance", "TunnelBackendConformance"]
@@ -144,20 +144,22 @@ class TunnelBackendConformance(_Base):
 
     def fetch(self, task_app: InProcessTaskApp, path: str) -> tuple[int, Any]:
         """GET ``task_app.url + path`` as a remote client would; (status, JSON or text)."""
-
         assert task_app.url is not None
-        return self.fetch_url(task_app.url, path, task_app)
+        return self.fetch_url(task_app.url, path, task_app.tunnel)
 
-    def fetch_url(self, url: str, path: str, task_app: InProcessTaskApp) -> tuple[int, Any]:
-        """GET ``url + path`` with the credentials of ``task_app`` (key, tunnel headers,
-        worker token)."""
+    def fetch_url(self, url: str, path: str, tunnel: Tunnel | None) -> tuple[int, Any]:
+        """GET ``url + path`` with the API key and what ``tunnel`` says clients must send
+        (its headers, its worker token). Override it when the URL resolves only through
+        your own transport."""
         import httpx
 
-        headers = {"X-API-Key": task_app.api_key}
-        if task_app.tunnel is not None:
-            headers.update(task_app.tunnel.headers)
-        if task_app.task_app_worker_token:
-            headers["X-SynthTunnel-Worker-Token"] = task_app.task_app_worker_token
+        from taskapp.core.client import WORKER_TOKEN_HEADER
+
+        headers = {"X-API-Key": KEY}
+        if tunnel is not None:
+            headers.update(tunnel.headers)
+            if tunnel.worker_token:
+                headers[WORKER_TOKEN_HEADER] = tunnel.worker_token
         with httpx.Client(timeout=10.0, trust_env=False, verify=False) as client:  # noqa: S501
             response = client.get(url.rstrip("/") + path, headers=headers)
         try:
@@ -211,13 +213,14 @@ class TunnelBackendConformance(_Base):
             url_changed=lambda tunnel: None,
         )
 
-    def _assert_reaches(self, app: InProcessTaskApp, url: str | None = None) -> None:
-        status, body = (
-            self.fetch(app, "/health") if url is None else self.fetch_url(url, "/health", app)
-        )
+    def _assert_reaches(self, app: InProcessTaskApp, tunnel: Tunnel | None = None) -> None:
+        if tunnel is None:
+            url, (status, body) = app.url, self.fetch(app, "/health")
+        else:
+            url, (status, body) = tunnel.url, self.fetch_url(tunnel.url, "/health", tunnel)
         healthy = status == 200 and isinstance(body, dict) and body.get("healthy") is True
         assert healthy, (
-            f"GET {url or app.url}/health through tunnel {self.backend!r} answered "
+            f"GET {url}/health through tunnel {self.backend!r} answered "
             f"{status}: {body!r}; expected 200 {{'healthy': true}} from the task app"
         )
 
@@ -322,7 +325,7 @@ class TunnelBackendConformance(_Base):
         backend = cls(options)
         tunnel = backend.open(self._context(port))
         try:
-            self._assert_reaches(conformance_local_app, tunnel.url)
+            self._assert_reaches(conformance_local_app, tunnel)
         finally:
             backend.close()
         backend.close()  # a second close must not raise either
@@ -459,8 +462,8 @@ class TunnelBackendConformance(_Base):
                 pytest.skip(f"no way to drop a {self.backend!r} tunnel (override drop())")
 
             def back() -> bool:
-                if app.tunnel is before and before is not None and before.pids:
-                    return False  # still the dropped tunnel
+                if app.tunnel is before:
+                    return False  # the supervisor has not reported a reopened tunnel yet
                 try:
                     status, _ = self.fetch(app, "/health")
                 except Exception:
@@ -469,7 +472,8 @@ class TunnelBackendConformance(_Base):
 
             assert wait_until(back, self.reconnect_timeout, interval=0.2), (
                 f"tunnel {self.backend!r} did not come back within {self.reconnect_timeout:g} s "
-                "after a drop"
+                "after a drop (the supervisor reports a reopened tunnel through "
+                "ctx.url_changed; is `supervised = True` and does wait_dropped() notice?)"
             )
             pids |= self._pids(app)
         self.assert_nothing_left(leaks, [app], pids)

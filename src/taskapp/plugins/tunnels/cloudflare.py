@@ -377,6 +377,14 @@ class _CloudflaredTunnel(ProcessTunnel):
         self._superseded = False
         self.metrics_url: str | None = None
 
+    @classmethod
+    def prepare(cls, options: Any) -> None:
+        """cloudflared must exist before the server starts (it is never downloaded)."""
+        try:
+            find_cloudflared(options.cloudflared_path)
+        except TunnelBinaryMissingError as exc:
+            raise TunnelBinaryMissingError(exc.message, backend=cls.name) from None
+
     # subclasses --------------------------------------------------------------------
 
     def _argv(self, program: str, ctx: TunnelContext, config: Path, metrics: str) -> list[str]:
@@ -601,9 +609,11 @@ class _CloudflaredTunnel(ProcessTunnel):
             if self._needs_url()
             else "check the tunnel's status in the Cloudflare dashboard"
         )
+        printed = proc.tail(30).strip()
+        said = "Its last output is below" if printed else "It printed nothing"
         return self._failure(
             CloudflaredExitedError,
-            f"{what}. Its last output is below. Retry; if it keeps failing, upgrade "
+            f"{what}. {said}. Retry; if it keeps failing, upgrade "
             f"cloudflared (`cloudflared --version`) or {fallback}.",
             proc,
         )

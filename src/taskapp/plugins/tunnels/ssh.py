@@ -32,6 +32,7 @@ import dataclasses
 import math
 import os
 import re
+import shutil
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,7 @@ from taskapp.core.backends import Tunnel, TunnelContext
 from taskapp.core.errors import (
     ProcessError,
     TunnelAuthError,
+    TunnelBinaryMissingError,
     TunnelError,
     TunnelProtocolError,
     TunnelRateLimitedError,
@@ -179,6 +181,20 @@ class SSHOptions:
             raise ValueError("server_alive_count_max must be >= 1")
         if not self.ssh_path:
             raise ValueError("ssh_path must name the ssh program")
+        if self.identity_file is not None:
+            # A missing key file is the user's path, not a login the server rejected.
+            key_file = os.path.expanduser(self.identity_file)
+            if not os.path.exists(key_file):
+                raise ValueError(
+                    f"identity_file {self.identity_file!r}: no such file. Pass the path of "
+                    "your private key (e.g. ~/.ssh/id_ed25519), or leave identity_file out to "
+                    "use ssh's default keys and ssh-agent"
+                )
+            if not os.path.isfile(key_file):
+                raise ValueError(
+                    f"identity_file {self.identity_file!r} is not a file; pass the path of "
+                    "your private key"
+                )
         for key, value in self.ssh_options.items():
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", str(key)) or "\n" in str(value):
                 raise ValueError(f"ssh_options: invalid option {key!r}={value!r}")
@@ -334,6 +350,14 @@ class _Text(_Parser):
 # -- the backends ------------------------------------------------------------------------
 
 
+def _ssh_missing(backend: str, ssh_path: str) -> str:
+    return (
+        f"tunnel {backend!r} needs the OpenSSH client, but {ssh_path!r} was not found. Install "
+        "it (Debian/Ubuntu: apt-get install openssh-client; macOS ships it) or set "
+        "tunnel_options={'ssh_path': '/path/to/ssh'}."
+    )
+
+
 class SSHTunnel(ProcessTunnel):
     """Remote port forwarding to your own SSH server (see the module docstring)."""
 
@@ -355,6 +379,15 @@ class SSHTunnel(ProcessTunnel):
         self.options: SSHOptions = options
         self._config_dir: str | None = None
         self.url: str | None = None
+
+    @classmethod
+    def prepare(cls, options: SSHOptions) -> None:
+        """The OpenSSH client must exist before the server starts."""
+        program = os.path.expanduser(options.ssh_path)
+        if shutil.which(program) is None:
+            raise TunnelBinaryMissingError(
+                _ssh_missing(cls.name, options.ssh_path), backend=cls.name
+            )
 
     # -- what differs between the server and the presets ---------------------------------
 
@@ -471,12 +504,7 @@ class SSHTunnel(ProcessTunnel):
     # -- open / close ----------------------------------------------------------------------
 
     def missing_program(self, argv: Sequence[str], error: ProcessError) -> str:
-        return (
-            f"tunnel {self.name!r} needs the OpenSSH client, but "
-            f"{self.options.ssh_path!r} was not found. Install it (Debian/Ubuntu: "
-            "apt-get install openssh-client; macOS ships it) or set "
-            "tunnel_options={'ssh_path': '/path/to/ssh'}."
-        )
+        return _ssh_missing(self.name, self.options.ssh_path)
 
     def broken_program(self, argv: Sequence[str], error: ProcessError) -> str:
         return (

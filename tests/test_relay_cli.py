@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -131,3 +132,53 @@ def test_a_sigkilled_task_app_leaves_nothing_behind(tmp_path: Path) -> None:
         leases = httpx.get(url + "/api/v1/synthtunnel/leases", headers=ADMIN_AUTH).json()
         assert leases == {"leases": []}
         assert port_is_free(port)
+
+
+def _serve_parser() -> Any:
+    import argparse
+
+    from taskapp.cli import relay as relay_cli
+
+    top = argparse.ArgumentParser()
+    relay_cli.add_parser(top.add_subparsers())
+    relay_parser = top._subparsers._group_actions[0].choices["relay"]  # type: ignore[union-attr]
+    return relay_parser._subparsers._group_actions[0].choices["serve"]
+
+
+def test_relay_serve_help_gives_every_limit_flag_a_default_and_a_unit() -> None:
+    import re
+
+    from taskapp.cli.relay import parse_size
+
+    serve = _serve_parser()
+    groups = {group.title: group for group in serve._action_groups}
+    limit_actions = groups["limits"]._group_actions
+    flags = {action.option_strings[0] for action in limit_actions}
+    # every --max-*, window, ttl, timeout and budget flag is in the limits group
+    every = {a.option_strings[0] for a in serve._actions if a.option_strings}
+    expected = {
+        f
+        for f in every
+        if f.startswith("--max-")
+        or f.endswith(("-window", "-ttl", "-timeout", "-budget", "-grace", "-deadline"))
+    }
+    assert expected <= flags, expected - flags
+    for action in limit_actions:
+        flag, text = action.option_strings[0], action.help or ""
+        match = re.search(r"default (\S+?)[;)]", text)
+        assert match, f"{flag}: no default in {text!r}"
+        shown = match.group(1)
+        if action.metavar == "SIZE":
+            assert parse_size(shown) == action.default, (flag, shown, action.default)
+            assert re.search(r"[KMG]i?B$", shown), f"{flag}: default {shown} without a unit"
+        elif action.metavar == "SECONDS":
+            assert float(shown) == action.default, (flag, shown, action.default)
+            assert "seconds" in text, f"{flag}: no unit"
+        else:
+            assert action.metavar == "N", flag
+            assert int(shown) == action.default, (flag, shown, action.default)
+    rendered = run_cli("relay", "serve", "--help")
+    assert rendered.returncode == 0
+    for flag in flags:
+        assert flag in rendered.stdout
+    assert "sizes take bytes or a unit" in rendered.stdout

@@ -36,7 +36,20 @@ def parse_size(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
@@ -91,30 +104,138 @@ def add_parser(subparsers: Any) -> None:
         type=Path,
         help="keep leases (hashes only) in this file so a restart keeps URLs working",
     )
-    serve.add_argument("--protocols", type=_protocols, default=(2, 1), help="1, 2 or 1,2")
-    serve.add_argument("--max-leases", type=int, default=100)
-    serve.add_argument("--max-inflight", type=int, default=128, help="per lease (503 above)")
-    serve.add_argument("--max-request-bytes", type=parse_size, default=100 * 1024**2)
-    serve.add_argument("--max-response-bytes", type=parse_size, default=200_000_000)
-    serve.add_argument("--max-header-bytes", type=parse_size, default=64 * 1024)
-    serve.add_argument("--default-ttl", type=int, default=3600, help="lease TTL, seconds")
-    serve.add_argument("--max-ttl", type=int, default=86400)
-    serve.add_argument("--max-deadline", type=_positive_float, default=600.0, help="seconds (504)")
-    serve.add_argument("--stall-timeout", type=_positive_float, default=120.0, help="seconds (504)")
-    serve.add_argument("--memory-budget", type=parse_size, default=512 * 1024**2)
-    serve.add_argument("--stream-window", type=parse_size, default=2 * 1024**2)
-    serve.add_argument("--conn-window", type=parse_size, default=32 * 1024**2)
-    serve.add_argument("--max-frame-bytes", type=parse_size, default=64 * 1024)
-    serve.add_argument("--reattach-grace", type=_positive_float, default=120.0)
-    serve.add_argument("--drain-timeout", type=_positive_float, default=10.0)
+    serve.add_argument(
+        "--protocols",
+        type=_protocols,
+        default=(2, 1),
+        help="protocol versions offered to agents: 1, 2 or 1,2 (default 1,2; v2 is preferred)",
+    )
+    limits = serve.add_argument_group(
+        "limits",
+        "sizes take bytes or a unit (65536, 64KiB, 100MB, 1GiB); times are in seconds;\n"
+        "each line gives the default and what a caller gets beyond the limit",
+    )
+    limits.add_argument(
+        "--max-leases",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="leases alive at once, all admin tokens together (default 100; 429 beyond)",
+    )
+    limits.add_argument(
+        "--max-inflight",
+        type=_positive_int,
+        default=128,
+        metavar="N",
+        help="public requests in flight per lease (default 128; 503 beyond)",
+    )
+    limits.add_argument(
+        "--max-request-bytes",
+        type=parse_size,
+        default=100 * 1024**2,
+        metavar="SIZE",
+        help="largest public request body (default 100MiB; 413 beyond)",
+    )
+    limits.add_argument(
+        "--max-response-bytes",
+        type=parse_size,
+        default=200_000_000,
+        metavar="SIZE",
+        help="largest response body relayed; also bounds one v1 agent message, up to 64MiB "
+        "(default 200MB; the response is cut off beyond)",
+    )
+    limits.add_argument(
+        "--max-header-bytes",
+        type=parse_size,
+        default=64 * 1024,
+        metavar="SIZE",
+        help="total size of a public request's headers (default 64KiB; 431 beyond)",
+    )
+    limits.add_argument(
+        "--default-ttl",
+        type=_positive_int,
+        default=3600,
+        metavar="SECONDS",
+        help="lifetime of a lease whose creator asks for none, seconds (default 3600)",
+    )
+    limits.add_argument(
+        "--max-ttl",
+        type=_positive_int,
+        default=86400,
+        metavar="SECONDS",
+        help="longest lease lifetime granted, seconds; longer requests are cut to it "
+        "(default 86400)",
+    )
+    limits.add_argument(
+        "--max-deadline",
+        type=_positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="longest a public request may take, seconds (default 600; 504 beyond)",
+    )
+    limits.add_argument(
+        "--stall-timeout",
+        type=_positive_float,
+        default=120.0,
+        metavar="SECONDS",
+        help="longest silence from the task app within one request, seconds "
+        "(default 120; 504 beyond)",
+    )
+    limits.add_argument(
+        "--memory-budget",
+        type=parse_size,
+        default=512 * 1024**2,
+        metavar="SIZE",
+        help="response bytes the relay may buffer for slow callers, all leases together "
+        "(default 512MiB; 503 for new requests beyond)",
+    )
+    limits.add_argument(
+        "--stream-window",
+        type=parse_size,
+        default=2 * 1024**2,
+        metavar="SIZE",
+        help="v2 flow-control window per request: bytes in flight before the receiver "
+        "acknowledges (default 2MiB; at least 64KiB)",
+    )
+    limits.add_argument(
+        "--conn-window",
+        type=parse_size,
+        default=32 * 1024**2,
+        metavar="SIZE",
+        help="v2 flow-control window per agent connection, all requests together "
+        "(default 32MiB; at least --stream-window)",
+    )
+    limits.add_argument(
+        "--max-frame-bytes",
+        type=parse_size,
+        default=64 * 1024,
+        metavar="SIZE",
+        help="largest body chunk per frame: v2 frames above it close the agent (1008); "
+        "REQ_BODY to v1 agents is split to it (default 64KiB; 1KiB-256KiB)",
+    )
+    limits.add_argument(
+        "--reattach-grace",
+        type=_positive_float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long a lease waits for its agent to reconnect before it is removed, "
+        "seconds (default 120)",
+    )
+    limits.add_argument(
+        "--drain-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long in-flight requests may finish, seconds (default 10)",
+    )
     serve.add_argument(
         "--trusted-proxy",
         action="append",
         default=None,
         help="address whose X-Forwarded-For is trusted (repeatable; default 127.0.0.1)",
     )
-    serve.add_argument("--ssl-certfile")
-    serve.add_argument("--ssl-keyfile")
+    serve.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    serve.add_argument("--ssl-keyfile", help="the private key of --ssl-certfile (PEM)")
     serve.add_argument("--no-access-log", action="store_true", help="no per-request log lines")
     serve.set_defaults(relay_run=run_serve)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from taskapp.cli._common import (
@@ -30,6 +33,12 @@ EPILOG = """examples:
 
 The API key is --api-key-env NAME, else ENVIRONMENT_API_KEY, else a fresh random key.
 Only its fingerprint is printed; --show-key prints the key itself.
+
+Through a relay (--tunnel synthtunnel), callers also need the lease's worker token:
+  taskapp serve support-intents --tunnel synthtunnel \
+      --tunnel-option relay_url=https://relay.example.com --worker-token-file ~/.taskapp/worker
+writes it to that file (mode 0600, removed on stop); --show-key prints it too. Otherwise
+only its fingerprint is printed.
 """
 
 
@@ -68,7 +77,17 @@ def add_parser(subparsers: Any) -> None:
     )
     add_key_arguments(parser, what="the API key clients must present")
     parser.add_argument(
-        "--show-key", action="store_true", help="print the API key itself, not only its fingerprint"
+        "--show-key",
+        action="store_true",
+        help="print the API key (and a relay's worker token) itself, not only its fingerprint",
+    )
+    parser.add_argument(
+        "--worker-token-file",
+        type=Path,
+        metavar="FILE",
+        help="write the relay's worker token (--tunnel synthtunnel), which callers send as "
+        "X-SynthTunnel-Worker-Token, to FILE (mode 0600; rewritten if it changes, removed "
+        "on stop)",
     )
     add_start_arguments(parser)
     parser.set_defaults(run=run)
@@ -93,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         server_options["num_replicas"] = args.replicas
     options["server_options"] = server_options or None
 
+    token_file = _TokenFile(args.worker_token_file) if args.worker_token_file else None
+    if token_file is not None:
+        token_file.check()
+
     from taskapp.core.lifecycle import InProcessTaskApp
 
     def on_signal(signum: int) -> None:
@@ -106,23 +129,67 @@ def run(args: argparse.Namespace) -> int:
                 # Never stop another process to free a port: move to the next free one.
                 auto_find_port=True,
                 api_key=key.value,
-                on_url_change=_print_new_url,
+                on_url_change=lambda changed: _print_new_url(changed, token_file),
             )
             task_app.start()
             try:
+                if token_file is not None:
+                    token_file.publish(task_app.task_app_worker_token)
                 _print_banner(task_app, args, key.source)
                 _wait(task_app)
             finally:
                 task_app.stop()
+                if token_file is not None:
+                    token_file.remove()
         except _Stopped:
             stderr(f"taskapp serve: {flag.name} received, stopped cleanly")
             return 0
     return 0
 
 
-def _print_new_url(task_app: Any) -> None:
+class _TokenFile:
+    """The worker-token file: written 0600 (never through a symlink), removed on stop."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.expanduser()
+        self.written = False
+
+    def check(self) -> None:
+        """Fail before anything starts when the file cannot be written."""
+        if not self.path.parent.is_dir():
+            raise UsageError(
+                f"--worker-token-file: the directory {str(self.path.parent)!r} does not exist"
+            )
+        if self.path.is_dir():
+            raise UsageError(f"--worker-token-file: {str(self.path)!r} is a directory")
+
+    def publish(self, token: str | None) -> None:
+        if not token:
+            stderr(
+                "taskapp serve: --worker-token-file: this tunnel has no worker token "
+                "(only --tunnel synthtunnel has one); nothing written"
+            )
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+            os.write(fd, token.encode() + b"\n")
+        finally:
+            os.close(fd)
+        self.written = True
+
+    def remove(self) -> None:
+        if self.written:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
+def _print_new_url(task_app: Any, token_file: _TokenFile | None = None) -> None:
     """A supervised tunnel reconnected with a new public URL."""
     print(f"  url changed: {task_app.url}", flush=True)
+    if token_file is not None and token_file.written:
+        token_file.publish(task_app.task_app_worker_token)
 
 
 def _wait(task_app: Any) -> None:
@@ -162,6 +229,17 @@ def _print_banner(task_app: Any, args: argparse.Namespace, key_source: str) -> N
     tunnel = task_app.tunnel
     if tunnel is not None and tunnel.headers:
         lines.append(f"  clients must also send header(s): {', '.join(tunnel.headers)}")
+    worker = task_app.task_app_worker_token
+    if worker:
+        lines.append(f"  worker token: {fingerprint(worker)}")
+        if args.show_key:
+            lines.append(f"  worker token value: {worker}")
+        if args.worker_token_file:
+            lines.append(f"           (written to {args.worker_token_file}, mode 0600)")
+        elif not args.show_key:
+            lines.append(
+                "           (--worker-token-file FILE writes it, mode 0600; --show-key prints it)"
+            )
     lines.append("press Ctrl-C to stop")
     print("\n".join(lines), flush=True)
     sys.stdout.flush()

@@ -10,6 +10,9 @@ comment right above a block changes that:
 ``<!-- snippet: excerpt PATH -->``
     the block is an excerpt of the file PATH: its lines must appear in that file in order
     (lines the page leaves out may sit in between), and the file itself must run;
+``<!-- snippet: pytest FOLDER -->``
+    the block is a pytest test module: it runs under pytest, with FOLDER (relative to
+    the repository) importable;
 ``<!-- snippet: skip REASON -->``
     the block needs what a test machine does not have (cloudflared, a server on the
     internet, Ray); REASON says what, and these stay few.
@@ -33,7 +36,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIPPED_PAGES = {"python_api.md"}  # tests/test_python_api_docs.py runs those
-MARKER = re.compile(r"<!--\s*snippet:\s*(continues|excerpt|skip)\s*(.*?)\s*-->\s*\n\s*$")
+MARKER = re.compile(r"<!--\s*snippet:\s*(continues|excerpt|skip|pytest)\s*(.*?)\s*-->\s*\n\s*$")
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 MAX_SKIPPED = 12
 
@@ -104,6 +107,9 @@ def test_snippet(snippet: Snippet, tmp_path: Path) -> None:
     if snippet.mode == "excerpt":
         check_excerpt(snippet)
         return
+    if snippet.mode == "pytest":
+        run_under_pytest(snippet, tmp_path)
+        return
     # Run in a scratch folder (snippets may write files) that sees the repository's
     # examples/ under the same relative path.
     (tmp_path / "examples").symlink_to(ROOT / "examples")
@@ -118,6 +124,23 @@ def test_snippet(snippet: Snippet, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"{snippet.id}:\n{snippet.code}\n{result.stderr[-3000:]}"
+
+
+def run_under_pytest(snippet: Snippet, tmp_path: Path) -> None:
+    (tmp_path / "test_snippet.py").write_text(snippet.code, encoding="utf-8")
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / snippet.argument), env["PYTHONPATH"]])
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_snippet.py"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 0, f"{snippet.id}:\n{snippet.code}\n{result.stdout[-3000:]}"
 
 
 def _code(line: str) -> str:
@@ -142,7 +165,10 @@ def check_excerpt(snippet: Snippet) -> None:
             )
 
 
-EXCERPTED = sorted({s.argument for s in SNIPPETS if s.mode == "excerpt"})
+# Excerpted task apps must run; excerpted test modules are run by their own tests.
+EXCERPTED = sorted(
+    {s.argument for s in SNIPPETS if s.mode == "excerpt" and s.argument.startswith("examples/")}
+)
 
 
 @pytest.mark.parametrize("path", EXCERPTED)

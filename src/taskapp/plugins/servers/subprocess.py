@@ -169,7 +169,7 @@ class SubprocessServer(ServerRunner):
         except ProcessTimeoutError as exc:
             raise ServerStartError(
                 f"the subprocess server (pid {self._proc.pid}) did not start serving within "
-                f"{ctx.start_timeout:g}s (a slow import or lifespan startup?)",
+                f"{ctx.timeout_text()} (a slow import or lifespan startup?)",
                 log_tail=exc.log_tail,
             ) from None
         except ProcessError:

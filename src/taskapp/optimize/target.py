@@ -34,6 +34,8 @@ class Endpoint:
     api_key: str | None
     label: str
     started_here: bool = False
+    #: a taskapp relay's worker token, sent with every request when set
+    worker_token: str | None = None
 
 
 def _in_process(target: Any) -> Any:
@@ -47,14 +49,22 @@ def _in_process(target: Any) -> Any:
 
 
 @contextlib.contextmanager
-def open_target(target: Any, *, api_key: str | None = None) -> Iterator[Endpoint]:
+def open_target(
+    target: Any, *, api_key: str | None = None, worker_token: str | None = None
+) -> Iterator[Endpoint]:
     """Yield the :class:`Endpoint` of ``target``, starting (and later stopping) it if needed."""
     from taskapp.core.lifecycle import InProcessTaskApp
 
     if isinstance(target, str) and target.startswith(("http://", "https://")):
         key = api_key if api_key is not None else os.environ.get("ENVIRONMENT_API_KEY") or None
         register_secret(key)
-        yield Endpoint(url=target.rstrip("/"), api_key=key, label=target.rstrip("/"))
+        register_secret(worker_token)
+        yield Endpoint(
+            url=target.rstrip("/"),
+            api_key=key,
+            label=target.rstrip("/"),
+            worker_token=worker_token or None,
+        )
         return
     task_app = target if isinstance(target, InProcessTaskApp) else _in_process(target)
     if task_app.running:

@@ -15,7 +15,7 @@ own Serve application. Everything measured about this runner is in ``docs/ray.md
 
 * **Nothing imports ray** until :meth:`RayServer.start`; the options check only that the
   ``ray`` package is installed (a :class:`~taskapp.core.errors.ConfigurationError`
-  naming ``pip install 'taskapp[ray]'`` when it is not).
+  naming ``pip install '.[ray]'`` when it is not).
 * **The app travels as an import target**: ``LoadedApp.reimport_target()`` (a ``.py``
   path or ``"module:attr"``) plus a builder that runs on each replica
   (:mod:`taskapp.plugins.servers._ray_app`), never a pickled app or TaskAppConfig. Each

@@ -9,13 +9,14 @@ import sys
 from typing import Any, Literal, TypeVar
 
 from taskapp.core.errors import ConfigurationError
+from taskapp.core.extras import install_command
 from taskapp.core.logs import get_logger
 
 logger = get_logger("taskapp.server.ray")
 
 T = TypeVar("T")
 
-INSTALL_HINT = "pip install 'taskapp[ray]'"
+INSTALL_HINT = install_command("ray")
 #: Serve calls builder functions given to ``serve.ingress`` on each replica since 2.47.
 MIN_RAY_VERSION = (2, 47)
 DEPLOYMENT_NAME = "TaskApp"

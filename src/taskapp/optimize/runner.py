@@ -36,6 +36,7 @@ from taskapp.core.errors import (
     HealthCheckError,
     TaskAppRequestError,
 )
+from taskapp.core.extras import install_command
 from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import redact
@@ -73,8 +74,8 @@ def import_gepa() -> Any:
         return importlib.import_module("gepa")
     except ImportError as exc:
         raise GepaNotInstalledError(
-            "taskapp optimize needs the optional 'gepa' package: pip install 'taskapp[optimize]'"
-            f" (import failed: {exc})"
+            "taskapp optimize needs the optional 'gepa' package: "
+            f"{install_command('optimize')} (import failed: {exc})"
         ) from exc
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from taskapp.core.errors import TunnelAuthError, TunnelError, TunnelTimeoutError
+from taskapp.core.extras import install_command
 from taskapp.core.logs import get_logger
 from taskapp.relay import protocol as p
 
@@ -307,7 +308,7 @@ class RelayAgent:
             from websockets.exceptions import InvalidStatus
         except ImportError:  # pragma: no cover - the backend checks this before starting
             raise TunnelError(
-                "the relay tunnel needs the 'websockets' package: pip install 'taskapp[relay]'",
+                "the relay tunnel needs the 'websockets' package: " + install_command("relay"),
                 backend="relay",
             ) from None
         cfg = self.config

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError, ServerStartError, error_body
+from taskapp.core.extras import install_command
 from taskapp.core.logs import get_logger
 from taskapp.core.ports import listen_tcp
 from taskapp.core.secrets import fingerprint
@@ -1832,7 +1833,7 @@ def _uvicorn_config(app: RelayApp, settings: RelaySettings, **overrides: Any) ->
         import websockets  # noqa: F401
     except ImportError:
         raise ConfigurationError(
-            "the relay needs the 'websockets' package: pip install 'taskapp[relay]'"
+            "the relay needs the 'websockets' package: " + install_command("relay")
         ) from None
     options: dict[str, Any] = {
         "host": settings.host,

@@ -17,11 +17,17 @@ from typing import Any
 import httpx
 import pytest
 
+import taskapp
 from taskapp import InProcessTaskApp
+from taskapp.core.backends import Tunnel, TunnelBackend, TunnelContext
+from taskapp.core.errors import HealthCheckError, ServerStartError
+from taskapp.core.plugins import get_registry
 from taskapp.examples.support_intents import build_config
 from taskapp.examples.support_intents import policy as policy_module
 
 from .._cli_helpers import EXAMPLES_DIR, ChatStandIn
+from ..conftest import minimal_app
+from ._leaks import assert_no_leaks, snapshot
 
 # -- 17.1: a request never chooses which environment variable leaves the machine ---------
 
@@ -294,3 +300,119 @@ def test_17_4_the_argv_guard_still_catches_real_keys() -> None:
     assert not contains_secret("taskapp.plugins.servers._subprocess_child", ["k"])
     with spawn([sys.executable, "-c", "pass", "/opt/hunter22x/app.py"], secrets=["hunter22"]) as p:
         assert p.wait(timeout=10) == 0
+
+
+# -- 17.3: stopping ends a startup in progress, on time, leaving nothing ------------------
+
+SLOW_LIFESPAN_APP = """
+import asyncio
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+
+@asynccontextmanager
+async def lifespan(app):
+    await asyncio.sleep(60)
+    yield
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.get("/health")
+def health():
+    return {"healthy": True}
+"""
+
+
+def test_17_3_a_slow_lifespan_fails_on_time_and_leaks_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "slow_lifespan.py"
+    path.write_text(SLOW_LIFESPAN_APP)
+
+    def attempt() -> tuple[float, str]:
+        started = time.monotonic()
+        with pytest.raises(ServerStartError) as caught:
+            with InProcessTaskApp(task_app_path=path, health_check_timeout=1.0):
+                pass
+        return time.monotonic() - started, str(caught.value)
+
+    attempt()  # warm-up: first-use imports and lazily created process-wide objects
+    before = snapshot()
+    for _ in range(3):
+        elapsed, message = attempt()
+        assert elapsed < 2.0, f"took {elapsed:.1f}s for a 1 s health_check_timeout"
+        assert "the 1 s health check timeout" in message  # 17.8: the timeout the user set
+    assert_no_leaks(before)
+
+
+# -- 17.8: messages say what happened --------------------------------------------------
+
+
+def test_17_8_a_server_crash_after_startup_is_not_called_a_lifespan_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from taskapp.core.serving import fast_exit_server_class
+
+    async def exploding_main_loop(self: Any) -> None:
+        raise RuntimeError("main loop exploded")
+
+    monkeypatch.setattr(fast_exit_server_class(), "main_loop", exploding_main_loop)
+    before = snapshot()
+    with pytest.raises(ServerStartError) as caught:
+        with InProcessTaskApp(app=minimal_app(), health_check_timeout=5.0):
+            pass
+    message = str(caught.value)
+    assert "ended after the server had started" in message
+    assert "RuntimeError: main loop exploded" in message
+    assert "CancelledError" not in message and "lifespan" not in message
+    monkeypatch.undo()
+    assert_no_leaks(before)
+
+
+def test_17_8_the_health_timeout_message_names_the_timeout_set() -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        return JSONResponse({"healthy": False}, status_code=503)
+
+    with pytest.raises(HealthCheckError) as caught:
+        with InProcessTaskApp(app=app, health_check_timeout=1.5):
+            pass
+    assert "within the 1.5 s health check timeout" in str(caught.value)
+    assert "HTTP 503" in str(caught.value)
+
+
+class ExplodingTunnel(TunnelBackend):
+    """A tunnel plugin whose open() fails with its own (non-taskapp) error."""
+
+    name = "exploding-test-tunnel"
+
+    def open(self, ctx: TunnelContext) -> Tunnel:
+        raise ConnectionError("the tunnel service hung up")
+
+
+@taskapp.hookimpl
+def register_tunnels(register: Any) -> None:
+    register(ExplodingTunnel)
+
+
+def test_17_8_a_tunnel_plugins_error_names_the_backend() -> None:
+    registry = get_registry()
+    registry.register(sys.modules[__name__], name="test-exploding-tunnel")
+    try:
+        before = snapshot()
+        with pytest.raises(taskapp.TunnelError) as caught:
+            with InProcessTaskApp(app=minimal_app(), tunnel_backend="exploding-test-tunnel"):
+                pass
+    finally:
+        registry.unregister("test-exploding-tunnel")
+    assert caught.value.backend == "exploding-test-tunnel"
+    assert "tunnel 'exploding-test-tunnel' failed to open" in str(caught.value)
+    assert "ConnectionError: the tunnel service hung up" in str(caught.value)
+    assert isinstance(caught.value.__cause__, ConnectionError)
+    assert_no_leaks(before)

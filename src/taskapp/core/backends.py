@@ -126,7 +126,16 @@ class ServerContext:
     port: int
     api_key: str
     start_timeout: float
+    """Seconds left of the start's budget (what to wait at most)."""
     logger: logging.Logger
+    timeout_setting: float | None = None
+    """The timeout the user set (health_check_timeout), for messages; None when unknown."""
+
+    def timeout_text(self) -> str:
+        """How a message names the time limit: the user's setting, not the seconds left."""
+        if self.timeout_setting is None:
+            return f"{self.start_timeout:g} s"
+        return f"the {self.timeout_setting:g} s health check timeout"
 
 
 class ServerRunner(abc.ABC):

@@ -27,6 +27,7 @@ from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from taskapp.core.config import TaskAppConfig
+from taskapp.core.env_keys import environment_api_key, lent_keys
 from taskapp.core.errors import error_body
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import constant_time_in, register_secret
@@ -275,7 +276,7 @@ class TaskAppAuth:
 
 def _keys_from_env() -> list[str]:
     keys = []
-    primary = os.environ.get("ENVIRONMENT_API_KEY", "").strip()
+    primary = environment_api_key()
     if primary:
         keys.append(primary)
     keys.extend(alias_keys_from_env())
@@ -288,7 +289,10 @@ def alias_keys_from_env() -> list[str]:
     Accepted next to the host's key too: they add keys, they never replace one.
     """
     aliases = os.environ.get("ENVIRONMENT_API_KEY_ALIASES", "")
-    return [part.strip() for part in aliases.split(",") if part.strip()]
+    lent = lent_keys()  # keys taskapp lent to a running synth-ai app are not the user's
+    return [
+        part.strip() for part in aliases.split(",") if part.strip() and part.strip() not in lent
+    ]
 
 
 async def call_user(func: Callable[..., Any], *args: Any) -> Any:

@@ -101,12 +101,15 @@ def wait_healthy(
     what: str = "the task app",
     error: Callable[[str], Exception] | None = None,
     path: str = "/health",
+    limit: str | None = None,
 ) -> float:
     """Poll ``base_url + path`` until it answers 200; return the seconds it took.
 
     ``alive`` is called before every attempt and should raise when the thing being waited
     for has died. ``error`` builds the exception raised on timeout (default
     :class:`HealthCheckError`); a 401/403 always raises :class:`ApiKeyRejectedError`.
+    ``limit`` names the time limit in that message (default ``"<timeout> s"``); a caller
+    waiting out the rest of a larger budget names the budget the user set.
     """
     url = base_url.rstrip("/") + path
     started = time.monotonic()
@@ -144,7 +147,7 @@ def wait_healthy(
     finally:
         client.close()
     message = (
-        f"{what} did not answer 200 at {url} within {timeout:g} s "
+        f"{what} did not answer 200 at {url} within {limit or f'{timeout:g} s'} "
         f"({attempts} attempt(s); last result: {last}). Check that it serves GET {path} "
         "with status 200, or allow it more time"
     )

@@ -40,17 +40,20 @@ from taskapp.core.backends import (
     TunnelContext,
 )
 from taskapp.core.blocking import call_blocking
+from taskapp.core.env_keys import environment_api_key
 from taskapp.core.errors import (
     ConfigurationError,
     LifecycleError,
     StartInterruptedError,
+    TaskAppError,
     TaskAppFileNotFoundError,
+    TunnelError,
 )
 from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.options import parse_options
 from taskapp.core.ports import bind_listener, listener_closer, url_host
-from taskapp.core.secrets import fingerprint, generate_key, register_secret
+from taskapp.core.secrets import fingerprint, generate_key, redact, register_secret
 from taskapp.core.supervisor import TunnelSupervisor
 
 __all__ = ["MODE_ALIASES", "InProcessTaskApp"]
@@ -165,7 +168,8 @@ class InProcessTaskApp:
         self._tunnel_cls = self._registry.tunnel(backend_name)
         # 5./6. path exists and is a .py file
         target: AppTarget
-        key = api_key if api_key is not None else os.environ.get("ENVIRONMENT_API_KEY") or None
+        # The user's ENVIRONMENT_API_KEY; never a key lent to a running synth-ai app
+        key = api_key if api_key is not None else environment_api_key()
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise ConfigurationError("api_key must be a non-empty string")
         self.api_key: str = key or generate_key()
@@ -429,6 +433,7 @@ class InProcessTaskApp:
                 api_key=self.api_key,
                 start_timeout=_remaining(deadline),
                 logger=get_logger(f"taskapp.server.{self.server_name}"),
+                timeout_setting=self.health_check_timeout,
             )
         )
         if runner.port is not None and runner.port != self.port:
@@ -444,6 +449,7 @@ class InProcessTaskApp:
             api_key=self.api_key,
             timeout=_remaining(deadline),
             alive=alive,
+            limit=f"the {self.health_check_timeout:g} s health check timeout",
         )
         registry.notify("server_started", task_app=self, server=runner)
 
@@ -460,7 +466,7 @@ class InProcessTaskApp:
             logger=get_logger(f"taskapp.tunnel.{self.tunnel_backend}"),
             url_changed=self._tunnel_url_changed,
         )
-        tunnel = backend.open(ctx)
+        tunnel = _open_tunnel(backend, ctx, self.tunnel_backend)
         verify = None
         if not self.skip_tunnel_verification:
 
@@ -601,6 +607,27 @@ async def _finish(future: asyncio.Future[Any]) -> bool:
             cancelled = True
             continue
         return cancelled
+
+
+def _open_tunnel(backend: TunnelBackend, ctx: TunnelContext, name: str) -> Tunnel:
+    """``backend.open(ctx)``; any error it raises names the backend (plugins' errors too)."""
+    try:
+        return backend.open(ctx)
+    except TunnelError as exc:
+        if not exc.backend:
+            exc.backend = name
+        if name not in exc.message:
+            exc.message = f"tunnel {name!r}: {exc.message}"
+            exc.args = (exc._render(),)
+        raise
+    except TaskAppError:
+        raise
+    except Exception as exc:
+        raise TunnelError(
+            f"tunnel {name!r} failed to open: {type(exc).__name__}: {redact(str(exc))}. "
+            "The error comes from the tunnel backend (a plugin?); see the chained traceback",
+            backend=name,
+        ) from exc
 
 
 def _remaining(deadline: float) -> float:

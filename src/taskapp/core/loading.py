@@ -88,6 +88,10 @@ def materialize(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
         from taskapp.core.contract import alias_keys_from_env, create_task_app
 
         return create_task_app(obj, api_keys=[api_key, *alias_keys_from_env()]), obj
+    synth_ai = _synth_ai_loader()
+    if synth_ai.is_synth_ai_object(obj) or synth_ai.is_synth_ai_app(obj):
+        # synth-ai's configs and apps: built and hosted the way synth-ai does it
+        return synth_ai.build_app(obj, api_key=api_key, origin=origin), None
     if is_asgi_app(obj):
         auth = getattr(getattr(obj, "state", None), "taskapp_auth", None)
         if auth is not None and hasattr(auth, "grant"):
@@ -97,9 +101,27 @@ def materialize(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
         config = getattr(getattr(obj, "state", None), "taskapp_config", None)
         return obj, config if isinstance(config, TaskAppConfig) else None
     raise AppLoadError(
-        f"{origin} gave {type(obj).__name__}, which is neither an ASGI app (e.g. FastAPI) nor "
-        "a taskapp.TaskAppConfig"
+        f"{origin} gave a {_full_name(obj)}, which is neither an ASGI app (e.g. FastAPI) nor "
+        "a taskapp.TaskAppConfig (nor a synth-ai TaskAppConfig). Return "
+        "taskapp.TaskAppConfig(...) or create_task_app(config), or pass the app itself"
     )
+
+
+def _full_name(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _synth_ai_loader() -> Any:
+    """The synth-ai loader plugin (imported lazily: it never imports synth-ai itself)."""
+    from taskapp.plugins.loaders import synth_ai
+
+    return synth_ai
+
+
+def _is_config(obj: Any) -> bool:
+    """A taskapp TaskAppConfig or a synth-ai one."""
+    return isinstance(obj, TaskAppConfig) or bool(_synth_ai_loader().is_synth_ai_config(obj))
 
 
 def release_key(app: Any, api_key: str) -> None:
@@ -111,6 +133,9 @@ def release_key(app: Any, api_key: str) -> None:
     auth = getattr(getattr(app, "state", None), "taskapp_auth", None)
     if auth is not None and hasattr(auth, "revoke"):
         auth.revoke(api_key)
+    give_back = getattr(app, "give_back_key", None)  # a hosted synth-ai app's lent key
+    if callable(give_back):
+        give_back()
 
 
 def call_factory(factory: Any, origin: str) -> Any:
@@ -129,13 +154,13 @@ def app_from_module(
     """Find the app in a module: ``app``, then app factories, then config builders."""
     for attr in APP_ATTRIBUTES:
         obj = getattr(module, attr, None)
-        if obj is not None and (is_asgi_app(obj) or isinstance(obj, TaskAppConfig)):
+        if obj is not None and (is_asgi_app(obj) or _is_config(obj)):
             return materialize(obj, api_key=api_key, origin=f"{origin}:{attr}")
     for attr in FACTORY_ATTRIBUTES + CONFIG_ATTRIBUTES:
         obj = getattr(module, attr, None)
         if obj is None:
             continue
-        if isinstance(obj, TaskAppConfig):
+        if _is_config(obj):
             return materialize(obj, api_key=api_key, origin=f"{origin}:{attr}")
         if _is_factory(obj):
             result = call_factory(obj, f"{origin}:{attr}()")
@@ -152,12 +177,12 @@ def load_object(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
     """An ASGI app, a TaskAppConfig, or a zero-argument factory of either."""
     if isinstance(obj, ModuleType):
         return app_from_module(obj, api_key=api_key, origin=origin)
-    if isinstance(obj, TaskAppConfig) or is_asgi_app(obj):
+    if _is_config(obj) or is_asgi_app(obj):
         return materialize(obj, api_key=api_key, origin=origin)
     if _is_factory(obj):
         return materialize(call_factory(obj, f"{origin}()"), api_key=api_key, origin=f"{origin}()")
     raise AppLoadError(
-        f"{origin} is a {type(obj).__name__}: expected an ASGI app, a TaskAppConfig, or a "
+        f"{origin} is a {_full_name(obj)}: expected an ASGI app, a TaskAppConfig, or a "
         "zero-argument function returning one"
     )
 

@@ -40,8 +40,24 @@ def fast_exit_server_class() -> type[Any]:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             self._loop = asyncio.get_running_loop()
             self._wake = asyncio.Event()
-            await super().startup(sockets=sockets)
-            if self.on_started is not None:
+            if self.should_exit:  # request_exit() came before the loop existed
+                self._wake.set()
+            # An exit request ends a startup in progress (a slow lifespan startup) at once;
+            # uvicorn itself would wait for the lifespan, however long it takes.
+            starting = asyncio.ensure_future(super().startup(sockets=sockets))
+            woken = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait({starting, woken}, return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                # `started` stays False, so uvicorn's serve() returns without a shutdown,
+                # and asyncio.Runner cancels the lifespan task as it closes the loop.
+                self.should_exit = True
+                return
+            starting.result()
+            if self.on_started is not None and not self.should_exit:
                 self.on_started()
 
         async def main_loop(self) -> None:

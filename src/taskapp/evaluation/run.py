@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import re
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from taskapp.core.client import (
     RolloutOutcome,
     normalize_url,
 )
+from taskapp.core.env_keys import environment_api_key
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.secrets import register_secret
 from taskapp.core.seeds import SeedsLike, parse_seeds
@@ -105,7 +105,7 @@ async def aevaluate(
             url = normalize_url(target_or_url)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
-        key = api_key if api_key is not None else os.environ.get("ENVIRONMENT_API_KEY") or None
+        key = api_key if api_key is not None else environment_api_key()
         register_secret(key)
         result = EvaluationResult(url, url, concurrency, policy_config)
         return await _evaluate_url(

@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 from taskapp.core.backends import ServerContext, ServerRunner
+from taskapp.core.env_keys import without_lent_keys
 from taskapp.core.errors import (
     ConfigurationError,
     ProcessError,
@@ -130,7 +131,8 @@ class SubprocessServer(ServerRunner):
         self._target = target
         opts = self.options
         env = {
-            **os.environ,
+            # keys lent to synth-ai apps of this process are theirs, not the child's
+            **without_lent_keys(os.environ),
             **opts.env,
             "TASKAPP_API_KEY": ctx.api_key,
             "TASKAPP_SYS_PATH": os.pathsep.join(_absolute_sys_path()),
@@ -167,7 +169,7 @@ class SubprocessServer(ServerRunner):
         except ProcessTimeoutError as exc:
             raise ServerStartError(
                 f"the subprocess server (pid {self._proc.pid}) did not start serving within "
-                f"{ctx.start_timeout:g}s (a slow import or lifespan startup?)",
+                f"{ctx.timeout_text()} (a slow import or lifespan startup?)",
                 log_tail=exc.log_tail,
             ) from None
         except ProcessError:

@@ -52,13 +52,22 @@ class _LifespanProbe:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.error: BaseException | None = None
+        self.stopping = False
+        """Set when taskapp stops a startup in progress: the lifespan's CancelledError is
+        then expected, and its traceback is not logged as an error."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
+
+        async def quiet_send(message: Any) -> None:
+            if self.stopping and str(message.get("type", "")).endswith(".failed"):
+                message = {"type": message["type"]}  # without the traceback text
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, quiet_send)
         except BaseException as exc:
             self.error = exc
             raise
@@ -137,7 +146,7 @@ class ThreadServer(ServerRunner):
         if not self._ready.wait(ctx.start_timeout):
             self.stop()
             raise ServerStartError(
-                f"uvicorn did not finish starting within {ctx.start_timeout:g}s (a slow "
+                f"uvicorn did not finish starting within {ctx.timeout_text()} (a slow "
                 "lifespan startup?); make startup faster or raise health_check_timeout="
             )
         if not self._started:
@@ -162,6 +171,21 @@ class ThreadServer(ServerRunner):
 
     def _startup_failure(self) -> ServerStartError:
         probe_error = self._probe.error if self._probe is not None else None
+        if self._started:
+            # The server had started: whatever ended the thread is the story, not the
+            # CancelledError the lifespan got when asyncio.Runner cleaned up after it.
+            error = ServerStartError(
+                "the task app failed to start: the uvicorn server thread ended after the "
+                "server had started ("
+                + (
+                    f"{type(self._error).__name__}: {self._error}"
+                    if self._error is not None
+                    else "without an error"
+                )
+                + ")"
+            )
+            error.__cause__ = self._error
+            return error
         cause = probe_error or self._error
         if probe_error is not None:
             detail = (
@@ -186,6 +210,8 @@ class ThreadServer(ServerRunner):
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
+        if self._probe is not None and not self._started:
+            self._probe.stopping = True
         server.request_exit()
         budget = self.options.graceful_timeout + 2.0
         thread.join(timeout=budget)

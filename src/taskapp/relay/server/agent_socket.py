@@ -146,7 +146,7 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
         session.session_id,
         fingerprint(token or ""),
     )
-    if previous is not None and not previous.closed:
+    if isinstance(previous, AgentSession) and not previous.closed:
         state.spawn(_retire(state, previous))
     try:
         await _read_frames(state, session, receive)

@@ -105,7 +105,9 @@ async def _ingress(
         info["status"] = 413
         await respond(send, 413, "request_too_large")
         return
-    session = lease.session
+    attached = lease.session
+    # Only AgentSession objects are ever attached (agent_socket); the check narrows the type.
+    session = attached if isinstance(attached, AgentSession) else None
     retry = [(b"retry-after", str(settings.retry_after).encode())]
     reason = None
     if session is None or session.closed or session.closing:

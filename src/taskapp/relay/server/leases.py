@@ -7,17 +7,15 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.logs import get_logger
 from taskapp.relay import protocol as p
 
-if TYPE_CHECKING:
-    from taskapp.relay.server.session import AgentSession
-
-__all__ = ["Lease", "LeaseStore", "iso", "text_field"]
+__all__ = ["AttachedSession", "Lease", "LeaseStore", "iso", "text_field"]
 
 logger = get_logger("taskapp.relay")
 
@@ -35,6 +33,28 @@ def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+class AttachedSession(Protocol):
+    """What a lease knows of the agent connection attached to it: the part of
+    :class:`~taskapp.relay.server.session.AgentSession` that lease-level code uses (a
+    protocol, so this module does not import the session module, which imports it)."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def closing(self) -> bool: ...
+    @property
+    def max_inflight(self) -> int: ...
+    @property
+    def streams(self) -> Mapping[int, Any]: ...
+
+    async def send_text(self, frame: Mapping[str, Any]) -> None: ...
+    async def goaway(self, reason: str, retry_after_ms: int = 1000) -> None: ...
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+    def fail_all(self, code: str) -> None: ...
+
+
 @dataclasses.dataclass
 class Lease:
     lease_id: str
@@ -49,7 +69,7 @@ class Lease:
     prev_worker_hash: str = dataclasses.field(default="", repr=False)
     prev_valid_until: float = 0.0
     detached_since: float | None = None
-    session: AgentSession | None = dataclasses.field(default=None, repr=False)
+    session: AttachedSession | None = dataclasses.field(default=None, repr=False)
     inflight: int = 0
     requests: int = 0
     bytes_in: int = 0

@@ -199,4 +199,6 @@ def test_seed_mode_names_map_to_backends() -> None:
         "quick": "cloudflare-quick",
         "named": "cloudflare-named",
         "synthtunnel": "relay",
+        "synth-tunnel": "relay",
+        "localhost": "local",
     }

@@ -69,6 +69,9 @@ if TYPE_CHECKING:
     from taskapp.evaluation import EvaluationResult as EvaluationResult
     from taskapp.evaluation import aevaluate as aevaluate
     from taskapp.evaluation import evaluate as evaluate
+    from taskapp.jobs.client import PromptLearningJob as PromptLearningJob
+    from taskapp.jobs.client import PromptLearningResult as PromptLearningResult
+    from taskapp.jobs.client import run_in_process_job as run_in_process_job
 
 
 # Imported on first use: these pull in fastapi/pydantic or the plugin machinery.
@@ -95,6 +98,9 @@ _LAZY: dict[str, str] = {
     "evaluate": "taskapp.evaluation",
     "aevaluate": "taskapp.evaluation",
     "EvaluationResult": "taskapp.evaluation",
+    "PromptLearningJob": "taskapp.jobs.client",
+    "PromptLearningResult": "taskapp.jobs.client",
+    "run_in_process_job": "taskapp.jobs.client",
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY, *_ERRORS]

@@ -357,11 +357,21 @@ def test_17_8_a_server_crash_after_startup_is_not_called_a_lifespan_error(
     async def exploding_main_loop(self: Any) -> None:
         raise RuntimeError("main loop exploded")
 
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> JSONResponse:  # never healthy: only the crash can end the start early
+        return JSONResponse({"healthy": False}, status_code=503)
+
     monkeypatch.setattr(fast_exit_server_class(), "main_loop", exploding_main_loop)
     before = snapshot()
+    started = time.monotonic()
     with pytest.raises(ServerStartError) as caught:
-        with InProcessTaskApp(app=minimal_app(), health_check_timeout=5.0):
-            pass
+        InProcessTaskApp(app=app, health_check_timeout=10.0).start()
+    assert time.monotonic() - started < 5.0, "a dead server must not wait out the timeout"
     message = str(caught.value)
     assert "ended after the server had started" in message
     assert "RuntimeError: main loop exploded" in message

@@ -47,7 +47,16 @@ __all__ = [
 ]
 
 #: Command modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("serve", "eval", "check", "optimize", "relay", "plugins")
+COMMANDS: tuple[str, ...] = (
+    "serve",
+    "eval",
+    "check",
+    "optimize",
+    "backend",
+    "jobs",
+    "relay",
+    "plugins",
+)
 
 EPILOG = """examples:
   taskapp eval support-intents --split test     evaluate the bundled example, offline

@@ -123,9 +123,10 @@ def add_start_arguments(parser: Any) -> None:
     group = parser.add_argument_group("starting the app (not with a URL)")
     group.add_argument(
         "--tunnel",
-        default="local",
+        default=None,
         metavar="MODE",
-        help="tunnel backend: local (default, nothing exposed), preconfigured, or any "
+        help="tunnel backend: local (default, nothing exposed; $SYNTH_TUNNEL_MODE when set), "
+        "preconfigured (URL from --tunnel-option url=... or $SYNTH_TASK_APP_URL), or any "
         "installed tunnel plugin (see taskapp plugins --all)",
     )
     group.add_argument(
@@ -203,7 +204,7 @@ def started_with_options(args: Any, *, allowed: Sequence[str] = ()) -> list[str]
     """The start options given explicitly (refused with a URL, which is not started),
     except those in ``allowed``."""
     given = []
-    if args.tunnel != "local":
+    if args.tunnel is not None:
         given.append("--tunnel")
     for flag, value in (
         ("--tunnel-option", args.tunnel_option),

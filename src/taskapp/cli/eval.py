@@ -95,7 +95,7 @@ def add_parser(subparsers: Any) -> None:
         default=300.0,
         metavar="SECONDS",
         help="time limit of one rollout request, in seconds (default 300; --timeout is an "
-        "old spelling)",
+        "old spelling; in taskapp optimize, --timeout limits the whole run)",
     )
     parser.add_argument(
         "--worst", type=int, default=5, metavar="N", help="worst examples to show (default 5)"

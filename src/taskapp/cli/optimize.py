@@ -49,7 +49,7 @@ def add_parser(subparsers: Any) -> None:
             "Run the open-source GEPA optimizer on this machine against a task app's "
             "POST /rollout: the candidate prompt travels in policy.config[PROMPT_KEY], "
             "the rollout's metrics.details.feedback is what the reflection model reads. "
-            "Needs: pip install 'taskapp[optimize]'."
+            "Needs the optimize extra: pip install '.[optimize]' in your taskapp clone."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -97,7 +97,13 @@ def add_parser(subparsers: Any) -> None:
         type=int,
         help="stop after N iterations without a better score (20; 0: never)",
     )
-    group.add_argument("--timeout", type=float, help="stop after this many seconds")
+    group.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time limit of the whole run, in seconds: stop after the current step (default: "
+        "none). Not per rollout: that is --rollout-timeout",
+    )
     group.add_argument("--perfect-score", type=float, help="the best possible rollout score (1.0)")
     group.add_argument("--seed", type=int, help="random seed of the optimizer (0)")
     group.add_argument(
@@ -138,7 +144,12 @@ def add_parser(subparsers: Any) -> None:
     group.add_argument("--policy-name", help="policy.policy_name of every rollout")
     group.add_argument("--env-config", help="JSON object (or @file) sent as env.config")
     add_key_arguments(group, what="the key of a URL target")
-    group.add_argument("--rollout-timeout", type=float, help="seconds (300)")
+    group.add_argument(
+        "--rollout-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time limit of one rollout request, in seconds (default 300), as in taskapp eval",
+    )
     group = parser.add_argument_group("output")
     group.add_argument(
         "--out", type=Path, help="output directory (default: optimize-runs/<target>-<time>)"

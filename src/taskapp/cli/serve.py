@@ -28,7 +28,7 @@ EPILOG = """examples:
   taskapp serve my_task_app.py --port 9000       a file defining app or build_config()
   taskapp serve mypkg.tasks:build_config --tunnel cloudflare-quick
   taskapp serve support-intents --server subprocess --workers 2
-  taskapp serve my_task_app.py --server ray --replicas 4   Ray Serve (pip install 'taskapp[ray]')
+  taskapp serve my_task_app.py --server ray --replicas 4   Ray Serve (pip install '.[ray]')
   ENVIRONMENT_API_KEY=... taskapp serve support-intents --host 0.0.0.0
 
 The API key is --api-key-env NAME, else ENVIRONMENT_API_KEY, else a fresh random key.
@@ -72,7 +72,8 @@ def add_parser(subparsers: Any) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="Ray Serve replicas (only with --server ray; needs pip install 'taskapp[ray]')",
+        help="Ray Serve replicas (only with --server ray; needs the ray extra: pip install "
+        "'.[ray]' in your taskapp clone)",
     )
     add_key_arguments(parser, what="the API key clients must present")
     parser.add_argument(

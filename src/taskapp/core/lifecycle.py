@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -56,16 +56,46 @@ from taskapp.core.ports import bind_listener, listener_closer, url_host
 from taskapp.core.secrets import fingerprint, generate_key, redact, register_secret
 from taskapp.core.supervisor import TunnelSupervisor
 
-__all__ = ["MODE_ALIASES", "InProcessTaskApp"]
+__all__ = ["MODE_ALIASES", "InProcessTaskApp", "resolve_tunnel_name"]
 
 logger = get_logger("taskapp")
 
-#: Seed tunnel modes that name a backend differently.
+#: Seed tunnel modes that name a backend differently (matched in any case, with
+#: surrounding whitespace ignored and ``_`` read as ``-``; see :func:`resolve_tunnel_name`).
 MODE_ALIASES: Mapping[str, str] = {
     "quick": "cloudflare-quick",
     "named": "cloudflare-named",
     "synthtunnel": "relay",
+    "synth-tunnel": "relay",
+    "localhost": "local",
 }
+
+#: The tunnel mode used when none is passed (synth-ai's variable), else ``"local"``.
+TUNNEL_MODE_VARIABLE = "SYNTH_TUNNEL_MODE"
+#: The preconfigured URL used when ``tunnel_mode="preconfigured"`` is given none.
+TASK_APP_URL_VARIABLE = "SYNTH_TASK_APP_URL"
+
+
+def resolve_tunnel_name(name: str, registered: Collection[str]) -> str:
+    """The backend a tunnel spelling names: a registered name as it is, else the seed's
+    spellings in any case, surrounding whitespace ignored, ``_`` as ``-``.
+
+    >>> names = ["local", "cloudflare-quick", "relay"]
+    >>> [resolve_tunnel_name(n, names) for n in (" Quick", "cloudflare_quick", "SYNTH_TUNNEL")]
+    ['cloudflare-quick', 'cloudflare-quick', 'relay']
+    >>> resolve_tunnel_name("LocalHost ", names)
+    'local'
+    """
+    if name in registered:
+        return name
+    folded = name.strip().lower()
+    for candidate in (folded, folded.replace("_", "-")):
+        if candidate in MODE_ALIASES:
+            return MODE_ALIASES[candidate]
+        if candidate in registered:
+            return candidate
+    return name.strip()
+
 
 ALLOWED_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
 
@@ -87,7 +117,9 @@ class InProcessTaskApp:
             ...
 
     Differences from synth-ai's class of the same name: ``tunnel_mode`` defaults to
-    ``"local"`` (nothing is exposed unless asked), ``server`` picks the server runner, and
+    ``$SYNTH_TUNNEL_MODE``, else ``"local"`` (nothing is exposed unless asked); the
+    seed's spellings (``quick``, ``cloudflare_quick``, ``synth_tunnel``, ``localhost``, any
+    case) name the same backends; ``server`` picks the server runner, and
     ``server_options``/``tunnel_options`` carry backend settings.
     """
 
@@ -100,7 +132,7 @@ class InProcessTaskApp:
         task_app_path: str | os.PathLike[str] | None = None,
         port: int = 8114,
         host: str = "127.0.0.1",
-        tunnel_mode: str = "local",
+        tunnel_mode: str | None = None,
         tunnel_backend: str | None = None,
         preconfigured_url: str | None = None,
         preconfigured_auth_header: str | None = None,
@@ -152,8 +184,11 @@ class InProcessTaskApp:
             raise ConfigurationError(
                 f"health_check_timeout must be a positive number, got {health_check_timeout!r}"
             )
-        # 4. tunnel mode / backend, resolved against the plugin registry
-        if not isinstance(tunnel_mode, str) or not tunnel_mode:
+        # 4. tunnel mode / backend, resolved against the plugin registry. Not passed:
+        # $SYNTH_TUNNEL_MODE (the seed's variable), else "local".
+        if tunnel_mode is None:
+            tunnel_mode = os.environ.get(TUNNEL_MODE_VARIABLE, "").strip() or "local"
+        if not isinstance(tunnel_mode, str) or not tunnel_mode.strip():
             raise ConfigurationError(f"tunnel_mode must be a non-empty string, got {tunnel_mode!r}")
         if tunnel_backend is not None and (
             not isinstance(tunnel_backend, str) or not tunnel_backend
@@ -164,7 +199,15 @@ class InProcessTaskApp:
         from taskapp.core.plugins import get_registry
 
         self._registry = get_registry()
-        backend_name = tunnel_backend or MODE_ALIASES.get(tunnel_mode, tunnel_mode)
+        registered = list(self._registry.tunnels)
+        backend_name = resolve_tunnel_name(tunnel_backend or tunnel_mode, registered)
+        if (
+            backend_name == "preconfigured"
+            and preconfigured_url is None
+            and not (tunnel_options or {}).get("url")
+        ):
+            # the seed's variable for the preconfigured URL; an explicit URL wins
+            preconfigured_url = os.environ.get(TASK_APP_URL_VARIABLE, "").strip() or None
         self._tunnel_cls = self._registry.tunnel(backend_name)
         # 5./6. path exists and is a .py file
         target: AppTarget

@@ -10,7 +10,7 @@
 ... )  # doctest: +SKIP
 >>> result.baseline_score, result.best_score, result.test_scores  # doctest: +SKIP
 
-Needs the optional extra ``pip install 'taskapp[optimize]'`` (the ``gepa`` package),
+Needs the optional extra ``pip install '.[optimize]'`` (in a clone) (the ``gepa`` package),
 imported only when a run starts. Names are imported on first use, so importing this
 package is cheap. See docs/optimize.md.
 """

@@ -160,6 +160,7 @@ class TaskAppAdapter:
         max_failure_rate: float = 0.5,
         run_tag: str = "opt",
         transport: Any = None,
+        worker_token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
@@ -175,6 +176,7 @@ class TaskAppAdapter:
         self._client = TaskAppClient(
             self.base_url,
             api_key,
+            worker_token=worker_token,
             timeout=timeout,
             limit=concurrency,
             transport=(

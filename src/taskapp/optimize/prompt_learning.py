@@ -82,6 +82,7 @@ USED: dict[str, str] = {
     "gepa.candidate_selection_strategy": "selection",
     "gepa.perfect_score": "perfect_score",
     "gepa.max_reflection_failures": "max_reflection_failures",
+    "gepa.health_timeout": "health_timeout",
     "gepa.evaluation.train_seeds": "train_seeds",
     "gepa.evaluation.val_seeds": "val_seeds",
     "gepa.evaluation.validation_seeds": "val_seeds",
@@ -346,6 +347,7 @@ class _Reader:
             ("seed", self.int_("gepa.seed")),
             ("perfect_score", self.num("gepa.perfect_score")),
             ("max_reflection_failures", self.int_("gepa.max_reflection_failures", minimum=1)),
+            ("health_timeout", self.num("gepa.health_timeout")),
             ("prompt_key", self.str_("gepa.prompt_key")),
             (
                 "selection",

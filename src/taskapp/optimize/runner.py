@@ -29,13 +29,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from taskapp.core.client import TaskAppClient
+from taskapp.core.client import WORKER_TOKEN_HEADER, TaskAppClient
 from taskapp.core.errors import (
     ApiKeyRejectedError,
     ConfigurationError,
     HealthCheckError,
     TaskAppRequestError,
 )
+from taskapp.core.extras import install_command
 from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import redact
@@ -73,8 +74,8 @@ def import_gepa() -> Any:
         return importlib.import_module("gepa")
     except ImportError as exc:
         raise GepaNotInstalledError(
-            "taskapp optimize needs the optional 'gepa' package: pip install 'taskapp[optimize]'"
-            f" (import failed: {exc})"
+            "taskapp optimize needs the optional 'gepa' package: "
+            f"{install_command('optimize')} (import failed: {exc})"
         ) from exc
 
 
@@ -365,6 +366,7 @@ def _check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
         wait_healthy(
             endpoint.url,
             api_key=endpoint.api_key,
+            headers={WORKER_TOKEN_HEADER: endpoint.worker_token} if endpoint.worker_token else None,
             timeout=timeout,
             what="the task app",
             error=TaskAppUnavailableError,
@@ -377,7 +379,9 @@ def _check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
     except HealthCheckError as exc:
         raise TaskAppUnavailableError(exc.message) from exc
     try:
-        with TaskAppClient(endpoint.url, endpoint.api_key, timeout=timeout) as client:
+        with TaskAppClient(
+            endpoint.url, endpoint.api_key, worker_token=endpoint.worker_token, timeout=timeout
+        ) as client:
             return client.info()
     except TaskAppRequestError as exc:
         logger.info("GET /info failed (%s); continuing without it", exc)
@@ -392,7 +396,10 @@ def _check_seeds(endpoint: Endpoint, settings: _Settings) -> None:
     """
     try:
         with TaskAppClient(
-            endpoint.url, endpoint.api_key, timeout=settings.health_timeout
+            endpoint.url,
+            endpoint.api_key,
+            worker_token=endpoint.worker_token,
+            timeout=settings.health_timeout,
         ) as client:
             body = client.task_info()
     except TaskAppRequestError as exc:
@@ -577,8 +584,13 @@ def run_config(
     api_key: str | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     stop_event: threading.Event | None = None,
+    worker_token: str | None = None,
 ) -> OptimizeResult:
-    """:func:`run` with the run described by one :class:`OptimizeConfig`."""
+    """:func:`run` with the run described by one :class:`OptimizeConfig`.
+
+    ``worker_token``: for a URL behind a taskapp relay, the lease's worker token (sent in
+    the relay's worker-token header with every request).
+    """
     from taskapp.core.blocking import call_blocking, in_running_loop
 
     settings = _settings(config)
@@ -602,9 +614,10 @@ def run_config(
             api_key,
             on_progress,
             stop_event,
+            worker_token,
             name="taskapp-optimize",
         )
-    return _run_config(target, settings, gepa, api_key, on_progress, stop_event)
+    return _run_config(target, settings, gepa, api_key, on_progress, stop_event, worker_token)
 
 
 def _run_config(
@@ -614,9 +627,10 @@ def _run_config(
     api_key: str | None,
     on_progress: Callable[[dict[str, Any]], None] | None,
     stop_event: threading.Event | None,
+    worker_token: str | None = None,
 ) -> OptimizeResult:
     event = stop_event if stop_event is not None else threading.Event()
-    with open_target(target, api_key=api_key) as endpoint:
+    with open_target(target, api_key=api_key, worker_token=worker_token) as endpoint:
         info = _check_health(endpoint, settings.health_timeout)
         _check_seeds(endpoint, settings)
         return _Run(settings, gepa, endpoint, info, event, on_progress).execute()
@@ -777,6 +791,7 @@ class _Run:
             concurrency=s.concurrency,
             timeout=s.rollout_timeout,
             run_tag=f"opt-{uuid.uuid4().hex[:8]}",
+            worker_token=self.endpoint.worker_token,
         )
         baseline_scores = self.previous.get("baseline_val_scores")
         if s.resume and isinstance(baseline_scores, dict) and baseline_scores:

@@ -34,6 +34,8 @@ class Endpoint:
     api_key: str | None
     label: str
     started_here: bool = False
+    #: a taskapp relay's worker token, sent with every request when set
+    worker_token: str | None = None
 
 
 def _in_process(target: Any) -> Any:
@@ -46,26 +48,48 @@ def _in_process(target: Any) -> Any:
     return InProcessTaskApp(**target_kwargs(target, aliases=BUNDLED))
 
 
+def _describe(target: Any, task_app: Any) -> str:
+    """'examples/app.py', 'pkg.mod:attr' or 'config build_config': what the user gave."""
+    if isinstance(target, str | os.PathLike):
+        return os.fspath(target)
+    app_target = getattr(task_app, "_target", None)
+    kind, value = getattr(app_target, "kind", None), getattr(app_target, "value", None)
+    if kind in ("path", "import_string") and value is not None:
+        return str(value)
+    describe = getattr(app_target, "describe", None)
+    return str(describe()) if callable(describe) else str(task_app.local_url)
+
+
 @contextlib.contextmanager
-def open_target(target: Any, *, api_key: str | None = None) -> Iterator[Endpoint]:
+def open_target(
+    target: Any, *, api_key: str | None = None, worker_token: str | None = None
+) -> Iterator[Endpoint]:
     """Yield the :class:`Endpoint` of ``target``, starting (and later stopping) it if needed."""
     from taskapp.core.lifecycle import InProcessTaskApp
 
     if isinstance(target, str) and target.startswith(("http://", "https://")):
         key = api_key if api_key is not None else os.environ.get("ENVIRONMENT_API_KEY") or None
         register_secret(key)
-        yield Endpoint(url=target.rstrip("/"), api_key=key, label=target.rstrip("/"))
+        register_secret(worker_token)
+        yield Endpoint(
+            url=target.rstrip("/"),
+            api_key=key,
+            label=target.rstrip("/"),
+            worker_token=worker_token or None,
+        )
         return
     task_app = target if isinstance(target, InProcessTaskApp) else _in_process(target)
     if task_app.running:
         yield Endpoint(url=task_app.local_url, api_key=task_app.api_key, label=repr(task_app))
         return
     task_app.start()
+    # Messages name what the user gave (a file, module:attr), not the app's temporary URL.
+    label = _describe(target, task_app)
     try:
         yield Endpoint(
             url=task_app.local_url,
             api_key=task_app.api_key,
-            label=task_app.local_url,
+            label=label,
             started_here=True,
         )
     finally:

@@ -11,7 +11,7 @@
 
 The tunnel backend itself is :mod:`taskapp.plugins.tunnels.relay` (``tunnel_mode=
 "synthtunnel"`` or ``tunnel_backend="relay"``). Nothing is imported here, so importing the
-package costs nothing; the WebSocket library (``pip install 'taskapp[relay]'``) is only
+package costs nothing; the WebSocket library (``pip install '.[relay]'`` in a clone) is only
 needed once a relay or an agent actually runs. The wire protocol is documented in
 ``docs/relay-protocol.md``, operations in ``docs/relay.md``.
 """

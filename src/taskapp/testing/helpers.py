@@ -179,8 +179,8 @@ class LeakCheck:
     worker pools.
     """
 
-    threads: set[threading.Thread]
-    children: set[int]
+    threads: set[threading.Thread] = dataclasses.field(repr=False)
+    children: set[int] = dataclasses.field(repr=False)
     ignore_threads: tuple[str, ...] = DEFAULT_IGNORED_THREADS
     only_threads: tuple[str, ...] | None = None
     check_children: bool = True

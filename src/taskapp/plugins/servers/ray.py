@@ -15,7 +15,7 @@ own Serve application. Everything measured about this runner is in ``docs/ray.md
 
 * **Nothing imports ray** until :meth:`RayServer.start`; the options check only that the
   ``ray`` package is installed (a :class:`~taskapp.core.errors.ConfigurationError`
-  naming ``pip install 'taskapp[ray]'`` when it is not).
+  naming ``pip install '.[ray]'`` when it is not).
 * **The app travels as an import target**: ``LoadedApp.reimport_target()`` (a ``.py``
   path or ``"module:attr"``) plus a builder that runs on each replica
   (:mod:`taskapp.plugins.servers._ray_app`), never a pickled app or TaskAppConfig. Each
@@ -69,6 +69,7 @@ from typing import Any, Literal, TypeVar
 
 from taskapp.core.backends import ServerContext, ServerRunner
 from taskapp.core.errors import ConfigurationError, ServerStartError
+from taskapp.core.extras import install_command
 from taskapp.core.health import Backoff
 from taskapp.core.hookspecs import RegisterServer, hookimpl
 from taskapp.core.logs import get_logger
@@ -80,7 +81,7 @@ logger = get_logger("taskapp.server.ray")
 
 T = TypeVar("T")
 
-INSTALL_HINT = "pip install 'taskapp[ray]'"
+INSTALL_HINT = install_command("ray")
 #: Serve calls builder functions given to ``serve.ingress`` on each replica since 2.47.
 MIN_RAY_VERSION = (2, 47)
 DEPLOYMENT_NAME = "TaskApp"

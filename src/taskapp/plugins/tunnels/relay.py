@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from taskapp.core.backends import Tunnel, TunnelBackend, TunnelContext
 from taskapp.core.errors import ConfigurationError, TunnelError
+from taskapp.core.extras import install_command
 from taskapp.core.health import is_loopback_url
 from taskapp.core.hookspecs import RegisterTunnel, hookimpl
 from taskapp.core.logs import get_logger
@@ -181,7 +182,7 @@ class RelayTunnel(TunnelBackend):
             import websockets  # noqa: F401
         except ImportError:
             raise ConfigurationError(
-                "tunnel 'relay' needs the 'websockets' package: pip install 'taskapp[relay]'"
+                "tunnel 'relay' needs the 'websockets' package: " + install_command("relay")
             ) from None
         from taskapp.relay.agent import AgentConfig, AgentThread
         from taskapp.relay.client import LeaseClient

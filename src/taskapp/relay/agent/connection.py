@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from taskapp.core.errors import TunnelAuthError, TunnelError
+from taskapp.core.extras import install_command
 from taskapp.core.logs import get_logger
 from taskapp.relay import protocol as p
 from taskapp.relay.agent.config import AgentConfig
@@ -127,7 +128,7 @@ class RelayAgent(StreamForwarding):
             from websockets.exceptions import InvalidStatus
         except ImportError:  # pragma: no cover - the backend checks this before starting
             raise TunnelError(
-                "the relay tunnel needs the 'websockets' package: pip install 'taskapp[relay]'",
+                "the relay tunnel needs the 'websockets' package: " + install_command("relay"),
                 backend="relay",
             ) from None
         cfg = self.config

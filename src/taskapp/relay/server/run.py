@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError, ServerStartError
+from taskapp.core.extras import install_command
 from taskapp.core.ports import listen_tcp
 from taskapp.relay.server.app import RelayApp, create_relay_app
 from taskapp.relay.server.settings import RelaySettings
@@ -62,7 +63,7 @@ def _uvicorn_config(app: RelayApp, settings: RelaySettings, **overrides: Any) ->
         import websockets  # noqa: F401
     except ImportError:
         raise ConfigurationError(
-            "the relay needs the 'websockets' package: pip install 'taskapp[relay]'"
+            "the relay needs the 'websockets' package: " + install_command("relay")
         ) from None
     options: dict[str, Any] = {
         "host": settings.host,

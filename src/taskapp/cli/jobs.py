@@ -1,0 +1,266 @@
+"""``taskapp jobs list|show|cancel|logs``: watch and steer jobs of ``taskapp backend serve``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EPILOG = """examples:
+  taskapp jobs list --api-key-file backend.key
+  taskapp jobs show pl_0123456789abcdef --api-key-file backend.key --json
+  taskapp jobs logs pl_0123456789abcdef --follow --api-key-file backend.key
+  taskapp jobs cancel pl_0123456789abcdef --api-key-file backend.key
+
+The backend URL comes from --backend-url, else $TASKAPP_BACKEND_URL, else
+http://127.0.0.1:8000; the key from --api-key-file (mode 0600), else
+$TASKAPP_BACKEND_API_KEY.
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "jobs",
+        help="list, show, cancel and follow prompt-learning jobs on a backend",
+        description="Talk to a `taskapp backend serve`.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend-url", help="the backend (default: see below)")
+    common.add_argument(
+        "--api-key-file", type=Path, metavar="F", help="the backend key file (mode 0600)"
+    )
+    common.add_argument("--json", action="store_true", help="print JSON")
+    commands = parser.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND")
+    listing = commands.add_parser("list", parents=[common], help="the newest jobs")
+    listing.add_argument("--limit", type=int, default=20, help="how many (20)")
+    listing.add_argument("--status", help="only jobs with this status")
+    listing.set_defaults(run=run_list)
+    for name, helptext, handler in (
+        ("show", "one job: status, scores, best prompt", run_show),
+        ("cancel", "stop a job (within seconds)", run_cancel),
+        ("logs", "a job's events", run_logs),
+    ):
+        sub = commands.add_parser(name, parents=[common], help=helptext)
+        sub.add_argument("job_id", metavar="JOB_ID")
+        if name == "logs":
+            sub.add_argument(
+                "--follow", "-f", action="store_true", help="stream until the job is done"
+            )
+        sub.set_defaults(run=handler)
+    parser.set_defaults(run=lambda args: _help(parser))
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+class _Backend:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from taskapp.cli._common import UsageError
+        from taskapp.core.errors import ConfigurationError
+        from taskapp.jobs.backend import read_api_key
+
+        self.url = (
+            args.backend_url or os.environ.get("TASKAPP_BACKEND_URL") or "http://127.0.0.1:8000"
+        ).rstrip("/")
+        if not self.url.startswith(("http://", "https://")):
+            self.url = "http://" + self.url
+        try:
+            key = read_api_key(args.api_key_file)
+        except ConfigurationError as exc:
+            raise UsageError(exc.message) from None
+        self.headers = {"Authorization": f"Bearer {key}"}
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        from taskapp.jobs.client import JobBackendError
+
+        try:
+            response = httpx.request(
+                method, self.url + path, headers=self.headers, timeout=30, trust_env=False, **kw
+            )
+        except httpx.HTTPError as exc:
+            raise JobBackendError(
+                f"cannot reach the job backend at {self.url} ({type(exc).__name__}); is "
+                "`taskapp backend serve` running there?"
+            ) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code >= 400:
+            error = data.get("error", {}) if isinstance(data, dict) else {}
+            message = error.get("message") if isinstance(error, dict) else None
+            raise JobBackendError(
+                f"the backend answered {response.status_code}: {message or response.text[:200]}"
+            )
+        return data
+
+
+def _score(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    backend = _Backend(args)
+    query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
+    data = backend.request("GET", "/api/jobs" + query)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{'JOB':<20} {'STATUS':<10} {'BASELINE':>8} {'BEST':>8} {'ROLLOUTS':>10}  CREATED")
+    for job in data["jobs"]:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["created_at"]))
+        rollouts = f"{job['metric_calls']}/{job['budget'] or '?'}"
+        print(
+            f"{job['id']:<20} {job['status']:<10} {_score(job['baseline_score']):>8} "
+            f"{_score(job['best_score']):>8} {rollouts:>10}  {created}"
+        )
+    print(f"({len(data['jobs'])} of {data['total']} jobs)")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    backend = _Backend(args)
+    data = backend.request("GET", f"/api/jobs/{args.job_id}/result")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    job, result = data["job"], data["result"]
+    print(f"job {job['id']}: {job['status']}")
+    print(f"task app: {job['task_app_url']}")
+    print(
+        f"val score: {_score(job['baseline_score'])} -> {_score(job['best_score'])}; "
+        f"{job['metric_calls']}/{job['budget']} rollouts; attempts {job['attempts']}"
+    )
+    if job.get("error"):
+        print(f"error: {job['error']}")
+    if result:
+        print("best prompt:")
+        print(str(result.get("best_prompt", "")).rstrip("\n"))
+    return 0 if job["status"] != "failed" else 1
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    backend = _Backend(args)
+    job = backend.request("POST", f"/api/jobs/{args.job_id}/cancel")
+    if args.json:
+        print(json.dumps(job, indent=2))
+    elif job["status"] == "cancelled":
+        print(f"job {job['id']}: cancelled")
+    elif job["status"] == "running":
+        print(f"job {job['id']}: cancelling (stops after its current step)")
+    else:
+        print(f"job {job['id']}: already {job['status']}")
+    return 0
+
+
+def _line(event: dict[str, Any]) -> str:
+    data = event["data"]
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
+    kind = event["kind"]
+    if kind in ("baseline", "iteration", "stopped", "candidate"):
+        detail = ", ".join(
+            f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in data.items()
+            if k not in ("event", "val_scores", "candidate", "prompt") and v is not None
+        )
+    else:
+        detail = ", ".join(f"{k}={v}" for k, v in data.items())
+    return f"{stamp} #{event['seq']:<4} {kind:<16} {detail}"
+
+
+class _Bar:
+    """``[#####.....] 120/200 rollouts  best 0.812 (baseline 0.500)`` on stderr."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.baseline: float | None = None
+
+    def update(self, event: dict[str, Any]) -> None:
+        data = event["data"]
+        if event["kind"] == "baseline":
+            self.baseline = data.get("score")
+        calls, budget = data.get("metric_calls"), data.get("budget")
+        if not isinstance(calls, int) or not isinstance(budget, int) or budget <= 0:
+            return
+        width = 30
+        filled = min(width, round(width * calls / budget))
+        base = f" (baseline {self.baseline:.3f})" if self.baseline is not None else ""
+        best = data.get("best_score")
+        text = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {calls}/{budget} rollouts"
+            f"  best {_score(best)}{base}"
+        )
+        end = "\r" if self.tty else "\n"
+        print(text, end=end, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def run_logs(args: argparse.Namespace) -> int:
+    backend = _Backend(args)
+    if not args.follow:
+        after = 0
+        while True:
+            page = backend.request("GET", f"/api/jobs/{args.job_id}/events?after={after}")
+            for event in page["events"]:
+                print(json.dumps(event) if args.json else _line(event))
+            if not page["events"]:
+                return 0
+            after = page["next_after"]
+    return _follow(backend, args)
+
+
+def _follow(backend: _Backend, args: argparse.Namespace) -> int:
+    import httpx
+
+    from taskapp.jobs.client import JobBackendError
+
+    bar = _Bar()
+    status = None
+    try:
+        with httpx.stream(
+            "GET",
+            f"{backend.url}/api/jobs/{args.job_id}/events/stream",
+            headers=backend.headers,
+            timeout=httpx.Timeout(30, read=None),
+            trust_env=False,
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                backend_error = response.json().get("error", {}).get("message")
+                raise JobBackendError(
+                    f"the backend answered {response.status_code}: {backend_error}"
+                )
+            kind = None
+            for raw in response.iter_lines():
+                if raw.startswith("event: "):
+                    kind = raw[7:]
+                elif raw.startswith("data: "):
+                    payload = json.loads(raw[6:])
+                    if kind == "end":
+                        status = payload.get("status")
+                        break
+                    if bar.tty and not args.json:
+                        bar.close()
+                    print(json.dumps(payload) if args.json else _line(payload), flush=True)
+                    bar.update(payload)
+    except httpx.HTTPError as exc:
+        raise JobBackendError(
+            f"lost the event stream of {backend.url} ({type(exc).__name__})"
+        ) from None
+    finally:
+        bar.close()
+    print(f"job {args.job_id}: {status}", file=sys.stderr)
+    return 0 if status in ("succeeded", "cancelled") else 1

@@ -1,0 +1,145 @@
+"""``taskapp backend serve``: the job store, the worker pool and the HTTP API, together.
+
+:func:`serve` opens the store (taking its lock: one backend per database), resumes the
+jobs a previous backend left running, serves the API on ``host:port`` (port 0: any free
+port) until SIGINT/SIGTERM, then stops the running jobs after their current step (they
+stay queued and resume at the next start) and releases everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import stat
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from taskapp.core.errors import ConfigurationError
+from taskapp.core.logs import get_logger
+from taskapp.core.secrets import register_secret
+
+__all__ = ["API_KEY_ENV", "DEFAULT_DB", "read_api_key", "serve"]
+
+logger = get_logger("taskapp.jobs")
+
+API_KEY_ENV = "TASKAPP_BACKEND_API_KEY"
+DEFAULT_DB = "taskapp-jobs.sqlite3"
+
+
+def read_api_key(path: Path | None, *, env: Mapping[str, str] | None = None) -> str:
+    """The backend key from ``path`` (mode 0600 required) or ``$TASKAPP_BACKEND_API_KEY``."""
+    environ = os.environ if env is None else env
+    if path is not None:
+        path = path.expanduser()
+        try:
+            st = path.stat()
+            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ConfigurationError(
+                    f"the key file {str(path)!r} is accessible by other users (mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {path}'"
+                )
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read the key file {str(path)!r}: {exc.strerror}"
+            ) from None
+        origin = f"the key file {str(path)!r}"
+    else:
+        key = environ.get(API_KEY_ENV, "").strip()
+        origin = f"${API_KEY_ENV}"
+        if not key:
+            raise ConfigurationError(
+                f"no backend key: pass --api-key-file F (mode 0600) or set {API_KEY_ENV}"
+            )
+    if len(key) < 8 or any(c.isspace() for c in key):
+        raise ConfigurationError(f"{origin}: the key must be one word of 8 characters or more")
+    register_secret(key)
+    return key
+
+
+@contextlib.contextmanager
+def _stop_on_signals(server: Any) -> Iterator[None]:
+    """SIGINT/SIGTERM end the server loop (a second one: at once), and the backend then
+    stops its jobs cleanly. (uvicorn's own handling re-raises the signal afterwards,
+    which would end the process before the jobs are stopped.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if server.should_exit:
+            server.force_exit = True
+        server.should_exit = True
+
+    for signum in previous:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+
+
+def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    db: str | Path = DEFAULT_DB,
+    api_key: str,
+    workers: int = 2,
+    runs_dir: str | Path | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Run the backend until SIGINT/SIGTERM (blocking)."""
+    import uvicorn
+
+    from taskapp.core.ports import listen_tcp, url_host
+    from taskapp.jobs.pool import JobPool
+    from taskapp.jobs.service import create_backend_app
+    from taskapp.jobs.store import JobStore
+
+    store = JobStore(db, owner=True)
+    try:
+        sock = listen_tcp(host, port)
+    except OSError as exc:
+        store.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    url = f"http://{url_host(host)}:{sock.getsockname()[1]}"
+    store.describe_owner(f"serving on {url}")
+    runs = (
+        Path(runs_dir) if runs_dir is not None else store.path.with_name(store.path.name + ".runs")
+    )
+    pool = JobPool(store, runs_dir=runs, workers=workers)
+    try:
+        app = create_backend_app(store, pool, api_key)
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        )
+        resumed = pool.start()
+        if resumed:
+            print(
+                f"taskapp backend: resuming {len(resumed)} job(s): {', '.join(resumed)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        original_startup = server.startup
+
+        async def startup(sockets: list[socket.socket] | None = None) -> None:
+            await original_startup(sockets=sockets)
+            if on_ready is not None:
+                on_ready(url)
+
+        server.startup = startup  # type: ignore[method-assign]
+        server.capture_signals = lambda: _stop_on_signals(server)  # type: ignore[method-assign]
+        server.run(sockets=[sock])
+    finally:
+        pool.stop()
+        sock.close()
+        store.close()

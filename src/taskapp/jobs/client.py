@@ -1,0 +1,398 @@
+"""``PromptLearningJob``: submit a ``[prompt_learning]`` job to ``taskapp backend serve``
+and wait for its result; ``run_in_process_job``: the seed's one-call helper.
+
+>>> job = PromptLearningJob("http://127.0.0.1:8000", api_key="...")      # doctest: +SKIP
+>>> job_id = await job.submit(config_path="support_intents_gepa.toml",
+...                           task_app_url=task_app.url)                 # doctest: +SKIP
+>>> result = await job.poll_until_complete(job_id)                       # doctest: +SKIP
+>>> result.best_score, result.succeeded                                  # doctest: +SKIP
+
+The task app's key comes from ``task_app_api_key=``, else the config's
+``task_app_api_key`` (``${ENV}`` expanded), else ``$ENVIRONMENT_API_KEY``. A taskapp relay
+URL (``.../s/rt_...``) needs the lease's worker token: pass ``task_app_worker_token=`` or
+pass the running ``InProcessTaskApp`` itself as ``task_app_url`` (its token is used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from taskapp.core.errors import ConfigurationError, TaskAppError
+from taskapp.core.secrets import register_secret
+
+__all__ = [
+    "JobBackendError",
+    "PromptLearningJob",
+    "PromptLearningResult",
+    "run_in_process_job",
+]
+
+BACKEND_KEY_ENV = "TASKAPP_BACKEND_API_KEY"
+DEFAULT_BACKEND = "http://localhost:8000"
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class JobBackendError(TaskAppError):
+    """The job backend refused a request or could not be reached."""
+
+
+@dataclasses.dataclass
+class PromptLearningResult:
+    """The outcome of a prompt-learning job (the seed's ``PromptLearningResult``)."""
+
+    job_id: str
+    status: str
+    best_score: float | None = None
+    baseline_score: float | None = None
+    best_prompt: str | None = None
+    error: str | None = None
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @classmethod
+    def from_response(cls, data: Mapping[str, Any]) -> PromptLearningResult:
+        job = dict(data.get("job") or {})
+        result = data.get("result") or {}
+        return cls(
+            job_id=str(job.get("id")),
+            status=str(job.get("status")),
+            best_score=job.get("best_score"),
+            baseline_score=job.get("baseline_score"),
+            best_prompt=result.get("best_prompt") if isinstance(result, dict) else None,
+            error=job.get("error"),
+            raw=dict(data),
+        )
+
+
+def _task_app_of(task_app_url: Any) -> tuple[str | None, str | None, str | None]:
+    """(url, key, worker token) of a URL string or a running ``InProcessTaskApp``."""
+    if task_app_url is None or isinstance(task_app_url, str):
+        return task_app_url, None, None
+    url = getattr(task_app_url, "url", None)
+    if not isinstance(url, str):
+        raise ConfigurationError(
+            "task_app_url must be a URL or a running InProcessTaskApp (start it first)"
+        )
+    return url, task_app_url.api_key, getattr(task_app_url, "task_app_worker_token", None)
+
+
+class PromptLearningJob:
+    """A client of ``taskapp backend serve`` for ``[prompt_learning]`` jobs."""
+
+    def __init__(
+        self,
+        backend_url: str = DEFAULT_BACKEND,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        config_path: str | Path | None = None,
+        task_app_url: Any = None,
+        task_app_api_key: str | None = None,
+        task_app_worker_token: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        key = api_key or os.environ.get(BACKEND_KEY_ENV) or ""
+        if not key:
+            raise ConfigurationError(
+                f"no backend key: pass api_key= or set {BACKEND_KEY_ENV} (the key the "
+                "backend was started with)"
+            )
+        register_secret(key)
+        self.backend_url = backend_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {key}"}
+        self.timeout = timeout
+        self.config_path = config_path
+        self.task_app_url = task_app_url
+        self.task_app_api_key = task_app_api_key
+        self.task_app_worker_token = task_app_worker_token
+        self.overrides = dict(overrides or {})
+        self.job_id: str | None = None
+
+    def __repr__(self) -> str:  # never the key
+        return f"PromptLearningJob(backend_url={self.backend_url!r}, job_id={self.job_id!r})"
+
+    @classmethod
+    def from_config(
+        cls,
+        config_path: str | Path,
+        backend_url: str = DEFAULT_BACKEND,
+        api_key: str | None = None,
+        *,
+        task_app_url: Any = None,
+        task_app_api_key: str | None = None,
+        task_app_worker_token: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        timeout: float = 30.0,
+    ) -> PromptLearningJob:
+        """A job bound to ``config_path`` (the seed's spelling); then ``submit()``."""
+        return cls(
+            backend_url,
+            api_key,
+            timeout=timeout,
+            config_path=config_path,
+            task_app_url=task_app_url,
+            task_app_api_key=task_app_api_key,
+            task_app_worker_token=task_app_worker_token,
+            overrides=overrides,
+        )
+
+    # -- request body --------------------------------------------------------------------
+
+    def _body(
+        self,
+        config_path: str | Path | None,
+        task_app_url: Any,
+        task_app_api_key: str | None,
+        task_app_worker_token: str | None,
+        overrides: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        from taskapp.jobs.service import is_relay_url
+        from taskapp.optimize.prompt_learning import parse_prompt_learning
+
+        path = config_path or self.config_path
+        if path is None:
+            raise ConfigurationError("submit() needs config_path= (a [prompt_learning] TOML)")
+        file = Path(path).expanduser()
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read the config {str(file)!r}: {exc.strerror}"
+            ) from None
+        merged = {**self.overrides, **(overrides or {})}
+        spec = parse_prompt_learning(text, source=str(file), overrides=merged)  # errors here
+        url, app_key, app_token = _task_app_of(task_app_url or self.task_app_url)
+        url = url or spec.task_app_url
+        if not url:
+            raise ConfigurationError(
+                f"{file}: no task app URL: pass task_app_url= or set prompt_learning.task_app_url"
+            )
+        key = spec.task_app_key(task_app_api_key or self.task_app_api_key or app_key)
+        token = task_app_worker_token or self.task_app_worker_token or app_token
+        if is_relay_url(url) and not token:
+            raise ConfigurationError(
+                f"{url} is a taskapp relay URL: callers need the lease's worker token. Pass "
+                "task_app_worker_token=, or pass the running InProcessTaskApp("
+                "tunnel_mode='synthtunnel') as task_app_url (its token is used)"
+            )
+        register_secret(key)
+        register_secret(token)
+        return {
+            "config_toml": text,
+            "config_name": str(file),
+            "overrides": merged,
+            "task_app_url": url,
+            "task_app_api_key": key,
+            "task_app_worker_token": token,
+        }
+
+    @staticmethod
+    def _check(response: Any, what: str) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code >= 400:
+            error = data.get("error") if isinstance(data, dict) else None
+            message = error.get("message") if isinstance(error, dict) else response.text[:200]
+            kind = ConfigurationError if response.status_code == 400 else JobBackendError
+            raise kind(f"{what}: the backend answered {response.status_code}: {message}")
+        if not isinstance(data, dict):
+            raise JobBackendError(f"{what}: the backend answered something other than JSON")
+        return data
+
+    def _unreachable(self, exc: Exception) -> JobBackendError:
+        return JobBackendError(
+            f"cannot reach the job backend at {self.backend_url} ({type(exc).__name__}); "
+            "start it with: taskapp backend serve"
+        )
+
+    # -- async API -----------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, what: str, **kw: Any) -> dict[str, Any]:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
+                response = await client.request(
+                    method, self.backend_url + path, headers=self._headers, **kw
+                )
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        return self._check(response, what)
+
+    async def submit(
+        self,
+        config_path: str | Path | None = None,
+        task_app_url: Any = None,
+        task_app_api_key: str | None = None,
+        task_app_worker_token: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Submit the job; return its id (also kept as ``self.job_id``)."""
+        body = self._body(
+            config_path, task_app_url, task_app_api_key, task_app_worker_token, overrides
+        )
+        data = await self._request("POST", "/api/jobs", "submit", json=body)
+        self.job_id = str(data["id"])
+        return self.job_id
+
+    async def get_status(self, job_id: str | None = None) -> dict[str, Any]:
+        return await self._request("GET", f"/api/jobs/{self._id(job_id)}", "get status")
+
+    async def get_results(self, job_id: str | None = None) -> PromptLearningResult:
+        data = await self._request("GET", f"/api/jobs/{self._id(job_id)}/result", "result")
+        return PromptLearningResult.from_response(data)
+
+    async def cancel(self, job_id: str | None = None) -> dict[str, Any]:
+        return await self._request("POST", f"/api/jobs/{self._id(job_id)}/cancel", "cancel")
+
+    async def poll_until_complete(
+        self,
+        job_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the seed's spelling
+        interval: float = 1.0,
+        on_status: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> PromptLearningResult:
+        """Wait until the job is done (succeeded, failed, cancelled); return its result.
+
+        ``timeout`` (seconds) raises :class:`TimeoutError` with the job still running.
+        """
+        job_id = self._id(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = await self.get_status(job_id)
+            if on_status is not None:
+                maybe = on_status(status)
+                if isinstance(maybe, Awaitable):
+                    await maybe
+            if status["status"] in TERMINAL:
+                return await self.get_results(job_id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"job {job_id} is still {status['status']} after {timeout:g} s "
+                    "(it keeps running on the backend)"
+                )
+            await asyncio.sleep(interval)
+
+    def _id(self, job_id: str | None) -> str:
+        job_id = job_id or self.job_id
+        if not job_id:
+            raise ConfigurationError("no job id: submit() first, or pass job_id=")
+        return job_id
+
+    # -- sync twins (scripts without an event loop) --------------------------------------
+
+    def _request_sync(self, method: str, path: str, what: str, **kw: Any) -> dict[str, Any]:
+        import httpx
+
+        try:
+            with httpx.Client(timeout=self.timeout, trust_env=False) as client:
+                response = client.request(
+                    method, self.backend_url + path, headers=self._headers, **kw
+                )
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        return self._check(response, what)
+
+    def submit_sync(
+        self,
+        config_path: str | Path | None = None,
+        task_app_url: Any = None,
+        task_app_api_key: str | None = None,
+        task_app_worker_token: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> str:
+        body = self._body(
+            config_path, task_app_url, task_app_api_key, task_app_worker_token, overrides
+        )
+        data = self._request_sync("POST", "/api/jobs", "submit", json=body)
+        self.job_id = str(data["id"])
+        return self.job_id
+
+    def get_status_sync(self, job_id: str | None = None) -> dict[str, Any]:
+        return self._request_sync("GET", f"/api/jobs/{self._id(job_id)}", "get status")
+
+    def get_results_sync(self, job_id: str | None = None) -> PromptLearningResult:
+        data = self._request_sync("GET", f"/api/jobs/{self._id(job_id)}/result", "result")
+        return PromptLearningResult.from_response(data)
+
+    def cancel_sync(self, job_id: str | None = None) -> dict[str, Any]:
+        return self._request_sync("POST", f"/api/jobs/{self._id(job_id)}/cancel", "cancel")
+
+    def poll_until_complete_sync(
+        self,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        interval: float = 1.0,
+        on_status: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> PromptLearningResult:
+        job_id = self._id(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.get_status_sync(job_id)
+            if on_status is not None:
+                on_status(status)
+            if status["status"] in TERMINAL:
+                return self.get_results_sync(job_id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {status['status']} after {timeout:g} s")
+            time.sleep(interval)
+
+
+async def run_in_process_job(
+    config_path: str | Path,
+    *,
+    backend_url: str = DEFAULT_BACKEND,
+    api_key: str | None = None,
+    task_app_path: str | Path | None = None,
+    config: Any = None,
+    config_factory: Callable[[], Any] | None = None,
+    app: Any = None,
+    port: int = 0,
+    tunnel_mode: str = "local",
+    overrides: Mapping[str, Any] | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - the seed's spelling
+    poll_interval: float = 1.0,
+    on_status: Callable[[dict[str, Any]], Any] | None = None,
+    **task_app_options: Any,
+) -> PromptLearningResult:
+    """Start the task app in-process, submit the job, wait for it, stop the task app.
+
+    The task app is given as in ``InProcessTaskApp`` (``task_app_path=``, ``config=``,
+    ``config_factory=``, ``app=``); other keywords go to ``InProcessTaskApp``. Its URL,
+    key and (with ``tunnel_mode="synthtunnel"``) worker token are sent with the job. A
+    ``timeout`` that runs out cancels the job before raising :class:`TimeoutError`.
+    """
+    from taskapp.core.lifecycle import InProcessTaskApp
+
+    task_app = InProcessTaskApp(
+        task_app_path=task_app_path,
+        config=config,
+        config_factory=config_factory,
+        app=app,
+        port=port,
+        tunnel_mode=tunnel_mode,
+        **task_app_options,
+    )
+    async with task_app:
+        job = PromptLearningJob(backend_url, api_key)
+        job_id = await job.submit(config_path, task_app_url=task_app, overrides=overrides)
+        try:
+            return await job.poll_until_complete(
+                job_id, timeout=timeout, interval=poll_interval, on_status=on_status
+            )
+        except BaseException:
+            with contextlib.suppress(TaskAppError):
+                await job.cancel(job_id)
+            raise

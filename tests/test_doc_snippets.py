@@ -248,3 +248,24 @@ def test_timeout_help_says_per_rollout_or_whole_run() -> None:
     assert "--timeout limits the whole run" in evaluation
     assert "time limit of the whole run" in optimize
     assert "time limit of one rollout request" in optimize
+
+
+def test_health_timeout_defaults_agree() -> None:
+    import inspect
+
+    import taskapp
+    from taskapp import InProcessTaskApp
+    from taskapp.cli._common import HEALTH_TIMEOUT
+    from taskapp.optimize import run
+    from taskapp.optimize.settings import OptimizeConfig
+
+    defaults = {
+        "InProcessTaskApp": inspect.signature(InProcessTaskApp)
+        .parameters["health_check_timeout"]
+        .default,
+        "evaluate": inspect.signature(taskapp.evaluate).parameters["health_timeout"].default,
+        "optimize.run": inspect.signature(run).parameters["health_timeout"].default,
+        "OptimizeConfig": OptimizeConfig.__dataclass_fields__["health_timeout"].default,
+        "--health-timeout": HEALTH_TIMEOUT,
+    }
+    assert set(defaults.values()) == {30.0}, defaults

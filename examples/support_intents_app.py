@@ -315,6 +315,12 @@ def build_config() -> TaskAppConfig:
         app_id="support-intents",
         name="Customer-support intents (standalone example)",
         description="Classify a customer-support message into one of 10 intents.",
+        # /info advertises the default prompt, so `taskapp optimize` (and a
+        # [prompt_learning] job without initial_prompt) can start from it
+        base_task_info={
+            "task": {"id": "support-intents", "name": "Customer-support intents"},
+            "task_metadata": {"labels": list(LABELS), "default_prompt": DEFAULT_PROMPT},
+        },
         describe_taskset=describe_taskset,
         provide_task_instances=provide_task_instances,
         rollout=rollout,

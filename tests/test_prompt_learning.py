@@ -7,6 +7,9 @@ stand-in reflection model).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -192,9 +195,63 @@ def test_cli_config_runs_and_warns_by_name(tmp_path: Path) -> None:
     resumed = json.loads(more.stdout)
     assert result["metric_calls"] < resumed["metric_calls"] <= 200
     assert resumed["val_seeds"] == result["val_seeds"]
+    # resumed progress lines still show the baseline (the resumed run has no baseline event)
+    iteration_lines = [line for line in more.stderr.splitlines() if line.startswith("iter")]
+    assert iteration_lines and all("(baseline " in line for line in iteration_lines)
+    # the score curve has a legend, and the baseline is drawn as its own line
+    svg = ET.fromstring((out / "score_curve.svg").read_text())
+    texts = [t.text or "" for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert any(t.startswith("baseline (seed prompt, ") for t in texts)
+    assert {"best so far", "candidate", "budget"} <= set(texts)
+    lines = svg.iter("{http://www.w3.org/2000/svg}line")
+    assert [line for line in lines if line.get("class") == "baseline"]
 
     bad = tmp_path / "bad.toml"
     bad.write_text('[prompt_learning]\nalgorithm = "gepa"\ntask_app_url = \n')
     done = taskapp("optimize", "--config", str(bad), "--stand-in")
     assert done.returncode == 2
     assert f"{bad}: malformed TOML at line 3, key prompt_learning.task_app_url" in done.stderr
+
+
+def test_plugins_say_which_extra_a_backend_needs() -> None:
+    """With Ray missing, `taskapp plugins --all` says what to install instead of listing
+    `ray` as if it worked."""
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # Ray not importable, as on a fresh install
+        "from taskapp.cli import main\n"
+        "raise SystemExit(main(['plugins', '--all']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ray (needs taskapp[ray])" in done.stdout
+    assert "thread" in done.stdout and "thread (needs" not in done.stdout
+
+
+def test_no_prompt_error_names_the_file(tmp_path: Path) -> None:
+    """An app file that advertises no prompt: the error names the file, not the temporary
+    URL taskapp started it on."""
+    app = tmp_path / "silent_app.py"
+    app.write_text(
+        f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
+        "from tests._optimize_helpers import ToyTask\n"
+        "config = ToyTask(advertise=False).config()\n"
+    )
+    done = taskapp("optimize", str(app), "--stand-in", "--train-seeds", "0-9",
+                   "--val-seeds", "10-14", "--budget", "40", "--out", str(tmp_path / "o"))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"the task app at {app} advertise" in done.stderr
+    assert "127.0.0.1" not in done.stderr
+
+
+def test_standalone_example_advertises_its_prompt() -> None:
+    """examples/support_intents_app.py, the app docs/writing_task_apps.md says to copy,
+    can be optimized without --prompt."""
+    from taskapp import InProcessTaskApp, TaskAppClient
+    from taskapp.optimize import advertised_prompts
+
+    with InProcessTaskApp(task_app_path=REPO / "examples" / "support_intents_app.py",
+                          port=0) as app, TaskAppClient(app.local_url, app.api_key) as client:  # fmt: skip
+        prompts = advertised_prompts(client.info())
+    assert set(prompts) == {"prompt"} and "Answer with the intent name only" in prompts["prompt"]

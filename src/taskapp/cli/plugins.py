@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from typing import Any
 
@@ -31,6 +32,12 @@ def run(args: argparse.Namespace) -> int:
 
     registry = get_registry()
     rows = registry.describe(include_builtins=args.all)
+    for row in rows:
+        row["needs"] = {
+            name: NEEDS[name][1]
+            for name in (*(row.get("servers") or ()), *(row.get("tunnels") or ()))
+            if name in NEEDS and importlib.util.find_spec(NEEDS[name][0]) is None
+        }
     status = 1 if any(row["error"] for row in rows) else 0
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -44,11 +51,24 @@ def run(args: argparse.Namespace) -> int:
         if row["error"]:
             print(f"    FAILED TO LOAD: {row['error']}")
             continue
+        needs = row["needs"]
         if row["servers"]:
-            print(f"    servers: {', '.join(row['servers'])}")
+            print(f"    servers: {', '.join(_mark(name, needs) for name in row['servers'])}")
         if row["tunnels"]:
-            print(f"    tunnels: {', '.join(row['tunnels'])}")
+            print(f"    tunnels: {', '.join(_mark(name, needs) for name in row['tunnels'])}")
         if row["loader"]:
             print("    loader: load_app")
         print(f"    hooks:   {', '.join(row['hooks'])}")
     return status
+
+
+#: builtin backends that need an optional extra: name -> (module, what to install)
+NEEDS: dict[str, tuple[str, str]] = {
+    "ray": ("ray", "taskapp[ray]"),
+    "synthtunnel": ("websockets", "taskapp[relay]"),
+    "relay": ("websockets", "taskapp[relay]"),
+}
+
+
+def _mark(name: str, needs: dict[str, str]) -> str:
+    return f"{name} (needs {needs[name]})" if name in needs else name

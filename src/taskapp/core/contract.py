@@ -410,9 +410,13 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
             status_code=500,
         )
 
-    @app.api_route("/", methods=["GET", "HEAD"])
+    @app.get("/")
     async def root() -> dict[str, Any]:
         return {"status": "ok", "service": config.app_id}
+
+    # HEAD / too, out of the OpenAPI document (one route for both gave two operations with
+    # the same operationId, which FastAPI warns about and schema tools reject).
+    app.add_api_route("/", root, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -45,6 +45,9 @@ def fast_exit_server_class() -> type[Any]:
             # An exit request ends a startup in progress (a slow lifespan startup) at once;
             # uvicorn itself would wait for the lifespan, however long it takes.
             starting = asyncio.ensure_future(super().startup(sockets=sockets))
+            # uvicorn's sys.exit(3) on a failed startup leaves the loop from inside the task;
+            # mark its exception retrieved (the runner reports it), or asyncio logs it again.
+            starting.add_done_callback(lambda task: task.cancelled() or task.exception())
             woken = asyncio.ensure_future(self._wake.wait())
             await asyncio.wait({starting, woken}, return_when=asyncio.FIRST_COMPLETED)
             woken.cancel()

@@ -150,6 +150,9 @@ class ProgressTracker:
                 "rejected": bool(notes.get("rejected")),
                 "candidates": len(state.program_candidates),
                 "budget": self.budget,
+                "baseline_score": float(state.program_full_scores_val_set[0])
+                if state.program_full_scores_val_set
+                else None,
             }
         )
 
@@ -256,6 +259,8 @@ class ConsolePrinter:
                 else "no proposal"
             )
             best_score = float(event.get("best_score") or 0.0)
+            if self.baseline is None and isinstance(event.get("baseline_score"), float):
+                self.baseline = event["baseline_score"]  # a resumed run has no baseline event
             baseline = f" (baseline {self.baseline:.3f})" if self.baseline is not None else ""
             self.console.print(
                 f"iter {event['iteration']:>3}  rollouts {event['metric_calls']:>5}/"

@@ -124,9 +124,16 @@ class OptimizeResult:
         points = curve_points(self.history)
         candidates = candidate_points(self.history)
         title = f"best validation score vs rollouts ({self.status})"
-        _write(folder / "score_curve.svg", plot_svg(points, candidates, self.budget, title))
+        baseline = self.baseline_score
+        _write(
+            folder / "score_curve.svg",
+            plot_svg(points, candidates, self.budget, title, baseline=baseline),
+        )
         try:
-            plot_png(folder / "score_curve.png", points, candidates, self.budget, title)
+            plot_png(
+                folder / "score_curve.png", points, candidates, self.budget, title,
+                baseline=baseline,
+            )  # fmt: skip
         except ImportError:
             logger.debug("matplotlib is not installed: no score_curve.png")
         return folder
@@ -167,11 +174,12 @@ def curve_points(history: Sequence[Mapping[str, Any]]) -> list[tuple[int, float]
 
 
 def candidate_points(history: Sequence[Mapping[str, Any]]) -> list[tuple[int, float]]:
-    """(rollouts used, validation score) of every candidate when it was found."""
+    """(rollouts used, validation score) of every proposed candidate when it was found
+    (the seed prompt's baseline is drawn on its own)."""
     return [
         (int(event["metric_calls"]), float(event["score"]))
         for event in history
-        if event.get("event") in ("baseline", "candidate")
+        if event.get("event") == "candidate"
         and isinstance(event.get("score"), int | float)
         and isinstance(event.get("metric_calls"), int)
     ]
@@ -182,12 +190,18 @@ def plot_svg(
     candidates: Sequence[tuple[int, float]],
     budget: int,
     title: str,
+    *,
+    baseline: float | None = None,
 ) -> str:
-    """A dependency-free SVG line chart of the best score against rollouts used."""
+    """A dependency-free SVG line chart of the best score against rollouts used, with a
+    legend: best so far (line), candidates (dots), the seed prompt's baseline (a dashed
+    horizontal line) and the budget (a dashed vertical line)."""
     width, height = 640, 360
     left, right, top, bottom = 60, 20, 40, 50
     x_max = max([budget, 1, *(x for x, _ in points), *(x for x, _ in candidates)])
     ys = [y for _, y in points] + [y for _, y in candidates]
+    if baseline is not None:
+        ys.append(baseline)
     y_min = min([0.0, *ys])
     y_max = max([1.0, *ys])
     if y_max - y_min < 1e-9:
@@ -237,8 +251,16 @@ def plot_svg(
             f'<line x1="{sx(budget):.1f}" x2="{sx(budget):.1f}" y1="{top}" '
             f'y2="{height - bottom}" stroke="#999" stroke-dasharray="4 4"/>'
         )
+    if baseline is not None:
+        parts.append(
+            f'<line class="baseline" x1="{left}" x2="{width - right}" y1="{sy(baseline):.1f}" '
+            f'y2="{sy(baseline):.1f}" stroke="#59a14f" stroke-width="1.5" '
+            'stroke-dasharray="6 3"/>'
+        )
     for x, y in candidates:
-        parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="#f28e2b"/>')
+        parts.append(
+            f'<circle class="candidate" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="#f28e2b"/>'
+        )
     if points:
         path: list[str] = []
         previous_y: float | None = None
@@ -248,8 +270,40 @@ def plot_svg(
             path.append(f"{sx(x):.1f},{sy(y):.1f}")
             previous_y = y
         parts.append(
-            f'<polyline points="{" ".join(path)}" fill="none" stroke="#4e79a7" stroke-width="2"/>'
+            f'<polyline class="best" points="{" ".join(path)}" fill="none" stroke="#4e79a7" '
+            'stroke-width="2"/>'
         )
+    legend = [
+        ('<line x1="0" x2="18" y1="0" y2="0" stroke="#4e79a7" stroke-width="2"/>', "best so far"),
+        ('<circle cx="9" cy="0" r="3" fill="#f28e2b"/>', "candidate"),
+    ]
+    if baseline is not None:
+        legend.append(
+            (
+                '<line x1="0" x2="18" y1="0" y2="0" stroke="#59a14f" stroke-width="1.5" '
+                'stroke-dasharray="6 3"/>',
+                f"baseline (seed prompt, {baseline:.3f})",
+            )
+        )
+    if budget:
+        legend.append(
+            (
+                '<line x1="9" x2="9" y1="-6" y2="6" stroke="#999" stroke-dasharray="4 4"/>',
+                "budget",
+            )
+        )
+    box_x, box_y = width - right - 190, top + 8
+    parts.append(
+        f'<g class="legend"><rect x="{box_x}" y="{box_y}" width="186" '
+        f'height="{16 * len(legend) + 8}" fill="white" fill-opacity="0.85" stroke="#ccc"/>'
+    )
+    for i, (mark, label) in enumerate(legend):
+        y = box_y + 14 + 16 * i
+        parts.append(
+            f'<g transform="translate({box_x + 8},{y - 4})">{mark}</g>'
+            f'<text x="{box_x + 32}" y="{y}">{escape(label)}</text>'
+        )
+    parts.append("</g>")
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
@@ -260,6 +314,8 @@ def plot_png(
     candidates: Sequence[tuple[int, float]],
     budget: int,
     title: str,
+    *,
+    baseline: float | None = None,
 ) -> None:
     """The score curve as a PNG with matplotlib (ImportError when it is not installed).
 
@@ -281,6 +337,14 @@ def plot_png(
             color="tab:orange",
             label="candidates",
             zorder=3,
+        )
+    if baseline is not None:
+        axes.axhline(
+            baseline,
+            linestyle="--",
+            color="tab:green",
+            linewidth=1.5,
+            label=f"baseline (seed prompt, {baseline:.3f})",
         )
     if budget:
         axes.axvline(budget, linestyle="--", color="grey", linewidth=1, label="budget")

@@ -48,6 +48,18 @@ def _in_process(target: Any) -> Any:
     return InProcessTaskApp(**target_kwargs(target, aliases=BUNDLED))
 
 
+def _describe(target: Any, task_app: Any) -> str:
+    """'examples/app.py', 'pkg.mod:attr' or 'config build_config': what the user gave."""
+    if isinstance(target, str | os.PathLike):
+        return os.fspath(target)
+    app_target = getattr(task_app, "_target", None)
+    kind, value = getattr(app_target, "kind", None), getattr(app_target, "value", None)
+    if kind in ("path", "import_string") and value is not None:
+        return str(value)
+    describe = getattr(app_target, "describe", None)
+    return str(describe()) if callable(describe) else str(task_app.local_url)
+
+
 @contextlib.contextmanager
 def open_target(
     target: Any, *, api_key: str | None = None, worker_token: str | None = None
@@ -71,11 +83,13 @@ def open_target(
         yield Endpoint(url=task_app.local_url, api_key=task_app.api_key, label=repr(task_app))
         return
     task_app.start()
+    # Messages name what the user gave (a file, module:attr), not the app's temporary URL.
+    label = _describe(target, task_app)
     try:
         yield Endpoint(
             url=task_app.local_url,
             api_key=task_app.api_key,
-            label=task_app.local_url,
+            label=label,
             started_here=True,
         )
     finally:

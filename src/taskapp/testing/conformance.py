@@ -336,36 +336,57 @@ class TunnelBackendConformance(_Base):
         backend.close()  # a second close must not raise either
         self.assert_nothing_left(leaks, [], set(tunnel.pids))
 
-    def test_failure_is_typed_and_names_the_backend(self) -> None:
+    def test_failure_is_typed_and_names_the_backend(
+        self, conformance_local_app: InProcessTaskApp
+    ) -> None:
         from taskapp.core.errors import ConfigurationError, TunnelError
+        from taskapp.core.options import parse_options
 
-        port = free_port()
+        port = conformance_local_app.port
         failing = self.failing_tunnel_options(port)
         if failing is None:
             pytest.skip(f"no failing_options given for tunnel {self.backend!r}")
+        cls = self._backend_cls()
+        try:
+            options = parse_options(cls.Options, failing, owner=f"tunnel {self.backend!r}")
+        except ConfigurationError as exc:
+            pytest.fail(
+                f"failing_options were refused by validation ({exc}); give options that "
+                "validate but make the tunnel fail to open"
+            )
         leaks = self.leak_check()
+        # The backend itself, as the lifecycle drives it: open(), then verify().
+        backend = cls(options)
+        ctx = self._context(port)
+        error: Exception | None = None
+        started = time.monotonic()
+        try:
+            tunnel = backend.open(ctx)
+            backend.verify(tunnel, ctx, self.failure_timeout)
+        except Exception as exc:
+            error = exc
+        finally:
+            backend.close()
+        elapsed = time.monotonic() - started
+        assert error is not None, "with failing_options, open() and verify() both succeeded"
+        assert isinstance(error, TunnelError), (
+            f"tunnel {self.backend!r} raised {type(error).__name__}: {error}; a tunnel must "
+            "raise a taskapp.TunnelError subclass (TunnelAuthError, TunnelTimeoutError, ...) "
+            "that says what happened and what to do"
+        )
+        assert error.backend == self.backend or self.backend in str(error), (
+            f"{type(error).__name__} does not name the backend {self.backend!r}: {error}"
+        )
+        assert elapsed < self.failure_timeout + 15.0, f"the failure took {elapsed:.1f} s"
+        self.assert_nothing_left(leaks, [], set())
+        # And through InProcessTaskApp: the start fails and releases everything.
         app = self._app(
-            port,
             tunnel_options=failing,
             skip_tunnel_verification=False,
             health_check_timeout=self.failure_timeout,
         )
-        started = time.monotonic()
-        with pytest.raises(Exception) as caught:  # noqa: PT011 - checked below
+        with pytest.raises(TunnelError):
             app.start()
-        exc = caught.value
-        assert not isinstance(exc, ConfigurationError), (
-            f"failing_options were refused by validation ({exc}); give options that validate "
-            "but make the tunnel fail to open"
-        )
-        assert isinstance(exc, TunnelError), (
-            f"tunnel {self.backend!r} failed with {type(exc).__name__}: {exc}; a tunnel must "
-            "raise a taskapp.TunnelError subclass (TunnelAuthError, TunnelTimeoutError, ...)"
-        )
-        assert exc.backend == self.backend or self.backend in str(exc), (
-            f"{type(exc).__name__} does not name the backend {self.backend!r}: {exc}"
-        )
-        assert time.monotonic() - started < self.failure_timeout + 15.0
         assert not app.running
         self.assert_nothing_left(leaks, [app], set())
 

@@ -157,11 +157,26 @@ class ThreadServer(ServerRunner):
         self._started = True
         self._ready.set()
 
+    async def _serve(self, sock: socket.socket) -> None:
+        server = self._server
+        try:
+            await server.serve(sockets=[sock])
+        except BaseException:
+            # The server crashed: drop its connections now. Closing the loop does not close
+            # them on the plain asyncio loop, so a client would wait out its read timeout.
+            for connection in list(server.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.abort()
+            for listener in server.servers:
+                listener.close()
+            raise
+
     def _run(self, config: Any, sock: socket.socket) -> None:
         factory = getattr(config, "get_loop_factory", lambda: None)()
         try:
             with asyncio.Runner(loop_factory=factory) as runner:
-                runner.run(self._server.serve(sockets=[sock]))
+                runner.run(self._serve(sock))
         except BaseException as exc:  # SystemExit(3) from uvicorn on startup failure
             self._error = exc
             if self._started:

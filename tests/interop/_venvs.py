@@ -1,0 +1,211 @@
+"""Virtual environments with real synth-ai releases, for tests/interop/.
+
+One per release under ``~/.cache/taskapp-interop/<version>`` (``TASKAPP_INTEROP_CACHE``
+overrides the folder): a venv on top of the system site packages (which have fastapi,
+pydantic, httpx, uvicorn: what taskapp itself needs) with ``synth-ai==<version>``
+installed ``--no-deps`` plus only the packages its code imports on the paths the tests
+use (found by importing them until nothing is missing). A marker file records what was
+installed; a venv whose marker differs is rebuilt.
+
+``python -m tests.interop._venvs`` builds them all (``.ci/run`` does, before the tests);
+``--check`` only says which are ready.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["IMPORTS", "VERSIONS", "Unavailable", "build", "cache_root", "python_for", "ready"]
+
+#: release -> the extra packages its imports need (installed --no-deps)
+VERSIONS: dict[str, tuple[str, ...]] = {
+    # TaskAppConfig, create_task_app, TaskAppClient: nothing beyond the system packages
+    "0.7.3": (),
+    # synth_ai.sdk.task pulls in tracing (libsql, sqlalchemy), the CLI (modal, mcp, celery)
+    "0.3.9": (
+        "libsql",
+        "sqlalchemy",
+        "modal",
+        "mcp<2",
+        "celery",
+        "kombu",
+        "amqp",
+        "vine",
+        "billiard",
+        "tzlocal",
+        "tomli_w",
+        "pynacl",
+        "grpclib",
+        "synchronicity",
+        "h2",
+        "hyperframe",
+        "hpack",
+        "httpx_sse",
+        "sse_starlette",
+    ),
+    # the Rust agent ships in the wheel (synth_ai_py, manylinux abi3)
+    "0.9.11": (),
+    # the lease REST client
+    "0.17.4": (),
+}
+
+#: release -> the import that proves the venv usable
+IMPORTS: dict[str, str] = {
+    "0.7.3": (
+        "from synth_ai.sdk.localapi._impl.server import TaskAppConfig, create_task_app; "
+        "from synth_ai.sdk.localapi.client import TaskAppClient"
+    ),
+    "0.3.9": (
+        "from synth_ai.sdk.task.contracts import RolloutRequest; "
+        "from synth_ai.sdk.task.client import TaskAppClient"
+    ),
+    "0.9.11": (
+        "import synth_ai_py; "
+        "from synth_ai.core.tunnels.tunneled_api import TunneledContainer, TunnelBackend"
+    ),
+    "0.17.4": "from synth_ai.sdk.tunnels import TunnelsClient",
+}
+
+
+class Unavailable(RuntimeError):
+    """The venv could not be built (the package index unreachable, say)."""
+
+
+def cache_root() -> Path:
+    configured = os.environ.get("TASKAPP_INTEROP_CACHE")
+    if configured:
+        return Path(configured)
+    return Path.home() / ".cache" / "taskapp-interop"
+
+
+def _marker(version: str) -> dict[str, object]:
+    return {
+        "synth-ai": version,
+        "extras": list(VERSIONS[version]),
+        "python": sys.version.split()[0],
+        "base": sys.base_prefix,
+    }
+
+
+def _python(root: Path) -> Path:
+    return root / "bin" / "python"
+
+
+def child_env(home: Path | None = None) -> dict[str, str]:
+    """The environment an interop child runs in: this checkout's taskapp importable,
+    HOME in a scratch folder (synth-ai writes ~/.synth_ai), no taskapp or synth-ai keys."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TASKAPP_", "SYNTH_", "ENVIRONMENT_API_KEY", "DEV_ENVIRONMENT"))
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(repo / "src"), str(repo)])
+    env["PYTHONUNBUFFERED"] = "1"
+    env["SYNTH_LOCALAPI_AUTH_PERSIST"] = "0"
+    env["SYNTH_REQUIRE_EXPLICIT_BACKEND"] = "1"  # never the hosted service
+    if home is not None:
+        env["HOME"] = str(home)
+    return env
+
+
+def ready(version: str) -> Path | None:
+    """The venv's python when it is built and current, else None."""
+    root = cache_root() / version
+    try:
+        marker = json.loads((root / ".taskapp-interop.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if marker != _marker(version) or not _python(root).exists():
+        return None
+    return _python(root)
+
+
+def build(version: str) -> Path:
+    """Build (or reuse) the venv of ``version``; raises :class:`Unavailable` saying why not."""
+    found = ready(version)
+    if found is not None:
+        return found
+    root = cache_root() / version
+    shutil.rmtree(root, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    interpreter = str(base if base.exists() else sys.executable)
+    subprocess.run(
+        [interpreter, "-m", "venv", "--system-site-packages", str(root)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    python = _python(root)
+    packages = [f"synth-ai=={version}", *VERSIONS[version]]
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+    result = subprocess.run(
+        [*pip, *packages], capture_output=True, text=True, timeout=600, check=False
+    )
+    if result.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise Unavailable(
+            f"pip could not install synth-ai=={version} ({', '.join(packages[1:]) or 'alone'}): "
+            + (lines[-1] if lines else f"exit {result.returncode}")
+        )
+    scratch = root / "home"
+    scratch.mkdir(exist_ok=True)
+    check = subprocess.run(
+        [str(python), "-c", IMPORTS[version]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=child_env(scratch),
+        check=False,
+    )
+    if check.returncode != 0:
+        lines = check.stderr.strip().splitlines()
+        raise RuntimeError(
+            f"synth-ai {version} installed but does not import: "
+            + (lines[-1] if lines else f"exit {check.returncode}")
+        )
+    (root / ".taskapp-interop.json").write_text(json.dumps(_marker(version)))
+    return python
+
+
+def python_for(version: str) -> Path:
+    """The venv's python for a test: built when missing. Not buildable: the test is
+    skipped with the reason, or fails under ``CI=true`` (CI must run them)."""
+    import pytest
+
+    try:
+        return build(version)
+    except Unavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"interop venv for synth-ai {version} unavailable in CI: {exc}")
+        pytest.skip(f"interop venv for synth-ai {version} unavailable: {exc}")
+
+
+def main(argv: list[str]) -> int:
+    versions = [arg for arg in argv if not arg.startswith("-")] or list(VERSIONS)
+    status = 0
+    for version in versions:
+        if "--check" in argv:
+            print(f"synth-ai {version}: {'ready' if ready(version) else 'missing'}")
+            continue
+        started = time.monotonic()
+        try:
+            python = build(version)
+        except (Unavailable, RuntimeError) as exc:
+            print(f"synth-ai {version}: FAILED: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"synth-ai {version}: {python} ({time.monotonic() - started:.1f} s)")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -24,6 +24,7 @@ docs names a real option, and the docs install extras the way that works from a 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import re
@@ -102,7 +103,8 @@ def test_snippets_found_and_few_skipped() -> None:
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.id for s in SNIPPETS])
 def test_snippet(snippet: Snippet, tmp_path: Path) -> None:
     if snippet.mode == "skip":
-        compile(snippet.code, snippet.id, "exec")  # still valid Python
+        # Still valid Python (top-level await allowed, as in a notebook or asyncio REPL).
+        compile(snippet.code, snippet.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         pytest.skip(snippet.argument)
     if snippet.mode == "excerpt":
         check_excerpt(snippet)

@@ -11,8 +11,12 @@ only exist when the user's code imported it:
 
 Either is wrapped in :class:`SynthAiHost`, which gives the app the instance's key the way
 synth-ai reads keys (``ENVIRONMENT_API_KEY``, else ``ENVIRONMENT_API_KEY_ALIASES``, lent
-for the app's lifetime by :mod:`taskapp.core.env_keys` and removed after it stops),
-refuses keys lent to other apps in this process, and hides synth-ai's ``/debug/env``.
+for the app's lifetime by :mod:`taskapp.core.env_keys` and removed after it stops) and
+checks keys itself on synth-ai's own routes: synth-ai 0.7 answers a wrong key with the
+first 15 characters of every accepted key (and prints them), and ``/health`` with the
+first 6. The host answers instead: a wrong key (or one lent to another app of this
+process) gets 400 ``unauthorised`` with no key material, ``/health`` ``{"healthy": true}``,
+and ``/debug/env`` (key prefixes) is not served.
 
 Other synth-ai objects cannot be hosted: :func:`unhostable_message` says so, naming the
 object's full module path.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -138,6 +143,15 @@ class SynthAiHost:
         self.api_key = api_key
         self.state = getattr(app, "state", None)
         self._loan: env_keys.Loan | None = None
+        #: synth-ai's own routes (all but ``/`` check the key); the user's routes pass
+        self.guarded = frozenset(
+            str(route.path)
+            for route in getattr(app, "routes", [])
+            if str(getattr(getattr(route, "endpoint", None), "__module__", "") or "").startswith(
+                _PREFIX + "."
+            )
+            and getattr(route, "path", "/") != "/"
+        )
 
     def _lend(self) -> None:
         if self._loan is None or self._loan.returned:
@@ -163,30 +177,57 @@ class SynthAiHost:
             return
         if scope["type"] == "http":
             self._lend()  # served without a lifespan: lent until the process ends
-            if scope.get("path") == "/debug/env":
-                await _answer(send, 404, "not_found", "taskapp does not serve /debug/env")
+            path = scope.get("path")
+            if path == "/debug/env":
+                await _answer(send, 404, {"code": "not_found", "message": "not served by taskapp"})
                 return
-            if self._presents_only_foreign_keys(scope):
-                await _answer(send, 400, "unauthorised", "API key missing or invalid")
-                return
+            if path in self.guarded:
+                if not self._key_accepted(scope):
+                    await _answer(send, 400, _UNAUTHORISED)
+                    return
+                if path == "/health" and scope.get("method") == "GET":
+                    await _answer(send, 200, None)
+                    return
         await self.app(scope, receive, send)
 
-    def _presents_only_foreign_keys(self, scope: Scope) -> bool:
+    def _accepted_keys(self) -> list[str]:
+        """The keys synth-ai accepts (read from ``os.environ`` on every request, as it
+        does), without those lent to other apps of this process."""
+        keys = [
+            value.strip()
+            for name in (
+                "ENVIRONMENT_API_KEY",
+                "dev_environment_api_key",
+                "DEV_ENVIRONMENT_API_KEY",
+            )
+            if (value := os.environ.get(name, "")).strip()
+        ]
+        aliases = os.environ.get(env_keys.ALIASES_VARIABLE, "")
+        keys.extend(part.strip() for part in aliases.split(",") if part.strip())
         foreign = env_keys.lent_keys() - {self.api_key}
-        if not foreign:
-            return False
+        return [key for key in keys if key not in foreign]
+
+    def _key_accepted(self, scope: Scope) -> bool:
         from taskapp.core.contract import TaskAppAuth
 
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope.get("headers", [])
         }
-        presented = TaskAppAuth.presented(headers)
-        return bool(presented) and all(constant_time_in(key, foreign) for key in presented)
+        accepted = self._accepted_keys()
+        found = False
+        for key in TaskAppAuth.presented(headers):
+            found |= constant_time_in(key, accepted)
+        return found
 
 
-async def _answer(send: Send, status: int, code: str, message: str) -> None:
-    body = json.dumps({"detail": {"error": {"code": code, "message": message}}}).encode()
+_UNAUTHORISED = {"code": "unauthorised", "message": "API key missing or invalid"}
+
+
+async def _answer(send: Send, status: int, error: dict[str, str] | None) -> None:
+    """A JSON answer: synth-ai's error envelope, or ``{"healthy": true}`` for None."""
+    payload = {"healthy": True} if error is None else {"detail": {"error": error}}
+    body = json.dumps(payload).encode()
     await send(
         {
             "type": "http.response.start",

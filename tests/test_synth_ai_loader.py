@@ -52,7 +52,7 @@ def create_task_app(config: TaskAppConfig) -> FastAPI:
 
     app = FastAPI(lifespan=lifespan)
 
-    async def health(request: Request) -> Any:
+    async def info(request: Request) -> Any:
         allowed = {os.environ.get("ENVIRONMENT_API_KEY", "")} | {
             part.strip()
             for part in os.environ.get("ENVIRONMENT_API_KEY_ALIASES", "").split(",")
@@ -61,9 +61,15 @@ def create_task_app(config: TaskAppConfig) -> FastAPI:
         if request.headers.get("x-api-key") not in allowed - {""}:
             error = {"code": "unauthorised", "message": "API key missing or invalid"}
             return JSONResponse({"detail": {"error": error}}, status_code=400)
-        return {"healthy": True, "service": config.app_id}
+        # like synth-ai 0.7: key prefixes in answers (the host must not let them out)
+        return {"service": config.app_id, "expected_prefix": allowed.pop()[:6]}
 
-    health.__module__ = STANDIN  # synth-ai's routes are synth-ai's functions
+    async def health(request: Request) -> Any:
+        return {"healthy": True, "auth": {"expected_prefix": "leaked"}}
+
+    for route in (info, health):
+        route.__module__ = STANDIN  # synth-ai's routes are synth-ai's functions
+    app.add_api_route("/info", info, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
     return app
 
@@ -81,7 +87,7 @@ def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
 
 
 def health(url: str, key: str) -> httpx.Response:
-    return httpx.get(f"{url}/health", headers={"X-API-Key": key}, timeout=5)
+    return httpx.get(f"{url}/info", headers={"X-API-Key": key}, timeout=5)
 
 
 def test_synth_ai_config_is_hosted_with_the_instance_key(standin: types.ModuleType) -> None:
@@ -89,6 +95,15 @@ def test_synth_ai_config_is_hosted_with_the_instance_key(standin: types.ModuleTy
     with InProcessTaskApp(config=config, port=0, health_check_timeout=10) as task_app:
         assert task_app.url is not None
         assert health(task_app.url, task_app.api_key).json()["service"] == "standin"
+        real_health = httpx.get(
+            f"{task_app.url}/health", headers={"X-API-Key": task_app.api_key}, timeout=5
+        )
+        assert real_health.json() == {"healthy": True}  # no key prefix
+        wrong = httpx.get(f"{task_app.url}/info", headers={"X-API-Key": "nope"}, timeout=5)
+        assert wrong.status_code == 400
+        assert wrong.json() == {
+            "detail": {"error": {"code": "unauthorised", "message": "API key missing or invalid"}}
+        }
         assert os.environ["ENVIRONMENT_API_KEY"] == task_app.api_key  # lent, not minted
         assert env_keys.environment_api_key() is None  # ... and not the user's
         assert httpx.get(f"{task_app.url}/debug/env", timeout=5).status_code == 404

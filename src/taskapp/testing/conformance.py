@@ -32,11 +32,11 @@ import threading
 import time
 import typing
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
+from taskapp.core import proctable
 from taskapp.testing.helpers import (
     DEFAULT_IGNORED_THREADS,
     LeakCheck,
@@ -60,12 +60,7 @@ FAILING_APP = "taskapp.testing.apps:failing_startup_app"
 
 
 def _cmdline(pid: int) -> str:
-    try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        return ""
+    return b" ".join(proctable.argv(pid) or []).decode(errors="replace")
 
 
 def _wrong_value(hint: Any) -> Any:

@@ -1,0 +1,219 @@
+"""The agent WebSocket endpoint: token check before accepting, ATTACH and version
+negotiation, then the frame loop of one :class:`AgentSession`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from taskapp.core.logs import get_logger
+from taskapp.core.secrets import fingerprint
+from taskapp.relay import protocol as p
+from taskapp.relay.server.leases import iso, text_field
+from taskapp.relay.server.session import AgentSession
+from taskapp.relay.server.state import (
+    Receive,
+    RelayState,
+    Scope,
+    Send,
+    bearer,
+    error_payload,
+    json_body,
+)
+
+__all__ = ["agent_socket"]
+
+logger = get_logger("taskapp.relay")
+
+
+async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: Send) -> None:
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    headers = scope["headers"]
+    token = bearer(headers)
+    lease = state.store.by_agent.get(p.token_hash(token)) if token else None
+    if lease is not None and not p.token_matches(token, [lease.agent_hash]):
+        lease = None
+    if lease is None or lease.expires_at <= time.time():
+        state.counters["unauthorized"] += 1
+        await _reject_ws(state, scope, send, 401, "unauthorized")
+        return
+    if state.draining:
+        await _reject_ws(state, scope, send, 503, "relay_draining")
+        return
+    await send({"type": "websocket.accept"})
+    try:
+        async with asyncio.timeout(state.settings.attach_timeout):
+            first = await receive()
+    except TimeoutError:
+        await send({"type": "websocket.close", "code": 1008, "reason": "no ATTACH"})
+        return
+    if first["type"] != "websocket.receive" or first.get("text") is None:
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": 1008, "reason": "expected ATTACH"})
+        return
+    try:
+        attach = p.decode_text(first["text"])
+    except p.FrameError:
+        await send({"type": "websocket.close", "code": 1008, "reason": "bad ATTACH"})
+        return
+    if attach["type"] != p.ATTACH:
+        await send({"type": "websocket.close", "code": 1008, "reason": "expected ATTACH"})
+        return
+    version = p.negotiate_version(attach, state.settings.protocols)
+    session = AgentSession(state, lease, send, version)
+    accepted: list[str] = []
+    rejected: list[dict[str, str]] = []
+    requested = attach.get("leases")
+    if not isinstance(requested, list) or not requested:
+        requested = [{"lease_id": lease.lease_id}]
+    for item in requested:
+        lease_id = item.get("lease_id") if isinstance(item, dict) else None
+        if lease_id == lease.lease_id:
+            accepted.append(lease_id)
+        else:
+            rejected.append({"lease_id": text_field(lease_id, 128), "code": "UNAUTHORIZED"})
+    capabilities = attach.get("capabilities")
+    caps: Mapping[str, Any] = capabilities if isinstance(capabilities, Mapping) else {}
+    advert = caps.get("max_inflight")
+    if isinstance(advert, int) and not isinstance(advert, bool) and advert > 0:
+        session.max_inflight = min(session.max_inflight, advert)
+    chunk_advert = caps.get("max_body_chunk_bytes")
+    if isinstance(chunk_advert, int) and not isinstance(chunk_advert, bool):
+        session.v1_chunk = max(1024, min(chunk_advert, state.settings.max_frame_bytes))
+    ack: dict[str, Any] = {
+        "type": p.ATTACH_ACK,
+        "agent_id": text_field(attach.get("agent_id"), 128),
+        "accepted_leases": accepted,
+        "rejected_leases": rejected,
+        "protocol_version": version,
+        "session_id": session.session_id,
+    }
+    if version == p.V2:
+        flow = caps.get("flow_control")
+        flow_caps: Mapping[str, Any] = flow if isinstance(flow, Mapping) else {}
+        session.stream_window = p.clamp_window(
+            flow_caps.get("stream_window"),
+            state.settings.stream_window,
+            state.settings.stream_window,
+        )
+        session.conn_window = max(
+            session.stream_window,
+            p.clamp_window(
+                flow_caps.get("conn_window"),
+                state.settings.conn_window,
+                state.settings.conn_window,
+            ),
+        )
+        frame_advert = caps.get("max_body_chunk_bytes")
+        if isinstance(frame_advert, int) and not isinstance(frame_advert, bool):
+            session.max_frame = max(1024, min(frame_advert, state.settings.max_frame_bytes))
+        # Both directions start with the same negotiated windows.
+        session.conn_credit = p.Credit(session.conn_window)
+        session.conn_inbound = p.InboundWindow(session.conn_window)
+        ack["limits"] = {
+            **state.limits(),
+            "max_inflight": session.max_inflight,
+            "stream_window": session.stream_window,
+            "conn_window": session.conn_window,
+            "max_frame_bytes": session.max_frame,
+        }
+        ack["heartbeat"] = state.heartbeat()
+        ack["leases"] = [
+            {
+                "lease_id": lease.lease_id,
+                "expires_at": iso(lease.expires_at),
+                "renew_after_s": int(max(0.0, lease.expires_at - time.time()) * 2 / 3),
+            }
+        ]
+    await session.send_text(ack)
+    if not accepted:
+        await session.close(4404, "no lease accepted")
+        return
+    previous = lease.session
+    lease.session = session
+    lease.detached_since = None
+    lease.last_seen = time.time()
+    state.counters["agent_connects"] += 1
+    logger.info(
+        "agent attached to lease %s (protocol v%d, session %s, agent token %s)",
+        lease.lease_id,
+        version,
+        session.session_id,
+        fingerprint(token or ""),
+    )
+    if isinstance(previous, AgentSession) and not previous.closed:
+        state.spawn(_retire(state, previous))
+    try:
+        await _read_frames(state, session, receive)
+    finally:
+        session.closed = True
+        session.fail_all("AGENT_GONE")
+        if lease.session is session:
+            lease.session = None
+            lease.detached_since = time.monotonic()
+            logger.info("agent of lease %s disconnected", lease.lease_id)
+
+
+async def _retire(state: RelayState, session: AgentSession) -> None:
+    await session.goaway("replaced")
+    if session.streams:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(state.settings.drain_timeout):
+                await session.idle.wait()
+    await session.close(1000, "replaced by a new connection")
+
+
+async def _reject_ws(state: RelayState, scope: Scope, send: Send, status: int, code: str) -> None:
+    extensions = scope.get("extensions") or {}
+    if "websocket.http.response" in extensions:
+        _, headers, body = json_body(status, error_payload(code))
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 4401 if status == 401 else 1013})
+
+
+async def _read_frames(state: RelayState, session: AgentSession, receive: Receive) -> None:
+    lease = session.lease
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return
+        lease.last_seen = time.time()
+        try:
+            text = message.get("text")
+            if text is not None:
+                if session.version == p.V2 and len(text) > session.max_text:
+                    raise p.FrameError(
+                        f"text frame of {len(text)} characters exceeds the negotiated "
+                        f"limit of {session.max_text}"
+                    )
+                await session.handle_text(p.decode_text(text))
+            else:
+                data = message.get("bytes")
+                if data is not None:
+                    if len(data) > session.max_frame + p.HEADER_SIZE:
+                        raise p.FrameError(
+                            f"binary frame of {len(data)} bytes exceeds the negotiated "
+                            f"max_frame_bytes {session.max_frame}"
+                        )
+                    await session.handle_binary(data)
+        except p.FrameError as exc:
+            logger.warning(
+                "closing agent connection of lease %s: %s", session.lease.lease_id, exc.message
+            )
+            await session.close(1008, "protocol error")
+            return
+        except Exception:
+            # A bug, not the agent's fault alone: say so once, close, fail its streams.
+            logger.exception(
+                "closing agent connection of lease %s: unexpected error handling a frame",
+                session.lease.lease_id,
+            )
+            await session.close(1011, "internal error")
+            return

@@ -1,0 +1,355 @@
+"""The public ingress ``/s/rt_<route_token>/<path>``: worker-token check, limits, then one
+stream through the lease's agent session, with deadlines, stalls, cancellation and the
+checks that keep a misbehaving agent from breaking the caller's connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from taskapp.core.logs import get_logger
+from taskapp.relay import protocol as p
+from taskapp.relay.server.leases import Lease
+from taskapp.relay.server.session import AgentSession, Stream
+from taskapp.relay.server.state import Receive, RelayState, Scope, Send, respond
+
+__all__ = ["ingress"]
+
+logger = get_logger("taskapp.relay")
+access_logger = get_logger("taskapp.relay.access")
+
+
+async def ingress(
+    state: RelayState, scope: Scope, receive: Receive, send: Send, rest: bytes
+) -> None:
+    started = time.monotonic()
+    route, slash, tail = rest.partition(b"/")
+    path = ("/" + tail.decode("latin-1")) if slash else "/"
+    lease = state.store.by_route.get(route.decode("latin-1"))
+    client = scope.get("client")
+    client_ip = client[0] if client else None
+    method = scope["method"]
+    info: dict[str, Any] = {"status": 0, "in": 0, "out": 0, "rid": "-"}
+    try:
+        await _ingress(state, scope, receive, send, lease, path, info)
+    finally:
+        status = info["status"]
+        state.status_counts[status] = state.status_counts.get(status, 0) + 1
+        access_logger.info(
+            "%s %s %s %s %s%s %d in=%d out=%d %.1fms",
+            client_ip or "-",
+            lease.lease_id if lease else "-",
+            info["rid"],
+            method,
+            scope.get("root_path", ""),
+            scope["path"],
+            status,
+            info["in"],
+            info["out"],
+            (time.monotonic() - started) * 1000,
+        )
+
+
+async def _ingress(
+    state: RelayState,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    lease: Lease | None,
+    path: str,
+    info: dict[str, Any],
+) -> None:
+    settings = state.settings
+    now = time.time()
+    if lease is None or lease.expires_at <= now:
+        info["status"] = 404
+        await respond(send, 404, "not_found")
+        return
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    header_bytes = 0
+    worker: str | None = None
+    bearer: str | None = None
+    content_length: int | None = None
+    deadline_ms: int | None = None
+    for name, value in headers:
+        header_bytes += len(name) + len(value) + 4
+        if name == b"x-synthtunnel-worker-token":
+            worker = value.decode("latin-1").strip()
+        elif name == b"authorization":
+            text = value.decode("latin-1").strip()
+            if text[:7].lower() == "bearer ":
+                bearer = text[7:].strip()
+        elif name == b"content-length":
+            with contextlib.suppress(ValueError):
+                content_length = int(value)
+        elif name == p.DEADLINE_HEADER.encode():
+            with contextlib.suppress(ValueError):
+                deadline_ms = int(value)
+    strip_authorization = False
+    if worker is not None and lease.worker_matches(worker, now):
+        pass
+    elif bearer is not None and lease.worker_matches(bearer, now):
+        strip_authorization = True
+    else:
+        state.counters["unauthorized"] += 1
+        info["status"] = 401
+        await respond(send, 401, "unauthorized")
+        return
+    if header_bytes > settings.max_header_bytes or len(headers) > settings.max_headers:
+        info["status"] = 431
+        await respond(send, 431, "headers_too_large")
+        return
+    if content_length is not None and content_length > settings.max_request_bytes:
+        info["status"] = 413
+        await respond(send, 413, "request_too_large")
+        return
+    attached = lease.session
+    # Only AgentSession objects are ever attached (agent_socket); the check narrows the type.
+    session = attached if isinstance(attached, AgentSession) else None
+    retry = [(b"retry-after", str(settings.retry_after).encode())]
+    reason = None
+    if session is None or session.closed or session.closing:
+        reason = "no_agent"
+    elif state.draining:
+        reason = "relay_draining"
+    elif lease.inflight >= session.max_inflight:
+        reason = "too_many_inflight"
+    elif state.buffered >= settings.memory_budget:
+        reason = "relay_memory_budget"
+    if reason is not None or session is None:
+        state.counters["rejected_503"] += 1
+        info["status"] = 503
+        await respond(send, 503, reason or "no_agent", retry)
+        return
+
+    stream = session.open_stream()
+    info["rid"] = stream.rid
+    lease.inflight += 1
+    lease.requests += 1
+    state.active_streams += 1
+    state.idle.clear()
+    state.counters["requests"] += 1
+    deadline_s = settings.max_deadline
+    if deadline_ms is not None and deadline_ms > 0:
+        deadline_s = min(deadline_s, deadline_ms / 1000)
+    body_task: asyncio.Task[None] | None = None
+    try:
+        frame: dict[str, Any] = {
+            "type": p.REQ_HEADERS,
+            "lease_id": lease.lease_id,
+            "rid": stream.rid,
+            "method": scope["method"],
+            "path": path,
+            "query": scope.get("query_string", b"").decode("latin-1"),
+            "headers": p.clean_request_headers(
+                headers,
+                strip_authorization=strip_authorization,
+                client_ip=(scope.get("client") or [None])[0],
+                proto=state.proto,
+                host=state.host,
+            ),
+            "deadline_ms": int(deadline_s * 1000),
+        }
+        if session.version == p.V2:
+            frame["sid"] = stream.sid
+            frame["has_body"] = content_length != 0 if content_length is not None else None
+            frame["content_length"] = content_length
+        await session.send_text(frame)
+        body_task = asyncio.create_task(_pump_request(state, session, stream, receive, info))
+        await _pump_response(
+            state,
+            session,
+            stream,
+            send,
+            info,
+            started=time.monotonic(),
+            deadline_s=deadline_s,
+            method=scope["method"],
+        )
+    finally:
+        if body_task is not None and not body_task.done():
+            body_task.cancel()
+            with contextlib.suppress(BaseException):
+                await body_task
+        session.close_stream(stream)
+        lease.inflight -= 1
+        state.active_streams -= 1
+        if not state.active_streams:
+            state.idle.set()
+        lease.bytes_in += info["in"]
+        lease.bytes_out += info["out"]
+        state.counters["bytes_in"] += info["in"]
+        state.counters["bytes_out"] += info["out"]
+
+
+async def _pump_request(
+    state: RelayState,
+    session: AgentSession,
+    stream: Stream,
+    receive: Receive,
+    info: dict[str, Any],
+) -> None:
+    limit = state.settings.max_request_bytes
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                stream.events.put(("disconnect",))
+                return
+            if message["type"] != "http.request":
+                continue
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            info["in"] += len(chunk)
+            stream.events.put(("progress",))
+            if info["in"] > limit:
+                stream.events.put(("too_large",))
+                return
+            if not await session.send_request_body(stream, chunk, not more):
+                return
+            if not more:
+                break
+        # Keep listening: a disconnect before the response ends cancels the stream.
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                stream.events.put(("disconnect",))
+                return
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the agent connection failed under us
+        stream.events.put(("error", "AGENT_GONE", type(exc).__name__))
+
+
+async def _pump_response(
+    state: RelayState,
+    session: AgentSession,
+    stream: Stream,
+    send: Send,
+    info: dict[str, Any],
+    *,
+    started: float,
+    deadline_s: float,
+    method: str = "GET",
+) -> None:
+    settings = state.settings
+    deadline = started + deadline_s
+    last_progress = started
+    response_started = False
+    bodiless = False
+    declared: int | None = None
+    sent = received = 0
+    events = stream.events
+    while True:
+        now = time.monotonic()
+        timeout = min(deadline, last_progress + settings.stall_timeout) - now
+        try:
+            if timeout <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(timeout):
+                event = await events.get()
+        except TimeoutError:
+            why = "deadline" if time.monotonic() >= deadline - 0.001 else "stall"
+            state.counters["timeouts_504"] += 1
+            await session.cancel(stream, why)
+            if response_started:
+                return  # abort: the client sees a truncated body
+            info["status"] = 504
+            await respond(send, 504, f"gateway_timeout_{why}")
+            return
+        kind = event[0]
+        if kind == "progress":
+            last_progress = time.monotonic()
+            continue
+        if kind == "headers":
+            if response_started:
+                continue
+            status = event[1]
+            try:
+                headers, declared = p.check_response_head(status, event[2])
+            except p.FrameError as exc:
+                logger.warning(
+                    "lease %s, request %s: bad response from the agent: %s",
+                    stream.lease.lease_id,
+                    stream.rid,
+                    exc.message,
+                )
+                await session.cancel(stream, "local_aborted")
+                info["status"] = 502
+                await respond(send, 502, "LOCAL_BAD_RESPONSE")
+                return
+            if method == "HEAD" or status in (204, 304):
+                bodiless = True
+            response_started = True
+            info["status"] = status
+            last_progress = time.monotonic()
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            continue
+        if kind == "data":
+            data, end = event[1], event[2]
+            if not response_started:
+                await session.cancel(stream, "local_aborted")
+                info["status"] = 502
+                await respond(send, 502, "LOCAL_BAD_RESPONSE")
+                return
+            if not end and events.pop_end_marker():
+                end = True
+            received += len(data)
+            if received > settings.max_response_bytes:
+                await session.cancel(stream, "too_large")
+                return
+            if data:
+                await session.delivered(stream, len(data))
+            last_progress = time.monotonic()
+            if bodiless:
+                data = b""  # HEAD, 204, 304: no body on the wire, whatever the agent sent
+            elif declared is not None and (
+                sent + len(data) > declared or (end and sent + len(data) < declared)
+            ):
+                # More or less than its own Content-Length: the HTTP server would drop
+                # the connection mid-write; abort the response instead (truncated).
+                logger.warning(
+                    "lease %s, request %s: the agent's body does not match its "
+                    "Content-Length %d; response aborted",
+                    stream.lease.lease_id,
+                    stream.rid,
+                    declared,
+                )
+                await session.cancel(stream, "local_aborted")
+                return
+            if data or end:
+                await send({"type": "http.response.body", "body": data, "more_body": not end})
+            sent += len(data)
+            info["out"] = sent
+            if end:
+                return
+            continue
+        if kind == "disconnect":
+            await session.cancel(stream, "client_disconnect")
+            if not response_started:
+                info["status"] = 499
+            return
+        if kind == "too_large":
+            await session.cancel(stream, "too_large")
+            if response_started:
+                return
+            info["status"] = 413
+            await respond(send, 413, "request_too_large")
+            return
+        if kind == "error":
+            code = str(event[1])[:64]
+            message = ""
+            if response_started:
+                return  # abort
+            if code in ("AGENT_GONE", "LEASE_GONE"):
+                status = 502
+            elif code == "stall":
+                status = 504
+            else:
+                status = p.status_for_error(code)
+            info["status"] = status
+            extra = [(b"retry-after", str(settings.retry_after).encode())] if status == 503 else []
+            await respond(send, status, code, extra, message)
+            return

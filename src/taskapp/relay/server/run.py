@@ -1,0 +1,271 @@
+"""Running the relay: uvicorn with WebSocket compression off, log redaction, a graceful
+drain on SIGTERM/SIGINT (:class:`RelayServer`), and a relay in a background thread
+(:func:`start_relay_thread`, for tests, benchmarks and embedding)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from taskapp.core.errors import ConfigurationError, ServerStartError
+from taskapp.core.extras import install_command
+from taskapp.core.ports import listen_tcp
+from taskapp.relay.server.app import RelayApp, create_relay_app
+from taskapp.relay.server.settings import RelaySettings
+
+__all__ = ["RelayServer", "RunningRelay", "start_relay_thread"]
+
+
+class _HeaderRedactor(logging.Filter):
+    """Hides credential headers in uvicorn's and websockets' debug logs of the handshake.
+
+    The relay never keeps agent or worker tokens (only hashes), so they cannot be
+    registered for redaction; this filter removes them by header name instead.
+    """
+
+    _pattern = re.compile(
+        r"(?im)^([<>]?\s*(?:authorization|x-synthtunnel-worker-token|cookie)\s*:\s*)(.+)$"
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self._pattern.sub(r"\1[redacted]", message)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = None
+        return True
+
+
+_REDACTOR = _HeaderRedactor()
+
+
+def _install_log_redaction() -> None:
+    for name in ("uvicorn.error", "uvicorn.access", "websockets.server", "websockets"):
+        log = logging.getLogger(name)
+        if _REDACTOR not in log.filters:
+            log.addFilter(_REDACTOR)
+
+
+def _uvicorn_config(app: RelayApp, settings: RelaySettings, **overrides: Any) -> Any:
+    import uvicorn
+
+    try:
+        import websockets  # noqa: F401
+    except ImportError:
+        raise ConfigurationError(
+            "the relay needs the 'websockets' package: " + install_command("relay")
+        ) from None
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "ws": "websockets-sansio",
+        "ws_per_message_deflate": False,
+        "ws_max_size": settings.ws_max_size,
+        "ws_ping_interval": settings.ping_interval,
+        "ws_ping_timeout": settings.ping_timeout,
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": list(settings.trusted_proxies),
+        "lifespan": "on",
+        "log_config": None,
+        # True here, switched off for this server's protocol only in RelayServer:
+        # access_log=False would empty the process-wide "uvicorn.access" logger.
+        "access_log": True,
+        "timeout_keep_alive": 5,
+        "timeout_graceful_shutdown": settings.drain_timeout,
+        "ssl_certfile": settings.ssl_certfile,
+        "ssl_keyfile": settings.ssl_keyfile,
+        "h11_max_incomplete_event_size": settings.max_header_bytes + 1024,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def _with_tcp_proto(sock: socket.socket) -> socket.socket:
+    """``sock``, or a duplicate whose proto says TCP when the caller made it with proto 0.
+
+    asyncio sets TCP_NODELAY on accepted connections only when the listener's proto is
+    IPPROTO_TCP; without it every keep-alive response waits ~40 ms for a delayed ACK.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.proto == socket.IPPROTO_TCP:
+        return sock
+    return socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=os.dup(sock.fileno()))
+
+
+class RelayServer:
+    """uvicorn serving a :class:`RelayApp`, with a graceful drain on SIGTERM/SIGINT.
+
+    The first signal drains (GOAWAY to every agent, new requests get 503, in-flight ones
+    get ``drain_timeout`` seconds); a second signal exits at once.
+    """
+
+    def __init__(self, settings: RelaySettings, *, sock: socket.socket | None = None) -> None:
+        import uvicorn
+
+        self.settings = settings
+        self.app = create_relay_app(settings)
+        self.sock = _with_tcp_proto(sock) if sock is not None else None
+        self._own_sock = self.sock is not sock  # a duplicate we made: ours to close
+        _install_log_redaction()
+        config = _uvicorn_config(self.app, settings)
+        config.load()
+        from taskapp.core.serving import without_access_log
+
+        config.http_protocol_class = without_access_log(config.http_protocol_class)
+        relay = self
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                handled = (signal.SIGINT, signal.SIGTERM)
+                previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                relay.request_stop()
+
+        self.server = _Server(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self.started = threading.Event()
+
+    async def serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        original_startup = self.server.startup
+
+        async def startup(sockets: list[socket.socket] | None = None) -> None:
+            await original_startup(sockets=sockets)
+            self.started.set()
+
+        self.server.startup = startup  # type: ignore[method-assign]
+        try:
+            await self.server.serve(sockets=[self.sock] if self.sock is not None else None)
+        finally:
+            if self._own_sock and self.sock is not None:
+                self.sock.close()
+
+    def run(self) -> None:
+        """Serve until stopped (blocking). Uses uvloop when installed."""
+        loop_factory = self.server.config.get_loop_factory()
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(self.serve())
+
+    def request_stop(self) -> None:
+        """Drain then exit (thread- and signal-safe); a second call exits at once."""
+        loop = self._loop
+        if self._stopping or loop is None:
+            self.server.should_exit = True
+            self.server.force_exit = self._stopping
+            return
+        self._stopping = True
+
+        def begin() -> None:
+            async def drain_then_exit() -> None:
+                try:
+                    await self.app.drain()
+                finally:
+                    self.server.should_exit = True
+
+            self.app.spawn(drain_then_exit())
+
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(begin)
+
+    @property
+    def port(self) -> int:
+        for server in getattr(self.server, "servers", []):
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return self.settings.port
+
+
+@dataclasses.dataclass
+class RunningRelay:
+    """A relay serving in a background thread (see :func:`start_relay_thread`)."""
+
+    server: RelayServer
+    thread: threading.Thread
+    url: str
+    errors: list[BaseException]
+
+    @property
+    def app(self) -> RelayApp:
+        return self.server.app
+
+    def stop(self, timeout: float = 15.0, *, drain: bool = False) -> None:
+        if drain:
+            self.server.request_stop()
+        else:
+            self.server.server.should_exit = True
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.server.server.force_exit = True
+            self.thread.join(5)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the relay's event loop and return its result (for tests)."""
+        loop = self.server._loop
+        assert loop is not None
+        return asyncio.run_coroutine_threadsafe(_call(fn), loop).result(10)
+
+
+async def _call(fn: Callable[[], Any]) -> Any:
+    result = fn()
+    if asyncio.iscoroutine(result):
+        result = await result
+    return result
+
+
+def start_relay_thread(settings: RelaySettings, *, timeout: float = 10.0) -> RunningRelay:
+    """Start a relay in a daemon thread on ``settings.host:settings.port`` (port 0: any).
+
+    The socket is bound before the thread starts, so the URL is known and no other process
+    can take the port. ``settings.public_url`` may be ``"auto"``: the bound address.
+    """
+    sock = listen_tcp(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    url = f"http://{settings.host}:{port}"
+    if settings.public_url == "auto":
+        settings = dataclasses.replace(settings, public_url=url, port=port)
+    else:
+        settings = dataclasses.replace(settings, port=port)
+    server = RelayServer(settings, sock=sock)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run()
+        except BaseException as exc:  # SystemExit(3) from uvicorn on startup failure
+            errors.append(exc)
+        finally:
+            sock.close()
+
+    thread = threading.Thread(target=run, name=f"taskapp-relay-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started.is_set():
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.server.should_exit = True
+            thread.join(5)
+            raise ServerStartError(
+                f"the relay did not start on {url} within {timeout:g}s"
+                + (f": {errors[0]!r}" if errors else "")
+            )
+        server.started.wait(0.01)
+    return RunningRelay(server=server, thread=thread, url=url, errors=errors)

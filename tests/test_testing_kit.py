@@ -364,7 +364,12 @@ def test_free_port_and_assert_released() -> None:
 
 def test_wait_until() -> None:
     hits: list[int] = []
-    assert wait_until(lambda: hits.append(1) or len(hits) >= 3, 5)
+
+    def third_call() -> bool:
+        hits.append(1)
+        return len(hits) >= 3
+
+    assert wait_until(third_call, 5)
     started = time.monotonic()
     assert not wait_until(lambda: False, 0.2)
     assert 0.15 < time.monotonic() - started < 2

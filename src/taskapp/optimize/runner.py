@@ -493,7 +493,7 @@ def run(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     stop_event: threading.Event | None = None,
     rollout_timeout: float = 300.0,
-    health_timeout: float = 10.0,
+    health_timeout: float = 30.0,
     max_reflection_failures: int = 3,
 ) -> OptimizeResult:
     """Optimize a prompt with GEPA against a task app's ``POST /rollout``; return the result.

@@ -135,17 +135,3 @@ def read_json_line(proc: subprocess.Popen[str], timeout: float, path: Path) -> d
 def stderr_of(path: Path) -> str:
     err = path.with_suffix(".stderr")
     return err.read_text() if err.exists() else ""
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    import socket
-
-    sock = socket.socket()
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.close()

@@ -125,11 +125,11 @@ def keygen(path: Path, comment: str = "taskapp-test") -> Path:
 
 
 class SSHServer:
-    """A real ``sshd -D -e`` on 127.0.0.1, owned by one test.
+    """A real ``sshd -D -e`` on 127.0.0.1, owned by one test::
 
-    >>> server = SSHServer(tmp_path).start()
-    >>> server.tunnel_options()   # what tunnel_mode="ssh" needs to reach it
-    >>> server.stop()
+    server = SSHServer(tmp_path).start()
+    server.tunnel_options()   # what tunnel_mode="ssh" needs to reach it
+    server.stop()
     """
 
     def __init__(self, directory: Path, *, extra_config: str = "") -> None:
@@ -480,7 +480,7 @@ class LocalhostRunStandIn:
         asyncssh = self._asyncssh
         standin = self
 
-        class Server(asyncssh.SSHServer):  # type: ignore[misc]
+        class Server(asyncssh.SSHServer):  # type: ignore[misc,name-defined]
             def __init__(self) -> None:
                 self.conn: Any = None
                 self.forwarded: asyncio.Future[int] = asyncio.get_running_loop().create_future()

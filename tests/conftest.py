@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+# The testing kit taskapp ships (docs/testing.md): its helpers are the ones these tests use.
+from taskapp.testing.helpers import assert_released as kit_assert_released
+from taskapp.testing.helpers import free_port, port_is_free, wait_until
+
+# Its fixtures too, also where the installed metadata predates the pytest11 entry point.
+pytest_plugins = ["taskapp.testing"]
+
 REPO = Path(__file__).resolve().parent.parent
+
+__all__ = ["free_port", "port_is_free", "wait_until"]
 
 
 def server_stack() -> str:
@@ -42,43 +49,17 @@ def pytest_configure(config: Any) -> None:
         )
 
 
-def free_port() -> int:
-    """A port that was free a moment ago (for tests that need a known number)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when ``port`` can be bound right now (what 'the port is released' means)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
 def taskapp_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("taskapp-") and t.is_alive()]
 
 
-def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
-
 def assert_released(port: int) -> None:
-    """Nothing of a task app is left: no taskapp thread, the port can be bound again."""
+    """Nothing of a task app is left: no taskapp thread, the port can be bound again (at
+    once: a stopped task app releases its port before stop() returns)."""
     assert wait_until(lambda: not [t for t in taskapp_threads() if "uvicorn" in t.name]), (
         f"threads left: {taskapp_threads()}"
     )
-    assert port_is_free(port), f"port {port} is still bound"
+    kit_assert_released(port, timeout=0)
 
 
 def minimal_app(*, key: str | None = None) -> Any:

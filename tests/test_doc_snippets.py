@@ -24,6 +24,7 @@ docs names a real option, and the docs install extras the way that works from a 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import re
@@ -102,7 +103,8 @@ def test_snippets_found_and_few_skipped() -> None:
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.id for s in SNIPPETS])
 def test_snippet(snippet: Snippet, tmp_path: Path) -> None:
     if snippet.mode == "skip":
-        compile(snippet.code, snippet.id, "exec")  # still valid Python
+        # Still valid Python (top-level await allowed, as in a notebook or asyncio REPL).
+        compile(snippet.code, snippet.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         pytest.skip(snippet.argument)
     if snippet.mode == "excerpt":
         check_excerpt(snippet)
@@ -248,3 +250,24 @@ def test_timeout_help_says_per_rollout_or_whole_run() -> None:
     assert "--timeout limits the whole run" in evaluation
     assert "time limit of the whole run" in optimize
     assert "time limit of one rollout request" in optimize
+
+
+def test_health_timeout_defaults_agree() -> None:
+    import inspect
+
+    import taskapp
+    from taskapp import InProcessTaskApp
+    from taskapp.cli._common import HEALTH_TIMEOUT
+    from taskapp.optimize import run
+    from taskapp.optimize.settings import OptimizeConfig
+
+    defaults = {
+        "InProcessTaskApp": inspect.signature(InProcessTaskApp)
+        .parameters["health_check_timeout"]
+        .default,
+        "evaluate": inspect.signature(taskapp.evaluate).parameters["health_timeout"].default,
+        "optimize.run": inspect.signature(run).parameters["health_timeout"].default,
+        "OptimizeConfig": OptimizeConfig.__dataclass_fields__["health_timeout"].default,
+        "--health-timeout": HEALTH_TIMEOUT,
+    }
+    assert set(defaults.values()) == {30.0}, defaults

@@ -106,6 +106,18 @@ def test_cli_eval_runs_a_file_an_installed_loader_claims(
     assert scores == {0: 1.0, 1: 0.0, 2: 1.0, 3: 0.0}  # the default policy answers "42"
 
 
+def test_subprocess_runner_reloads_a_claimed_file_in_its_child(
+    venv: Path, qa_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results.json"
+    result = run_in(
+        venv, "-m", "taskapp", "eval", str(qa_file), "--server", "subprocess", "--json", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    scores = {row["seed"]: row["score"] for row in json.loads(out.read_text())["results"]}
+    assert scores == {0: 1.0, 1: 0.0, 2: 1.0, 3: 0.0}
+
+
 def test_task_app_path_runs_a_file_an_installed_loader_claims(venv: Path, qa_file: Path) -> None:
     code = textwrap.dedent(
         f"""

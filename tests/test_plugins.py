@@ -460,9 +460,91 @@ def test_async_hook_implementations_are_refused_with_the_plugin_name(
         with pytest.raises(taskapp.PluginError, match="'async-plugin' implements hook load_app"):
             registry.load_app(AppTarget(kind="app", value=minimal_app(), api_key="k" * 10))
         with caplog.at_level(logging.WARNING, logger="taskapp"):
-            registry.notify("task_app_started", task_app=None)
+            registry.events.task_app_started(task_app=None)  # type: ignore[arg-type]
         assert "plugin 'async-plugin' raised in hook task_app_started" in caplog.text
         gc.collect()
+
+
+class _Wrapper:
+    @taskapp.hookimpl(wrapper=True)
+    def task_app_started(self, task_app: Any) -> Any:
+        return (yield)
+
+
+class _OldStyleWrapper:
+    @taskapp.hookimpl(hookwrapper=True)
+    def load_app(self, target: AppTarget) -> Any:
+        yield
+
+
+@pytest.mark.parametrize(
+    ("plugin", "hook", "kind"),
+    [
+        (_Wrapper(), "task_app_started", "wrapper=True"),
+        (_OldStyleWrapper(), "load_app", "hookwrapper=True"),
+    ],
+)
+def test_wrapper_hook_implementations_are_refused_with_the_plugin_name(
+    plugin: object, hook: str, kind: str
+) -> None:
+    registry = PluginRegistry(load_entry_points=False)
+    with pytest.raises(taskapp.PluginError) as info:
+        registry.register(plugin, name="wrapping-plugin")
+    message = str(info.value)
+    assert f"plugin 'wrapping-plugin' implements hook {hook} with {kind}" in message
+    assert "plain @taskapp.hookimpl" in message
+    # Refused means not registered: the plugin is gone, the registry still works.
+    assert not registry.pm.has_plugin("wrapping-plugin")
+    loaded = registry.load_app(AppTarget(kind="app", value=minimal_app(), api_key="k" * 10))
+    assert loaded.loader
+
+
+class _EventLog:
+    """Implements every lifecycle event hook; records what each one received."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    @taskapp.hookimpl
+    def app_loaded(self, task_app: Any, loaded: LoadedApp) -> None:
+        self.calls.append(("app_loaded", (task_app.url, loaded.loader)))
+
+    @taskapp.hookimpl
+    def server_started(self, task_app: Any, server: Any) -> None:
+        self.calls.append(("server_started", (task_app.port, server is task_app.server)))
+
+    @taskapp.hookimpl
+    def tunnel_opened(self, tunnel: Tunnel) -> None:
+        self.calls.append(("tunnel_opened", tunnel.url))
+
+    @taskapp.hookimpl
+    def task_app_started(self, task_app: Any) -> None:
+        self.calls.append(("task_app_started", task_app.url))
+
+    @taskapp.hookimpl
+    def before_shutdown(self, task_app: Any) -> None:
+        tunnel = task_app.tunnel
+        self.calls.append(("before_shutdown", tunnel.url if tunnel is not None else None))
+
+
+def test_event_hooks_fire_in_order_with_their_arguments() -> None:
+    registry = get_registry()
+    log = _EventLog()
+    registry.register(log, name="test-event-log")
+    try:
+        port = free_port()
+        with InProcessTaskApp(app=minimal_app(), port=port, tunnel_mode="local") as ta:
+            url = ta.url
+    finally:
+        registry.unregister("test-event-log")
+    assert url is not None
+    assert log.calls == [
+        ("app_loaded", (None, "app")),
+        ("server_started", (port, True)),
+        ("tunnel_opened", url),
+        ("task_app_started", url),
+        ("before_shutdown", url),  # the tunnel is still open
+    ]
 
 
 class ReopenBlocksTunnel(TunnelBackend):

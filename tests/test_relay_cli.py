@@ -113,7 +113,7 @@ def test_a_sigkilled_task_app_leaves_nothing_behind(tmp_path: Path) -> None:
             assert child.stdout is not None
             line = child.stdout.readline()
             assert line.startswith("URL "), (
-                child.stderr.read() if child.poll() is not None else line
+                child.stderr.read() if child.stderr and child.poll() is not None else line
             )
             _, public_url, worker = line.split()
             headers = {"X-SynthTunnel-Worker-Token": worker}
@@ -141,8 +141,8 @@ def _serve_parser() -> Any:
 
     top = argparse.ArgumentParser()
     relay_cli.add_parser(top.add_subparsers())
-    relay_parser = top._subparsers._group_actions[0].choices["relay"]  # type: ignore[union-attr]
-    return relay_parser._subparsers._group_actions[0].choices["serve"]
+    relay_parser = top._subparsers._group_actions[0].choices["relay"]  # type: ignore[union-attr,index]
+    return relay_parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[index]
 
 
 def test_relay_serve_help_gives_every_limit_flag_a_default_and_a_unit() -> None:

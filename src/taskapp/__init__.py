@@ -66,6 +66,7 @@ if TYPE_CHECKING:
         create_task_app as create_task_app,
     )
     from taskapp.core.lifecycle import InProcessTaskApp as InProcessTaskApp
+    from taskapp.core.process_tunnel import ProcessTunnel as ProcessTunnel
     from taskapp.evaluation import EvaluationResult as EvaluationResult
     from taskapp.evaluation import aevaluate as aevaluate
     from taskapp.evaluation import evaluate as evaluate
@@ -90,6 +91,7 @@ _LAZY: dict[str, str] = {
     "Tunnel": "taskapp.core.backends",
     "TunnelBackend": "taskapp.core.backends",
     "TunnelContext": "taskapp.core.backends",
+    "ProcessTunnel": "taskapp.core.process_tunnel",
     "check": "taskapp.core.check",
     "acheck": "taskapp.core.check",
     "CheckReport": "taskapp.core.check",

@@ -8,6 +8,7 @@ package that imports them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,6 +22,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from taskapp.core.secrets import fingerprint, register_secret
+from taskapp.core.signals import capture_signals
 
 __all__ = [
     "EXIT_FAILED",
@@ -440,7 +442,7 @@ class SignalFlag:
     def __init__(self, on_signal: Any) -> None:
         self.on_signal = on_signal
         self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
+        self._capture: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 
     @property
     def name(self) -> str:
@@ -453,9 +455,8 @@ class SignalFlag:
         self.on_signal(signum)
 
     def __enter__(self) -> SignalFlag:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._handle)
+        self._capture = capture_signals(self._handle)
+        self._capture.__enter__()
         return self
 
     def __exit__(
@@ -464,5 +465,4 @@ class SignalFlag:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._capture.__exit__(exc_type, exc, tb)

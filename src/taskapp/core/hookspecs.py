@@ -3,8 +3,10 @@
 Mark implementations with :data:`taskapp.hookimpl`. Hooks are called with keyword
 arguments; an implementation may accept any subset of a hook's arguments, and must not
 declare defaults. Hooks are synchronous: an ``async def`` implementation is refused with
-a :class:`~taskapp.core.errors.PluginError` naming the plugin. Every hook is documented
-with its exact signature in ``docs/plugin_hooks.md``.
+a :class:`~taskapp.core.errors.PluginError` naming the plugin, and so is a pluggy wrapper
+(``wrapper=True`` / ``hookwrapper=True``) when the plugin is registered. Every hook is
+documented with its exact signature in ``docs/plugin_hooks.md``; the registry calls the
+event hooks through one typed method each (:class:`taskapp.core.plugins.HookEvents`).
 
 Phases, in the order they fire during ``InProcessTaskApp`` start and stop::
 
@@ -18,11 +20,12 @@ Phases, in the order they fire during ``InProcessTaskApp`` start and stop::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
+    from taskapp.core._types import TaskAppLike
     from taskapp.core.backends import AppTarget, LoadedApp, ServerRunner, Tunnel, TunnelBackend
 
 __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
@@ -78,31 +81,32 @@ def load_app(target: AppTarget) -> LoadedApp | None:
 
 
 @hookspec
-def app_loaded(task_app: Any, loaded: LoadedApp) -> None:
-    """The target was loaded; nothing is running yet. ``task_app`` is the InProcessTaskApp."""
+def app_loaded(task_app: TaskAppLike, loaded: LoadedApp) -> None:
+    """The target was loaded; nothing is running yet. ``task_app`` is the InProcessTaskApp
+    (:class:`~taskapp.core._types.TaskAppLike` says what hooks may read)."""
 
 
 @hookspec
-def server_started(task_app: Any, server: ServerRunner) -> None:
+def server_started(task_app: TaskAppLike, server: ServerRunner) -> None:
     """The server runner started and ``/health`` answered 200 on the local URL."""
 
 
 @hookspec
-def tunnel_opened(task_app: Any, tunnel: Tunnel) -> None:
+def tunnel_opened(task_app: TaskAppLike, tunnel: Tunnel) -> None:
     """The tunnel is open (and verified, unless skipped); ``tunnel.url`` is public."""
 
 
 @hookspec
-def task_app_started(task_app: Any) -> None:
+def task_app_started(task_app: TaskAppLike) -> None:
     """Everything is up and ``task_app.url`` is set; fires just before ``on_start``."""
 
 
 @hookspec
-def url_changed(task_app: Any, old_url: str, new_url: str) -> None:
+def url_changed(task_app: TaskAppLike, old_url: str, new_url: str) -> None:
     """A supervised tunnel reconnected with a different public URL."""
 
 
 @hookspec
-def before_shutdown(task_app: Any) -> None:
+def before_shutdown(task_app: TaskAppLike) -> None:
     """Shutdown begins: fires after ``on_stop``, before the tunnel closes and the server
     stops. Also fires when a signal triggers the cleanup."""

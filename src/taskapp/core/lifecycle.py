@@ -27,9 +27,10 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from taskapp.core import signals
+from taskapp.core._types import TaskAppLike
 from taskapp.core.backends import (
     AppTarget,
     LoadedApp,
@@ -438,7 +439,7 @@ class InProcessTaskApp:
             fingerprint(self.api_key),
             (time.perf_counter() - started) * 1000,
         )
-        self._registry.notify("task_app_started", task_app=self)
+        self._registry.events.task_app_started(task_app=self)
         try:
             self._callback("on_start", self.on_start)
         except BaseException:
@@ -457,7 +458,7 @@ class InProcessTaskApp:
         # is refused once it stops.
         self._push("instance key", lambda: release_key(loaded.app, self.api_key))
         logger.debug("loaded %s with loader %r", self._target.describe(), loaded.loader)
-        registry.notify("app_loaded", task_app=self, loaded=loaded)
+        registry.events.app_loaded(task_app=self, loaded=loaded)
 
         sock = bind_listener(self.host, self.requested_port, auto_find_port=self.auto_find_port)
         self._push("socket", listener_closer(sock))
@@ -494,7 +495,7 @@ class InProcessTaskApp:
             alive=alive,
             limit=f"the {self.health_check_timeout:g} s health check timeout",
         )
-        registry.notify("server_started", task_app=self, server=runner)
+        registry.events.server_started(task_app=self, server=runner)
 
         backend = self._tunnel_cls(self._tunnel_options)
         self._tunnel_backend = backend
@@ -527,7 +528,7 @@ class InProcessTaskApp:
         self.tunnel = tunnel
         self.url = tunnel.url
         self.task_app_worker_token = tunnel.worker_token
-        registry.notify("tunnel_opened", task_app=self, tunnel=tunnel)
+        registry.events.tunnel_opened(task_app=self, tunnel=tunnel)
 
     def _stop(self) -> None:
         with self._lock:
@@ -535,7 +536,7 @@ class InProcessTaskApp:
                 return
             self._running = False
         self._callback("on_stop", self.on_stop)
-        self._registry.notify("before_shutdown", task_app=self)
+        self._registry.events.before_shutdown(task_app=self)
         self._teardown()
         logger.info("task app stopped (%s)", self.url)
 
@@ -588,7 +589,7 @@ class InProcessTaskApp:
         if old == tunnel.url:
             return
         logger.info("tunnel URL changed: %s -> %s", old, tunnel.url)
-        self._registry.notify("url_changed", task_app=self, old_url=old or "", new_url=tunnel.url)
+        self._registry.events.url_changed(task_app=self, old_url=old or "", new_url=tunnel.url)
         self._callback("on_url_change", self.on_url_change)
 
     def _callback(self, name: str, callback: Callback | None) -> None:
@@ -697,3 +698,10 @@ def _merge_argument_options(
             )
         merged[option] = value
     return merged
+
+
+if TYPE_CHECKING:
+
+    def _conforms(task_app: InProcessTaskApp) -> TaskAppLike:
+        """mypy checks that InProcessTaskApp is what the hooks are promised."""
+        return task_app

@@ -113,8 +113,8 @@ def _full_name(obj: Any) -> str:
 
 
 def _synth_ai_loader() -> Any:
-    """The synth-ai loader plugin (imported lazily: it never imports synth-ai itself)."""
-    from taskapp.plugins.loaders import synth_ai
+    """The synth-ai hosting mechanics (imported lazily; they never import synth-ai)."""
+    from taskapp.core import synth_ai
 
     return synth_ai
 

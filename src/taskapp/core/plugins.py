@@ -44,7 +44,15 @@ import pluggy
 
 from taskapp._version import __version__
 from taskapp.core import hookspecs
-from taskapp.core.backends import AppTarget, LoadedApp, ServerRunner, TargetKind, TunnelBackend
+from taskapp.core._types import TaskAppLike
+from taskapp.core.backends import (
+    AppTarget,
+    LoadedApp,
+    ServerRunner,
+    TargetKind,
+    Tunnel,
+    TunnelBackend,
+)
 from taskapp.core.errors import (
     AppLoadError,
     PluginConflictError,
@@ -59,6 +67,7 @@ from taskapp.core.logs import get_logger
 __all__ = [
     "DEFAULT_PLUGINS",
     "ENTRY_POINT_GROUP",
+    "HookEvents",
     "PluginFailure",
     "PluginRegistry",
     "get_registry",
@@ -151,6 +160,7 @@ class PluginRegistry:
         self.conflicts: dict[tuple[str, str], list[str]] = {}
         self._blocked = set(_env_list("TASKAPP_DISABLE_PLUGINS") or [])
         self._trace = _truthy("TASKAPP_TRACE_PLUGINS")
+        self.events = HookEvents(self)
         for module_name in builtins:
             self._register_builtin(module_name)
         if load_entry_points:
@@ -177,6 +187,7 @@ class PluginRegistry:
         module = importlib.import_module(module_name)
         self.pm.register(module, name=module_name)
         self.pm.check_pending()
+        self._refuse_wrappers(module_name)
 
     def _load_entry_points(self) -> None:
         allowed = _env_list("TASKAPP_LOAD_PLUGINS")
@@ -256,6 +267,7 @@ class PluginRegistry:
             raise PluginError(self._validation_message(exc, name)) from None
         try:
             self.pm.check_pending()
+            self._refuse_wrappers(name)
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(name=name)
             raise PluginError(self._validation_message(exc, name)) from None
@@ -280,6 +292,22 @@ class PluginRegistry:
             f"plugin {name!r} implements unknown hook {hook!r}.{hint} The hooks are: "
             f"{', '.join(known)} (docs/plugin_hooks.md)"
         )
+
+    def _refuse_wrappers(self, name: str) -> None:
+        """Raise :class:`PluginError` if plugin ``name`` has a pluggy wrapper
+        (``wrapper=True`` / ``hookwrapper=True``): taskapp calls each implementation
+        itself, one at a time, so a wrapper would never run; refusing beats skipping it."""
+        plugin = self.pm.get_plugin(name)
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper):
+                    kind = "wrapper=True" if impl.wrapper else "hookwrapper=True"
+                    raise PluginError(
+                        f"plugin {name!r} implements hook {caller.name} with {kind}; "
+                        "taskapp calls each hook implementation itself, so a wrapper would "
+                        "never run. Use a plain @taskapp.hookimpl (tryfirst=True or "
+                        "trylast=True to order it)"
+                    )
 
     def unregister(self, name: str) -> None:
         """Remove a plugin registered with :meth:`register` (no-op when unknown)."""
@@ -450,8 +478,9 @@ class PluginRegistry:
             "loader plugin for this kind of file (`taskapp plugins` lists the installed ones)"
         )
 
-    def notify(self, event: str, **kwargs: Any) -> None:
-        """Fire event hook ``event``. A failing plugin is logged at WARNING, not raised."""
+    def _fire(self, event: str, **kwargs: Any) -> None:
+        """Call every implementation of event hook ``event``; a failing plugin is logged
+        at WARNING (with its name), not raised. Use the typed methods of :attr:`events`."""
         caller = getattr(self.pm.hook, event)
         for impl in reversed(caller.get_hookimpls()):
             try:
@@ -565,3 +594,34 @@ def load_target_string(target: str, *, api_key: str) -> LoadedApp:
     )
     value: Any = Path(target) if kind == "path" else target
     return get_registry().load_app(AppTarget(kind=kind, value=value, api_key=api_key))
+
+
+class HookEvents:
+    """The lifecycle event hooks, one typed method each (``registry.events.<hook>``).
+
+    Each calls every plugin's implementation in turn with the arguments it asks for; an
+    exception is logged at WARNING with the plugin's name and the run goes on. Return
+    values are ignored. The signatures are the hook specifications'
+    (:mod:`taskapp.core.hookspecs`, ``docs/plugin_hooks.md``).
+    """
+
+    def __init__(self, registry: PluginRegistry) -> None:
+        self._registry = registry
+
+    def app_loaded(self, task_app: TaskAppLike, loaded: LoadedApp) -> None:
+        self._registry._fire("app_loaded", task_app=task_app, loaded=loaded)
+
+    def server_started(self, task_app: TaskAppLike, server: ServerRunner) -> None:
+        self._registry._fire("server_started", task_app=task_app, server=server)
+
+    def tunnel_opened(self, task_app: TaskAppLike, tunnel: Tunnel) -> None:
+        self._registry._fire("tunnel_opened", task_app=task_app, tunnel=tunnel)
+
+    def task_app_started(self, task_app: TaskAppLike) -> None:
+        self._registry._fire("task_app_started", task_app=task_app)
+
+    def url_changed(self, task_app: TaskAppLike, old_url: str, new_url: str) -> None:
+        self._registry._fire("url_changed", task_app=task_app, old_url=old_url, new_url=new_url)
+
+    def before_shutdown(self, task_app: TaskAppLike) -> None:
+        self._registry._fire("before_shutdown", task_app=task_app)

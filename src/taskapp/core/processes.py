@@ -46,12 +46,10 @@ from __future__ import annotations
 
 import atexit
 import collections
-import concurrent.futures
 import contextlib
 import errno
 import itertools
 import os
-import queue
 import re
 import select
 import shutil
@@ -61,9 +59,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any, Literal
+from typing import IO, Literal
 
 from taskapp.core.errors import ProcessError, ProcessTimeoutError
+from taskapp.core.jobthread import JobThread
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import contains_secret, redact, register_secret
 
@@ -104,56 +103,23 @@ def describe_returncode(code: int | None) -> str:
 # -- the spawner thread -----------------------------------------------------------------
 
 
-_Job = tuple[Callable[[], Any], "concurrent.futures.Future[Any]"]
-
-
-class _Spawner:
+def _Spawner() -> JobThread:
     """One long-lived daemon thread that forks every child of this process.
 
     A Linux death signal fires when the *thread* that forked the child exits; forking from
     short-lived worker threads would kill children while this process still runs.
     """
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="taskapp-spawner", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job, future = self._jobs.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(job())
-            except BaseException as exc:
-                future.set_exception(exc)
-
-    def submit(self, job: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        if threading.current_thread() is self.thread:
-            future.set_running_or_notify_cancel()
-            try:
-                future.set_result(job())
-            except BaseException as exc:
-                future.set_exception(exc)
-            return future
-        self._jobs.put((job, future))
-        return future
-
-    def run(self, job: Callable[[], Any]) -> Any:
-        return self.submit(job).result()
+    return JobThread("taskapp-spawner")
 
 
 _state_lock = threading.Lock()
-_spawner: _Spawner | None = None
+_spawner: JobThread | None = None
 _live: dict[int, ManagedProcess] = {}
 _atexit_pid: int | None = None
 _watch_pipe: tuple[int, int, int] | None = None  # (pid, read end, write end)
 
 
-def _get_spawner() -> _Spawner:
+def _get_spawner() -> JobThread:
     global _spawner, _atexit_pid
     with _state_lock:
         pid = os.getpid()

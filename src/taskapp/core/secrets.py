@@ -6,7 +6,9 @@ on :func:`redact` replaces it with its fingerprint wherever text leaves taskapp 
 records through :class:`RedactingFilter`, child-process output in errors).
 
 >>> fingerprint("sk-test-123")
-'sha256:8d0f...'  # doctest: +SKIP
+'sha256:e0dbaa0c'
+>>> redact("key=sk-test-123", ["sk-test-123"])
+'key=[redacted sha256:e0dbaa0c]'
 """
 
 from __future__ import annotations

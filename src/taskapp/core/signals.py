@@ -1,9 +1,16 @@
-"""Chained SIGINT/SIGTERM handling while task apps are running.
+"""SIGINT/SIGTERM handling: the one place taskapp installs signal handlers.
 
-Nothing is installed at import. While at least one task app is active and it was entered
-on the main thread, SIGINT and SIGTERM first clean up every active task app (``on_stop``,
-tunnel closed, server stopped; a start still in progress gives up at its next step and
-what it started is undone), then behave as the handler that was there before would:
+:func:`capture_signals` installs a handler for the length of a ``with`` block (main thread
+only; the previous handlers come back afterwards unless someone replaced ours), and
+:func:`call_previous` does what a previous handler would have done. The CLI commands
+(``cli/_common.SignalFlag``) and ``taskapp optimize`` use them; the lifecycle uses the
+process-wide chain below, which ends in :func:`call_previous` too.
+
+Chained handling while task apps are running: nothing is installed at import. While at
+least one task app is active and it was entered on the main thread, SIGINT and SIGTERM
+first clean up every active task app (``on_stop``, tunnel closed, server stopped; a start
+still in progress gives up at its next step and what it started is undone), then behave as
+the handler that was there before would:
 
 * a Python handler the host installed is called;
 * SIGINT with Python's default handler raises KeyboardInterrupt;
@@ -17,22 +24,75 @@ ours in the meantime: theirs is left in place). Off the main thread nothing is i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, Protocol
 
 from taskapp.core.logs import get_logger
 
-__all__ = ["Stoppable", "activate", "deactivate"]
+__all__ = ["Stoppable", "activate", "call_previous", "capture_signals", "deactivate"]
 
 logger = get_logger("taskapp")
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+@contextlib.contextmanager
+def capture_signals(
+    handler: Callable[[int, FrameType | None], Any], signals: tuple[int, ...] = SIGNALS
+) -> Iterator[dict[int, Handler]]:
+    """Handle ``signals`` (SIGINT and SIGTERM) with ``handler`` inside the block.
+
+    Yields the previous handlers (signal number -> handler) for :func:`call_previous`; on
+    exit each is restored unless the handler was replaced meanwhile (the replacement stays).
+    Off the main thread (or in a sub-interpreter) nothing is installed and ``{}`` is yielded.
+
+    >>> import signal
+    >>> seen = []
+    >>> with capture_signals(lambda signum, frame: seen.append(signum)):
+    ...     signal.raise_signal(signal.SIGTERM)
+    >>> seen == [signal.SIGTERM], signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    (True, True)
+    """
+    previous: dict[int, Handler] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in signals:
+            try:
+                previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, handler)
+            except (ValueError, OSError):  # not the main interpreter / unsupported
+                previous.pop(signum, None)
+    try:
+        yield previous
+    finally:
+        for signum, before in previous.items():
+            with contextlib.suppress(ValueError, OSError):
+                if signal.getsignal(signum) == handler:
+                    signal.signal(signum, before if before is not None else signal.SIG_DFL)
+
+
+def call_previous(signum: int, frame: FrameType | None, previous: Handler) -> None:
+    """Do what ``previous`` (a handler :func:`capture_signals` replaced) would have done.
+
+    A Python handler is called; an ignored signal stays ignored; otherwise the default:
+    SIGINT raises KeyboardInterrupt, SIGTERM (any other) is re-raised with the default
+    disposition, so the process ends as if killed by it (exit status 143 in a shell).
+    """
+    if callable(previous):
+        previous(signum, frame)
+        return
+    if previous == signal.SIG_IGN:
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 class Stoppable(Protocol):
@@ -103,17 +163,4 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     with _lock:
         _active.clear()
         _restore()
-    _chain(signum, frame, previous)
-
-
-def _chain(signum: int, frame: FrameType | None, previous: Handler) -> None:
-    if callable(previous):
-        previous(signum, frame)
-        return
-    if previous == signal.SIG_IGN:
-        return
-    # SIG_DFL or unknown (set from C): do what the default would.
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    call_previous(signum, frame, previous)

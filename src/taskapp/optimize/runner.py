@@ -40,6 +40,7 @@ from taskapp.core.extras import install_command
 from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import redact
+from taskapp.core.signals import call_previous, capture_signals
 from taskapp.optimize.adapter import TaskAppAdapter, candidate_key
 from taskapp.optimize.errors import (
     GepaNotInstalledError,
@@ -439,10 +440,7 @@ def _first_signal_stops(event: threading.Event, caught: list[int]) -> Iterator[N
     in-process task app under the running optimization: the run ends after the current
     step and saves its result, then the task app is stopped as usual.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous: dict[int, Any] = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    previous: dict[int, Any] = {}
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if not event.is_set():
@@ -457,26 +455,11 @@ def _first_signal_stops(event: threading.Event, caught: list[int]) -> Iterator[N
             return
         before = previous[signum]
         signal.signal(signum, before)
-        if callable(before):
-            before(signum, frame)
-        elif before == signal.SIG_DFL and signum == signal.SIGTERM:
-            signal.raise_signal(signum)
-        elif before != signal.SIG_IGN:
-            raise KeyboardInterrupt
+        call_previous(signum, frame, before)
 
-    installed: list[int] = []
-    try:
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, handler)
-            installed.append(signum)
-    except ValueError:  # not the main interpreter
-        pass
-    try:
+    with capture_signals(handler, STOP_SIGNALS) as installed:
+        previous.update(installed)
         yield
-    finally:
-        for signum in installed:
-            if signal.getsignal(signum) is handler:
-                signal.signal(signum, previous[signum])
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -510,7 +493,7 @@ def run(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     stop_event: threading.Event | None = None,
     rollout_timeout: float = 300.0,
-    health_timeout: float = 10.0,
+    health_timeout: float = 30.0,
     max_reflection_failures: int = 3,
 ) -> OptimizeResult:
     """Optimize a prompt with GEPA against a task app's ``POST /rollout``; return the result.

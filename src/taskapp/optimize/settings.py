@@ -59,7 +59,7 @@ class OptimizeConfig:
     selection: str = "pareto"
     reflection_prompt_template: str | None = None
     rollout_timeout: float = 300.0
-    health_timeout: float = 10.0
+    health_timeout: float = 30.0
     max_reflection_failures: int = 3
     output_dir: str | Path | None = None
     resume: bool = False

@@ -32,11 +32,11 @@ import threading
 import time
 import typing
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
+from taskapp.core import proctable
 from taskapp.testing.helpers import (
     DEFAULT_IGNORED_THREADS,
     LeakCheck,
@@ -60,12 +60,7 @@ FAILING_APP = "taskapp.testing.apps:failing_startup_app"
 
 
 def _cmdline(pid: int) -> str:
-    try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        return ""
+    return b" ".join(proctable.argv(pid) or []).decode(errors="replace")
 
 
 def _wrong_value(hint: Any) -> Any:
@@ -300,7 +295,7 @@ class TunnelBackendConformance(_Base):
         started = time.monotonic()
         error: TunnelError | None = None
         try:
-            backend.verify(dead, self._context(conformance_local_app.port), 2.0)
+            backend.verify(dead, self._context(conformance_local_app.port), 1.0)
         except TunnelError as exc:
             error = exc
         finally:
@@ -315,7 +310,7 @@ class TunnelBackendConformance(_Base):
                 f"{type(error).__name__} does not name the backend {self.backend!r}: {error}"
             )
         elapsed = time.monotonic() - started
-        assert elapsed < 2.0 + 10.0, f"verify(timeout=2) took {elapsed:.1f} s"
+        assert elapsed < 1.0 + 10.0, f"verify(timeout=1) took {elapsed:.1f} s"
 
     def test_close_is_idempotent_and_safe_before_open(
         self, conformance_local_app: InProcessTaskApp

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from taskapp.core import proctable
+
 __all__ = [
     "DEFAULT_IGNORED_THREADS",
     "LeakCheck",
@@ -104,21 +106,11 @@ def registered_plugin(plugin: object, name: str) -> Iterator[object]:
 # -- processes -------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, start time) of ``pid`` from /proc; None when it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[19])
-
-
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
-    if Path("/proc").is_dir():
-        stat = _stat(pid)
-        return stat is not None and stat[0] not in ("Z", "X")
+    if Path(proctable.PROC).is_dir():
+        info = proctable.process(pid)
+        return info is not None and info.alive
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -130,34 +122,15 @@ def pid_alive(pid: int) -> bool:
 
 def child_pids(root: int | None = None) -> set[int]:
     """Live descendants of ``root`` (default: this process). Empty where there is no /proc."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return set()
-    root = os.getpid() if root is None else root
-    children: dict[int, list[int]] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _stat(int(entry.name))
-        if stat is not None and stat[0] not in ("Z", "X"):
-            children.setdefault(stat[1], []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+    return {info.pid for info in proctable.descendants(os.getpid() if root is None else root)}
 
 
 def _command(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+    raw = proctable.argv(pid)
+    if not raw:
         return "?"
     # The program only: the rest of argv may hold someone else's secrets.
-    return os.path.basename(raw.split(b"\0", 1)[0].decode(errors="replace")) or "?"
+    return os.path.basename(raw[0].decode(errors="replace")) or "?"
 
 
 #: Threads that outlive their users by design, not leaks: asyncio's default executor,
@@ -171,8 +144,8 @@ class LeakCheck:
     """Threads and child processes present now, to compare with later.
 
     >>> leaks = LeakCheck.snapshot()
-    >>> ...                                     # start and stop something
-    >>> leaks.assert_clean(timeout=5)           # doctest: +SKIP
+    >>> # ... start and stop something ...
+    >>> leaks.assert_clean(timeout=5)
 
     ``ignore_threads`` are thread-name prefixes that may outlive the block (a library's
     own long-lived pool, for example); by default asyncio's and ``concurrent.futures``'
@@ -184,6 +157,8 @@ class LeakCheck:
     ignore_threads: tuple[str, ...] = DEFAULT_IGNORED_THREADS
     only_threads: tuple[str, ...] | None = None
     check_children: bool = True
+    #: seconds :meth:`assert_clean` waits by default
+    timeout: float = 5.0
 
     @classmethod
     def snapshot(
@@ -227,8 +202,9 @@ class LeakCheck:
         ]
         return found
 
-    def assert_clean(self, timeout: float = 5.0) -> None:
+    def assert_clean(self, timeout: float | None = None) -> None:
         """Fail, naming them, when threads or children started since the snapshot are still
-        alive after ``timeout`` seconds."""
+        alive after ``timeout`` seconds (default: ``self.timeout``)."""
+        timeout = self.timeout if timeout is None else timeout
         if not wait_until(lambda: not self.problems(), timeout, interval=0.05):
             raise AssertionError(f"left running after {timeout:g} s: " + "; ".join(self.problems()))

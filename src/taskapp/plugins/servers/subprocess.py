@@ -35,8 +35,8 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
+from taskapp.core import proctable
 from taskapp.core.backends import ServerContext, ServerRunner
 from taskapp.core.env_keys import without_lent_keys
 from taskapp.core.errors import (
@@ -231,23 +231,11 @@ def _absolute_sys_path() -> list[str]:
 
 def _worker_pids(pid: int) -> list[int]:
     """Children of ``pid`` except multiprocessing's resource tracker (Linux /proc)."""
-    children: list[int] = []
-    try:
-        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
-    except OSError:
-        return children
-    for entry in entries:
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            if ppid != pid:
-                continue
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"resource_tracker" not in cmdline:
-            children.append(int(entry))
-    return sorted(children)
+    return [
+        child.pid
+        for child in proctable.children(pid)
+        if not any(b"resource_tracker" in arg for arg in proctable.argv(child.pid) or [])
+    ]
 
 
 @hookimpl

@@ -33,16 +33,14 @@ import math
 import os
 import re
 import shutil
-import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from taskapp.core.backends import Tunnel, TunnelBackend, TunnelContext
+from taskapp.core.backends import Tunnel, TunnelContext
 from taskapp.core.errors import (
     ProcessError,
-    ProcessTimeoutError,
     TunnelAuthError,
     TunnelBinaryMissingError,
     TunnelError,
@@ -51,6 +49,7 @@ from taskapp.core.errors import (
     TunnelTimeoutError,
 )
 from taskapp.core.hookspecs import RegisterTunnel, hookimpl
+from taskapp.core.process_tunnel import ProcessTunnel
 from taskapp.core.secrets import register_secret
 
 if TYPE_CHECKING:
@@ -359,7 +358,7 @@ def _ssh_missing(backend: str, ssh_path: str) -> str:
     )
 
 
-class SSHTunnel(TunnelBackend):
+class SSHTunnel(ProcessTunnel):
     """Remote port forwarding to your own SSH server (see the module docstring)."""
 
     name = "ssh"
@@ -373,11 +372,11 @@ class SSHTunnel(TunnelBackend):
         "your key is in its authorized_keys."
     )
 
+    program = "ssh"
+
     def __init__(self, options: SSHOptions) -> None:
         super().__init__(options)
         self.options: SSHOptions = options
-        self._lock = threading.RLock()
-        self._proc: ManagedProcess | None = None
         self._config_dir: str | None = None
         self.url: str | None = None
 
@@ -504,9 +503,17 @@ class SSHTunnel(TunnelBackend):
 
     # -- open / close ----------------------------------------------------------------------
 
-    def open(self, ctx: TunnelContext) -> Tunnel:
-        from taskapp.core.processes import spawn
+    def missing_program(self, argv: Sequence[str], error: ProcessError) -> str:
+        return _ssh_missing(self.name, self.options.ssh_path)
 
+    def broken_program(self, argv: Sequence[str], error: ProcessError) -> str:
+        return (
+            f"could not start ssh for tunnel {self.name!r}: {error.message}. Check that "
+            f"{self.options.ssh_path!r} is the OpenSSH client (ssh -V), or set "
+            "tunnel_options={'ssh_path': '/path/to/ssh'}."
+        )
+
+    def open(self, ctx: TunnelContext) -> Tunnel:
         self.close()
         started = time.monotonic()
         timeout = max(1.0, ctx.start_timeout)
@@ -520,26 +527,15 @@ class SSHTunnel(TunnelBackend):
             )
             argv = self.argv(ctx, config_file)
             try:
-                proc = spawn(
+                proc = self.spawn_child(
                     argv,
                     extra_env={"SSH_ASKPASS_REQUIRE": "never"},
                     secrets=secrets,
                     name=f"ssh-{self.name}",
                 )
-            except ProcessError as exc:
+            except TunnelError:
                 self._remove_config()
-                if isinstance(exc.__cause__, FileNotFoundError):
-                    raise TunnelBinaryMissingError(
-                        _ssh_missing(self.name, self.options.ssh_path), backend=self.name
-                    ) from exc
-                raise TunnelError(
-                    f"could not start ssh for tunnel {self.name!r}: {exc.message}. Check that "
-                    f"{self.options.ssh_path!r} is the OpenSSH client (ssh -V), or set "
-                    "tunnel_options={'ssh_path': '/path/to/ssh'}.",
-                    backend=self.name,
-                    log_tail=exc.log_tail,
-                ) from exc
-            self._proc = proc
+                raise
         ctx.logger.debug("started %s", " ".join(proc.argv))
         try:
             url = self._wait_for_url(proc, timeout)
@@ -558,14 +554,10 @@ class SSHTunnel(TunnelBackend):
 
     def _wait_for_url(self, proc: ManagedProcess, timeout: float) -> str:
         parser = self.parser()
-        try:
-            match = proc.wait_for_line(parser.pattern, timeout)
-        except ProcessTimeoutError:
-            raise self._failure(proc, timed_out=True, timeout=timeout) from None
-        except ProcessError:
-            proc.output_drained(1.0)
-            raise self._failure(proc, timed_out=False, timeout=timeout) from None
-        return parser.url(match, self)
+        return parser.url(self.wait_for_output(parser.pattern, timeout), self)
+
+    def start_failure(self, proc: ManagedProcess, *, timed_out: bool, timeout: float) -> Exception:
+        return self._failure(proc, timed_out=timed_out, timeout=timeout)
 
     def log_tail(self, n: int = 40) -> str:
         proc = self._proc
@@ -668,13 +660,12 @@ class SSHTunnel(TunnelBackend):
             log_tail=tail,
         )
 
-    def close(self) -> None:
-        with self._lock:
-            proc, self._proc = self._proc, None
-        if proc is not None:
-            # ssh exits at once on SIGTERM; the short grace keeps close() under 2 s even
-            # if it does not.
-            proc.close(grace=1.0)
+    def close_grace(self) -> float:
+        # ssh exits at once on SIGTERM; the short grace keeps close() under 2 s even if it
+        # does not.
+        return 1.0
+
+    def release(self) -> None:
         self._remove_config()
 
     def _remove_config(self) -> None:
@@ -685,14 +676,7 @@ class SSHTunnel(TunnelBackend):
 
             shutil.rmtree(directory, ignore_errors=True)
 
-    def wait_dropped(self, stop: threading.Event) -> str | None:
-        proc = self._proc
-        if proc is None:
-            return None if stop.is_set() else "ssh is not running"
-        code = proc.wait_exit(stop)
-        if code is None:
-            return None
-        proc.output_drained(1.0)
+    def describe_drop(self, proc: ManagedProcess, code: int) -> str:
         last = _last_meaningful(proc.lines())
         reason = _describe_exit(code)
         return f"{reason}: {last}" if last else reason

@@ -147,6 +147,17 @@ def backend(tmp_path: Path) -> Iterator[Backend]:
             server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """One backend for the tests that neither restart nor kill it."""
+    server = Backend(tmp_path_factory.mktemp("shared") / "jobs.sqlite3").start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.stop()
+
+
 @pytest.fixture
 def toy_app() -> Iterator[tuple[ToyTask, InProcessTaskApp]]:
     task = ToyTask(latency=0.05)
@@ -213,9 +224,20 @@ def test_seed_example_runs_and_survives_a_restart(backend: Backend) -> None:
     assert KEY not in "".join(backend.output)
 
 
-def test_sigkill_mid_job_resumes_without_rescoring(
-    backend: Backend, toy_app: tuple[ToyTask, InProcessTaskApp], tmp_path: Path
+@pytest.mark.parametrize(
+    ("sig", "reason"),
+    [(signal.SIGKILL, "backend restarted"), (signal.SIGTERM, "backend stopped")],
+    ids=["SIGKILL", "SIGTERM"],
+)
+def test_a_stopped_backend_resumes_the_job_without_rescoring(
+    backend: Backend,
+    toy_app: tuple[ToyTask, InProcessTaskApp],
+    tmp_path: Path,
+    sig: signal.Signals,
+    reason: str,
 ) -> None:
+    """SIGKILL mid-job (the job is left "running") or SIGTERM (the job stops after its
+    step and is queued again): the next start resumes it from GEPA's run directory."""
     task, app = toy_app
     client = PromptLearningJob(backend.url, KEY)
     job_id = client.submit_sync(toy_config(tmp_path, budget=260), task_app_url=app.url,
@@ -224,9 +246,11 @@ def test_sigkill_mid_job_resumes_without_rescoring(
         job_id,
         lambda job: job["status"] == "running" and job["metric_calls"] > 30,  # past baseline
     )
-    backend.stop(signal.SIGKILL)
+    status = backend.stop(sig)
+    assert status == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
     backend.start()
-    assert "resuming 1 job(s)" in "".join(backend.output)
+    if sig == signal.SIGKILL:
+        assert "resuming 1 job(s)" in "".join(backend.output)
     client = PromptLearningJob(backend.url, KEY)  # a new port after the restart
     result = client.poll_until_complete_sync(job_id, timeout=90, interval=0.2)
     assert result.succeeded, result.error
@@ -235,7 +259,7 @@ def test_sigkill_mid_job_resumes_without_rescoring(
     events = backend.api("GET", f"/api/jobs/{job_id}/events?limit=5000")["events"]
     kinds = [e["kind"] for e in events]
     assert kinds.count("baseline") == 1  # the seed prompt was scored once
-    assert {"status": "queued", "reason": "backend restarted"} in [e["data"] for e in events]
+    assert {"status": "queued", "reason": reason} in [e["data"] for e in events]
     seed_val = [r for r in task.requests if r["policy"]["config"].get("prompt") == SEED_PROMPT
                 and 100 <= r["env"]["seed"] <= 129]  # fmt: skip
     assert len(seed_val) == 30
@@ -244,26 +268,84 @@ def test_sigkill_mid_job_resumes_without_rescoring(
 
 
 def test_cancel_stops_a_running_job_within_seconds(
-    backend: Backend, toy_app: tuple[ToyTask, InProcessTaskApp], tmp_path: Path
+    shared: Backend, toy_app: tuple[ToyTask, InProcessTaskApp], tmp_path: Path
 ) -> None:
     _, app = toy_app
-    client = PromptLearningJob(backend.url, KEY)
+    client = PromptLearningJob(shared.url, KEY)
     job_id = client.submit_sync(toy_config(tmp_path, budget=2000), task_app_url=app.url,
                                 task_app_api_key=app.api_key)  # fmt: skip
-    backend.wait_for(job_id, lambda job: job["metric_calls"] > 0)
+    shared.wait_for(job_id, lambda job: job["metric_calls"] > 0)
     started = time.monotonic()
-    cancel = taskapp_cli("jobs", "cancel", job_id, "--backend-url", backend.url)
+    cancel = taskapp_cli("jobs", "cancel", job_id, "--backend-url", shared.url)
     assert cancel.returncode == 0 and "cancel" in cancel.stdout
-    job = backend.wait_for(job_id, lambda job: job["status"] == "cancelled", timeout=15)
+    job = shared.wait_for(job_id, lambda job: job["status"] == "cancelled", timeout=15)
     assert time.monotonic() - started < 10
     assert job["error"] == "cancelled while running"
+
+
+def test_run_in_process_job(shared: Backend, tmp_path: Path) -> None:
+    """The seed's one-call helper: start the app in-process, submit, wait, stop."""
+    import asyncio
+
+    from taskapp import run_in_process_job
+    from taskapp.examples.support_intents import build_config
+
+    config = tmp_path / "job.toml"
+    config.write_text(EXAMPLE_TOML.read_text())
+    seen: list[str] = []
+    result = asyncio.run(
+        run_in_process_job(
+            config,
+            backend_url=shared.url,
+            api_key=KEY,
+            config_factory=build_config,
+            overrides={"gepa.rollout.budget": 150},
+            timeout=90,
+            poll_interval=0.2,
+            on_status=lambda job: seen.append(job["status"]),
+        )
+    )
+    assert result.succeeded, result.error
+    assert result.best_score is not None and result.baseline_score is not None
+    assert result.best_score > result.baseline_score
+    assert result.best_prompt and seen[-1] == "succeeded"
+    job = shared.api("GET", f"/api/jobs/{result.job_id}")
+    assert job["budget"] == 150 and job["metric_calls"] <= 150
+
+
+def test_a_task_app_behind_the_relay_gets_its_worker_token(shared: Backend, tmp_path: Path) -> None:
+    """InProcessTaskApp(tunnel_mode="synthtunnel"): the job is sent the relay URL and the
+    lease's worker token, and the backend's rollouts reach the app through the relay."""
+    import asyncio
+
+    from taskapp import run_in_process_job
+    from tests._relay_helpers import ADMIN, running_relay
+
+    task = ToyTask()
+    with running_relay() as relay:
+        result = asyncio.run(
+            run_in_process_job(
+                toy_config(tmp_path, budget=100),
+                backend_url=shared.url,
+                api_key=KEY,
+                config=task.config(),
+                tunnel_mode="synthtunnel",
+                tunnel_options={"relay_url": relay.url, "admin_token": ADMIN},
+                timeout=90,
+                poll_interval=0.2,
+            )
+        )
+    assert result.succeeded, result.error
+    job = shared.api("GET", f"/api/jobs/{result.job_id}")
+    assert job["task_app_url"].startswith(relay.url + "/s/rt_")
+    assert len(task.requests) >= job["metric_calls"] > 0
 
 
 # -- bad input and faults ----------------------------------------------------------------
 
 
-def test_bad_configs_are_refused_at_submit(backend: Backend, tmp_path: Path) -> None:
-    client = PromptLearningJob(backend.url, KEY)
+def test_bad_configs_are_refused_at_submit(shared: Backend, tmp_path: Path) -> None:
+    client = PromptLearningJob(shared.url, KEY)
     bad = tmp_path / "bad.toml"
     bad.write_text('[prompt_learning]\nalgorithm = "gepa"\n[prompt_learning.gepa]\nseed = 1 2\n')
     with pytest.raises(ConfigurationError, match=r"bad.toml: malformed TOML at line 4, key "
@@ -274,7 +356,7 @@ def test_bad_configs_are_refused_at_submit(backend: Backend, tmp_path: Path) -> 
     with pytest.raises(ConfigurationError, match="taskapp runs 'gepa' only"):
         client.submit_sync(mipro, task_app_url="http://127.0.0.1:9")
     # the backend checks too (a client that skips the checks)
-    answer = httpx.post(backend.url + "/api/jobs", headers={"Authorization": f"Bearer {KEY}"},
+    answer = httpx.post(shared.url + "/api/jobs", headers={"Authorization": f"Bearer {KEY}"},
                         json={"config_toml": mipro.read_text(), "task_app_url": "http://x"},
                         trust_env=False)  # fmt: skip
     assert answer.status_code == 400
@@ -283,17 +365,17 @@ def test_bad_configs_are_refused_at_submit(backend: Backend, tmp_path: Path) -> 
     with pytest.raises(ConfigurationError, match="relay URL: callers need the lease's worker"):
         client.submit_sync(toy_config(tmp_path), task_app_url=relay)
     # wrong backend key: 401, no key echoed
-    wrong = PromptLearningJob(backend.url, "not-the-key-000")
+    wrong = PromptLearningJob(shared.url, "not-the-key-000")
     with pytest.raises(Exception, match="401") as caught:
         wrong.submit_sync(toy_config(tmp_path), task_app_url="http://127.0.0.1:9")
     assert "not-the-key-000" not in str(caught.value)
 
 
 def test_task_app_faults_fail_the_job_with_a_clear_error(
-    backend: Backend, toy_app: tuple[ToyTask, InProcessTaskApp], tmp_path: Path
+    shared: Backend, toy_app: tuple[ToyTask, InProcessTaskApp], tmp_path: Path
 ) -> None:
     _, app = toy_app
-    client = PromptLearningJob(backend.url, KEY)
+    client = PromptLearningJob(shared.url, KEY)
     outside = toy_config(tmp_path, extra="")
     outside.write_text(
         outside.read_text().replace('val_seeds = "100-129"', 'val_seeds = "990-1010"')
@@ -313,14 +395,15 @@ def test_task_app_faults_fail_the_job_with_a_clear_error(
         assert "wrong-key-999" not in result.error
 
 
-def test_two_backends_on_one_database(backend: Backend) -> None:
-    second = Backend(backend.db).start(expect_ready=False)
+def test_two_backends_on_one_database(shared: Backend) -> None:
+    second = Backend(shared.db).start(expect_ready=False)
     assert second.proc is not None
     _, text = second.proc.communicate(timeout=30)
     assert second.proc.returncode == 1
     assert "another taskapp backend uses the job database" in text
-    assert f"pid {backend.proc.pid}" in text  # type: ignore[union-attr]
-    assert backend.api("GET", "/api/jobs")["total"] == 0  # the first one is unharmed
+    assert f"pid {shared.proc.pid}" in text  # type: ignore[union-attr]
+    assert shared.api("GET", "/health")["status"] == "ok"  # the first one is unharmed
+    assert isinstance(shared.api("GET", "/api/jobs")["total"], int)
 
 
 def test_key_file_must_be_private(tmp_path: Path) -> None:
@@ -340,13 +423,13 @@ def test_key_file_must_be_private(tmp_path: Path) -> None:
 
 
 def test_page_shows_a_job_to_the_end_in_chromium(
-    backend: Backend, toy_app: tuple[ToyTask, InProcessTaskApp], tmp_path: Path
+    shared: Backend, toy_app: tuple[ToyTask, InProcessTaskApp], tmp_path: Path
 ) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     _, app = toy_app
-    client = PromptLearningJob(backend.url, KEY)
+    client = PromptLearningJob(shared.url, KEY)
     job_id = client.submit_sync(toy_config(tmp_path, budget=200), task_app_url=app.url,
                                 task_app_api_key=app.api_key)  # fmt: skip
     with playwright.sync_playwright() as p:
@@ -365,14 +448,14 @@ def test_page_shows_a_job_to_the_end_in_chromium(
         )
         try:
             page = browser.new_page()
-            page.goto(f"{backend.url}/#key={KEY}")
+            page.goto(f"{shared.url}/#key={KEY}")
             row = page.locator(f'tr.job[data-id="{job_id}"]')
             row.wait_for(timeout=10_000)
             seen = {row.locator(".status").inner_text()}
             page.locator(f'tr.job[data-id="{job_id}"] .status-succeeded').wait_for(timeout=60_000)
             seen.add("succeeded")
             page.locator("#candidates tbody tr").first.wait_for(timeout=10_000)
-            assert page.url == f"{backend.url}/"  # the key left the address bar
+            assert page.url == f"{shared.url}/"  # the key left the address bar
             assert page.locator("#d-status").inner_text() == "succeeded"
             assert page.locator("#curve polyline.best").count() == 1
             assert page.locator("#curve line.baseline").count() == 1
@@ -387,3 +470,34 @@ def test_page_shows_a_job_to_the_end_in_chromium(
         finally:
             browser.close()
     assert seen & {"queued", "running", "succeeded"}
+
+
+def test_a_full_database_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:
+    """SQLite's own disk-full condition (a page cap on this connection stands in for a full
+    disk): the write fails with a StoreError that says so, and what was committed before
+    is intact."""
+    from taskapp.jobs.store import JobStore, StoreError
+
+    store = JobStore(tmp_path / "jobs.sqlite3", owner=True)
+    try:
+        job_id = store.create({"budget": 10}, task_app_url="http://127.0.0.1:9",
+                              task_app_key="k" * 12, worker_token=None, warnings=[])  # fmt: skip
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages + 2}")
+
+        def fill() -> None:
+            for _ in range(1000):
+                store.add_event(job_id, "iteration", {"pad": "x" * 4000}, metric_calls=5)
+
+        with pytest.raises(StoreError, match="database or disk is full; free some disk space"):
+            fill()
+        written = len(store.events(job_id, limit=5000))
+        assert store.get(job_id)["status"] == "queued"  # type: ignore[index]
+        assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        store.close()
+    reopened = JobStore(tmp_path / "jobs.sqlite3", owner=True)
+    try:
+        assert len(reopened.events(job_id, limit=5000)) == written >= 1
+    finally:
+        reopened.close()

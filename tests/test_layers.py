@@ -81,7 +81,7 @@ def import_edges(src: Path, package: str) -> list[Edge]:
                     targets.append(child if child in modules else stem)
             for target in targets:
                 if target == package or target.startswith(package + "."):
-                    edges.append(Edge(name, target, node.lineno))
+                    edges.append(Edge(name, target, getattr(node, "lineno", 0)))
     return edges
 
 

@@ -87,6 +87,13 @@ def _stop_on_signals(server: Any) -> Iterator[None]:
             signal.signal(signum, before)
 
 
+def _warm_up() -> None:
+    with contextlib.suppress(Exception):
+        import taskapp.optimize.runner
+
+        taskapp.optimize.runner.import_gepa()
+
+
 def serve(
     *,
     host: str = "127.0.0.1",
@@ -122,6 +129,8 @@ def serve(
         server = uvicorn.Server(
             uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         )
+        # Import the optimizer (GEPA, the runner) now, not when the first job arrives.
+        threading.Thread(target=_warm_up, name="taskapp-jobs-warm-up", daemon=True).start()
         resumed = pool.start()
         if resumed:
             print(

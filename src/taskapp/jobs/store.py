@@ -186,12 +186,21 @@ class JobStore:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
+                    self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    # SQLite has already rolled back after some errors (a full disk)
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"the job database {str(self.path)!r}: {exc}") from exc
+            except sqlite3.Error as exc:
+                hint = (
+                    "; free some disk space (what was recorded before is intact, and a job "
+                    "that could not record its end resumes at the next start)"
+                    if "full" in str(exc)
+                    else ""
+                )
+                raise StoreError(f"the job database {str(self.path)!r}: {exc}{hint}") from exc
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -286,7 +295,9 @@ class JobStore:
                 (*fields.values(), job_id),
             )
 
-    def set_status(self, job_id: str, status: str, **fields: Any) -> None:
+    def set_status(
+        self, job_id: str, status: str, *, reason: str | None = None, **fields: Any
+    ) -> None:
         """Change a job's status and record it as an event, in one transaction."""
         assert status in STATUSES
         fields["status"] = status
@@ -300,6 +311,8 @@ class JobStore:
                 (*fields.values(), job_id),
             )
             data: dict[str, Any] = {"status": status}
+            if reason:
+                data["reason"] = reason
             if fields.get("error"):
                 data["error"] = fields["error"]
             self._add_event(db, job_id, "status", data)

@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 ruff check src tests benchmarks examples
 ruff format --check src tests benchmarks examples
 mypy --strict src
+mypy --config-file mypy-tests.ini tests
 set +e
 python -m pytest -q "$@"
 status=$?

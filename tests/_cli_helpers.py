@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -208,7 +208,7 @@ class _ThreadedUvicorn:
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
         )
 
-    def __enter__(self) -> _ThreadedUvicorn:
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
@@ -273,8 +273,8 @@ class NotATaskApp(_ThreadedUvicorn):
 
 
 @contextlib.contextmanager
-def served(*args: str, **env_extra: str) -> Iterator[Served]:
-    with Served(*args, **env_extra) as server:
+def served(*args: str, port: int | None = None, **env_extra: str) -> Iterator[Served]:
+    with Served(*args, port=port, **env_extra) as server:
         server.wait_url()
         yield server
 

@@ -480,7 +480,7 @@ class LocalhostRunStandIn:
         asyncssh = self._asyncssh
         standin = self
 
-        class Server(asyncssh.SSHServer):  # type: ignore[misc]
+        class Server(asyncssh.SSHServer):  # type: ignore[misc,name-defined]
             def __init__(self) -> None:
                 self.conn: Any = None
                 self.forwarded: asyncio.Future[int] = asyncio.get_running_loop().create_future()

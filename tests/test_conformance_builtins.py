@@ -38,7 +38,7 @@ class TestPreconfiguredTunnel(TunnelBackendConformance):
         # nothing listens there: verification of the public URL fails
         return {"url": f"http://127.0.0.1:{free_port()}"}
 
-    failure_timeout = 3.0
+    failure_timeout = 1.5
 
 
 class TestThreadServer(ServerRunnerConformance):

@@ -224,9 +224,20 @@ def test_seed_example_runs_and_survives_a_restart(backend: Backend) -> None:
     assert KEY not in "".join(backend.output)
 
 
-def test_sigkill_mid_job_resumes_without_rescoring(
-    backend: Backend, toy_app: tuple[ToyTask, InProcessTaskApp], tmp_path: Path
+@pytest.mark.parametrize(
+    ("sig", "reason"),
+    [(signal.SIGKILL, "backend restarted"), (signal.SIGTERM, "backend stopped")],
+    ids=["SIGKILL", "SIGTERM"],
+)
+def test_a_stopped_backend_resumes_the_job_without_rescoring(
+    backend: Backend,
+    toy_app: tuple[ToyTask, InProcessTaskApp],
+    tmp_path: Path,
+    sig: signal.Signals,
+    reason: str,
 ) -> None:
+    """SIGKILL mid-job (the job is left "running") or SIGTERM (the job stops after its
+    step and is queued again): the next start resumes it from GEPA's run directory."""
     task, app = toy_app
     client = PromptLearningJob(backend.url, KEY)
     job_id = client.submit_sync(toy_config(tmp_path, budget=260), task_app_url=app.url,
@@ -235,9 +246,11 @@ def test_sigkill_mid_job_resumes_without_rescoring(
         job_id,
         lambda job: job["status"] == "running" and job["metric_calls"] > 30,  # past baseline
     )
-    backend.stop(signal.SIGKILL)
+    status = backend.stop(sig)
+    assert status == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
     backend.start()
-    assert "resuming 1 job(s)" in "".join(backend.output)
+    if sig == signal.SIGKILL:
+        assert "resuming 1 job(s)" in "".join(backend.output)
     client = PromptLearningJob(backend.url, KEY)  # a new port after the restart
     result = client.poll_until_complete_sync(job_id, timeout=90, interval=0.2)
     assert result.succeeded, result.error
@@ -246,7 +259,7 @@ def test_sigkill_mid_job_resumes_without_rescoring(
     events = backend.api("GET", f"/api/jobs/{job_id}/events?limit=5000")["events"]
     kinds = [e["kind"] for e in events]
     assert kinds.count("baseline") == 1  # the seed prompt was scored once
-    assert {"status": "queued", "reason": "backend restarted"} in [e["data"] for e in events]
+    assert {"status": "queued", "reason": reason} in [e["data"] for e in events]
     seed_val = [r for r in task.requests if r["policy"]["config"].get("prompt") == SEED_PROMPT
                 and 100 <= r["env"]["seed"] <= 129]  # fmt: skip
     assert len(seed_val) == 30
@@ -298,6 +311,34 @@ def test_run_in_process_job(shared: Backend, tmp_path: Path) -> None:
     assert result.best_prompt and seen[-1] == "succeeded"
     job = shared.api("GET", f"/api/jobs/{result.job_id}")
     assert job["budget"] == 150 and job["metric_calls"] <= 150
+
+
+def test_a_task_app_behind_the_relay_gets_its_worker_token(shared: Backend, tmp_path: Path) -> None:
+    """InProcessTaskApp(tunnel_mode="synthtunnel"): the job is sent the relay URL and the
+    lease's worker token, and the backend's rollouts reach the app through the relay."""
+    import asyncio
+
+    from taskapp import run_in_process_job
+    from tests._relay_helpers import ADMIN, running_relay
+
+    task = ToyTask()
+    with running_relay() as relay:
+        result = asyncio.run(
+            run_in_process_job(
+                toy_config(tmp_path, budget=100),
+                backend_url=shared.url,
+                api_key=KEY,
+                config=task.config(),
+                tunnel_mode="synthtunnel",
+                tunnel_options={"relay_url": relay.url, "admin_token": ADMIN},
+                timeout=90,
+                poll_interval=0.2,
+            )
+        )
+    assert result.succeeded, result.error
+    job = shared.api("GET", f"/api/jobs/{result.job_id}")
+    assert job["task_app_url"].startswith(relay.url + "/s/rt_")
+    assert len(task.requests) >= job["metric_calls"] > 0
 
 
 # -- bad input and faults ----------------------------------------------------------------

@@ -363,7 +363,7 @@ def test_existing_ray_connection_keeps_other_applications(
             def __call__(self, request: Any) -> str:
                 return "other"
 
-        serve.run(Other.bind(), name="other", route_prefix="/other")
+        serve.run(Other.bind(), name="other", route_prefix="/other")  # type: ignore[attr-defined]
         lifecycle_port = free_port()
         with InProcessTaskApp(
             task_app_path=write_app(tmp_path),

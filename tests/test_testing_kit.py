@@ -108,7 +108,7 @@ def test_factory_teardown_stops_and_releases() -> None:
 
 def test_factory_teardown_fails_on_leftovers() -> None:
     # An app whose stop() does nothing (a broken server) is reported by the teardown.
-    factory = TaskAppFactory()
+    factory = TaskAppFactory(leak_timeout=0.3)
     app = factory(config=demo_config(), api_key=KEY)
     real_stop = app.stop
     app.stop = lambda: None  # type: ignore[method-assign]
@@ -364,7 +364,12 @@ def test_free_port_and_assert_released() -> None:
 
 def test_wait_until() -> None:
     hits: list[int] = []
-    assert wait_until(lambda: hits.append(1) or len(hits) >= 3, 5)
+
+    def third_call() -> bool:
+        hits.append(1)
+        return len(hits) >= 3
+
+    assert wait_until(third_call, 5)
     started = time.monotonic()
     assert not wait_until(lambda: False, 0.2)
     assert 0.15 < time.monotonic() - started < 2
@@ -398,6 +403,7 @@ def test_leak_check_fixture_is_opt_in(tmp_path: Path) -> None:
         "def test_without_check():\n"
         "    threading.Thread(target=stop.wait, name='left-a', daemon=True).start()\n"
         "def test_with_check(taskapp_leak_check):\n"
+        "    taskapp_leak_check.timeout = 0.3\n"
         "    threading.Thread(target=stop.wait, name='left-b', daemon=True).start()\n"
     )
     result = subprocess.run(
@@ -411,7 +417,7 @@ def test_leak_check_fixture_is_opt_in(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout
     assert "2 passed, 1 error" in result.stdout, result.stdout
     assert "ERROR test_leaky.py::test_with_check" in result.stdout
-    assert "thread 'left-b' still running" in result.stdout
+    assert "left running after 0.3 s: thread 'left-b' still running" in result.stdout
     assert "thread 'left-a'" not in result.stdout
 
 

@@ -248,3 +248,69 @@ def test_taskapp_check_against_a_hosted_synth_ai_app(hosted_url: str) -> None:
     wrong = taskapp("check", hosted_url, ENVIRONMENT_API_KEY="not-the-key-0123456")
     assert wrong.returncode == 1
     assert "rejected" in (wrong.stdout + wrong.stderr).lower() or "HTTP 400" in wrong.stdout
+
+
+GEN_B_HOST = """
+import json, os
+import httpx
+from synth_ai.sdk.task.contracts import TaskInfo
+from synth_ai.sdk.task.server import TaskAppConfig
+from taskapp import InProcessTaskApp
+
+def rollout(request, http_request):
+    reward = 1.0 if (request.env.seed or 0) % 2 == 0 else 0.0
+    return {"run_id": request.run_id, "trajectories": [],
+            "metrics": {"episode_returns": [reward], "mean_return": reward, "num_steps": 1}}
+
+base = TaskInfo.model_validate({
+    "task": {"id": "gen-b", "name": "Gen B"}, "environment": "numbers", "dataset": {},
+    "rubric": {}, "inference": {}, "limits": {},
+})
+config = TaskAppConfig(
+    app_id="gen-b", name="Gen B", description="synth-ai 0.3 config", base_task_info=base,
+    describe_taskset=lambda: {"splits": {"train": [0, 1, 2]}},
+    provide_task_instances=lambda seeds: [base for _ in seeds], rollout=rollout,
+)
+key = os.environ["INTEROP_KEY"]
+with InProcessTaskApp(config=config, port=0, api_key=key) as app:
+    lent = os.environ.get("ENVIRONMENT_API_KEY") == key
+    headers = {"X-API-Key": key}
+    health = httpx.get(app.url + "/health", headers=headers).status_code
+    body = {"run_id": "b-2", "env": {"seed": 2, "config": {}}, "policy": {"config": {}},
+            "ops": ["agent", "env"], "mode": "eval"}
+    answer = httpx.post(app.url + "/rollout", json=body, headers=headers)
+print(json.dumps({"health": health, "lent": lent, "status": answer.status_code,
+                  "answer": answer.json(), "left": os.environ.get("ENVIRONMENT_API_KEY")}))
+"""
+
+
+def test_synth_ai_039_gen_b_config_hosted(tmp_path: Path) -> None:
+    """A Gen B (0.3.9) TaskAppConfig, built by 0.3.9's create_task_app, key lent."""
+    out = run_json(python_for("0.3.9"), GEN_B_HOST, home=tmp_path, env={"INTEROP_KEY": KEY})
+    assert out["health"] == 200
+    assert out["lent"] is True and out["left"] is None
+    assert out["status"] == 200, out["answer"]
+    assert out["answer"]["run_id"] == "b-2"
+    assert out["answer"]["metrics"]["mean_return"] == 1.0
+
+
+def test_taskapp_eval_of_a_synth_ai_073_file(
+    python_073: Path, app_dir: Path, tmp_path: Path
+) -> None:
+    """``taskapp eval app.py`` loads the file on a worker thread; synth-ai 0.7.3 installs
+    signal handlers when imported, which fails off the main thread unless taskapp lets it."""
+    report_path = tmp_path / "report.json"
+    result = subprocess.run(
+        [str(python_073), "-m", "taskapp", "eval", str(app_dir / "synth_073_config_only.py"),
+         "--seeds", "0-3", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=120, env=child_env(tmp_path), cwd=tmp_path,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert {row["seed"]: row["score"] for row in report["results"]} == {
+        0: 1.0,
+        1: 0.0,
+        2: 1.0,
+        3: 0.0,
+    }

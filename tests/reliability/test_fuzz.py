@@ -94,7 +94,7 @@ def test_schemathesis_every_operation_no_5xx_no_key_in_a_body(served: tuple[str,
     operations = 0
     auth_variants = [{"X-API-Key": key}, {"X-API-Key": "wrong-" + key[:6]}, {}]
     for result in schema.get_all_operations():
-        operation = result.ok()
+        operation = result.ok()  # type: ignore[union-attr]
         operations += 1
         run = _fuzz_operation(operation, url, auth_variants, tally, [key, HOST_SECRET])
         run()

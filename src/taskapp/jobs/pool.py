@@ -204,7 +204,7 @@ class JobPool:
             if cancelled:
                 self._finish(job_id, "cancelled", result, "cancelled while running")
             else:  # the backend is stopping: the next start resumes it
-                self.store.set_status(job_id, "queued")
+                self.store.set_status(job_id, "queued", reason="backend stopped")
         elif result is not None:
             self._finish(job_id, result.status, result, result.error)
 

@@ -295,7 +295,9 @@ class JobStore:
                 (*fields.values(), job_id),
             )
 
-    def set_status(self, job_id: str, status: str, **fields: Any) -> None:
+    def set_status(
+        self, job_id: str, status: str, *, reason: str | None = None, **fields: Any
+    ) -> None:
         """Change a job's status and record it as an event, in one transaction."""
         assert status in STATUSES
         fields["status"] = status
@@ -309,6 +311,8 @@ class JobStore:
                 (*fields.values(), job_id),
             )
             data: dict[str, Any] = {"status": status}
+            if reason:
+                data["reason"] = reason
             if fields.get("error"):
                 data["error"] = fields["error"]
             self._add_event(db, job_id, "status", data)

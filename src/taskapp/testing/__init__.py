@@ -98,7 +98,8 @@ def taskapp_factory_module() -> Iterator[TaskAppFactory]:
 @pytest.fixture
 def taskapp_leak_check() -> Iterator[LeakCheck]:
     """Fail the test if it leaves threads or child processes running (opt-in; extend
-    ``.ignore_threads`` with prefixes your own libraries keep alive on purpose)."""
+    ``.ignore_threads`` with prefixes your own libraries keep alive on purpose; ``.timeout``
+    is how long they get to end, 5 s by default)."""
     leaks = LeakCheck.snapshot()
     yield leaks
     leaks.assert_clean()

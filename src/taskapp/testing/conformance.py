@@ -295,7 +295,7 @@ class TunnelBackendConformance(_Base):
         started = time.monotonic()
         error: TunnelError | None = None
         try:
-            backend.verify(dead, self._context(conformance_local_app.port), 2.0)
+            backend.verify(dead, self._context(conformance_local_app.port), 1.0)
         except TunnelError as exc:
             error = exc
         finally:
@@ -310,7 +310,7 @@ class TunnelBackendConformance(_Base):
                 f"{type(error).__name__} does not name the backend {self.backend!r}: {error}"
             )
         elapsed = time.monotonic() - started
-        assert elapsed < 2.0 + 10.0, f"verify(timeout=2) took {elapsed:.1f} s"
+        assert elapsed < 1.0 + 10.0, f"verify(timeout=1) took {elapsed:.1f} s"
 
     def test_close_is_idempotent_and_safe_before_open(
         self, conformance_local_app: InProcessTaskApp

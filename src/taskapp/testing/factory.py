@@ -29,12 +29,20 @@ class TaskAppFactory:
 
     ``check_leaks=False`` skips the leftover checks (for a server that keeps a shared
     instance on purpose, such as Ray with ``stop_policy="delete_app"``). ``ignore_threads``
-    adds thread-name prefixes allowed to outlive the instances.
+    adds thread-name prefixes allowed to outlive the instances; ``leak_timeout`` is how
+    long (seconds) ports, processes and threads get to go away after the stop.
     """
 
-    def __init__(self, *, check_leaks: bool = True, ignore_threads: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        check_leaks: bool = True,
+        ignore_threads: tuple[str, ...] = (),
+        leak_timeout: float = 5.0,
+    ) -> None:
         self.apps: list[InProcessTaskApp] = []
         self.check_leaks = check_leaks
+        self.leak_timeout = leak_timeout
         self.ignore_threads = ignore_threads
         self._leaks = LeakCheck.snapshot(only_threads=("taskapp-",), check_children=False)
         self._pids: dict[int, set[int]] = {}
@@ -86,7 +94,7 @@ class TaskAppFactory:
             for app in self.apps:
                 errors += self._leftovers(app)
             self._leaks.ignore_threads += self.ignore_threads
-            if not wait_until(lambda: not self._leaks.problems(), 10, interval=0.05):
+            if not wait_until(lambda: not self._leaks.problems(), self.leak_timeout, 0.05):
                 errors += self._leaks.problems()
         self.apps.clear()
         if errors:
@@ -97,11 +105,11 @@ class TaskAppFactory:
         if app.server is not None:
             host = "::1" if app.host == "::1" else "127.0.0.1"
             try:
-                assert_released(app.port, host, timeout=5.0)
+                assert_released(app.port, host, timeout=self.leak_timeout)
             except AssertionError as exc:
                 found.append(str(exc))
         pids = self._pids.get(id(app), set())
-        if not wait_until(lambda: not [p for p in pids if pid_alive(p)], 5.0):
+        if not wait_until(lambda: not [p for p in pids if pid_alive(p)], self.leak_timeout):
             alive = sorted(p for p in pids if pid_alive(p))
             found.append(
                 f"processes of {app.server_name!r}/{app.tunnel_backend!r} still running: {alive}"

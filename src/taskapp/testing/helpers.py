@@ -157,6 +157,8 @@ class LeakCheck:
     ignore_threads: tuple[str, ...] = DEFAULT_IGNORED_THREADS
     only_threads: tuple[str, ...] | None = None
     check_children: bool = True
+    #: seconds :meth:`assert_clean` waits by default
+    timeout: float = 5.0
 
     @classmethod
     def snapshot(
@@ -200,8 +202,9 @@ class LeakCheck:
         ]
         return found
 
-    def assert_clean(self, timeout: float = 5.0) -> None:
+    def assert_clean(self, timeout: float | None = None) -> None:
         """Fail, naming them, when threads or children started since the snapshot are still
-        alive after ``timeout`` seconds."""
+        alive after ``timeout`` seconds (default: ``self.timeout``)."""
+        timeout = self.timeout if timeout is None else timeout
         if not wait_until(lambda: not self.problems(), timeout, interval=0.05):
             raise AssertionError(f"left running after {timeout:g} s: " + "; ".join(self.problems()))

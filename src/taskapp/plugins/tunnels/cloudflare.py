@@ -28,6 +28,12 @@ The public ``hostname`` is the user's: a named tunnel cannot reveal it.
 
 Both are supervised: when cloudflared dies, the core's TunnelSupervisor closes and reopens
 the tunnel with backoff; a quick tunnel then has a new URL (``url_changed`` fires).
+
+Both are :class:`~taskapp.core.process_tunnel.ProcessTunnel` subclasses (spawn, typed
+start errors, close, pid). This module stays over ~800 lines on purpose: what is left is
+cloudflared's own story (its log patterns, the metrics server's ``/ready`` and
+``/quicktunnel``, classifying its failures, the named tunnel's token handling and
+connector sharing), which reads best in one place.
 """
 
 from __future__ import annotations

@@ -182,3 +182,24 @@ def test_relay_serve_help_gives_every_limit_flag_a_default_and_a_unit() -> None:
     for flag in flags:
         assert flag in rendered.stdout
     assert "sizes take bytes or a unit" in rendered.stdout
+
+
+def test_serve_refuses_a_state_file_it_cannot_write_naming_it(tmp_path: Path) -> None:
+    import os
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    command = [sys.executable, "-m", "taskapp", "relay", "serve", "--port", "0"]
+    result = subprocess.run(
+        [*command, "--state-file", str(blocker / "state.json")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "TASKAPP_RELAY_ADMIN_TOKEN": ADMIN},
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{blocker / 'state.json'}" in result.stderr
+    assert "is a file, not a directory" in result.stderr
+    assert "listening" not in result.stdout

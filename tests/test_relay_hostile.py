@@ -512,7 +512,7 @@ def test_state_file_that_cannot_be_written_refuses_to_start_naming_it(tmp_path: 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     state = blocker / "state.json"
-    with pytest.raises(ConfigurationError, match=r"state-file .*a-file/state\.json"):
+    with pytest.raises(ConfigurationError, match=r"state-file .*a-file/state\.json.*is a file"):
         LeaseStore(state).prepare()
     with pytest.raises(ServerStartError):
         start_relay_thread(relay_settings(state_file=state), timeout=10)

@@ -163,6 +163,12 @@ class LeaseStore:
         path = self.state_file
         if path is None:
             return
+        blocker = next((d for d in (path.parent, *path.parent.parents) if d.is_file()), None)
+        if blocker is not None:
+            raise ConfigurationError(
+                f"cannot write the relay's --state-file {str(path)!r}: {str(blocker)!r} is a "
+                "file, not a directory; pass a path in a writable directory"
+            )
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Probe with the temporary file save() writes (the state file itself, which

@@ -20,6 +20,7 @@ from typing import Any
 from taskapp.core.errors import ConfigurationError, ServerStartError
 from taskapp.core.extras import install_command
 from taskapp.core.ports import listen_tcp
+from taskapp.core.serving import fast_exit_server_class, without_access_log
 from taskapp.relay.server.app import RelayApp, create_relay_app
 from taskapp.relay.server.settings import RelaySettings
 
@@ -109,8 +110,6 @@ class RelayServer:
     """
 
     def __init__(self, settings: RelaySettings, *, sock: socket.socket | None = None) -> None:
-        import uvicorn
-
         self.settings = settings
         self.app = create_relay_app(settings)
         self.sock = _with_tcp_proto(sock) if sock is not None else None
@@ -118,12 +117,12 @@ class RelayServer:
         _install_log_redaction()
         config = _uvicorn_config(self.app, settings)
         config.load()
-        from taskapp.core.serving import without_access_log
-
         config.http_protocol_class = without_access_log(config.http_protocol_class)
         relay = self
 
-        class _Server(uvicorn.Server):
+        # taskapp's one uvicorn Server (core/serving.py), with the relay's signal handling:
+        # the first SIGTERM/SIGINT drains, a second exits at once.
+        class _Server(fast_exit_server_class()):  # type: ignore[misc]
             @contextlib.contextmanager
             def capture_signals(self) -> Iterator[None]:
                 if threading.current_thread() is not threading.main_thread():
@@ -140,20 +139,14 @@ class RelayServer:
             def handle_exit(self, sig: int, frame: Any) -> None:
                 relay.request_stop()
 
-        self.server = _Server(config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self.started = threading.Event()
+        self.server = _Server(config)
+        self.server.on_started = self.started.set
 
     async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
-        original_startup = self.server.startup
-
-        async def startup(sockets: list[socket.socket] | None = None) -> None:
-            await original_startup(sockets=sockets)
-            self.started.set()
-
-        self.server.startup = startup  # type: ignore[method-assign]
         try:
             await self.server.serve(sockets=[self.sock] if self.sock is not None else None)
         finally:
@@ -170,8 +163,8 @@ class RelayServer:
         """Drain then exit (thread- and signal-safe); a second call exits at once."""
         loop = self._loop
         if self._stopping or loop is None:
-            self.server.should_exit = True
             self.server.force_exit = self._stopping
+            self.server.request_exit()
             return
         self._stopping = True
 
@@ -180,7 +173,7 @@ class RelayServer:
                 try:
                     await self.app.drain()
                 finally:
-                    self.server.should_exit = True
+                    self.server.request_exit()
 
             self.app.spawn(drain_then_exit())
 
@@ -212,7 +205,7 @@ class RunningRelay:
         if drain:
             self.server.request_stop()
         else:
-            self.server.server.should_exit = True
+            self.server.server.request_exit()
         self.thread.join(timeout)
         if self.thread.is_alive():
             self.server.server.force_exit = True
@@ -261,7 +254,7 @@ def start_relay_thread(settings: RelaySettings, *, timeout: float = 10.0) -> Run
     deadline = time.monotonic() + timeout
     while not server.started.is_set():
         if not thread.is_alive() or time.monotonic() > deadline:
-            server.server.should_exit = True
+            server.server.request_exit()
             thread.join(5)
             raise ServerStartError(
                 f"the relay did not start on {url} within {timeout:g}s"

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from taskapp.core.seeds import format_seeds
-from taskapp.evaluation.report import EvaluationResult
+
+if TYPE_CHECKING:
+    from taskapp.evaluation.report import EvaluationResult
 
 __all__ = ["print_result"]
 

@@ -211,3 +211,33 @@ def test_taskapp_never_imports_synth_ai() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clean"
+
+
+def test_a_module_installing_signal_handlers_loads_off_the_main_thread(tmp_path: Any) -> None:
+    """synth-ai 0.7 calls signal.signal at import; taskapp loads apps on worker threads
+    (async with, taskapp eval). The import succeeds and installs nothing there."""
+    import signal
+    import threading
+
+    from taskapp.core.importing import exec_path
+
+    path = tmp_path / "installs_handlers.py"
+    path.write_text("import signal\nsignal.signal(signal.SIGTERM, lambda *a: None)\napp = None\n")
+    before = signal.getsignal(signal.SIGTERM)
+    original = signal.signal
+    loaded: list[Any] = []
+    failed: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            loaded.append(exec_path(path))
+        except BaseException as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    worker.join(timeout=30)
+    assert not failed, failed
+    assert loaded and loaded[0].app is None
+    assert signal.getsignal(signal.SIGTERM) is before  # nothing installed from the worker
+    assert signal.signal is original  # the guard is gone

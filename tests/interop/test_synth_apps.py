@@ -292,3 +292,25 @@ def test_synth_ai_039_gen_b_config_hosted(tmp_path: Path) -> None:
     assert out["status"] == 200, out["answer"]
     assert out["answer"]["run_id"] == "b-2"
     assert out["answer"]["metrics"]["mean_return"] == 1.0
+
+
+def test_taskapp_eval_of_a_synth_ai_073_file(
+    python_073: Path, app_dir: Path, tmp_path: Path
+) -> None:
+    """``taskapp eval app.py`` loads the file on a worker thread; synth-ai 0.7.3 installs
+    signal handlers when imported, which fails off the main thread unless taskapp lets it."""
+    report_path = tmp_path / "report.json"
+    result = subprocess.run(
+        [str(python_073), "-m", "taskapp", "eval", str(app_dir / "synth_073_config_only.py"),
+         "--seeds", "0-3", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=120, env=child_env(tmp_path), cwd=tmp_path,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert {row["seed"]: row["score"] for row in report["results"]} == {
+        0: 1.0,
+        1: 0.0,
+        2: 1.0,
+        3: 0.0,
+    }

@@ -72,8 +72,11 @@ def import_from_string(spec: str) -> Any:
         raise ConfigurationError(
             f"import string {spec!r} must look like 'package.module:attribute'"
         )
+    from taskapp.core.signals import imports_off_the_main_thread
+
     try:
-        module = importlib.import_module(module_name)
+        with imports_off_the_main_thread():
+            module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and (
             module_name == exc.name or module_name.startswith(exc.name + ".")
@@ -123,8 +126,11 @@ def exec_path(path: Path) -> ModuleType:
     if added:
         sys.path.insert(0, folder)
     sys.modules[module_name] = module
+    from taskapp.core.signals import imports_off_the_main_thread
+
     try:
-        spec.loader.exec_module(module)
+        with imports_off_the_main_thread():
+            spec.loader.exec_module(module)
     except BaseException as exc:
         sys.modules.pop(module_name, None)
         if isinstance(exc, KeyboardInterrupt | SystemExit):

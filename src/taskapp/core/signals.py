@@ -34,7 +34,14 @@ from typing import Any, Protocol
 
 from taskapp.core.logs import get_logger
 
-__all__ = ["Stoppable", "activate", "call_previous", "capture_signals", "deactivate"]
+__all__ = [
+    "Stoppable",
+    "activate",
+    "call_previous",
+    "capture_signals",
+    "deactivate",
+    "imports_off_the_main_thread",
+]
 
 logger = get_logger("taskapp")
 
@@ -164,3 +171,49 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         _active.clear()
         _restore()
     call_previous(signum, frame, previous)
+
+
+_import_guard_lock = threading.Lock()
+_import_guard_depth = 0
+_original_signal: Any = None
+
+
+@contextlib.contextmanager
+def imports_off_the_main_thread() -> Iterator[None]:
+    """Import user code on a worker thread although it installs signal handlers at import.
+
+    Some task-app libraries (synth-ai 0.7's ``synth_ai.sdk.localapi``) call
+    ``signal.signal`` when imported; off the main thread that raises ``ValueError`` and
+    the import fails, as it does whenever taskapp loads an app on a worker thread (``async
+    with InProcessTaskApp``, ``taskapp eval``, a notebook). Inside this block such calls
+    made off the main thread install nothing (the handler they would have replaced stays,
+    as it must for taskapp's own handling above); calls on the main thread are unchanged.
+    """
+    global _import_guard_depth, _original_signal
+    if threading.current_thread() is threading.main_thread():
+        yield
+        return
+    with _import_guard_lock:
+        if _import_guard_depth == 0:
+            _original_signal = signal.signal
+            original = _original_signal
+
+            def guarded(signalnum: Any, handler: Any) -> Any:
+                if threading.current_thread() is threading.main_thread():
+                    return original(signalnum, handler)
+                logger.info(
+                    "skipped a signal handler for %s installed while importing off the main thread",
+                    signalnum,
+                )
+                return signal.getsignal(signalnum)
+
+            signal.signal = guarded
+        _import_guard_depth += 1
+    try:
+        yield
+    finally:
+        with _import_guard_lock:
+            _import_guard_depth -= 1
+            if _import_guard_depth == 0:
+                signal.signal = _original_signal
+                _original_signal = None

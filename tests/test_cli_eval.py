@@ -515,7 +515,7 @@ def test_eval_starts_an_app_the_way_serve_does(tmp_path: Path) -> None:
     assert too_short.returncode == 1
     assert "--health-timeout" in too_short.stderr, too_short.stderr
     assert "health_check_timeout" not in too_short.stderr
-    assert re.search(r"within \d+(\.\d{1,3})? s\b", too_short.stderr), too_short.stderr
+    assert re.search(r"within (the )?\d+(\.\d{1,3})? s\b", too_short.stderr), too_short.stderr
     enough = taskapp("eval", str(path), "--health-timeout", "20", "--port", str(port),
                      "--server", "subprocess", "--server-option", "workers=1",
                      "--rollout-timeout", "30", "--json", "-")  # fmt: skip

@@ -10,6 +10,7 @@ Chromium.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -275,12 +276,18 @@ def test_cancel_stops_a_running_job_within_seconds(
     job_id = client.submit_sync(toy_config(tmp_path, budget=2000), task_app_url=app.url,
                                 task_app_api_key=app.api_key)  # fmt: skip
     shared.wait_for(job_id, lambda job: job["metric_calls"] > 0)
-    started = time.monotonic()
-    cancel = taskapp_cli("jobs", "cancel", job_id, "--backend-url", shared.url)
-    assert cancel.returncode == 0 and "cancel" in cancel.stdout
-    job = shared.wait_for(job_id, lambda job: job["status"] == "cancelled", timeout=15)
+    # a long poll, waiting for the status to leave "running", answers when it does
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        long_poll = pool.submit(client.get_status_sync, job_id, wait=30, unless="running")
+        time.sleep(0.3)
+        assert not long_poll.done()
+        started = time.monotonic()
+        cancel = taskapp_cli("jobs", "cancel", job_id, "--backend-url", shared.url)
+        assert cancel.returncode == 0 and "cancel" in cancel.stdout
+        assert long_poll.result(timeout=15)["status"] == "cancelled"
     assert time.monotonic() - started < 10
-    assert job["error"] == "cancelled while running"
+    job = shared.api("GET", f"/api/jobs/{job_id}")
+    assert job["status"] == "cancelled" and job["error"] == "cancelled while running"
 
 
 def test_run_in_process_job(shared: Backend, tmp_path: Path) -> None:

@@ -341,6 +341,29 @@ def test_health_only_200_counts(port: int) -> None:
     assert_released(port)
 
 
+def test_health_timeout_reports_the_last_answer_before_a_late_timeout(port: int) -> None:
+    # The last try's timeout shrinks to what is left of the budget; when it runs out, the
+    # message still names the answer the app gave (here 400), not only "timeout".
+    import asyncio
+
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    calls = {"n": 0}
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            await asyncio.sleep(3)
+        return JSONResponse({"healthy": False}, status_code=400)
+
+    with pytest.raises(HealthCheckError, match=r"last result: HTTP 400, then .*timeout"):
+        InProcessTaskApp(app=app, port=port, health_check_timeout=1.0).start()
+    assert_released(port)
+
+
 def test_health_timeout_names_url(port: int) -> None:
     from fastapi import FastAPI
 

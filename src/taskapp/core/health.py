@@ -115,6 +115,7 @@ def wait_healthy(
     started = time.monotonic()
     backoff = Backoff(deadline=started + timeout)
     last = "no attempt made"
+    answered: str | None = None  # the most recent HTTP answer: more telling than a late timeout
     attempts = 0
     client = TaskAppClient(base_url, api_key, timeout=min(10.0, max(timeout, 0.5)), headers=headers)
     try:
@@ -139,13 +140,17 @@ def wait_healthy(
                         f"{key_note}). Pass the key the app expects with api_key=..., or "
                         "build the app from a TaskAppConfig so taskapp can give it the key."
                     )
-                last = f"HTTP {answer.status}"
+                last = answered = f"HTTP {answer.status}"
             logger.debug("health check %s: %s (attempt %d)", url, last, attempts)
             if backoff.expired():
                 break
             backoff.sleep()
     finally:
         client.close()
+    if answered is not None and last != answered:
+        # The last try ran into the deadline (its timeout shrinks to what is left): report
+        # the answer the app gave before it, and the late failure after it.
+        last = f"{answered}, then {last}"
     message = (
         f"{what} did not answer 200 at {url} within {limit or f'{timeout:g} s'} "
         f"({attempts} attempt(s); last result: {last}). Check that it serves GET {path} "

@@ -15,7 +15,6 @@ pass the running ``InProcessTaskApp`` itself as ``task_app_url`` (its token is u
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import os
@@ -247,8 +246,13 @@ class PromptLearningJob:
         self.job_id = str(data["id"])
         return self.job_id
 
-    async def get_status(self, job_id: str | None = None) -> dict[str, Any]:
-        return await self._request("GET", f"/api/jobs/{self._id(job_id)}", "get status")
+    async def get_status(
+        self, job_id: str | None = None, *, wait: float = 0.0, unless: str | None = None
+    ) -> dict[str, Any]:
+        """The job. With ``wait`` and ``unless``: a long poll that answers as soon as the
+        status is no longer ``unless`` (or after ``wait`` seconds)."""
+        path, extra = self._status_query(job_id, wait, unless)
+        return await self._request("GET", path, "get status", **extra)
 
     async def get_results(self, job_id: str | None = None) -> PromptLearningResult:
         data = await self._request("GET", f"/api/jobs/{self._id(job_id)}/result", "result")
@@ -270,20 +274,35 @@ class PromptLearningJob:
         """
         job_id = self._id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
+        status = await self.get_status(job_id)
         while True:
-            status = await self.get_status(job_id)
             if on_status is not None:
                 maybe = on_status(status)
                 if isinstance(maybe, Awaitable):
                     await maybe
             if status["status"] in TERMINAL:
                 return await self.get_results(job_id)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"job {job_id} is still {status['status']} after {timeout:g} s "
-                    "(it keeps running on the backend)"
-                )
-            await asyncio.sleep(interval)
+            wait = interval
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    raise TimeoutError(
+                        f"job {job_id} is still {status['status']} after {timeout:g} s "
+                        "(it keeps running on the backend)"
+                    )
+            # a long poll: the backend answers the moment the status changes
+            status = await self.get_status(job_id, wait=wait, unless=status["status"])
+
+    def _status_query(
+        self, job_id: str | None, wait: float, unless: str | None
+    ) -> tuple[str, dict[str, Any]]:
+        path = f"/api/jobs/{self._id(job_id)}"
+        if wait > 0 and unless:
+            return path, {
+                "params": {"wait": wait, "status": unless},
+                "timeout": self.timeout + wait,
+            }
+        return path, {}
 
     def _id(self, job_id: str | None) -> str:
         job_id = job_id or self.job_id
@@ -320,8 +339,11 @@ class PromptLearningJob:
         self.job_id = str(data["id"])
         return self.job_id
 
-    def get_status_sync(self, job_id: str | None = None) -> dict[str, Any]:
-        return self._request_sync("GET", f"/api/jobs/{self._id(job_id)}", "get status")
+    def get_status_sync(
+        self, job_id: str | None = None, *, wait: float = 0.0, unless: str | None = None
+    ) -> dict[str, Any]:
+        path, extra = self._status_query(job_id, wait, unless)
+        return self._request_sync("GET", path, "get status", **extra)
 
     def get_results_sync(self, job_id: str | None = None) -> PromptLearningResult:
         data = self._request_sync("GET", f"/api/jobs/{self._id(job_id)}/result", "result")
@@ -339,15 +361,20 @@ class PromptLearningJob:
     ) -> PromptLearningResult:
         job_id = self._id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
+        status = self.get_status_sync(job_id)
         while True:
-            status = self.get_status_sync(job_id)
             if on_status is not None:
                 on_status(status)
             if status["status"] in TERMINAL:
                 return self.get_results_sync(job_id)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} is still {status['status']} after {timeout:g} s")
-            time.sleep(interval)
+            wait = interval
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    raise TimeoutError(
+                        f"job {job_id} is still {status['status']} after {timeout:g} s"
+                    )
+            status = self.get_status_sync(job_id, wait=wait, unless=status["status"])
 
 
 async def run_in_process_job(

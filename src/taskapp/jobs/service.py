@@ -6,7 +6,8 @@ Every ``/api`` route needs ``Authorization: Bearer <key>`` (compared in constant
     POST /api/jobs                      submit: {config_toml, overrides, task_app_url,
                                         task_app_api_key, task_app_worker_token} -> job
     GET  /api/jobs?limit=&offset=&status=   newest first, with total
-    GET  /api/jobs/{id}                 status, scores, progress
+    GET  /api/jobs/{id}?wait=&status=   status, scores, progress (long poll: answers when
+                                        the status is no longer ``status``, or after wait s)
     GET  /api/jobs/{id}/events?after=&limit=   paged history
     GET  /api/jobs/{id}/events/stream?after=   the same as server-sent events, until done
     POST /api/jobs/{id}/cancel          stop it within seconds (status "cancelled")
@@ -158,9 +159,16 @@ def create_backend_app(store: JobStore, pool: JobPool, api_key: str) -> Any:
         return {"jobs": jobs, "total": store.count(), "limit": limit, "offset": offset}
 
     @app.get("/api/jobs/{job_id}")
-    def get_job(request: Request, job_id: str) -> dict[str, Any]:
+    def get_job(
+        request: Request, job_id: str, wait: float = 0.0, status: str | None = None
+    ) -> dict[str, Any]:
+        """``?wait=S&status=running``: answer when the status is no longer ``running``,
+        or after S seconds (at most 60): a long poll."""
         authorize(request)
-        return job_or_404(job_id)
+        job = job_or_404(job_id)
+        if wait > 0 and status is not None:
+            job = store.wait_for_change(job_id, status, min(wait, 60.0)) or job
+        return job
 
     @app.get("/api/jobs/{job_id}/events")
     def events(request: Request, job_id: str, after: int = 0, limit: int = 500) -> dict[str, Any]:

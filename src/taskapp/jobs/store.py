@@ -111,6 +111,7 @@ class JobStore:
     def __init__(self, path: str | Path, *, owner: bool = False) -> None:
         self.path = Path(path).expanduser().resolve()
         self._lock = threading.RLock()
+        self._changed = threading.Condition()  # a job's status changed (long polls wait)
         self._lock_fd: int | None = None
         if owner:
             self._take_lock()
@@ -316,6 +317,23 @@ class JobStore:
             if fields.get("error"):
                 data["error"] = fields["error"]
             self._add_event(db, job_id, "status", data)
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_change(self, job_id: str, status: str, timeout: float) -> dict[str, Any] | None:
+        """The job once its status is no longer ``status``, or after ``timeout`` seconds
+        (a long poll: the backend answers the moment a job ends)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                job = self.get(job_id)
+                remaining = deadline - time.monotonic()
+                if job is None or job["status"] != status or remaining <= 0:
+                    return job
+                self._changed.wait(min(remaining, 1.0))
 
     def request_cancel(self, job_id: str) -> dict[str, Any] | None:
         """Mark a job cancelled (queued: at once; running: the pool stops it)."""
@@ -337,6 +355,7 @@ class JobStore:
                     (time.time(), job_id),
                 )
                 self._add_event(db, job_id, "cancel_requested", {})
+        self._notify()
         return self.get(job_id)
 
     def queued(self) -> list[str]:

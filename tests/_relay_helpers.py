@@ -6,14 +6,18 @@ Everything talks to 127.0.0.1 only and is bounded in time.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
+import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import httpx
 
 from taskapp.relay import protocol as p
 from taskapp.relay.server import AdminToken, RelaySettings, RunningRelay, start_relay_thread
@@ -490,3 +494,162 @@ def relay_error(answer: Any) -> str:
     assert isinstance(error["message"], str) and error["message"], body
     code: str = error["code"]
     return code
+
+
+# -- hostile agents and error capture (test_relay_hostile, test_relay_fuzz) -------------------
+
+Frames = list[Any]  # dicts (JSON text frames), str (raw text) or bytes (binary frames)
+
+
+class ErrorRecords(logging.Handler):
+    """Every ERROR record logged anywhere (uvicorn's 'Exception in ASGI application',
+    asyncio's 'Task exception was never retrieved', the relay's own)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def unhandled(self) -> list[str]:
+        return [
+            r.getMessage()
+            for r in self.records
+            if r.exc_info is not None
+            or "Exception in ASGI" in r.getMessage()
+            or "never retrieved" in r.getMessage()
+        ]
+
+
+class ScriptedAgent:
+    """A v1 (or v2) agent on a real WebSocket whose answers a test scripts.
+
+    ``answer(request) -> frames`` gets the REQ_HEADERS frame (with ``body``: the request
+    body, collected until REQ_END) and returns the frames to send back.
+    """
+
+    def __init__(
+        self,
+        lease: dict[str, Any],
+        answer: Callable[[dict[str, Any]], Frames],
+        *,
+        attach: dict[str, Any] | None = None,
+    ) -> None:
+        self.lease = lease
+        self.answer = answer
+        self.attach = attach or {}
+        self.received: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self.closed = threading.Event()
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ws: Any = None
+        self._thread = threading.Thread(target=self._main, name="taskapp-relay-scripted")
+
+    def __enter__(self) -> ScriptedAgent:
+        self._thread.start()
+        assert self._ready.wait(10), "scripted agent never attached"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        loop, ws = self._loop, self._ws
+        if loop is not None and ws is not None and not self.closed.is_set():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(ws.close(), loop).result(5)
+        self._thread.join(10)
+
+    def send(self, frame: Any) -> None:
+        """Send one frame from the test thread."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._send(frame), self._loop).result(10)
+
+    async def _send(self, frame: Any) -> None:
+        with contextlib.suppress(Exception):
+            await self._ws.send(json.dumps(frame) if isinstance(frame, dict) else frame)
+
+    def _main(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed
+
+        self._loop = asyncio.get_running_loop()
+        lease = self.lease
+        async with connect(
+            lease["agent_connect"]["url"],
+            additional_headers={"Authorization": f"Bearer {lease['agent_connect']['agent_token']}"},
+            compression=None,
+            proxy=None,
+            max_size=None,
+        ) as ws:
+            self._ws = ws
+            attach = {
+                "type": "ATTACH",
+                "agent_id": "scripted",
+                "leases": [{"lease_id": lease["lease_id"]}],
+                "capabilities": {"max_inflight": 16, "max_body_chunk_bytes": 65536},
+                **self.attach,
+            }
+            await ws.send(json.dumps(attach))
+            self.ack = json.loads(await ws.recv())
+            self._ready.set()
+            pending: dict[str, dict[str, Any]] = {}
+            try:
+                async for raw in ws:
+                    if isinstance(raw, bytes):
+                        continue
+                    frame = json.loads(raw)
+                    self.received.append(frame)
+                    if frame["type"] == "REQ_HEADERS":
+                        pending[frame["rid"]] = {**frame, "body": b""}
+                    elif frame["type"] == "REQ_BODY":
+                        pending[frame["rid"]]["body"] += p.b64decode(frame["chunk_b64"])
+                    elif frame["type"] == "REQ_END":
+                        request = pending.pop(frame["rid"])
+                        for out in self.answer(request):
+                            await ws.send(json.dumps(out) if isinstance(out, dict) else out)
+            except ConnectionClosed:
+                pass
+            finally:
+                self.close_code = ws.close_code
+                self.closed.set()
+
+
+def head(request: dict[str, Any], status: Any = 200, headers: Any = None) -> dict[str, Any]:
+    return {
+        "type": "RESP_HEADERS",
+        "lease_id": request["lease_id"],
+        "rid": request["rid"],
+        "status": status,
+        "headers": headers if headers is not None else [["content-type", "text/plain"]],
+    }
+
+
+def body(request: dict[str, Any], data: bytes) -> dict[str, Any]:
+    return {
+        "type": "RESP_BODY",
+        "lease_id": request["lease_id"],
+        "rid": request["rid"],
+        "chunk_b64": base64.b64encode(data).decode(),
+        "eof": False,
+    }
+
+
+def end(request: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "RESP_END", "lease_id": request["lease_id"], "rid": request["rid"]}
+
+
+def call(lease: dict[str, Any], path: str = "/x", **kwargs: Any) -> httpx.Response:
+    return httpx.request(
+        kwargs.pop("method", "GET"),
+        lease["public_url"] + path,
+        headers={"X-SynthTunnel-Worker-Token": lease["worker_token"]},
+        timeout=10,
+        **kwargs,
+    )
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth

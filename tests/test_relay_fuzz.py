@@ -22,9 +22,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taskapp.relay import protocol as p
-from tests._relay_helpers import ADMIN, create_lease, relay_error, relay_threads, running_relay
+from tests._relay_helpers import (
+    ADMIN,
+    ErrorRecords,
+    ScriptedAgent,
+    body,
+    call,
+    create_lease,
+    end,
+    head,
+    relay_error,
+    relay_threads,
+    running_relay,
+)
 from tests.conftest import wait_until as wait_for
-from tests.test_relay_hostile import ErrorRecords, ScriptedAgent, body, call, end, head
 
 LONG = os.environ.get("TASKAPP_FUZZ", "").lower() == "long"
 FUZZ = settings(

@@ -212,6 +212,9 @@ def main() -> None:
     taskapp = shutil.which("taskapp")
     if taskapp is None:
         sys.exit("the taskapp console script is not installed: pip install -e .")
+    from taskapp.core.serving import describe_stack
+
+    print(f"stack: {describe_stack()}")
     with tempfile.TemporaryDirectory() as tmp:
         remote = local = None
         if args.setup in ("both", "remote"):

@@ -29,7 +29,6 @@ when they are installed (the ``ray`` extra brings them); run it in a venv with p
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -45,16 +44,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from taskapp import InProcessTaskApp
+from taskapp.core.serving import describe_stack
 from taskapp.examples.support_intents import build_config
 
 ROLLOUT = {"run_id": "load", "env": {"seed": 3}, "policy": {"config": {}}}
-
-
-def stack() -> str:
-    fast = [m for m in ("uvloop", "httptools") if importlib.util.find_spec(m) is not None]
-    if not fast:
-        return "plain (asyncio event loop, h11 HTTP parser)"
-    return ", ".join(fast) + " (uvicorn's auto picks them)"
 
 
 def rss_mib(pids: list[int]) -> float:
@@ -173,7 +166,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
-    print(f"stack: {stack()}", flush=True)
+    print(f"stack: {describe_stack()}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
     post = workdir / "rollout.lua"
     post.write_text(
@@ -250,7 +243,7 @@ def main() -> int:
         args.json.write_text(
             json.dumps(
                 {
-                    "stack": stack(),
+                    "stack": describe_stack(),
                     "samples": samples,
                     "rss_before": rss_before,
                     "rss_after": rss_after,

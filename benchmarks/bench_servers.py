@@ -46,6 +46,7 @@ from taskapp import InProcessTaskApp
 from taskapp.core.health import wait_healthy
 from taskapp.core.ports import bind_listener
 from taskapp.core.processes import spawn
+from taskapp.core.serving import describe_stack
 
 APP = """
 import os
@@ -286,6 +287,7 @@ def main() -> int:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     os.environ["BENCH_WORK"] = str(args.work)
+    print(f"stack: {describe_stack()}")
     with tempfile.TemporaryDirectory(prefix="taskapp-bench-") as tmp:
         app_path = Path(tmp) / "bench_app.py"
         app_path.write_text(APP)

@@ -27,15 +27,15 @@ __all__ = ["free_port", "port_is_free", "wait_until"]
 
 def server_stack() -> str:
     """Which stack uvicorn's ``auto`` picks here: 'plain' (asyncio, h11) or 'fast' (uvloop, httptools)."""
-    import importlib.util
+    from taskapp.core.serving import describe_stack
 
-    fast = [m for m in ("uvloop", "httptools") if importlib.util.find_spec(m) is not None]
-    return "fast" if fast else "plain"
+    return "plain" if describe_stack().startswith("plain") else "fast"
 
 
 def pytest_report_header(config: Any) -> str:
-    names = {"plain": "asyncio loop, h11", "fast": "uvloop and/or httptools installed"}
-    return f"taskapp server stack: {server_stack()} ({names[server_stack()]})"
+    from taskapp.core.serving import describe_stack
+
+    return f"taskapp server stack: {describe_stack()}"
 
 
 def pytest_configure(config: Any) -> None:

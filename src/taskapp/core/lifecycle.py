@@ -108,13 +108,13 @@ class InProcessTaskApp:
 
     Pass exactly one of ``app`` (an ASGI app, or a ``"module:attr"`` import string),
     ``config`` (a :class:`~taskapp.TaskAppConfig`), ``config_factory`` (a callable
-    returning either) or ``task_app_path`` (a ``.py`` file)::
+    returning either) or ``task_app_path`` (a ``.py`` file, or a file a loader plugin takes)::
 
         async with InProcessTaskApp(config=build_config(), port=8114) as task_app:
             print(task_app.url)        # http://127.0.0.1:8114
             ...                        # hand task_app.url and task_app.api_key to a job
 
-        with InProcessTaskApp(task_app_path="my_app.py") as task_app:  # from plain scripts
+        with InProcessTaskApp(task_app_path="my_app.py") as task_app:  # scripts, notebooks
             ...
 
     Differences from synth-ai's class of the same name: ``tunnel_mode`` defaults to

@@ -16,9 +16,21 @@ from typing import Any
 
 from taskapp.core.logs import get_logger
 
-__all__ = ["fast_exit_server_class", "without_access_log"]
+__all__ = ["describe_stack", "fast_exit_server_class", "without_access_log"]
 
 logger = get_logger("taskapp.server.thread")
+
+
+def describe_stack() -> str:
+    """The stack uvicorn's ``auto`` settings pick in this environment, for test headers and
+    benchmark reports: ``"plain (asyncio event loop, h11)"`` after a plain install, or the
+    fast modules found (the ``ray`` extra brings uvloop and httptools)."""
+    import importlib.util
+
+    fast = [name for name in ("uvloop", "httptools") if importlib.util.find_spec(name)]
+    if not fast:
+        return "plain (asyncio event loop, h11)"
+    return " + ".join(fast) + " (uvicorn's auto picks them)"
 
 
 @functools.cache

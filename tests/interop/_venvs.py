@@ -190,20 +190,30 @@ def python_for(version: str) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    """Build the venvs (all four at once: pip mostly waits on the network)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     versions = [arg for arg in argv if not arg.startswith("-")] or list(VERSIONS)
-    status = 0
-    for version in versions:
-        if "--check" in argv:
+    if "--check" in argv:
+        for version in versions:
             print(f"synth-ai {version}: {'ready' if ready(version) else 'missing'}")
-            continue
+        return 0
+
+    def one(version: str) -> tuple[str, str | None, float]:
         started = time.monotonic()
         try:
-            python = build(version)
-        except (Unavailable, RuntimeError) as exc:
-            print(f"synth-ai {version}: FAILED: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        print(f"synth-ai {version}: {python} ({time.monotonic() - started:.1f} s)")
+            return str(build(version)), None, time.monotonic() - started
+        except (Unavailable, RuntimeError, subprocess.SubprocessError) as exc:
+            return "", str(exc), time.monotonic() - started
+
+    status = 0
+    with ThreadPoolExecutor(max_workers=len(versions)) as pool:
+        for version, (python, error, took) in zip(versions, pool.map(one, versions), strict=True):
+            if error is not None:
+                print(f"synth-ai {version}: FAILED: {error}", file=sys.stderr)
+                status = 1
+            else:
+                print(f"synth-ai {version}: {python} ({took:.1f} s)")
     return status
 
 

@@ -224,3 +224,57 @@ def test_relay_listeners_say_tcp_so_asyncio_sets_nodelay() -> None:
         assert server.sock.proto == socket.IPPROTO_TCP
         assert server.sock.getsockname() == plain.getsockname()
         server.sock.close()
+
+
+def test_concurrency_equal_to_max_inflight_gets_no_503() -> None:
+    """As many keep-alive callers as the agent's max_inflight, each sending its next request
+    as soon as the answer arrives: every request is served. The relay once freed a lease's
+    in-flight slot only after cleanup that awaited, so the next request on the same
+    connection found it taken (about 20% 503 too_many_inflight)."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from taskapp import InProcessTaskApp
+    from tests._relay_helpers import ADMIN, TaskAppProbe, running_relay
+    from tests.conftest import free_port
+
+    async def load(url: str, token: str, conc: int, per: int) -> dict[int, int]:
+        parts = urlsplit(url)
+        codes: dict[int, int] = {}
+
+        async def worker() -> None:
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            head_lines = (
+                f"GET {parts.path}/health HTTP/1.1\r\nHost: load\r\n"
+                f"X-SynthTunnel-Worker-Token: {token}\r\n\r\n"
+            ).encode()
+            for _ in range(per):
+                writer.write(head_lines)
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                codes[int(head.split()[1])] = codes.get(int(head.split()[1]), 0) + 1
+                lengths = [x for x in head.split("\r\n") if x.lower().startswith("content-length")]
+                if lengths:
+                    await reader.readexactly(int(lengths[0].split(":")[1]))
+                    continue
+                while True:  # chunked
+                    size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+                    await reader.readexactly(size + 2)
+                    if size == 0:
+                        break
+            writer.close()
+
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(conc))), 60)
+        return codes
+
+    with running_relay() as relay:
+        for proto in ("v1", "v2"):
+            options = {"relay_url": relay.url, "admin_token": ADMIN, "protocol": proto}
+            with InProcessTaskApp(
+                app=TaskAppProbe(),
+                port=free_port(),
+                tunnel_mode="synthtunnel",
+                tunnel_options={**options, "max_inflight": 8},
+            ) as task_app:
+                assert task_app.url and task_app.task_app_worker_token
+                codes = asyncio.run(load(task_app.url, task_app.task_app_worker_token, 8, 100))
+                assert codes == {200: 800}, (proto, codes)

@@ -144,16 +144,40 @@ class JobPool:
 
     def _execute(self, job_id: str, stop_event: threading.Event) -> None:
         from taskapp.optimize.errors import OptimizeError
-        from taskapp.optimize.result import OptimizeResult
         from taskapp.optimize.runner import run_config
+
+        started = self._start(job_id)
+        if started is None:
+            return
+        job, config = started
+        result: Any = None
+        error: str | None = None
+        try:
+            result = run_config(
+                job["task_app_url"],
+                config,
+                api_key=job["task_app_key"],
+                worker_token=job["worker_token"],
+                on_progress=lambda event: self._progress(job_id, event),
+                stop_event=stop_event,
+            )
+        except OptimizeError as exc:
+            result, error = exc.result, exc.message
+        except (ConfigurationError, TaskAppError) as exc:
+            error = getattr(exc, "message", None) or str(exc)
+        self._conclude(job_id, result, error)
+
+    def _start(self, job_id: str) -> tuple[dict[str, Any], Any] | None:
+        """Mark the job running; (job with secrets, its OptimizeConfig for this attempt),
+        or None when there is nothing to run (gone, cancelled, or already finished)."""
         from taskapp.optimize.settings import OptimizeConfig
 
         job = self.store.get(job_id, secrets=True)
         if job is None or job["status"] != "queued":
-            return
+            return None
         if job["cancel_requested"]:
             self.store.set_status(job_id, "cancelled", finished_at=time.time())
-            return
+            return None
         run_dir = self.runs_dir / job_id
         resume = (run_dir / "run.json").is_file()
         self.store.set_status(
@@ -166,36 +190,23 @@ class JobPool:
         done = _finished_before(run_dir, config) if resume else None
         if done is not None:  # the result was saved just before the backend stopped
             self._finish(job_id, "succeeded", done, None)
-            return
+            return None
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # a start that never reached its baseline
-        config = config.replace(output_dir=run_dir, resume=resume)
+        return job, config.replace(output_dir=run_dir, resume=resume)
 
-        def progress(event: dict[str, Any]) -> None:
-            fields: dict[str, Any] = {}
-            if event.get("best_score") is not None:
-                fields["best_score"] = event["best_score"]
-            if event.get("metric_calls") is not None:
-                fields["metric_calls"] = event["metric_calls"]
-            if event.get("event") == "baseline" and event.get("score") is not None:
-                fields["baseline_score"] = event["score"]
-            self.store.add_event(job_id, str(event.get("event")), event, **fields)
+    def _progress(self, job_id: str, event: dict[str, Any]) -> None:
+        """One progress event of the run: recorded, and the job's scores updated."""
+        fields: dict[str, Any] = {}
+        if event.get("best_score") is not None:
+            fields["best_score"] = event["best_score"]
+        if event.get("metric_calls") is not None:
+            fields["metric_calls"] = event["metric_calls"]
+        if event.get("event") == "baseline" and event.get("score") is not None:
+            fields["baseline_score"] = event["score"]
+        self.store.add_event(job_id, str(event.get("event")), event, **fields)
 
-        result: OptimizeResult | None = None
-        error: str | None = None
-        try:
-            result = run_config(
-                job["task_app_url"],
-                config,
-                api_key=job["task_app_key"],
-                worker_token=job["worker_token"],
-                on_progress=progress,
-                stop_event=stop_event,
-            )
-        except OptimizeError as exc:
-            result, error = exc.result, exc.message
-        except (ConfigurationError, TaskAppError) as exc:
-            error = getattr(exc, "message", None) or str(exc)
+    def _conclude(self, job_id: str, result: Any, error: str | None) -> None:
         with self._lock:
             cancelled = job_id in self._cancelled
         if error is not None:

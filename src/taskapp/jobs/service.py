@@ -35,7 +35,7 @@ from taskapp.core.secrets import register_secret
 from taskapp.jobs.pool import JobPool
 from taskapp.jobs.store import TERMINAL, JobStore, StoreError
 
-__all__ = ["RELAY_PATH", "create_backend_app", "is_relay_url"]
+__all__ = ["RELAY_PATH", "ApiError", "BackendApi", "create_backend_app", "is_relay_url"]
 
 logger = get_logger("taskapp.jobs")
 
@@ -47,36 +47,38 @@ def is_relay_url(url: str) -> bool:
     return bool(RELAY_PATH.search(url.split("?", 1)[0]))
 
 
-def create_backend_app(store: JobStore, pool: JobPool, api_key: str) -> Any:
-    """The FastAPI app of ``taskapp backend serve`` over ``store`` and ``pool``."""
-    from taskapp.jobs.page import PAGE_HTML
+class ApiError(Exception):
+    """An error answer: ``{"error": {"type": kind, "message": message}}``."""
 
-    if not api_key:
-        raise ConfigurationError("the backend needs an API key")
-    register_secret(api_key)
-    expected = api_key.encode()
-    app = FastAPI(title="taskapp job backend", docs_url=None, redoc_url=None, openapi_url=None)
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
 
-    class ApiError(Exception):
-        def __init__(self, status: int, kind: str, message: str) -> None:
-            self.status, self.kind, self.message = status, kind, message
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"type": exc.kind, "message": exc.message}}, status_code=exc.status
-        )
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"error": {"type": exc.kind, "message": exc.message}}, exc.status)
 
-    @app.exception_handler(StoreError)
-    async def store_error(request: Request, exc: StoreError) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"type": "store_error", "message": exc.message}}, status_code=503
-        )
 
-    def authorize(request: Request) -> None:
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StoreError)
+    return JSONResponse({"error": {"type": "store_error", "message": exc.message}}, 503)
+
+
+class BackendApi:
+    """The route handlers, over one store, pool and key."""
+
+    def __init__(self, store: JobStore, pool: JobPool, api_key: str) -> None:
+        self.store = store
+        self.pool = pool
+        self._expected = api_key.encode()
+
+    def authorize(self, request: Request) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self._expected
+        ):
             raise ApiError(
                 401,
                 "unauthorized",
@@ -84,145 +86,162 @@ def create_backend_app(store: JobStore, pool: JobPool, api_key: str) -> Any:
                 "of --api-key-file or $TASKAPP_BACKEND_API_KEY)",
             )
 
-    def job_or_404(job_id: str) -> dict[str, Any]:
-        job = store.get(job_id)
+    def job_or_404(self, job_id: str) -> dict[str, Any]:
+        job = self.store.get(job_id)
         if job is None:
             raise ApiError(404, "not_found", f"no job {job_id!r}")
         return job
 
-    @app.get("/", response_class=HTMLResponse)
-    async def page() -> HTMLResponse:
+    async def page(self) -> HTMLResponse:
+        from taskapp.jobs.page import PAGE_HTML
+
         return HTMLResponse(PAGE_HTML)
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "running": pool.running(), "workers": pool.workers}
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "running": self.pool.running(), "workers": self.pool.workers}
 
-    @app.post("/api/jobs", status_code=201)
-    def submit(request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        authorize(request)
-        from taskapp.optimize.prompt_learning import parse_prompt_learning
-
-        text = body.get("config_toml")
-        if not isinstance(text, str):
-            raise ApiError(400, "bad_request", "config_toml (the TOML text) is required")
-        overrides = body.get("overrides") or {}
-        if not isinstance(overrides, dict):
-            raise ApiError(400, "bad_request", "overrides must be an object")
-        source = str(body.get("config_name") or "config")
+    def submit(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        self.authorize(request)
         try:
-            spec = parse_prompt_learning(text, source=source, overrides=overrides)
-            url = body.get("task_app_url") or spec.task_app_url
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ConfigurationError(
-                    "no task app URL: pass task_app_url, or set prompt_learning.task_app_url"
-                )
-            key = body.get("task_app_api_key")
-            if not key and spec.task_app_api_key:
-                key = spec.task_app_key()
-            token = body.get("task_app_worker_token") or None
-            if is_relay_url(url) and not token:
-                raise ConfigurationError(
-                    f"{url} is a taskapp relay URL: it needs the lease's worker token "
-                    "(task_app_worker_token)"
-                )
-            config = spec.config.to_dict()
+            spec, url, key, token = _submission(body)
         except ConfigurationError as exc:
             raise ApiError(400, "configuration_error", exc.message) from None
         register_secret(key)
         register_secret(token)
-        job_id = store.create(
-            config,
+        job_id = self.store.create(
+            spec.config.to_dict(),
             task_app_url=url.rstrip("/"),
             task_app_key=key or None,
             worker_token=token,
             warnings=spec.warnings,
         )
-        pool.notify()
+        self.pool.notify()
         logger.info("job %s submitted for %s", job_id, url)
-        job = store.get(job_id)
-        assert job is not None
+        job = self.job_or_404(job_id)
         job["warnings"] = spec.warnings
         return job
 
-    @app.get("/api/jobs")
     def list_jobs(
-        request: Request, limit: int = 50, offset: int = 0, status: str | None = None
+        self, request: Request, limit: int = 50, offset: int = 0, status: str | None = None
     ) -> dict[str, Any]:
-        authorize(request)
+        self.authorize(request)
         if not 1 <= limit <= 500 or offset < 0:
             raise ApiError(400, "bad_request", "limit must be 1..500 and offset >= 0")
         try:
-            jobs = store.list_jobs(limit=limit, offset=offset, status=status)
+            jobs = self.store.list_jobs(limit=limit, offset=offset, status=status)
         except ConfigurationError as exc:
             raise ApiError(400, "bad_request", exc.message) from None
-        return {"jobs": jobs, "total": store.count(), "limit": limit, "offset": offset}
+        return {"jobs": jobs, "total": self.store.count(), "limit": limit, "offset": offset}
 
-    @app.get("/api/jobs/{job_id}")
     def get_job(
-        request: Request, job_id: str, wait: float = 0.0, status: str | None = None
+        self, request: Request, job_id: str, wait: float = 0.0, status: str | None = None
     ) -> dict[str, Any]:
         """``?wait=S&status=running``: answer when the status is no longer ``running``,
         or after S seconds (at most 60): a long poll."""
-        authorize(request)
-        job = job_or_404(job_id)
+        self.authorize(request)
+        job = self.job_or_404(job_id)
         if wait > 0 and status is not None:
-            job = store.wait_for_change(job_id, status, min(wait, 60.0)) or job
+            job = self.store.wait_for_change(job_id, status, min(wait, 60.0)) or job
         return job
 
-    @app.get("/api/jobs/{job_id}/events")
-    def events(request: Request, job_id: str, after: int = 0, limit: int = 500) -> dict[str, Any]:
-        authorize(request)
-        job = job_or_404(job_id)
-        page = store.events(job_id, after=after, limit=max(1, min(limit, 5000)))
+    def events(
+        self, request: Request, job_id: str, after: int = 0, limit: int = 500
+    ) -> dict[str, Any]:
+        self.authorize(request)
+        job = self.job_or_404(job_id)
+        page = self.store.events(job_id, after=after, limit=max(1, min(limit, 5000)))
         return {
             "events": page,
             "next_after": page[-1]["seq"] if page else after,
             "status": job["status"],
         }
 
-    @app.get("/api/jobs/{job_id}/events/stream")
-    async def stream(request: Request, job_id: str, after: int = 0) -> StreamingResponse:
-        authorize(request)
-        job_or_404(job_id)
-
-        async def generate() -> AsyncIterator[str]:
-            last = after
-            while True:
-                page = await asyncio.to_thread(store.events, job_id, after=last, limit=500)
-                for event in page:
-                    last = event["seq"]
-                    yield f"id: {last}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
-                if not page:
-                    job = await asyncio.to_thread(store.get, job_id)
-                    if job is None or job["status"] in TERMINAL:
-                        end = json.dumps({"status": job and job["status"]})
-                        yield f"event: end\ndata: {end}\n\n"
-                        return
-                    if await request.is_disconnected():
-                        return
-                    yield ": keep-alive\n\n"
-                    await asyncio.sleep(0.25)
-
+    async def stream(self, request: Request, job_id: str, after: int = 0) -> StreamingResponse:
+        self.authorize(request)
+        self.job_or_404(job_id)
         return StreamingResponse(
-            generate(),
+            self._sse(request, job_id, after),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.post("/api/jobs/{job_id}/cancel")
-    def cancel(request: Request, job_id: str) -> dict[str, Any]:
-        authorize(request)
-        job_or_404(job_id)
-        job = pool.cancel(job_id)
+    async def _sse(self, request: Request, job_id: str, after: int) -> AsyncIterator[str]:
+        last = after
+        while True:
+            page = await asyncio.to_thread(self.store.events, job_id, after=last, limit=500)
+            for event in page:
+                last = event["seq"]
+                yield f"id: {last}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
+            if page:
+                continue
+            job = await asyncio.to_thread(self.store.get, job_id)
+            if job is None or job["status"] in TERMINAL:
+                end = json.dumps({"status": job and job["status"]})
+                yield f"event: end\ndata: {end}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            yield ": keep-alive\n\n"
+            await asyncio.sleep(0.25)
+
+    def cancel(self, request: Request, job_id: str) -> dict[str, Any]:
+        self.authorize(request)
+        self.job_or_404(job_id)
+        job = self.pool.cancel(job_id)
         assert job is not None
         return job
 
-    @app.get("/api/jobs/{job_id}/result")
-    def result(request: Request, job_id: str) -> dict[str, Any]:
-        authorize(request)
-        job = job_or_404(job_id)
-        data = store.result(job_id)
-        return {"job": job, "result": data}
+    def result(self, request: Request, job_id: str) -> dict[str, Any]:
+        self.authorize(request)
+        job = self.job_or_404(job_id)
+        return {"job": job, "result": self.store.result(job_id)}
 
+
+def _submission(body: dict[str, Any]) -> tuple[Any, str, str | None, str | None]:
+    """(PromptLearningSpec, task app URL, key, worker token) of a submit request."""
+    from taskapp.optimize.prompt_learning import parse_prompt_learning
+
+    text = body.get("config_toml")
+    if not isinstance(text, str):
+        raise ConfigurationError("config_toml (the TOML text) is required")
+    overrides = body.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigurationError("overrides must be an object")
+    source = str(body.get("config_name") or "config")
+    spec = parse_prompt_learning(text, source=source, overrides=overrides)
+    url = body.get("task_app_url") or spec.task_app_url
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigurationError(
+            "no task app URL: pass task_app_url, or set prompt_learning.task_app_url"
+        )
+    key = body.get("task_app_api_key") or None
+    if not key and spec.task_app_api_key:
+        key = spec.task_app_key()
+    token = body.get("task_app_worker_token") or None
+    if is_relay_url(url) and not token:
+        raise ConfigurationError(
+            f"{url} is a taskapp relay URL: it needs the lease's worker token "
+            "(task_app_worker_token)"
+        )
+    return spec, url, key, token
+
+
+def create_backend_app(store: JobStore, pool: JobPool, api_key: str) -> Any:
+    """The FastAPI app of ``taskapp backend serve`` over ``store`` and ``pool``."""
+    if not api_key:
+        raise ConfigurationError("the backend needs an API key")
+    register_secret(api_key)
+    api = BackendApi(store, pool, api_key)
+    app = FastAPI(title="taskapp job backend", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StoreError, _store_error)
+    app.add_api_route("/", api.page, methods=["GET"], response_class=HTMLResponse)
+    app.add_api_route("/health", api.health, methods=["GET"])
+    app.add_api_route("/api/jobs", api.submit, methods=["POST"], status_code=201)
+    app.add_api_route("/api/jobs", api.list_jobs, methods=["GET"])
+    app.add_api_route("/api/jobs/{job_id}", api.get_job, methods=["GET"])
+    app.add_api_route("/api/jobs/{job_id}/events", api.events, methods=["GET"])
+    app.add_api_route("/api/jobs/{job_id}/events/stream", api.stream, methods=["GET"])
+    app.add_api_route("/api/jobs/{job_id}/cancel", api.cancel, methods=["POST"])
+    app.add_api_route("/api/jobs/{job_id}/result", api.result, methods=["GET"])
     return app

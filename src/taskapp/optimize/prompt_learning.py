@@ -308,32 +308,12 @@ class _Reader:
                 f"is {algorithm!r}: taskapp runs 'gepa' only (the open-source GEPA engine)",
             )
         self.check_keys()
-        for key in ("gepa.proposer_mode", "gepa.proposer_type"):
-            proposer = self.str_(key)
-            if proposer is not None and proposer.lower() not in ("gepa-ai", "gepa", "gepa_ai"):
-                self.warnings.append(
-                    f"{self.name(key)} = {proposer!r} runs as 'gepa-ai' (the open-source "
-                    "GEPA proposer is the one taskapp has)"
-                )
+        self.check_proposer()
         fields: dict[str, Any] = {}
         seed_prompt = self.initial_prompt()
         if seed_prompt is not None:
             fields["seed_prompt"] = seed_prompt
-        for key, field in (
-            ("gepa.evaluation.train_seeds", "train_seeds"),
-            ("gepa.evaluation.val_seeds", "val_seeds"),
-            ("gepa.evaluation.validation_seeds", "val_seeds"),
-            ("gepa.evaluation.test_seeds", "test_seeds"),
-            ("gepa.evaluation.test_pool", "test_seeds"),
-        ):
-            value = self.get(key)
-            if value is None:
-                continue
-            if not isinstance(value, str | list | dict):
-                raise self.fail(key, "must be a list, {start, end} or a string like '0-29'")
-            from taskapp.core.seeds import parse_seeds
-
-            fields[field] = parse_seeds(value, what=self.name(key))
+        fields.update(self.seeds())
         budget = self.int_("gepa.rollout.budget", minimum=1)
         if budget is None:
             budget = self.int_("termination_config.max_rollouts", minimum=1)
@@ -380,6 +360,34 @@ class _Reader:
             source=self.source,
         )
         return spec
+
+    def check_proposer(self) -> None:
+        for key in ("gepa.proposer_mode", "gepa.proposer_type"):
+            proposer = self.str_(key)
+            if proposer is not None and proposer.lower() not in ("gepa-ai", "gepa", "gepa_ai"):
+                self.warnings.append(
+                    f"{self.name(key)} = {proposer!r} runs as 'gepa-ai' (the open-source "
+                    "GEPA proposer is the one taskapp has)"
+                )
+
+    def seeds(self) -> dict[str, list[int]]:
+        from taskapp.core.seeds import parse_seeds
+
+        fields: dict[str, list[int]] = {}
+        for key, field in (
+            ("gepa.evaluation.train_seeds", "train_seeds"),
+            ("gepa.evaluation.val_seeds", "val_seeds"),
+            ("gepa.evaluation.validation_seeds", "val_seeds"),
+            ("gepa.evaluation.test_seeds", "test_seeds"),
+            ("gepa.evaluation.test_pool", "test_seeds"),
+        ):
+            value = self.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str | list | dict):
+                raise self.fail(key, "must be a list, {start, end} or a string like '0-29'")
+            fields[field] = parse_seeds(value, what=self.name(key))
+        return fields
 
     def initial_prompt(self) -> str | dict[str, str] | None:
         value = self.get("initial_prompt")

@@ -169,10 +169,10 @@ async def _ingress(
             method=scope["method"],
         )
     finally:
-        if body_task is not None and not body_task.done():
-            body_task.cancel()
-            with contextlib.suppress(BaseException):
-                await body_task
+        # Release the lease's in-flight slot before anything awaits: the caller already has
+        # its answer and may send the next request on this keep-alive connection, which
+        # must not find the slot still taken (503 too_many_inflight at concurrency equal to
+        # the agent's max_inflight).
         session.close_stream(stream)
         lease.inflight -= 1
         state.active_streams -= 1
@@ -182,6 +182,10 @@ async def _ingress(
         lease.bytes_out += info["out"]
         state.counters["bytes_in"] += info["in"]
         state.counters["bytes_out"] += info["out"]
+        if body_task is not None and not body_task.done():
+            body_task.cancel()
+            with contextlib.suppress(BaseException):
+                await body_task
 
 
 async def _pump_request(

@@ -241,3 +241,29 @@ def test_a_module_installing_signal_handlers_loads_off_the_main_thread(tmp_path:
     assert loaded and loaded[0].app is None
     assert signal.getsignal(signal.SIGTERM) is before  # nothing installed from the worker
     assert signal.signal is original  # the guard is gone
+
+
+def test_a_module_loaded_on_the_main_thread_keeps_sigint_and_sigterm_alone(
+    tmp_path: Any,
+) -> None:
+    """On the main thread an import-time SIGTERM/SIGINT handler would replace taskapp's
+    (``taskapp serve`` could no longer be stopped); other signals are installed."""
+    import signal
+
+    from taskapp.core.importing import exec_path
+
+    path = tmp_path / "installs_on_main.py"
+    path.write_text(
+        "import signal\n"
+        "signal.signal(signal.SIGTERM, lambda *a: None)\n"
+        "signal.signal(signal.SIGINT, lambda *a: None)\n"
+        "signal.signal(signal.SIGUSR2, lambda *a: None)\n"
+    )
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    usr2 = signal.getsignal(signal.SIGUSR2)
+    try:
+        exec_path(path)
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+        assert signal.getsignal(signal.SIGUSR2) is not usr2  # not ours to refuse
+    finally:
+        signal.signal(signal.SIGUSR2, usr2)

@@ -314,3 +314,34 @@ def test_taskapp_eval_of_a_synth_ai_073_file(
         2: 1.0,
         3: 0.0,
     }
+
+
+def test_taskapp_serve_of_a_synth_ai_073_file_stops_on_sigterm(
+    python_073: Path, app_dir: Path, tmp_path: Path
+) -> None:
+    """synth-ai 0.7.3's import installs its own SIGINT/SIGTERM handlers (which do not
+    exit); loaded by ``taskapp serve`` they must not replace taskapp's."""
+    import signal
+
+    child = subprocess.Popen(
+        [str(python_073), "-m", "taskapp", "serve", str(app_dir / "synth_073_config_only.py"),
+         "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env=child_env(tmp_path), cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        lines = []
+        for line in child.stdout:
+            lines.append(line)
+            if line.strip().startswith("url:"):
+                break
+        url = lines[-1].split("url:", 1)[1].strip() if lines else ""
+        assert url.startswith("http://127.0.0.1:"), "".join(lines)
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+            pytest.fail("taskapp serve ignored SIGTERM (synth-ai's handler replaced taskapp's)")

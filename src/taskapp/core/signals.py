@@ -176,43 +176,53 @@ def _handle(signum: int, frame: FrameType | None) -> None:
 _import_guard_lock = threading.Lock()
 _import_guard_depth = 0
 _original_signal: Any = None
+_importing_threads: dict[int, int] = {}  # thread id -> nesting depth of guarded imports
 
 
 @contextlib.contextmanager
 def imports_off_the_main_thread() -> Iterator[None]:
-    """Import user code on a worker thread although it installs signal handlers at import.
+    """Import user code that installs signal handlers at import, without letting it.
 
     Some task-app libraries (synth-ai 0.7's ``synth_ai.sdk.localapi``) call
-    ``signal.signal`` when imported; off the main thread that raises ``ValueError`` and
-    the import fails, as it does whenever taskapp loads an app on a worker thread (``async
-    with InProcessTaskApp``, ``taskapp eval``, a notebook). Inside this block such calls
-    made off the main thread install nothing (the handler they would have replaced stays,
-    as it must for taskapp's own handling above); calls on the main thread are unchanged.
+    ``signal.signal`` for SIGINT and SIGTERM when imported: off the main thread that
+    raises ``ValueError`` and the import fails (taskapp loads apps on a worker thread in
+    ``async with InProcessTaskApp``, ``taskapp eval``, a notebook); on the main thread it
+    replaces taskapp's handlers, so Ctrl-C and SIGTERM no longer stop ``taskapp serve``.
+    Inside this block such calls made by the importing thread install nothing (logged at
+    INFO): SIGINT and SIGTERM on the main thread, every signal off it. Other threads'
+    calls (taskapp's own handlers) are unaffected.
     """
     global _import_guard_depth, _original_signal
-    if threading.current_thread() is threading.main_thread():
-        yield
-        return
     with _import_guard_lock:
         if _import_guard_depth == 0:
             _original_signal = signal.signal
             original = _original_signal
 
             def guarded(signalnum: Any, handler: Any) -> Any:
-                if threading.current_thread() is threading.main_thread():
-                    return original(signalnum, handler)
+                on_main = threading.current_thread() is threading.main_thread()
+                importing = threading.get_ident() in _importing_threads
+                if not importing or (on_main and signalnum not in SIGNALS):
+                    return original(signalnum, handler)  # not from the imported code
                 logger.info(
-                    "skipped a signal handler for %s installed while importing off the main thread",
+                    "skipped a handler for signal %s installed by code taskapp was importing "
+                    "(taskapp handles SIGINT and SIGTERM itself)",
                     signalnum,
                 )
                 return signal.getsignal(signalnum)
 
             signal.signal = guarded
         _import_guard_depth += 1
+        _importing_threads[threading.get_ident()] = (
+            _importing_threads.get(threading.get_ident(), 0) + 1
+        )
     try:
         yield
     finally:
         with _import_guard_lock:
+            ident = threading.get_ident()
+            _importing_threads[ident] -= 1
+            if not _importing_threads[ident]:
+                del _importing_threads[ident]
             _import_guard_depth -= 1
             if _import_guard_depth == 0:
                 signal.signal = _original_signal

@@ -306,7 +306,7 @@ def test_run_in_process_job(shared: Backend, tmp_path: Path) -> None:
             backend_url=shared.url,
             api_key=KEY,
             config_factory=build_config,
-            overrides={"gepa.rollout.budget": 150},
+            overrides={"gepa.rollout.budget": 150, "policy.api_key": "sk-policy-secret-123"},
             timeout=90,
             poll_interval=0.2,
             on_status=lambda job: seen.append(job["status"]),
@@ -318,6 +318,10 @@ def test_run_in_process_job(shared: Backend, tmp_path: Path) -> None:
     assert result.best_prompt and seen[-1] == "succeeded"
     job = shared.api("GET", f"/api/jobs/{result.job_id}")
     assert job["budget"] == 150 and job["metric_calls"] <= 150
+    # a secret in the policy reaches the task app but never the API's answers
+    assert job["config"]["policy"]["api_key"].startswith("[redacted sha256:")
+    listed = shared.api("GET", "/api/jobs")
+    assert "sk-policy-secret-123" not in json.dumps(listed) + json.dumps(result.raw)
 
 
 def test_a_task_app_behind_the_relay_gets_its_worker_token(shared: Backend, tmp_path: Path) -> None:

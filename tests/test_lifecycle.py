@@ -311,12 +311,18 @@ def lifespan_crash_app() -> Any:
     return FastAPI(lifespan=lifespan)
 
 
-def test_lifespan_crash_fails_at_once_with_original_exception(port: int) -> None:
+def test_lifespan_crash_fails_at_once_with_original_exception(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
     started = time.monotonic()
-    with pytest.raises(ServerStartError, match="database unreachable") as info:
-        InProcessTaskApp(app=lifespan_crash_app(), port=port, health_check_timeout=30).start()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        with pytest.raises(ServerStartError, match="database unreachable") as info:
+            InProcessTaskApp(app=lifespan_crash_app(), port=port, health_check_timeout=30).start()
     assert time.monotonic() - started < 5, "must not wait for the health timeout"
     assert isinstance(info.value.__cause__, RuntimeError)
+    # The server thread ends cleanly: no second exception while asyncio winds it down.
+    asyncio_errors = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert asyncio_errors == [], asyncio_errors
     assert_released(port)
 
 

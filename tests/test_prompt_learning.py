@@ -255,3 +255,32 @@ def test_standalone_example_advertises_its_prompt() -> None:
                           port=0) as app, TaskAppClient(app.local_url, app.api_key) as client:  # fmt: skip
         prompts = advertised_prompts(client.info())
     assert set(prompts) == {"prompt"} and "Answer with the intent name only" in prompts["prompt"]
+
+
+def test_cli_config_names_the_task_app_url_and_key(tmp_path: Path) -> None:
+    """TARGET defaults to the TOML's task_app_url; its key comes from ${ENV} in the file."""
+    from taskapp import InProcessTaskApp
+    from tests._optimize_helpers import ToyTask
+
+    task = ToyTask()
+    with InProcessTaskApp(config=task.config(), port=0, api_key="toml-key-123456") as app:
+        config = tmp_path / "url.toml"
+        config.write_text(
+            "[prompt_learning]\n"
+            f'task_app_url = "{app.url}"\n'
+            'task_app_api_key = "${PL_TOY_KEY}"\n'
+            "[prompt_learning.gepa.evaluation]\n"
+            'train_seeds = "0-39"\nval_seeds = "100-119"\n'
+            "[prompt_learning.gepa.rollout]\nbudget = 80\n"
+            '[prompt_learning.gepa.mutation]\nllm_provider = "stand-in"\n'
+        )
+        missing = taskapp("optimize", "--config", str(config), "--out", str(tmp_path / "a"))
+        assert missing.returncode == 2
+        assert "refers to ${PL_TOY_KEY}, which is not set" in missing.stderr
+        done = taskapp("optimize", "--config", str(config), "--out", str(tmp_path / "b"),
+                       "--json", "-q", PL_TOY_KEY="toml-key-123456")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "succeeded" and result["metric_calls"] <= 80
+    assert len(task.requests) == result["metric_calls"]
+    assert "toml-key-123456" not in done.stdout + done.stderr

@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError, TaskAppError
+from taskapp.core.secrets import fingerprint, redact
 
 __all__ = ["TERMINAL", "JobStore", "StoreError", "StoreLockedError"]
 
@@ -88,6 +90,30 @@ PUBLIC_FIELDS = (
     "finished_at",
     "first_rollout_at",
 )
+
+
+_SECRET_NAME = re.compile(r"api[_-]?key|token|secret|password|authorization", re.I)
+
+
+def _public(value: Any) -> Any:
+    """A job's config as the API shows it: values under secret-looking names (a policy's
+    ``api_key``) and registered secrets replaced by fingerprints. The job runs with the
+    stored values."""
+    if isinstance(value, dict):
+        return {
+            k: f"[redacted {fingerprint(str(v))}]"
+            if _SECRET_NAME.search(str(k))
+            and not str(k).endswith("_env")  # the name of a variable, not a secret
+            and isinstance(v, str)
+            and v
+            else _public(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    if isinstance(value, str):
+        return redact(value)
+    return value
 
 
 class StoreError(TaskAppError):
@@ -265,7 +291,7 @@ class JobStore:
     def _row(self, row: sqlite3.Row, *, secrets: bool = False) -> dict[str, Any]:
         job = {name: row[name] for name in PUBLIC_FIELDS}
         job["cancel_requested"] = bool(job["cancel_requested"])
-        job["config"] = json.loads(row["config"])
+        job["config"] = _public(json.loads(row["config"]))
         job["has_result"] = row["result"] is not None
         if secrets:
             job["task_app_key"] = row["task_app_key"]

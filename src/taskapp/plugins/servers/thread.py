@@ -168,7 +168,7 @@ class ThreadServer(ServerRunner):
                 transport = getattr(connection, "transport", None)
                 if transport is not None:
                     transport.abort()
-            for listener in server.servers:
+            for listener in getattr(server, "servers", ()):  # none yet if startup failed
                 listener.close()
             raise
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import getpass
 import json
 import os
@@ -268,7 +269,7 @@ class SSHServer:
             self.proc.kill()
             self.proc.wait(5)
         for pid in children:  # reap what we can (they are not our children: just wait)
-            wait_until(lambda pid=pid: not pid_alive(pid), 5)
+            wait_until(functools.partial(_gone, pid), 5)
         if self._drain is not None:
             self._drain.join(5)
         self.proc = None
@@ -621,3 +622,7 @@ class LocalhostRunStandIn:
         await self._drop()
         for listener in self._listeners:
             listener.close()
+
+
+def _gone(pid: int) -> bool:
+    return not pid_alive(pid)

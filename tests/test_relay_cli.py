@@ -69,13 +69,13 @@ def test_serve_then_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
         with app, concurrent.futures.ThreadPoolExecutor(1) as pool:
             assert app.url is not None
             headers = {"X-SynthTunnel-Worker-Token": str(app.task_app_worker_token)}
-            slow = pool.submit(httpx.get, app.url + "/slow?s=2", headers=headers, timeout=10)
+            slow = pool.submit(httpx.get, f"{app.url}/slow?s=2", headers=headers, timeout=10)
             # SIGTERM only once the request is in the app: the drain must wait for it (a
             # fixed sleep here raced the request on a busy machine).
             assert probe.slow_started.wait(5)
             relay.proc.send_signal(signal.SIGTERM)
             assert wait_for(
-                lambda: httpx.get(app.url + "/health", headers=headers).status_code == 503, 3
+                lambda: httpx.get(f"{app.url}/health", headers=headers).status_code == 503, 3
             )
             assert slow.result(10).status_code == 200  # finished during the drain
             assert relay.proc.wait(10) == 0

@@ -85,15 +85,16 @@ def test_synthtunnel_mode_serves_through_the_relay_and_cleans_up(protocol: str) 
             assert app.tunnel.headers == auth(app)
             state = lease_info(relay, app)
             assert state["protocol_version"] == int(protocol[1])
-            answer = httpx.get(app.url + "/headers?x=1", headers={**auth(app), "X-A": "b"})
+            answer = httpx.get(f"{app.url}/headers?x=1", headers={**auth(app), "X-A": "b"})
             assert answer.status_code == 200
             seen = answer.json()
+            assert app.task_app_worker_token is not None
             assert app.task_app_worker_token not in json.dumps(seen)
             assert seen["x-a"] == "b"
             assert seen["x-api-key"] == app.api_key  # injected by the agent
             assert seen["x-synthtunnel-lease-id"] == state["lease_id"]
             assert seen["host"] == f"127.0.0.1:{app.port}"
-            echo = httpx.post(app.url + "/echo", headers=auth(app), content=b"q" * 300_000)
+            echo = httpx.post(f"{app.url}/echo", headers=auth(app), content=b"q" * 300_000)
             assert echo.content == b"q" * 300_000
             lease_id = state["lease_id"]
         after = httpx.get(
@@ -128,7 +129,7 @@ def test_50_mb_streams_both_ways(protocol: str) -> None:
                 yield piece
 
         started = time.monotonic()
-        answer = httpx.post(app.url + "/sink", headers=auth(app), content=upload(), timeout=60)
+        answer = httpx.post(f"{app.url}/sink", headers=auth(app), content=upload(), timeout=60)
         up = time.monotonic() - started
         assert answer.json() == {
             "n": size,
@@ -146,7 +147,7 @@ def test_many_concurrent_requests_share_one_agent() -> None:
             async with httpx.AsyncClient(headers=auth(app), timeout=30) as client:
                 answers = await asyncio.gather(
                     *(
-                        client.post(app.url + "/echo", content=f"r{i}".encode() * 100)
+                        client.post(f"{app.url}/echo", content=f"r{i}".encode() * 100)
                         for i in range(48)
                     )
                 )
@@ -200,7 +201,7 @@ def test_an_app_that_fails_mid_body_gives_a_truncated_response_not_a_short_200(
     with running_relay() as relay, task_app(relay.url, protocol=protocol) as app:
         received = b""
         with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012
-            with httpx.stream("GET", app.url + "/abort", headers=auth(app)) as response:
+            with httpx.stream("GET", f"{app.url}/abort", headers=auth(app)) as response:
                 assert response.status_code == 200
                 for chunk in response.iter_raw():
                     received += chunk
@@ -208,7 +209,7 @@ def test_an_app_that_fails_mid_body_gives_a_truncated_response_not_a_short_200(
         # v2 reports it with an agent -> relay CANCEL, v1 with RESP_ERROR.
         assert relay.app.counters["agent_cancels"] == (1 if protocol == "v2" else 0)
         assert wait_for(lambda: relay.app.active_streams == 0, 5)
-        assert httpx.get(app.url + "/health", headers=auth(app)).status_code == 200
+        assert httpx.get(f"{app.url}/health", headers=auth(app)).status_code == 200
 
 
 def test_deadline_answers_504_and_cancels_the_app() -> None:
@@ -265,7 +266,7 @@ def test_a_slow_consumer_keeps_relay_memory_bounded(protocol: str) -> None:
                 if other_ok is None and received > 4 * MB and protocol == "v2":
                     # Another request on the same lease is not stuck behind the slow one.
                     other_ok = httpx.get(
-                        app.url + "/health", headers=auth(app), timeout=5
+                        f"{app.url}/health", headers=auth(app), timeout=5
                     ).status_code
         finally:
             sock.close()
@@ -295,14 +296,14 @@ def test_over_the_memory_budget_new_requests_get_503() -> None:
         )
         try:
             assert wait_for(lambda: relay.app.buffered >= 512 * 1024, 5)
-            answer = httpx.get(app.url + "/health", headers=auth(app))
+            answer = httpx.get(f"{app.url}/health", headers=auth(app))
             assert answer.status_code == 503
             assert answer.headers["retry-after"] == "1"
             assert relay_error(answer) == "relay_memory_budget"
         finally:
             sock.close()
         assert wait_for(lambda: relay.app.buffered == 0, 5)
-        assert httpx.get(app.url + "/health", headers=auth(app)).status_code == 200
+        assert httpx.get(f"{app.url}/health", headers=auth(app)).status_code == 200
 
 
 def test_a_blocked_caller_loop_does_not_starve_the_agent() -> None:
@@ -313,7 +314,7 @@ def test_a_blocked_caller_loop_does_not_starve_the_agent() -> None:
             assert app.url is not None
 
             def call() -> None:
-                answer = httpx.get(app.url + "/health", headers=auth(app), timeout=5)
+                answer = httpx.get(f"{app.url}/health", headers=auth(app), timeout=5)
                 done["status"], done["at"] = answer.status_code, time.monotonic()
 
             caller = threading.Thread(target=call)
@@ -338,7 +339,7 @@ def test_agent_connection_killed_then_it_reconnects_by_itself() -> None:
         loop.call_soon_threadsafe(agent.ws.transport.abort)
         assert wait_for(lambda: agent.connections > connections, 5)
         assert wait_for(
-            lambda: httpx.get(app.url + "/health", headers=auth(app)).status_code == 200, 5
+            lambda: httpx.get(f"{app.url}/health", headers=auth(app)).status_code == 200, 5
         )
 
 
@@ -367,7 +368,7 @@ def test_agent_reattaches_the_same_url_after_a_relay_restart(tmp_path: Path) -> 
 
 
 def test_a_relay_that_lost_the_lease_gets_a_new_lease_and_url() -> None:
-    changes: list[str] = []
+    changes: list[str | None] = []
     relay = start_relay_thread(relay_settings())
     port = int(relay.url.rsplit(":", 1)[1])
     try:
@@ -389,7 +390,7 @@ def test_a_relay_that_lost_the_lease_gets_a_new_lease_and_url() -> None:
             assert wait_for(lambda: changes, 10)
             assert app.url != old
             assert app.url is not None
-            assert httpx.get(app.url + "/health", headers=auth(app)).status_code == 200
+            assert httpx.get(f"{app.url}/health", headers=auth(app)).status_code == 200
     finally:
         relay.stop()
 
@@ -398,7 +399,7 @@ def test_our_agent_speaks_v1_to_a_v1_only_relay() -> None:
     with running_relay(protocols=(1,)) as relay, task_app(relay.url, protocol="auto") as app:
         assert lease_info(relay, app)["protocol_version"] == 1
         body = os.urandom(200_000)
-        assert httpx.post(app.url + "/echo", headers=auth(app), content=body).content == body
+        assert httpx.post(f"{app.url}/echo", headers=auth(app), content=body).content == body
 
 
 def test_our_agent_falls_back_to_v1_with_an_ack_that_names_no_version() -> None:
@@ -531,7 +532,7 @@ def test_the_agent_renews_a_short_lease(protocol: str) -> None:
         first = lease_info(relay, app)["expires_at"]
         assert wait_for(lambda: lease_info(relay, app).get("expires_at", first) != first, 5)
         time.sleep(1.5)  # past the original expiry
-        assert httpx.get(app.url + "/health", headers=auth(app)).status_code == 200
+        assert httpx.get(f"{app.url}/health", headers=auth(app)).status_code == 200
 
 
 def test_worker_token_rotation_updates_the_task_app() -> None:
@@ -540,9 +541,9 @@ def test_worker_token_rotation_updates_the_task_app() -> None:
         backend: Any = app._tunnel_backend
         backend.rotate_worker_token()
         assert app.task_app_worker_token not in (None, old)
-        assert httpx.get(app.url + "/health", headers=auth(app)).status_code == 200
+        assert httpx.get(f"{app.url}/health", headers=auth(app)).status_code == 200
         time.sleep(0.4)
-        stale = httpx.get(app.url + "/health", headers={"X-SynthTunnel-Worker-Token": str(old)})
+        stale = httpx.get(f"{app.url}/health", headers={"X-SynthTunnel-Worker-Token": str(old)})
         assert stale.status_code == 401
 
 

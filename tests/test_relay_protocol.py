@@ -151,7 +151,7 @@ def test_request_hygiene_drops_hop_by_hop_tokens_and_spoofed_forwarding() -> Non
         "x-forwarded-proto",
         "x-forwarded-host",
     ]
-    assert dict(map(tuple, cleaned))["x-forwarded-for"] == "10.0.0.7"
+    assert dict((name, value) for name, value in cleaned)["x-forwarded-for"] == "10.0.0.7"
     kept = p.clean_request_headers(
         [(b"authorization", b"Bearer app-token")],
         strip_authorization=False,

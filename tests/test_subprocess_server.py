@@ -18,6 +18,7 @@ from taskapp import InProcessTaskApp
 from taskapp.core import processes
 from taskapp.core.errors import ConfigurationError, ServerStartError
 from taskapp.core.plugins import get_registry
+from taskapp.plugins.servers.subprocess import SubprocessServer
 from tests._process_helpers import (
     descendants,
     family,
@@ -212,6 +213,7 @@ def test_config_object_from_an_importable_module_is_reimported_by_the_child(
                 f"{task_app.local_url}/health", headers={"X-API-Key": task_app.api_key}
             )
             assert answer.status_code == 200
+            assert isinstance(task_app.server, SubprocessServer)
             assert task_app.server.process is not None
             assert "sub_config_mod:config" in task_app.server.process.argv
     finally:
@@ -278,6 +280,7 @@ def test_stop_is_bounded_with_a_hanging_request_and_frees_the_port(app_file: Pat
             stderr=subprocess.DEVNULL,
         )
         # The request is in flight (the child's output, drained by the process manager).
+        assert isinstance(task_app.server, SubprocessServer)
         assert task_app.server.process is not None
         task_app.server.process.wait_for_line("slow request arrived", timeout=20)
         started = time.monotonic()

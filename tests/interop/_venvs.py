@@ -1,8 +1,9 @@
 """Virtual environments with real synth-ai releases, for tests/interop/.
 
 One per release under ``~/.cache/taskapp-interop/<version>`` (``TASKAPP_INTEROP_CACHE``
-overrides the folder): a venv on top of the system site packages (which have fastapi,
-pydantic, httpx, uvicorn: what taskapp itself needs) with ``synth-ai==<version>``
+overrides the folder): a venv that also sees the site-packages of the interpreter that
+built it (a ``.pth`` file; on CI that is ``.venv-plain``, which has fastapi, pydantic, httpx,
+uvicorn: what taskapp itself needs), with ``synth-ai==<version>``
 installed ``--no-deps`` plus only the packages its code imports on the paths the tests
 use (found by importing them until nothing is missing). A marker file records what was
 installed; a venv whose marker differs is rebuilt.
@@ -23,10 +24,23 @@ from pathlib import Path
 
 __all__ = ["IMPORTS", "VERSIONS", "Unavailable", "build", "cache_root", "python_for", "ready"]
 
-#: release -> the extra packages its imports need (installed --no-deps)
+_AIOHTTP = (
+    "aiohttp",
+    "aiohappyeyeballs",
+    "aiosignal",
+    "frozenlist",
+    "multidict",
+    "propcache",
+    "yarl",
+)
+
+#: release -> the extra packages its imports need (installed --no-deps), measured in a venv
+#: that sees only .venv-plain's packages (`.[test]`), as on a fresh CI machine
+
 VERSIONS: dict[str, tuple[str, ...]] = {
-    # TaskAppConfig, create_task_app, TaskAppClient: nothing beyond the system packages
-    "0.7.3": (),
+    # TaskAppConfig, create_task_app, TaskAppClient: aiohttp (with its own dependencies)
+    # beyond what taskapp needs
+    "0.7.3": _AIOHTTP,
     # synth_ai.sdk.task pulls in tracing (libsql, sqlalchemy), the CLI (modal, mcp, celery)
     "0.3.9": (
         "libsql",
@@ -48,6 +62,10 @@ VERSIONS: dict[str, tuple[str, ...]] = {
         "hpack",
         "httpx_sse",
         "sse_starlette",
+        "python-dotenv",
+        "protobuf",
+        "pydantic-settings",
+        *_AIOHTTP,
     ),
     # the Rust agent ships in the wheel (synth_ai_py, manylinux abi3)
     "0.9.11": (),
@@ -90,6 +108,7 @@ def _marker(version: str) -> dict[str, object]:
         "extras": list(VERSIONS[version]),
         "python": sys.version.split()[0],
         "base": sys.base_prefix,
+        "provider": _provider_site_packages(),
     }
 
 
@@ -127,6 +146,31 @@ def ready(version: str) -> Path | None:
     return _python(root)
 
 
+def _provider_site_packages() -> list[str]:
+    """The site-packages of the interpreter building the venvs (on CI: .venv-plain, which
+    has fastapi, pydantic, httpx, uvicorn: what taskapp itself needs). The base Python's
+    own site-packages may have none of them on a fresh machine."""
+    import site
+
+    return [path for path in site.getsitepackages() if Path(path).is_dir()]
+
+
+def _lend_site_packages(python: Path) -> None:
+    """Make the provider's packages importable in the venv, after the venv's own (a .pth
+    file appends them to sys.path, so synth-ai's pinned extras still win)."""
+    found = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    purelib = Path(found.stdout.strip())
+    (purelib / "taskapp-interop-provider.pth").write_text(
+        "".join(f"{path}\n" for path in _provider_site_packages())
+    )
+
+
 def build(version: str) -> Path:
     """Build (or reuse) the venv of ``version``; raises :class:`Unavailable` saying why not."""
     found = ready(version)
@@ -138,12 +182,13 @@ def build(version: str) -> Path:
     base = Path(sys.base_prefix) / "bin" / "python3"
     interpreter = str(base if base.exists() else sys.executable)
     subprocess.run(
-        [interpreter, "-m", "venv", "--system-site-packages", str(root)],
+        [interpreter, "-m", "venv", str(root)],
         check=True,
         capture_output=True,
         timeout=120,
     )
     python = _python(root)
+    _lend_site_packages(python)
     packages = [f"synth-ai=={version}", *VERSIONS[version]]
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
     result = subprocess.run(

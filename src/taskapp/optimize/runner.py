@@ -10,63 +10,49 @@ Order of work, each step releasing what the previous ones started when it fails:
     optimize     gepa.optimize with TaskAppAdapter + our stopper, logger and callback
     test         baseline and best on the test seeds (not counted in the budget)
     save         result.json, best prompt, history.jsonl, score curve (output_dir)
+
+The steps live in sibling modules: ``resolve`` (validate), ``preflight`` (health, info,
+seeds), ``stopsignals`` (Ctrl-C / SIGTERM), ``progress`` (gepa callback, logger, stopper)
+and ``outcome`` (the result from gepa's state); this module runs them in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import importlib
 import json
-import math
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from taskapp.core.client import WORKER_TOKEN_HEADER, TaskAppClient
-from taskapp.core.errors import (
-    ApiKeyRejectedError,
-    ConfigurationError,
-    HealthCheckError,
-    TaskAppRequestError,
-)
+from taskapp.core.errors import ConfigurationError
 from taskapp.core.extras import install_command
-from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
-from taskapp.core.secrets import redact
-from taskapp.core.signals import call_previous, capture_signals
 from taskapp.optimize.adapter import TaskAppAdapter, candidate_key
 from taskapp.optimize.errors import (
     GepaNotInstalledError,
     OptimizeError,
     ReflectionModelError,
-    TaskAppUnavailableError,
 )
-from taskapp.optimize.lm import (
-    REFLECTION_TEMPLATE,
-    ReflectionRecorder,
-    describe_lm,
-)
+from taskapp.optimize.lm import ReflectionRecorder
+from taskapp.optimize.outcome import _best_idx, _build_result, _read_history
+from taskapp.optimize.preflight import _check_health, _check_seeds, advertised_prompts
 from taskapp.optimize.progress import GepaLogger, JsonlWriter, ProgressTracker, RunStopper
+from taskapp.optimize.resolve import HISTORY_FILE, RUN_FILE, STATE_DIR, _Settings, _settings
 from taskapp.optimize.result import OptimizeResult
-from taskapp.optimize.seeds import SeedLoader, SeedsLike, format_seeds, known_seeds, parse_seeds
+from taskapp.optimize.seeds import SeedLoader, SeedsLike
 from taskapp.optimize.settings import OptimizeConfig
+from taskapp.optimize.stopsignals import _first_signal_stops
 from taskapp.optimize.target import Endpoint, open_target
 
 __all__ = ["advertised_prompts", "import_gepa", "run", "run_async", "run_config"]
 
 logger = get_logger("taskapp.optimize")
-
-STATE_DIR = "gepa"
-RUN_FILE = "run.json"
-HISTORY_FILE = "history.jsonl"
-SELECTIONS = ("pareto", "current_best", "epsilon_greedy", "top_k_pareto")
 
 
 def import_gepa() -> Any:
@@ -78,388 +64,6 @@ def import_gepa() -> Any:
             "taskapp optimize needs the optional 'gepa' package: "
             f"{install_command('optimize')} (import failed: {exc})"
         ) from exc
-
-
-@dataclasses.dataclass
-class _Settings:
-    """Validated inputs of one run."""
-
-    seed_prompt: str | dict[str, str] | None
-    train: list[int]
-    val: list[int]
-    test: list[int] | None
-    reflection_lm: Callable[[Any], Any]
-    policy: dict[str, Any]
-    policy_name: str | None
-    env_config: dict[str, Any]
-    env_name: str | None
-    prompt_key: str
-    budget: int
-    minibatch_size: int
-    concurrency: int
-    patience: int | None
-    timeout_s: float | None
-    perfect_score: float
-    seed: int
-    selection: str
-    template: str
-    rollout_timeout: float
-    health_timeout: float
-    max_reflection_failures: int
-    output_dir: Path | None
-    resume: bool
-
-    @property
-    def iteration_cost(self) -> int:
-        """The most rollouts one gepa iteration can use: parent + child minibatch + val."""
-        return 2 * self.minibatch_size + len(self.val)
-
-    def minimum_budget(self) -> int:
-        return len(self.val) + self.iteration_cost
-
-    def public(self) -> dict[str, Any]:
-        """The resolved configuration, JSON-able, without key material."""
-        return {
-            "prompt_key": self.prompt_key,
-            "budget": self.budget,
-            "minibatch_size": self.minibatch_size,
-            "concurrency": self.concurrency,
-            "patience": self.patience,
-            "timeout_s": self.timeout_s,
-            "perfect_score": self.perfect_score,
-            "seed": self.seed,
-            "selection": self.selection,
-            "policy": json.loads(redact(json.dumps(self.policy, default=str))),
-            "policy_name": self.policy_name,
-            "env_config": json.loads(redact(json.dumps(self.env_config, default=str))),
-            "env_name": self.env_name,
-            "reflection_lm": describe_lm(self.reflection_lm),
-            "rollout_timeout": self.rollout_timeout,
-            "custom_template": self.template != REFLECTION_TEMPLATE,
-        }
-
-
-def _positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _settings(config: OptimizeConfig) -> _Settings:
-    kw = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
-    output_dir = Path(kw["output_dir"]).expanduser() if kw["output_dir"] is not None else None
-    if kw["resume"] and output_dir is None:
-        raise ConfigurationError("resume=True needs output_dir (the run to continue)")
-    previous: dict[str, Any] = {}
-    if kw["resume"] and output_dir is not None:
-        previous = _previous_run(output_dir)
-        # --resume continues with the seeds stored in run.json unless others are given
-        for name in ("train_seeds", "val_seeds"):
-            if _unset(kw[name]) and isinstance(previous.get(name), list):
-                kw[name] = previous[name]
-        if kw["test_seeds"] is None and isinstance(previous.get("test_seeds"), list):
-            kw["test_seeds"] = previous["test_seeds"] or None
-    train = parse_seeds(kw["train_seeds"], what="train_seeds")
-    val = parse_seeds(kw["val_seeds"], what="val_seeds")
-    test = (
-        parse_seeds(kw["test_seeds"], what="test_seeds") if kw["test_seeds"] is not None else None
-    )
-    lm = config.build_reflection_lm()
-    if lm is None:
-        raise ConfigurationError(
-            "no reflection model: pass reflection_lm=OpenAICompatLM(model=...) (any "
-            "OpenAI-compatible server) or reflection_lm=StandInReflectionLM() (offline stand-in)"
-        )
-    if not callable(lm):
-        raise ConfigurationError(
-            f"reflection_lm must be callable (prompt -> text), got {type(lm).__name__}"
-        )
-    seed_prompt = kw["seed_prompt"]
-    if seed_prompt is None and isinstance(previous.get("seed_candidate"), dict):
-        seed_prompt = previous["seed_candidate"]  # --resume: the run's own seed prompt
-    if seed_prompt is not None:
-        if isinstance(seed_prompt, str):
-            if not seed_prompt.strip():
-                raise ConfigurationError("seed_prompt is empty")
-        elif isinstance(seed_prompt, Mapping):
-            if not seed_prompt or not all(
-                isinstance(k, str) and isinstance(v, str) and v.strip()
-                for k, v in seed_prompt.items()
-            ):
-                raise ConfigurationError(
-                    "seed_prompt as a mapping must map policy.config keys to non-empty texts"
-                )
-            seed_prompt = dict(seed_prompt)
-        else:
-            raise ConfigurationError(
-                f"seed_prompt must be a string or a mapping, got {type(seed_prompt).__name__}"
-            )
-    for name in ("policy", "env_config"):
-        if kw[name] is not None and not isinstance(kw[name], Mapping):
-            raise ConfigurationError(f"{name} must be a mapping (a JSON object)")
-    prompt_key = kw["prompt_key"]
-    if not isinstance(prompt_key, str) or not prompt_key:
-        raise ConfigurationError("prompt_key must be a non-empty string")
-    patience = kw["patience"]
-    if patience is not None:
-        patience = _positive_int(patience, "patience")
-    timeout_s = kw["timeout_s"]
-    if timeout_s is not None and (
-        not isinstance(timeout_s, int | float) or not math.isfinite(timeout_s) or timeout_s <= 0
-    ):
-        raise ConfigurationError(f"timeout_s must be a positive number, got {timeout_s!r}")
-    perfect = kw["perfect_score"]
-    if not isinstance(perfect, int | float) or not math.isfinite(perfect):
-        raise ConfigurationError(f"perfect_score must be a finite number, got {perfect!r}")
-    selection = kw["selection"]
-    if selection not in SELECTIONS:
-        raise ConfigurationError(f"selection must be one of {', '.join(SELECTIONS)}")
-    template = kw["reflection_prompt_template"] or REFLECTION_TEMPLATE
-    missing = [p for p in ("<curr_param>", "<side_info>") if p not in template]
-    if missing:
-        raise ConfigurationError(
-            f"the reflection prompt template lacks {' and '.join(missing)}: gepa puts the "
-            "current prompt and the examples there"
-        )
-    for name in ("rollout_timeout", "health_timeout"):
-        value = kw[name]
-        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
-    settings = _Settings(
-        seed_prompt=seed_prompt,
-        train=train,
-        val=val,
-        test=test,
-        reflection_lm=lm,
-        policy=dict(kw["policy"] or {}),
-        policy_name=kw["policy_name"],
-        env_config=dict(kw["env_config"] or {}),
-        env_name=kw["env_name"],
-        prompt_key=prompt_key,
-        budget=_positive_int(kw["budget"], "budget"),
-        minibatch_size=_positive_int(kw["minibatch_size"], "minibatch_size"),
-        concurrency=_positive_int(kw["max_concurrency"], "max_concurrency"),
-        patience=patience,
-        timeout_s=float(timeout_s) if timeout_s is not None else None,
-        perfect_score=float(perfect),
-        seed=_positive_int(kw["seed"], "seed", minimum=0),
-        selection=selection,
-        template=template,
-        rollout_timeout=float(kw["rollout_timeout"]),
-        health_timeout=float(kw["health_timeout"]),
-        max_reflection_failures=_positive_int(
-            kw["max_reflection_failures"], "max_reflection_failures"
-        ),
-        output_dir=output_dir,
-        resume=bool(kw["resume"]),
-    )
-    if settings.concurrency > 256:
-        raise ConfigurationError("max_concurrency must be at most 256")
-    if settings.minibatch_size > len(train):
-        raise ConfigurationError(
-            f"minibatch_size {settings.minibatch_size} is larger than the {len(train)} train seeds"
-        )
-    if settings.budget < settings.minimum_budget():
-        raise ConfigurationError(
-            f"budget {settings.budget} is too small: the baseline takes {len(val)} rollouts "
-            f"(one per val seed) and one iteration up to {settings.iteration_cost} "
-            f"(2 x minibatch {settings.minibatch_size} + {len(val)} val seeds); use "
-            f"--budget {settings.minimum_budget()} or more, or fewer val seeds"
-        )
-    _check_output_dir(settings)
-    if previous:
-        _check_budget_left(settings, previous)
-    return settings
-
-
-def _unset(seeds: Any) -> bool:
-    return seeds is None or (not isinstance(seeds, str | Mapping) and len(list(seeds)) == 0)
-
-
-def _previous_run(folder: Path) -> dict[str, Any]:
-    """What run.json (and result.json) in ``folder`` say about the run there; {} if none."""
-    try:
-        previous = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"cannot read {folder / RUN_FILE}: {exc}") from exc
-    if not isinstance(previous, dict):
-        raise ConfigurationError(f"{folder / RUN_FILE} is not a JSON object")
-    try:
-        result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
-        previous.setdefault("metric_calls", int(result["metric_calls"]))
-        previous.setdefault("test_seeds", result.get("test_seeds"))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return previous
-
-
-def _check_budget_left(settings: _Settings, previous: Mapping[str, Any]) -> None:
-    """Resuming with a budget the previous runs already spent would do nothing: say so."""
-    used = previous.get("metric_calls")
-    if not isinstance(used, int):
-        return
-    if settings.budget - used < settings.iteration_cost:
-        raise ConfigurationError(
-            f"the run in {str(settings.output_dir)!r} already used {used} of its "
-            f"{settings.budget} rollouts, and one more iteration needs up to "
-            f"{settings.iteration_cost}: the budget is a total over all runs in that "
-            f"directory, so pass --budget {used + settings.iteration_cost} or more to continue"
-        )
-
-
-def _check_output_dir(settings: _Settings) -> None:
-    folder = settings.output_dir
-    if folder is None:
-        return
-    if folder.exists() and not folder.is_dir():
-        raise ConfigurationError(f"output dir {str(folder)!r} is a file")
-    has_run = (folder / RUN_FILE).exists()
-    if settings.resume:
-        if not has_run:
-            raise ConfigurationError(
-                f"nothing to resume in {str(folder)!r} (no {RUN_FILE}); drop --resume to "
-                "start a new run there"
-            )
-        return
-    if folder.exists() and any(folder.iterdir()):
-        raise ConfigurationError(
-            f"output dir {str(folder)!r} is not empty: pass --resume to continue the run in "
-            "it, or choose another --out"
-        )
-
-
-# -- the task app's advertisement --------------------------------------------------------
-
-
-def advertised_prompts(info: Any, prompt_key: str = "prompt") -> dict[str, str]:
-    """The optimizable prompts a task app advertises in ``GET /info``, with defaults.
-
-    Looked up, first found wins, in ``prompts`` (a mapping of policy.config key to
-    default text) or ``default_prompt`` (the text of ``prompt_key``) at the top level,
-    in ``task_info.task_metadata`` and in ``dataset`` (what ``describe_taskset`` returns).
-    """
-    if not isinstance(info, dict):
-        return {}
-    places: list[Any] = [info]
-    task_info = info.get("task_info")
-    if isinstance(task_info, dict):
-        places.append(task_info.get("task_metadata"))
-    places.append(info.get("dataset"))
-    for place in places:
-        if not isinstance(place, dict):
-            continue
-        prompts = place.get("prompts")
-        if isinstance(prompts, dict):
-            found = {k: v for k, v in prompts.items() if isinstance(v, str) and v.strip()}
-            if found:
-                return found
-        default = place.get("default_prompt")
-        if isinstance(default, str) and default.strip():
-            return {prompt_key: default}
-    return {}
-
-
-def _check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
-    """/health then /info; returns the info (empty when /info is not a JSON object)."""
-    try:
-        wait_healthy(
-            endpoint.url,
-            api_key=endpoint.api_key,
-            headers={WORKER_TOKEN_HEADER: endpoint.worker_token} if endpoint.worker_token else None,
-            timeout=timeout,
-            what="the task app",
-            error=TaskAppUnavailableError,
-        )
-    except ApiKeyRejectedError as exc:
-        raise TaskAppUnavailableError(
-            f"{exc.message} For a URL target, set ENVIRONMENT_API_KEY (or --api-key-env) to "
-            "the task app's key."
-        ) from exc
-    except HealthCheckError as exc:
-        raise TaskAppUnavailableError(exc.message) from exc
-    try:
-        with TaskAppClient(
-            endpoint.url, endpoint.api_key, worker_token=endpoint.worker_token, timeout=timeout
-        ) as client:
-            return client.info()
-    except TaskAppRequestError as exc:
-        logger.info("GET /info failed (%s); continuing without it", exc)
-        return {}
-
-
-def _check_seeds(endpoint: Endpoint, settings: _Settings) -> None:
-    """Refuse seeds outside the task set when ``GET /task_info`` says which seeds exist.
-
-    Without this, train seeds the task app rejects (HTTP 422) would burn the whole budget
-    on failed minibatches and the run would "succeed" with the baseline.
-    """
-    try:
-        with TaskAppClient(
-            endpoint.url,
-            endpoint.api_key,
-            worker_token=endpoint.worker_token,
-            timeout=settings.health_timeout,
-        ) as client:
-            body = client.task_info()
-    except TaskAppRequestError as exc:
-        logger.info("GET /task_info failed (%s); seeds not checked", exc)
-        return
-    known = known_seeds(body.get("taskset") if isinstance(body, dict) else None)
-    if known is None:
-        return
-    problems = []
-    for name, seeds in (
-        ("train_seeds", settings.train),
-        ("val_seeds", settings.val),
-        ("test_seeds", settings.test or []),
-    ):
-        outside = [seed for seed in seeds if seed not in known]
-        if outside:
-            problems.append(f"{name} {format_seeds(sorted(outside))}")
-    if problems:
-        raise ConfigurationError(
-            f"{'; '.join(problems)} outside the task set of {endpoint.label} (its seeds "
-            f"are {format_seeds(sorted(known))})"
-        )
-
-
-# -- Ctrl-C ------------------------------------------------------------------------------
-
-
-STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def _first_signal_stops(event: threading.Event, caught: list[int]) -> Iterator[None]:
-    """On the main thread: the first Ctrl-C or SIGTERM sets ``event`` (and is appended to
-    ``caught``); a second one goes to the previous handler (abort, as before).
-
-    Installed on top of the lifecycle's handlers, so a SIGTERM does not stop an
-    in-process task app under the running optimization: the run ends after the current
-    step and saves its result, then the task app is stopped as usual.
-    """
-    previous: dict[int, Any] = {}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if not event.is_set():
-            event.set()
-            caught.append(signum)
-            logger.warning(
-                "%s: stopping after the current step and saving the best prompt so far "
-                "(%s again to abort)",
-                signal.Signals(signum).name,
-                "Ctrl-C" if signum == signal.SIGINT else "SIGTERM",
-            )
-            return
-        before = previous[signum]
-        signal.signal(signum, before)
-        call_previous(signum, frame, before)
-
-    with capture_signals(handler, STOP_SIGNALS) as installed:
-        previous.update(installed)
-        yield
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -930,100 +534,3 @@ class _Run:
                         gepa_result.candidate_tree_html(), encoding="utf-8"
                     )
         return result
-
-
-def _best_idx(state: Any) -> int:
-    scores = list(state.program_full_scores_val_set)
-    return max(range(len(scores)), key=lambda i: (scores[i], -i))
-
-
-def _build_result(
-    gepa: Any,
-    state: Any,
-    *,
-    settings: _Settings,
-    seed_candidate: dict[str, str],
-    status: str,
-    error: str | None,
-    stopped_by: str,
-    history: list[dict[str, Any]],
-    test_scores: dict[str, float] | None,
-    elapsed: float,
-    reflection: dict[str, Any],
-    rollouts: dict[str, Any],
-    gepa_result: Any,
-) -> OptimizeResult:
-    scores = list(state.program_full_scores_val_set)
-    best = _best_idx(state)
-    best_candidate = dict(state.program_candidates[best])
-    key = (
-        settings.prompt_key if settings.prompt_key in best_candidate else next(iter(best_candidate))
-    )
-    candidates = [
-        {
-            "idx": idx,
-            "parents": [p for p in state.parent_program_for_candidate[idx] if p is not None],
-            "val_score": scores[idx],
-            "discovered_at_calls": state.num_metric_calls_by_discovery[idx]
-            if idx < len(state.num_metric_calls_by_discovery)
-            else None,
-            "candidate": dict(candidate),
-        }
-        for idx, candidate in enumerate(state.program_candidates)
-    ]
-    raw = None
-    if gepa_result is None:
-        with contextlib.suppress(Exception):
-            gepa_result = gepa.GEPAResult.from_state(state, seed=settings.seed)
-    if gepa_result is not None:
-        with contextlib.suppress(Exception):
-            raw = gepa_result.to_dict()
-    return OptimizeResult(
-        status=status,
-        best_score=scores[best],
-        best_prompt=best_candidate[key],
-        best_candidate=best_candidate,
-        baseline_score=scores[0],
-        seed_candidate=seed_candidate,
-        history=list(history),
-        test_scores=test_scores,
-        best_idx=best,
-        candidates=candidates,
-        val_scores={int(k): float(v) for k, v in state.prog_candidate_val_subscores[best].items()},
-        baseline_val_scores={
-            int(k): float(v) for k, v in state.prog_candidate_val_subscores[0].items()
-        },
-        pareto_front={int(k): sorted(v) for k, v in state.program_at_pareto_front_valset.items()},
-        metric_calls=int(state.total_num_evals),
-        budget=settings.budget,
-        iterations=max(0, int(state.i) + 1),
-        stopped_by=stopped_by,
-        elapsed_s=round(elapsed, 3),
-        train_seeds=settings.train,
-        val_seeds=settings.val,
-        test_seeds=settings.test,
-        reflection=reflection,
-        rollouts=rollouts,
-        config=settings.public(),
-        error=error,
-        raw=raw,
-    )
-
-
-def _read_history(folder: Path | None) -> list[dict[str, Any]]:
-    if folder is None:
-        return []
-    path = folder / HISTORY_FILE
-    events: list[dict[str, Any]] = []
-    if not path.exists():
-        return events
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a hard kill
-        if isinstance(event, dict):
-            events.append(event)
-    return events

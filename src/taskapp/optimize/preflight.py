@@ -1,0 +1,118 @@
+"""Before a run: the task app's health, its advertised prompts and its seeds.
+
+``_check_health`` waits for ``GET /health`` and reads ``GET /info``; ``advertised_prompts``
+finds the default prompt(s) there; ``_check_seeds`` refuses seeds outside the task set
+``GET /task_info`` describes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskapp.core.client import WORKER_TOKEN_HEADER, TaskAppClient
+from taskapp.core.errors import (
+    ApiKeyRejectedError,
+    ConfigurationError,
+    HealthCheckError,
+    TaskAppRequestError,
+)
+from taskapp.core.health import wait_healthy
+from taskapp.core.logs import get_logger
+from taskapp.optimize.errors import TaskAppUnavailableError
+from taskapp.optimize.resolve import _Settings
+from taskapp.optimize.seeds import format_seeds, known_seeds
+from taskapp.optimize.target import Endpoint
+
+logger = get_logger("taskapp.optimize")
+
+
+def advertised_prompts(info: Any, prompt_key: str = "prompt") -> dict[str, str]:
+    """The optimizable prompts a task app advertises in ``GET /info``, with defaults.
+
+    Looked up, first found wins, in ``prompts`` (a mapping of policy.config key to
+    default text) or ``default_prompt`` (the text of ``prompt_key``) at the top level,
+    in ``task_info.task_metadata`` and in ``dataset`` (what ``describe_taskset`` returns).
+    """
+    if not isinstance(info, dict):
+        return {}
+    places: list[Any] = [info]
+    task_info = info.get("task_info")
+    if isinstance(task_info, dict):
+        places.append(task_info.get("task_metadata"))
+    places.append(info.get("dataset"))
+    for place in places:
+        if not isinstance(place, dict):
+            continue
+        prompts = place.get("prompts")
+        if isinstance(prompts, dict):
+            found = {k: v for k, v in prompts.items() if isinstance(v, str) and v.strip()}
+            if found:
+                return found
+        default = place.get("default_prompt")
+        if isinstance(default, str) and default.strip():
+            return {prompt_key: default}
+    return {}
+
+
+def _check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
+    """/health then /info; returns the info (empty when /info is not a JSON object)."""
+    try:
+        wait_healthy(
+            endpoint.url,
+            api_key=endpoint.api_key,
+            headers={WORKER_TOKEN_HEADER: endpoint.worker_token} if endpoint.worker_token else None,
+            timeout=timeout,
+            what="the task app",
+            error=TaskAppUnavailableError,
+        )
+    except ApiKeyRejectedError as exc:
+        raise TaskAppUnavailableError(
+            f"{exc.message} For a URL target, set ENVIRONMENT_API_KEY (or --api-key-env) to "
+            "the task app's key."
+        ) from exc
+    except HealthCheckError as exc:
+        raise TaskAppUnavailableError(exc.message) from exc
+    try:
+        with TaskAppClient(
+            endpoint.url, endpoint.api_key, worker_token=endpoint.worker_token, timeout=timeout
+        ) as client:
+            return client.info()
+    except TaskAppRequestError as exc:
+        logger.info("GET /info failed (%s); continuing without it", exc)
+        return {}
+
+
+def _check_seeds(endpoint: Endpoint, settings: _Settings) -> None:
+    """Refuse seeds outside the task set when ``GET /task_info`` says which seeds exist.
+
+    Without this, train seeds the task app rejects (HTTP 422) would burn the whole budget
+    on failed minibatches and the run would "succeed" with the baseline.
+    """
+    try:
+        with TaskAppClient(
+            endpoint.url,
+            endpoint.api_key,
+            worker_token=endpoint.worker_token,
+            timeout=settings.health_timeout,
+        ) as client:
+            body = client.task_info()
+    except TaskAppRequestError as exc:
+        logger.info("GET /task_info failed (%s); seeds not checked", exc)
+        return
+    known = known_seeds(body.get("taskset") if isinstance(body, dict) else None)
+    if known is None:
+        return
+    problems = []
+    for name, seeds in (
+        ("train_seeds", settings.train),
+        ("val_seeds", settings.val),
+        ("test_seeds", settings.test or []),
+    ):
+        outside = [seed for seed in seeds if seed not in known]
+        if outside:
+            problems.append(f"{name} {format_seeds(sorted(outside))}")
+    if problems:
+        raise ConfigurationError(
+            f"{'; '.join(problems)} outside the task set of {endpoint.label} (its seeds "
+            f"are {format_seeds(sorted(known))})"
+        )

@@ -259,8 +259,11 @@ def timed_start(task_app: Any) -> float:
     return time.perf_counter() - began
 
 
-def med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+def med(values: list[float | None]) -> float:
+    """Median of the measured values; a point with no successful request (None, as a
+    one-second smoke run can give) is left out, and nothing measured is nan."""
+    measured = [value for value in values if value is not None]
+    return statistics.median(measured) if measured else float("nan")
 
 
 # -- the benchmark -------------------------------------------------------------------------

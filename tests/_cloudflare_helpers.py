@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from taskapp.testing.helpers import pid_alive
 from tests.conftest import free_port, wait_until
 
 STANDINS = Path(__file__).resolve().parent / "standins"
@@ -56,15 +57,6 @@ def read_environ(pid: int) -> dict[str, str]:
         if sep:
             result[key] = value
     return result
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def all_pids() -> list[int]:

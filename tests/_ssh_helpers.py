@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from taskapp.testing.helpers import pid_alive
 from tests.conftest import free_port, wait_until
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -52,12 +53,6 @@ def _stat(pid: int) -> tuple[str, int] | None:
         return None
     rest = raw[raw.rindex(")") + 2 :].split()
     return rest[0], int(rest[1])
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    stat = _stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
 
 
 def descendants(pid: int) -> list[int]:

@@ -103,14 +103,28 @@ def serve(
     workers: int = 2,
     runs_dir: str | Path | None = None,
     on_ready: Callable[[str], None] | None = None,
+    llm_endpoints: Mapping[str, Any] | None = None,
+    max_streams: int = 1024,
+    max_streams_per_key: int = 512,
+    header_timeout: float = 10.0,
+    max_connections: int = 4096,
 ) -> None:
-    """Run the backend until SIGINT/SIGTERM (blocking)."""
+    """Run the backend until SIGINT/SIGTERM (blocking).
+
+    ``llm_endpoints`` (from :func:`taskapp.jobs.llm.parse_llm_endpoints`): the reflection
+    model endpoints the backend may call with its own keys. ``max_streams`` /
+    ``max_streams_per_key``: open SSE streams and long polls (503 / 429 past them).
+    ``header_timeout``: seconds a client has to send its request headers.
+    ``max_connections``: connections and requests at once (uvicorn answers 503 past it).
+    """
     import uvicorn
 
+    from taskapp.core.header_timeout import header_timeout_protocol
     from taskapp.core.ports import listen_tcp, url_host
     from taskapp.jobs.pool import JobPool
     from taskapp.jobs.service import create_backend_app
     from taskapp.jobs.store import JobStore
+    from taskapp.jobs.streams import HoldLimits
 
     store = JobStore(db, owner=True)
     try:
@@ -123,11 +137,20 @@ def serve(
     runs = (
         Path(runs_dir) if runs_dir is not None else store.path.with_name(store.path.name + ".runs")
     )
-    pool = JobPool(store, runs_dir=runs, workers=workers)
+    pool = JobPool(store, runs_dir=runs, workers=workers, llm_endpoints=llm_endpoints)
     try:
-        app = create_backend_app(store, pool, api_key)
+        limits = HoldLimits(total=max_streams, per_key=max_streams_per_key)
+        app = create_backend_app(store, pool, api_key, limits=limits, llm_endpoints=llm_endpoints)
         server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                http=header_timeout_protocol(header_timeout),
+                limit_concurrency=max_connections,
+                timeout_graceful_shutdown=2,
+            )
         )
         # Import the optimizer (GEPA, the runner) now, not when the first job arrives.
         threading.Thread(target=_warm_up, name="taskapp-jobs-warm-up", daemon=True).start()

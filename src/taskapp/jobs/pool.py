@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError, TaskAppError
 from taskapp.core.logs import get_logger
-from taskapp.core.secrets import redact
-from taskapp.jobs.store import JobStore, StoreError
+from taskapp.core.secrets import redact, register_secret
+from taskapp.jobs.llm import LlmEndpoint, build_reflection_lm
+from taskapp.jobs.store import JobStore, StoreError, secret_values
 
 __all__ = ["JobPool"]
 
@@ -37,10 +40,18 @@ PROGRESS_FIELDS = ("event", "iteration", "metric_calls", "score", "best_score", 
 class JobPool:
     """Runs the store's queued jobs, ``workers`` at a time."""
 
-    def __init__(self, store: JobStore, *, runs_dir: str | Path, workers: int = 2) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        runs_dir: str | Path,
+        workers: int = 2,
+        llm_endpoints: Mapping[str, LlmEndpoint] | None = None,
+    ) -> None:
         if workers < 1:
             raise ConfigurationError(f"workers must be >= 1, got {workers}")
         self.store = store
+        self.llm_endpoints = dict(llm_endpoints or {})
         self.runs_dir = Path(runs_dir)
         self.workers = workers
         self._lock = threading.Lock()
@@ -54,6 +65,14 @@ class JobPool:
 
     def start(self) -> list[str]:
         """Queue what a previous backend left running, then start dispatching."""
+        try:  # run directories hold the task app's config: this user's only
+            self.runs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.runs_dir, 0o700)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot create the run directory {str(self.runs_dir)!r}: {exc.strerror} "
+                "(a read-only directory? pass --db PATH in a directory this user can write)"
+            ) from None
         resumed = self.store.requeue_running()
         if resumed:
             logger.info("resuming %d job(s) left running: %s", len(resumed), ", ".join(resumed))
@@ -150,13 +169,24 @@ class JobPool:
         if started is None:
             return
         job, config = started
+        # a restarted backend learns the job's secrets again, so they are redacted by
+        # value in whatever the run reports
+        for value in (job["task_app_key"], job["worker_token"], *secret_values(job["config"])):
+            register_secret(value)
         result: Any = None
         error: str | None = None
         try:
+            # the reflection model with the operator's or the client's key, never one
+            # read from this process's environment
+            config = config.replace(
+                reflection_lm=build_reflection_lm(config.reflection_lm, self.llm_endpoints)
+            )
             result = run_config(
                 job["task_app_url"],
                 config,
-                api_key=job["task_app_key"],
+                # "" (not None): no key is sent rather than $ENVIRONMENT_API_KEY of the
+                # backend's environment
+                api_key=job["task_app_key"] or "",
                 worker_token=job["worker_token"],
                 on_progress=lambda event: self._progress(job_id, event),
                 stop_event=stop_event,
@@ -174,6 +204,11 @@ class JobPool:
 
         job = self.store.get(job_id, secrets=True)
         if job is None or job["status"] != "queued":
+            return None
+        if job.get("row_error"):  # a damaged record fails with what is wrong, once
+            self.store.set_status(
+                job_id, "failed", error=str(job["error"]), finished_at=time.time()
+            )
             return None
         if job["cancel_requested"]:
             self.store.set_status(job_id, "cancelled", finished_at=time.time())
@@ -220,6 +255,7 @@ class JobPool:
             self._finish(job_id, result.status, result, result.error)
 
     def _finish(self, job_id: str, status: str, result: Any, error: str | None) -> None:
+        _private_tree(self.runs_dir / job_id)
         data = result.to_dict(include_raw=False) if result is not None else None
         fields: dict[str, Any] = {"finished_at": time.time(), "error": error, "result": data}
         if result is not None:
@@ -229,6 +265,15 @@ class JobPool:
                 metric_calls=result.metric_calls,
             )
         self.store.set_status(job_id, status, **fields)
+
+
+def _private_tree(folder: Path) -> None:
+    """Files 0600 and folders 0700 below ``folder`` (the runner writes with the umask)."""
+    if not folder.is_dir():
+        return
+    for path in [folder, *folder.rglob("*")]:
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o700 if path.is_dir() else 0o600)
 
 
 def _finished_before(run_dir: Path, config: Any) -> Any:

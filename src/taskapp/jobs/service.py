@@ -1,10 +1,12 @@
 """The job backend's HTTP API (FastAPI) and web page.
 
-Every ``/api`` route needs ``Authorization: Bearer <key>`` (compared in constant time);
-``/`` (the page, which asks for the key in the browser) and ``/health`` do not::
+Every ``/api`` route needs ``Authorization: Bearer <key>`` (compared in constant time,
+checked before the body is read: :mod:`.guard`); ``/`` (the page, which asks for the key
+in the browser) and ``/health`` do not::
 
     POST /api/jobs                      submit: {config_toml, overrides, task_app_url,
-                                        task_app_api_key, task_app_worker_token} -> job
+                                        task_app_api_key, task_app_worker_token,
+                                        reflection_api_key} -> job
     GET  /api/jobs?limit=&offset=&status=   newest first, with total
     GET  /api/jobs/{id}?wait=&status=   status, scores, progress (long poll: answers when
                                         the status is no longer ``status``, or after wait s)
@@ -13,8 +15,12 @@ Every ``/api`` route needs ``Authorization: Bearer <key>`` (compared in constant
     POST /api/jobs/{id}/cancel          stop it within seconds (status "cancelled")
     GET  /api/jobs/{id}/result          best prompt, seed prompt, scores, candidates, history
 
-Errors are ``{"error": {"type", "message"}}``; the task app's key and worker token are
-stored (to resume after a restart) but never returned.
+Input is bounded (:mod:`.validation`) before anything is stored; long polls and streams
+wait on a :class:`~.streams.ChangeHub` (no thread each) and are capped
+(:class:`~.streams.HoldLimits`). Errors use the envelope of :func:`.guard.error_body`;
+the task app's key and worker token are stored (to resume after a restart) but never
+returned, and the backend never expands its own environment into a job (see docs/jobs.md,
+"Security model").
 """
 
 from __future__ import annotations
@@ -22,25 +28,65 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request  # module level: FastAPI resolves annotations here
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.logs import get_logger
-from taskapp.core.secrets import register_secret
+from taskapp.core.secrets import fingerprint, register_secret
+from taskapp.jobs.guard import Guard, error_body, error_headers
+from taskapp.jobs.llm import LlmEndpoint, bind_reflection_lm
 from taskapp.jobs.pool import JobPool
-from taskapp.jobs.store import TERMINAL, JobStore, StoreError
+from taskapp.jobs.store import STATUSES, TERMINAL, JobStore, StoreError, secret_values
+from taskapp.jobs.streams import Busy, ChangeHub, HoldLimits
+from taskapp.jobs.validation import (
+    MAX_BODY_BYTES,
+    MAX_INT,
+    BadInput,
+    bounded_int,
+    check_json,
+    check_toml_text,
+    scan_nesting,
+)
 
-__all__ = ["RELAY_PATH", "ApiError", "BackendApi", "create_backend_app", "is_relay_url"]
+__all__ = [
+    "MAX_INT",
+    "RELAY_PATH",
+    "SUBMIT_FIELDS",
+    "ApiError",
+    "BackendApi",
+    "create_backend_app",
+    "is_relay_url",
+]
 
 logger = get_logger("taskapp.jobs")
 
 #: a taskapp relay's public lease URL ends in /s/rt_<route>
 RELAY_PATH = re.compile(r"/s/rt_[A-Za-z0-9_-]+/?$")
+#: the fields of a submit body
+SUBMIT_FIELDS = (
+    "config_toml",
+    "config_name",
+    "overrides",
+    "task_app_url",
+    "task_app_api_key",
+    "task_app_worker_token",
+    "reflection_api_key",
+)
+_OVERRIDE_KEY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+){0,15}$")
+_MAX_FIELD = 8192  # a URL, a key, a token, a name
+MAX_WAIT = 60.0
+KEEP_ALIVE = 15.0  # seconds between SSE comments on a quiet stream
+FALLBACK = 1.0  # a waiter re-reads the store at least this often
 
 
 def is_relay_url(url: str) -> bool:
@@ -48,48 +94,117 @@ def is_relay_url(url: str) -> bool:
 
 
 class ApiError(Exception):
-    """An error answer: ``{"error": {"type": kind, "message": message}}``."""
+    """An error answer in the envelope (:func:`.guard.error_body`)."""
 
     def __init__(self, status: int, kind: str, message: str) -> None:
         super().__init__(message)
         self.status, self.kind, self.message = status, kind, message
 
 
+def _json_error(status: int, code: str, message: str, **headers: Any) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status, headers=error_headers(**headers))
+
+
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse({"error": {"type": exc.kind, "message": exc.message}}, exc.status)
+    return _json_error(exc.status, exc.kind, exc.message)
+
+
+async def _bad_input(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BadInput)
+    return _json_error(exc.status, exc.code, exc.message)
+
+
+async def _busy(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Busy)
+    code = "too_many_streams" if exc.status == 429 else "busy"
+    return _json_error(exc.status, code, exc.message, retry_after=exc.retry_after)
 
 
 async def _store_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StoreError)
-    return JSONResponse({"error": {"type": "store_error", "message": exc.message}}, 503)
+    return _json_error(503, "store_error", exc.message, retry_after=10)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # where and what, never the input (it may hold a secret)
+    problems = [
+        f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg', 'invalid')}"
+        for error in exc.errors()[:5]
+    ]
+    return _json_error(422, "invalid_request", "; ".join(problems) or "invalid request")
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    message = {404: f"no route {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    return JSONResponse(
+        error_body(codes.get(exc.status_code, "http_error"), message),
+        exc.status_code,
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("internal error on %s: %s", request.url.path, type(exc).__name__)
+    return _json_error(500, "internal_error", "internal error (logged by the backend)")
+
+
+class _HeldStream(StreamingResponse):
+    """A streaming response that gives its :class:`HoldLimits` slot back however it
+    ends (done, client gone, server stopping)."""
+
+    def __init__(self, content: AsyncIterator[str], release: Any, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 class BackendApi:
     """The route handlers, over one store, pool and key."""
 
-    def __init__(self, store: JobStore, pool: JobPool, api_key: str) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        pool: JobPool,
+        api_key: str,
+        *,
+        limits: HoldLimits | None = None,
+        llm_endpoints: Mapping[str, LlmEndpoint] | None = None,
+    ) -> None:
         self.store = store
         self.pool = pool
         self._expected = api_key.encode()
+        self.limits = limits or HoldLimits()
+        self.llm_endpoints = dict(llm_endpoints or {})
+        self.hub = ChangeHub()
+        store.listeners.append(self.hub.notify)
+
+    def key_ok(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode("utf-8", "replace"), self._expected
+        )
 
     def authorize(self, request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self._expected
-        ):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "missing or wrong backend key: send Authorization: Bearer <key> (the key "
-                "of --api-key-file or $TASKAPP_BACKEND_API_KEY)",
-            )
+        if not self.key_ok(request.headers.get("authorization", "")):
+            raise ApiError(401, "unauthorized", "missing or wrong backend key")
+
+    @staticmethod
+    def _key_id(request: Request) -> str:
+        return fingerprint(request.headers.get("authorization", ""))
 
     def job_or_404(self, job_id: str) -> dict[str, Any]:
-        job = self.store.get(job_id)
+        job = self.store.get(job_id) if len(job_id) <= 200 else None
         if job is None:
-            raise ApiError(404, "not_found", f"no job {job_id!r}")
+            raise ApiError(404, "not_found", f"no job {job_id[:80]!r}")
         return job
 
     async def page(self) -> HTMLResponse:
@@ -100,16 +215,33 @@ class BackendApi:
     async def health(self) -> dict[str, Any]:
         return {"status": "ok", "running": self.pool.running(), "workers": self.pool.workers}
 
-    def submit(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        self.authorize(request)
+    # -- submit --------------------------------------------------------------------------
+
+    async def submit(self, request: Request) -> JSONResponse:
+        raw = await request.body()  # the Guard capped it (413 past MAX_BODY_BYTES)
+        body = _decode_body(raw)
+        job = await run_in_threadpool(self._submit, body)
+        return JSONResponse(job, 201)
+
+    def _submit(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             spec, url, key, token = _submission(body)
+            reflection = bind_reflection_lm(
+                spec.config.reflection_lm,
+                spec.llm_provider,
+                self.llm_endpoints,
+                body.get("reflection_api_key"),
+            )
+            config = spec.config.replace(reflection_lm=reflection).to_dict()
+            check_json(config, what="the job's config")
         except ConfigurationError as exc:
             raise ApiError(400, "configuration_error", exc.message) from None
         register_secret(key)
         register_secret(token)
+        for value in secret_values(config):
+            register_secret(value)
         job_id = self.store.create(
-            spec.config.to_dict(),
+            config,
             task_app_url=url.rstrip("/"),
             task_app_key=key or None,
             worker_token=token,
@@ -121,35 +253,52 @@ class BackendApi:
         job["warnings"] = spec.warnings
         return job
 
+    # -- reads ---------------------------------------------------------------------------
+
     def list_jobs(
         self, request: Request, limit: int = 50, offset: int = 0, status: str | None = None
     ) -> dict[str, Any]:
         self.authorize(request)
-        if not 1 <= limit <= 500 or offset < 0:
-            raise ApiError(400, "bad_request", "limit must be 1..500 and offset >= 0")
-        try:
-            jobs = self.store.list_jobs(limit=limit, offset=offset, status=status)
-        except ConfigurationError as exc:
-            raise ApiError(400, "bad_request", exc.message) from None
+        limit = bounded_int(limit, name="limit", minimum=1, maximum=500)
+        offset = bounded_int(offset, name="offset")
+        _check_status(status)
+        jobs = self.store.list_jobs(limit=limit, offset=offset, status=status)
         return {"jobs": jobs, "total": self.store.count(), "limit": limit, "offset": offset}
 
-    def get_job(
+    async def get_job(
         self, request: Request, job_id: str, wait: float = 0.0, status: str | None = None
     ) -> dict[str, Any]:
         """``?wait=S&status=running``: answer when the status is no longer ``running``,
-        or after S seconds (at most 60): a long poll."""
+        or after S seconds (at most 60): a long poll, holding no thread."""
         self.authorize(request)
-        job = self.job_or_404(job_id)
-        if wait > 0 and status is not None:
-            job = self.store.wait_for_change(job_id, status, min(wait, 60.0)) or job
-        return job
+        if not math.isfinite(wait) or wait < 0:
+            raise BadInput(f"wait must be a number of seconds >= 0, got {wait}")
+        _check_status(status)
+        job = await run_in_threadpool(self.job_or_404, job_id)
+        if wait <= 0 or status is None or job["status"] != status:
+            return job
+        key_id = self._key_id(request)
+        self.limits.acquire(key_id)
+        try:
+            deadline = time.monotonic() + min(wait, MAX_WAIT)
+            while True:
+                since = self.hub.generation
+                latest = await asyncio.to_thread(self.store.get, job_id)
+                remaining = deadline - time.monotonic()
+                if latest is None or latest["status"] != status or remaining <= 0:
+                    return latest or job
+                await self.hub.wait(job_id, since, within=min(remaining, FALLBACK))
+        finally:
+            self.limits.release(key_id)
 
     def events(
         self, request: Request, job_id: str, after: int = 0, limit: int = 500
     ) -> dict[str, Any]:
         self.authorize(request)
+        after = bounded_int(after, name="after")
+        limit = bounded_int(limit, name="limit", minimum=1, maximum=5000)
         job = self.job_or_404(job_id)
-        page = self.store.events(job_id, after=after, limit=max(1, min(limit, 5000)))
+        page = self.store.events(job_id, after=after, limit=limit)
         return {
             "events": page,
             "next_after": page[-1]["seq"] if page else after,
@@ -158,31 +307,40 @@ class BackendApi:
 
     async def stream(self, request: Request, job_id: str, after: int = 0) -> StreamingResponse:
         self.authorize(request)
-        self.job_or_404(job_id)
-        return StreamingResponse(
-            self._sse(request, job_id, after),
+        after = bounded_int(after, name="after")
+        await run_in_threadpool(self.job_or_404, job_id)
+        key_id = self._key_id(request)
+        self.limits.acquire(key_id)
+        return _HeldStream(
+            self._sse(job_id, after),
+            lambda: self.limits.release(key_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def _sse(self, request: Request, job_id: str, after: int) -> AsyncIterator[str]:
+    async def _sse(self, job_id: str, after: int) -> AsyncIterator[str]:
         last = after
+        quiet_since = time.monotonic()
         while True:
+            since = self.hub.generation
             page = await asyncio.to_thread(self.store.events, job_id, after=last, limit=500)
             for event in page:
-                last = event["seq"]
+                last = int(event["seq"])
                 yield f"id: {last}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
             if page:
+                quiet_since = time.monotonic()
                 continue
             job = await asyncio.to_thread(self.store.get, job_id)
             if job is None or job["status"] in TERMINAL:
                 end = json.dumps({"status": job and job["status"]})
                 yield f"event: end\ndata: {end}\n\n"
                 return
-            if await request.is_disconnected():
-                return
-            yield ": keep-alive\n\n"
-            await asyncio.sleep(0.25)
+            if time.monotonic() - quiet_since >= KEEP_ALIVE:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"
+            await self.hub.wait(job_id, since, within=FALLBACK)
+
+    # -- control -------------------------------------------------------------------------
 
     def cancel(self, request: Request, job_id: str) -> dict[str, Any]:
         self.authorize(request)
@@ -197,26 +355,73 @@ class BackendApi:
         return {"job": job, "result": self.store.result(job_id)}
 
 
+def _check_status(status: str | None) -> None:
+    if status is not None and status not in STATUSES:
+        raise BadInput(f"status must be one of {', '.join(STATUSES)}")
+
+
+def _decode_body(raw: bytes) -> dict[str, Any]:
+    """The submit body: JSON, bounded (depth, size, keys), an object of known fields."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput("the request body must be UTF-8 JSON") from None
+    scan_nesting(text, what="the request body")
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
+        raise BadInput("the request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadInput("the request body must be a JSON object")
+    check_json(body, what="body")
+    unknown = sorted(set(body) - set(SUBMIT_FIELDS))
+    if unknown:
+        raise BadInput(
+            f"unknown field(s) {', '.join(repr(u[:40]) for u in unknown[:5])}; known: "
+            + ", ".join(SUBMIT_FIELDS)
+        )
+    for name in SUBMIT_FIELDS[1:]:
+        value = body.get(name)
+        if (
+            name != "overrides"
+            and value is not None
+            and (not isinstance(value, str) or len(value) > _MAX_FIELD)
+        ):
+            raise BadInput(f"{name} must be a string of at most {_MAX_FIELD} characters")
+    return body
+
+
 def _submission(body: dict[str, Any]) -> tuple[Any, str, str | None, str | None]:
-    """(PromptLearningSpec, task app URL, key, worker token) of a submit request."""
-    from taskapp.optimize.prompt_learning import parse_prompt_learning
+    """(PromptLearningSpec, task app URL, key, worker token) of a submit request. Nothing
+    here reads the backend's environment: ``${VAR}`` is the client's to resolve."""
+    from taskapp.optimize.prompt_learning import NO_ENVIRONMENT, parse_prompt_learning
 
     text = body.get("config_toml")
     if not isinstance(text, str):
         raise ConfigurationError("config_toml (the TOML text) is required")
+    check_toml_text(text)
     overrides = body.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise ConfigurationError("overrides must be an object")
-    source = str(body.get("config_name") or "config")
-    spec = parse_prompt_learning(text, source=source, overrides=overrides)
+    for name in overrides:
+        if not _OVERRIDE_KEY.match(name):
+            raise ConfigurationError(
+                f"override {name[:80]!r}: keys are dotted names like 'gepa.rollout.budget'"
+            )
+    source = str(body.get("config_name") or "config")[:200]
+    spec = parse_prompt_learning(text, source=source, overrides=overrides, environ=NO_ENVIRONMENT)
     url = body.get("task_app_url") or spec.task_app_url
+    if not url and spec.task_app_url_template:
+        raise ConfigurationError(
+            f"prompt_learning.task_app_url {spec.task_app_url_template[:200]!r} names an "
+            "environment variable: the job backend never expands its own environment into "
+            "a job; send task_app_url (PromptLearningJob resolves ${VAR} on your machine)"
+        )
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ConfigurationError(
             "no task app URL: pass task_app_url, or set prompt_learning.task_app_url"
         )
-    key = body.get("task_app_api_key") or None
-    if not key and spec.task_app_api_key:
-        key = spec.task_app_key()
+    key = body.get("task_app_api_key") or spec.task_app_key(environ=NO_ENVIRONMENT)
     token = body.get("task_app_worker_token") or None
     if is_relay_url(url) and not token:
         raise ConfigurationError(
@@ -226,22 +431,66 @@ def _submission(body: dict[str, Any]) -> tuple[Any, str, str | None, str | None]
     return spec, url, key, token
 
 
-def create_backend_app(store: JobStore, pool: JobPool, api_key: str) -> Any:
-    """The FastAPI app of ``taskapp backend serve`` over ``store`` and ``pool``."""
+_SUBMIT_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["config_toml"],
+                    "properties": {
+                        "config_toml": {"type": "string"},
+                        "config_name": {"type": "string"},
+                        "overrides": {"type": "object"},
+                        "task_app_url": {"type": "string"},
+                        "task_app_api_key": {"type": "string"},
+                        "task_app_worker_token": {"type": "string"},
+                        "reflection_api_key": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def create_backend_app(
+    store: JobStore,
+    pool: JobPool,
+    api_key: str,
+    *,
+    limits: HoldLimits | None = None,
+    llm_endpoints: Mapping[str, LlmEndpoint] | None = None,
+    max_body: int = MAX_BODY_BYTES,
+) -> Any:
+    """The ASGI app of ``taskapp backend serve`` over ``store`` and ``pool``: the FastAPI
+    routes inside the :class:`~.guard.Guard` (key before body, body cap, headers). The
+    FastAPI app is the ``api`` attribute (``.api.openapi()`` is the schema)."""
     if not api_key:
         raise ConfigurationError("the backend needs an API key")
     register_secret(api_key)
-    api = BackendApi(store, pool, api_key)
+    api = BackendApi(store, pool, api_key, limits=limits, llm_endpoints=llm_endpoints)
     app = FastAPI(title="taskapp job backend", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(BadInput, _bad_input)
+    app.add_exception_handler(Busy, _busy)
     app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
     app.add_api_route("/", api.page, methods=["GET"], response_class=HTMLResponse)
     app.add_api_route("/health", api.health, methods=["GET"])
-    app.add_api_route("/api/jobs", api.submit, methods=["POST"], status_code=201)
+    app.add_api_route(
+        "/api/jobs", api.submit, methods=["POST"], status_code=201, openapi_extra=_SUBMIT_SCHEMA
+    )
     app.add_api_route("/api/jobs", api.list_jobs, methods=["GET"])
     app.add_api_route("/api/jobs/{job_id}", api.get_job, methods=["GET"])
     app.add_api_route("/api/jobs/{job_id}/events", api.events, methods=["GET"])
     app.add_api_route("/api/jobs/{job_id}/events/stream", api.stream, methods=["GET"])
     app.add_api_route("/api/jobs/{job_id}/cancel", api.cancel, methods=["POST"])
     app.add_api_route("/api/jobs/{job_id}/result", api.result, methods=["GET"])
-    return app
+    guarded = Guard(app, key_ok=api.key_ok, max_body=max_body)
+    guarded.api = app  # type: ignore[attr-defined]
+    guarded.backend = api  # type: ignore[attr-defined]
+    return guarded

@@ -28,14 +28,15 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError, TaskAppError
 from taskapp.core.secrets import fingerprint, redact
+from taskapp.jobs.validation import decode_stored
 
-__all__ = ["TERMINAL", "JobStore", "StoreError", "StoreLockedError"]
+__all__ = ["TERMINAL", "JobStore", "StoreError", "StoreLockedError", "secret_values"]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 STATUSES = ("queued", "running", *TERMINAL)
@@ -92,28 +93,64 @@ PUBLIC_FIELDS = (
 )
 
 
-_SECRET_NAME = re.compile(r"api[_-]?key|token|secret|password|authorization", re.I)
+_SECRET_NAME = re.compile(
+    r"api[_-]?key|token|secret|passw(or)?d|auth|cookie|credential|private[_-]?key|signature",
+    re.I,
+)
+_HEADERS = re.compile(r"headers?$", re.I)  # every value under a headers table is secret
+
+
+def _secret_name(key: Any) -> bool:
+    name = str(key)
+    return bool(_SECRET_NAME.search(name)) and not name.endswith("_env")  # a variable's name
+
+
+def secret_values(value: Any, *, under_secret: bool = False) -> list[str]:
+    """The string values of a stored config that are secrets by their name (a policy's
+    ``api_key``, any value of a ``headers`` table): registered with
+    :func:`~taskapp.core.secrets.register_secret` so they are redacted by value wherever
+    they appear (results, errors, logs), not only where the name is seen."""
+    found: list[str] = []
+    stack: list[tuple[Any, bool]] = [(value, under_secret)]
+    while stack:
+        item, secret = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                stack.append((v, secret or _secret_name(k) or bool(_HEADERS.search(str(k)))))
+        elif isinstance(item, list):
+            stack.extend((v, secret) for v in item)
+        elif secret and isinstance(item, str) and item:
+            found.append(item)
+    return found
 
 
 def _public(value: Any) -> Any:
-    """A job's config as the API shows it: values under secret-looking names (a policy's
-    ``api_key``) and registered secrets replaced by fingerprints. The job runs with the
-    stored values."""
+    """A job's config or result as the API shows it: values under secret-looking names
+    (a policy's ``api_key``, a custom auth header) and registered secrets (by value,
+    wherever they appear) replaced by fingerprints. The job runs with the stored values."""
     if isinstance(value, dict):
-        return {
-            k: f"[redacted {fingerprint(str(v))}]"
-            if _SECRET_NAME.search(str(k))
-            and not str(k).endswith("_env")  # the name of a variable, not a secret
-            and isinstance(v, str)
-            and v
-            else _public(v)
-            for k, v in value.items()
-        }
+        shown: dict[Any, Any] = {}
+        for k, v in value.items():
+            if _HEADERS.search(str(k)):
+                shown[k] = _public_headers(v)
+            elif _secret_name(k) and isinstance(v, str) and v:
+                shown[k] = f"[redacted {fingerprint(v)}]"
+            else:
+                shown[k] = _public(v)
+        return shown
     if isinstance(value, list):
         return [_public(v) for v in value]
     if isinstance(value, str):
         return redact(value)
     return value
+
+
+def _public_headers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _public_headers(v) for k, v in value.items()}
+    if isinstance(value, str) and value:
+        return f"[redacted {fingerprint(value)}]"
+    return _public(value)
 
 
 class StoreError(TaskAppError):
@@ -138,7 +175,10 @@ class JobStore:
         self.path = Path(path).expanduser().resolve()
         self._lock = threading.RLock()
         self._changed = threading.Condition()  # a job's status changed (long polls wait)
+        #: called with a job id after each change to it is committed (the API's ChangeHub)
+        self.listeners: list[Callable[[str], None]] = []
         self._lock_fd: int | None = None
+        self._db_lock_fd: int | None = None
         if owner:
             self._take_lock()
         elif not self.path.exists():
@@ -169,9 +209,19 @@ class JobStore:
         return self.path.with_name(self.path.name + ".lock")
 
     def _take_lock(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _private_file(self.lock_path)
-        fd = os.open(self.lock_path, os.O_RDWR)
+        """Two locks: ``<db>.lock`` (by path; it says who holds it) and the database
+        file itself (by identity: a hard link or another path to the same file is the
+        same database, and two backends on it would each keep their own WAL)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(self.lock_path)
+            fd = os.open(self.lock_path, os.O_RDWR)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the job database's files in {str(self.path.parent)!r}: "
+                f"{exc.strerror} (a read-only or missing directory? pass --db PATH in a "
+                "directory this user can write)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -181,9 +231,27 @@ class JobStore:
                 f"another taskapp backend uses the job database {str(self.path)!r} "
                 f"({holder}); stop it first, or pass another --db"
             ) from None
+        try:
+            db_fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(
+                f"cannot open the job database {str(self.path)!r}: {exc.strerror} (a "
+                "read-only directory or file? pass --db PATH this user can write)"
+            ) from None
+        try:
+            fcntl.flock(db_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(db_fd)
+            os.close(fd)
+            raise StoreLockedError(
+                f"another taskapp backend uses the job database {str(self.path)!r} under "
+                "another name (a hard link or another path to the same file); stop it first"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         self._lock_fd = fd
+        self._db_lock_fd = db_fd
 
     def describe_owner(self, text: str) -> None:
         """Say in the lock file who holds it (shown to a second backend)."""
@@ -192,6 +260,10 @@ class JobStore:
             os.pwrite(self._lock_fd, f"pid {os.getpid()}, {text}".encode(), 0)
 
     def _release_lock(self) -> None:
+        if self._db_lock_fd is not None:  # after SQLite closed the file (POSIX locks)
+            with contextlib.suppress(OSError):
+                os.close(self._db_lock_fd)
+            self._db_lock_fd = None
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -289,10 +361,27 @@ class JobStore:
         return int(self._query("SELECT COUNT(*) FROM jobs")[0][0])
 
     def _row(self, row: sqlite3.Row, *, secrets: bool = False) -> dict[str, Any]:
-        job = {name: row[name] for name in PUBLIC_FIELDS}
+        """A job row as the API shows it (``secrets``: as the pool runs it). Whatever is
+        stored, this returns: a column that cannot be read becomes ``config: null`` and
+        a ``row_error`` saying so, never an exception for the whole list."""
+        job: dict[str, Any] = {}
+        problems: list[str] = []
+        for name in PUBLIC_FIELDS:
+            value = row[name]
+            if not (value is None or isinstance(value, str | int | float)):
+                problems.append(f"{name}: stored value of type {type(value).__name__}")
+                value = None
+            job[name] = value
         job["cancel_requested"] = bool(job["cancel_requested"])
-        job["config"] = _public(json.loads(row["config"]))
+        config, problem = decode_stored(row["config"], what="config")
+        if problem or not isinstance(config, dict):
+            problems.append(problem or "config: not an object")
+            config = None
+        job["config"] = config if secrets or config is None else _public(config)
         job["has_result"] = row["result"] is not None
+        if problems:
+            job["row_error"] = "; ".join(problems)
+            job["error"] = job["error"] or f"this job's stored record is damaged ({problems[0]})"
         if secrets:
             job["task_app_key"] = row["task_app_key"]
             job["worker_token"] = row["worker_token"]
@@ -302,8 +391,10 @@ class JobStore:
         rows = self._query("SELECT result FROM jobs WHERE id = ?", (job_id,))
         if not rows or rows[0]["result"] is None:
             return None
-        value = json.loads(rows[0]["result"])
-        return value if isinstance(value, dict) else None
+        value, problem = decode_stored(rows[0]["result"], what="result")
+        if problem:
+            return {"error": f"this job's stored result is damaged ({problem})"}
+        return _public(value) if isinstance(value, dict) else None
 
     def update(self, job_id: str, **fields: Any) -> None:
         if not fields:
@@ -343,11 +434,13 @@ class JobStore:
             if fields.get("error"):
                 data["error"] = fields["error"]
             self._add_event(db, job_id, "status", data)
-        self._notify()
+        self._notify(job_id)
 
-    def _notify(self) -> None:
+    def _notify(self, job_id: str) -> None:
         with self._changed:
             self._changed.notify_all()
+        for listener in list(self.listeners):
+            listener(job_id)
 
     def wait_for_change(self, job_id: str, status: str, timeout: float) -> dict[str, Any] | None:
         """The job once its status is no longer ``status``, or after ``timeout`` seconds
@@ -381,7 +474,7 @@ class JobStore:
                     (time.time(), job_id),
                 )
                 self._add_event(db, job_id, "cancel_requested", {})
-        self._notify()
+        self._notify(job_id)
         return self.get(job_id)
 
     def queued(self) -> list[str]:
@@ -430,7 +523,9 @@ class JobStore:
                     f"UPDATE jobs SET {names} WHERE id = ?",  # noqa: S608 - names are ours
                     (*job_fields.values(), job_id),
                 )
-            return self._add_event(db, job_id, kind, data)
+            seq = self._add_event(db, job_id, kind, data)
+        self._notify(job_id)
+        return seq
 
     def events(self, job_id: str, *, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         rows = self._query(
@@ -438,12 +533,11 @@ class JobStore:
             " ORDER BY seq LIMIT ?",
             (job_id, after, limit),
         )
-        return [
-            {
-                "seq": row["seq"],
-                "ts": row["ts"],
-                "kind": row["kind"],
-                "data": json.loads(row["data"]),
-            }
-            for row in rows
-        ]
+        page = []
+        for row in rows:
+            data, problem = decode_stored(row["data"], what="event data")
+            event = {"seq": row["seq"], "ts": row["ts"], "kind": str(row["kind"]), "data": data}
+            if problem:
+                event["row_error"] = problem
+            page.append(event)
+        return page

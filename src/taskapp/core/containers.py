@@ -30,8 +30,10 @@ from typing import Any
 __all__ = [
     "CONTAINER_PROTOCOL",
     "GEPA_CONTRACT_VERSION",
+    "MAX_CONTAINER_BODY",
     "PROGRAM_VERSION",
     "AsyncRollouts",
+    "BodyLimit",
     "ContainerFields",
     "ContainerRequestError",
     "RolloutsFullError",
@@ -59,6 +61,8 @@ PROGRAM_VERSION = "prompt_program.v1"
 CONTAINER_KEYS = frozenset(
     {"submission_mode", "candidate", "task_id", "seed", "rollout_id", "task_payload"}
 )
+#: the largest body ``/rollouts``, ``/rollouts/...`` and ``/taskset/tasks`` read (bytes)
+MAX_CONTAINER_BODY = 8 * 1024 * 1024
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ROLLOUT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _OUTPUT_KEYS = ("predicted", "prediction", "output", "answer", "completion")
@@ -600,3 +604,72 @@ class AsyncRollouts:
         if tasks:
             await asyncio.wait(tasks, timeout=max(self.grace_s, 2.0))
         self._records.clear()
+
+
+# -- body limit -----------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes on the container routes (``/rollouts``,
+    ``/rollouts/...``, ``/taskset/tasks``) is answered 413 in the error envelope, whether
+    its ``Content-Length`` says so up front or a chunked body grows past it. Other routes
+    pass untouched (``/rollout`` keeps what it accepted before)."""
+
+    def __init__(self, app: Any, limit: int = MAX_CONTAINER_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    @staticmethod
+    def applies(path: str) -> bool:
+        return path == "/taskset/tasks" or path == "/rollouts" or path.startswith("/rollouts/")
+
+    async def _refuse(self, send: Any) -> None:
+        import json
+
+        body = json.dumps(
+            {
+                "detail": {
+                    "error": {
+                        "code": "body_too_large",
+                        "message": f"the request body is over {self.limit} bytes",
+                    }
+                }
+            }
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.applies(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await self._refuse(send)
+                return
+        seen = 0
+        exceeded = False
+        started = False
+
+        async def limited() -> Any:
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    exceeded = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            if exceeded:
+                return  # the app's answer to a body it never got whole is dropped
+            started |= message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, limited, tracked)
+        if exceeded and not started:
+            await self._refuse(send)

@@ -410,7 +410,9 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
         detail = exc.detail
         if isinstance(detail, dict) and "error" in detail:
             return JSONResponse({"detail": detail}, status_code=exc.status_code)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         return JSONResponse(error_body(code, str(detail)), status_code=exc.status_code)
 
     def internal_error(exc: Exception) -> Any:
@@ -544,6 +546,8 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
 
     for router in config.routers:
         app.include_router(router)
+    # outermost: a body over the limit is refused before anything reads it
+    app.add_middleware(containers.BodyLimit, limit=containers.MAX_CONTAINER_BODY)
     return app
 
 

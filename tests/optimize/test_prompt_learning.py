@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from taskapp import ConfigurationError
+from taskapp.optimize.config import OptimizeConfig
 from taskapp.optimize.prompt_learning import load_prompt_learning, parse_prompt_learning
-from taskapp.optimize.settings import OptimizeConfig
 from tests.optimize._optimize_helpers import taskapp
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,8 +20,9 @@ import pytest
 from taskapp import InProcessTaskApp
 from taskapp.core.errors import ConfigurationError, TunnelAuthError, TunnelError
 from taskapp.relay import protocol as p
-from taskapp.relay.agent import AgentConfig, AgentThread
-from taskapp.relay.server import start_relay_thread
+from taskapp.relay.agent.config import AgentConfig
+from taskapp.relay.agent.thread import AgentThread
+from taskapp.relay.server.run import start_relay_thread
 from tests.helpers import free_port, port_is_free
 from tests.helpers import wait_until as wait_for
 from tests.relay._relay_helpers import (

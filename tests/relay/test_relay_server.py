@@ -20,7 +20,8 @@ import pytest
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.relay import protocol as p
-from taskapp.relay.server import load_admin_tokens, start_relay_thread
+from taskapp.relay.server.run import start_relay_thread
+from taskapp.relay.server.settings import load_admin_tokens
 from tests.helpers import wait_until as wait_for
 from tests.relay._relay_helpers import (
     ADMIN,

@@ -324,7 +324,7 @@ class _Run:
 
     # -- the run -----------------------------------------------------------------------
 
-    def execute(self) -> OptimizeResult:
+    def execute(self) -> OptimizeResult:  # noqa: C901, PLR0915 -- complexity 16 and 63 statements before issue 21; split when next changed
         s = self.s
         seed_candidate = self._seed_candidate()
         history: list[dict[str, Any]] = []

@@ -24,8 +24,8 @@ import pytest
 
 from taskapp import InProcessTaskApp
 
-from .._cli_helpers import ChatStandIn
-from .._optimize_helpers import ToyTask
+from ..cli._cli_helpers import ChatStandIn
+from ..optimize._optimize_helpers import ToyTask
 from ._backend import (
     KEY,
     MODEL_KEY,

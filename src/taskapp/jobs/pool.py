@@ -289,7 +289,7 @@ class JobPool:
     def _execute(self, job: dict[str, Any], run: _Run) -> None:
         from taskapp.optimize.errors import OptimizeError
         from taskapp.optimize.runner import run_config
-        from taskapp.optimize.settings import OptimizeConfig
+        from taskapp.optimize.config import OptimizeConfig
 
         job_id = run.job_id
         run_dir = self.runs_dir / job_id

@@ -287,9 +287,9 @@ class JobPool:
             self._wake.set()
 
     def _execute(self, job: dict[str, Any], run: _Run) -> None:
+        from taskapp.optimize.config import OptimizeConfig
         from taskapp.optimize.errors import OptimizeError
         from taskapp.optimize.runner import run_config
-        from taskapp.optimize.config import OptimizeConfig
 
         job_id = run.job_id
         run_dir = self.runs_dir / job_id

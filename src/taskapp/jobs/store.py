@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from taskapp.core.errors import ConfigurationError, TaskAppError
 from taskapp.core.secrets import fingerprint, redact, register_secret
@@ -253,7 +253,7 @@ class JobStore:
     connect, lock and claim. Everything above (API, pool, workers) sees only this."""
 
     #: the dialect's types in :data:`MIGRATIONS`
-    TYPES = {"REAL": "REAL", "BLOB": "BLOB", "BIGINT": "INTEGER"}
+    TYPES: ClassVar[dict[str, str]] = {"REAL": "REAL", "BLOB": "BLOB", "BIGINT": "INTEGER"}
     kind = "abstract"
     name = ""
 
@@ -421,9 +421,7 @@ class JobStore:
             wanted = [status] if isinstance(status, str) else list(status)
             bad = [s for s in wanted if s not in STATUSES]
             if bad:
-                raise ConfigurationError(
-                    f"status {bad[0]!r}: must be one of {', '.join(STATUSES)}"
-                )
+                raise ConfigurationError(f"status {bad[0]!r}: must be one of {', '.join(STATUSES)}")
             where.append(f"status IN ({', '.join('?' for _ in wanted)})")
             args += wanted
         if since is not None:
@@ -469,7 +467,7 @@ class JobStore:
         rows = self._query("SELECT result FROM jobs WHERE id = ?", (job_id,))
         if not rows or rows[0]["result"] is None:
             return None
-        value = json.loads(rows[0]["result"])
+        value = _public(json.loads(rows[0]["result"]))  # the run's config holds secrets
         return value if isinstance(value, dict) else None
 
     @staticmethod
@@ -558,7 +556,7 @@ class JobStore:
             )
             if not rows:
                 return None
-            _apply_control(self, tx, job_id, action, rows[0])
+            _Control(self, tx, job_id, action, rows[0]).apply()
         self._notify()
         return self.get(job_id)
 
@@ -628,7 +626,9 @@ class JobStore:
             rows = tx.execute("SELECT control FROM jobs WHERE id = ?", (job_id,))
         return str(rows[0]["control"]) if rows and rows[0]["control"] else None
 
-    def requeue_running(self, *, dead_owner: Any = None, reason: str = "backend restarted") -> list[str]:
+    def requeue_running(
+        self, *, dead_owner: Any = None, reason: str = "backend restarted"
+    ) -> list[str]:
         """Jobs left ``running`` by a worker that is gone go back to the queue at once
         (instead of waiting for their lease to run out). ``dead_owner(lease_owner)``
         says which are gone; without it, every running job (one backend per database)."""
@@ -652,9 +652,7 @@ class JobStore:
 
     # -- the checkpoint ------------------------------------------------------------------
 
-    def save_files(
-        self, job_id: str, files: dict[str, bytes], *, owner: str | None = None
-    ) -> None:
+    def save_files(self, job_id: str, files: dict[str, bytes], *, owner: str | None = None) -> None:
         """Store (replace) these files of the job's checkpoint, fenced by the lease."""
         if not files:
             return
@@ -702,73 +700,96 @@ class JobStore:
             (job_id, after, limit),
         )
         return [
-            {"seq": row["seq"], "ts": row["ts"], "kind": row["kind"], "data": json.loads(row["data"])}
+            {
+                "seq": row["seq"],
+                "ts": row["ts"],
+                "kind": row["kind"],
+                "data": json.loads(row["data"]),
+            }
             for row in rows
         ]
 
 
-def _apply_control(store: JobStore, tx: _Tx, job_id: str, action: str, row: dict[str, Any]) -> None:  # noqa: C901 - one branch per (action, status), read as a table
-    status = row["status"]
-    now = _now()
+class _Control:
+    """One control request applied to one job row, inside the caller's transaction."""
 
-    def become(new: str, reason: str, **extra: Any) -> None:
+    def __init__(self, store: JobStore, tx: _Tx, job_id: str, action: str, row: dict[str, Any]):
+        self.store, self.tx, self.job_id, self.action = store, tx, job_id, action
+        self.status, self.control = row["status"], row["control"]
+
+    def apply(self) -> None:
+        handler = getattr(self, f"_{self.action}", None)
+        if self.action not in (*CONTROLS, "resume", "retry") or handler is None:
+            raise ConfigurationError(f"unknown action {self.action!r}")
+        handler()
+
+    def become(self, new: str, reason: str, **extra: Any) -> None:
         fields = {"status": new, "status_reason": reason, "control": None, **extra}
         if new != "running":
             fields.update(lease_owner=None, lease_expires=None)
-        names, values = store._assignments(fields)
-        tx.execute(f"UPDATE jobs SET {names} WHERE id = ?", [*values, job_id])  # noqa: S608
-        store._add_event(tx, job_id, "status", {"status": new, "reason": reason})
+        names, values = self.store._assignments(fields)
+        self.tx.execute(f"UPDATE jobs SET {names} WHERE id = ?", [*values, self.job_id])  # noqa: S608
+        self.store._add_event(self.tx, self.job_id, "status", {"status": new, "reason": reason})
 
-    def request(control: str) -> None:
+    def request(self, control: str | None) -> None:
+        """Leave the request for the job's worker (None: withdraw a pause)."""
         extra = ", cancel_requested = 1" if control == "cancel" else ""
-        tx.execute(
+        self.tx.execute(
             f"UPDATE jobs SET control = ?, updated_at = ?{extra} WHERE id = ?",  # noqa: S608
-            (control, now, job_id),
+            (control, _now(), self.job_id),
         )
-        store._add_event(tx, job_id, f"{control}_requested", {})
+        self.store._add_event(self.tx, self.job_id, f"{control or 'resume'}_requested", {})
 
-    def refuse(why: str) -> None:
-        raise StoreConflictError(f"cannot {action} job {job_id}: it is {status}{why}")
+    def refuse(self, why: str = "") -> None:
+        raise StoreConflictError(
+            f"cannot {self.action} job {self.job_id}: it is {self.status}{why}"
+        )
 
-    if action == "cancel":
-        if status in ("queued", "paused"):
-            become("cancelled", "cancelled on request", finished_at=now, cancel_requested=1,
-                   error=f"cancelled while {status}" if status == "paused"
-                   else "cancelled before it started")  # fmt: skip
-        elif status == "running":
-            request("cancel")
-    elif action == "pause":
-        if status == "queued":
-            become("paused", "paused on request")
-        elif status == "running":
-            request("pause")
-        elif status != "paused":
-            refuse("")
-    elif action == "resume":
-        if status == "paused":
-            become("queued", "resumed on request")
-        elif status == "running" and row["control"] == "pause":
-            tx.execute("UPDATE jobs SET control = NULL WHERE id = ?", (job_id,))
-            store._add_event(tx, job_id, "resume_requested", {})
-        elif status != "queued" and status != "running":
-            refuse("")
-    elif action == "stop":
-        if status == "running":
-            request("stop")
-        elif status == "paused":  # a worker picks it up and ends it at once with its best
-            become("queued", "stop requested while paused")
-            tx.execute("UPDATE jobs SET control = 'stop' WHERE id = ?", (job_id,))
-        elif status == "queued":
-            refuse(" and has no result yet: cancel it instead")
+    def _cancel(self) -> None:
+        if self.status in ("queued", "paused"):
+            error = (
+                "cancelled before it started"
+                if self.status == "queued"
+                else "cancelled while paused"
+            )
+            self.become("cancelled", "cancelled on request", finished_at=_now(),
+                        cancel_requested=1, error=error)  # fmt: skip
+        elif self.status == "running":
+            self.request("cancel")
+        # a finished job stays as it is: cancelling it again is no error
+
+    def _pause(self) -> None:
+        if self.status == "queued":
+            self.become("paused", "paused on request")
+        elif self.status == "running":
+            self.request("pause")
+        elif self.status != "paused":
+            self.refuse()
+
+    def _resume(self) -> None:
+        if self.status == "paused":
+            self.become("queued", "resumed on request")
+        elif self.status == "running" and self.control == "pause":
+            self.request(None)
+        elif self.status not in ("queued", "running"):
+            self.refuse()
+
+    def _stop(self) -> None:
+        if self.status == "running":
+            self.request("stop")
+        elif self.status == "paused":  # a worker takes it and ends it at once with its best
+            self.become("queued", "stop requested while paused")
+            self.tx.execute("UPDATE jobs SET control = 'stop' WHERE id = ?", (self.job_id,))
+        elif self.status == "queued":
+            self.refuse(" and has no result yet: cancel it instead")
         else:
-            refuse("")
-    elif action == "retry":
-        if status not in ("failed", "cancelled"):
-            refuse(": only a failed or cancelled job can be retried")
-        become("queued", f"retry of a {status} job", error=None, result=None, finished_at=None,
-               cancel_requested=0)  # fmt: skip
-    else:
-        raise ConfigurationError(f"unknown action {action!r}")
+            self.refuse()
+
+    def _retry(self) -> None:
+        if self.status not in ("failed", "cancelled"):
+            self.refuse(": only a failed or cancelled job can be retried")
+        self.become("queued", f"retry of a {self.status} job", error=None, result=None,
+                    finished_at=None, cancel_requested=0)  # fmt: skip
 
 
 # -- SQLite ------------------------------------------------------------------------------
@@ -902,7 +923,11 @@ class PostgresJobStore(JobStore):
     fails the calls made while it is away (as :class:`StoreError`)."""
 
     kind = "postgresql"
-    TYPES = {"REAL": "DOUBLE PRECISION", "BLOB": "BYTEA", "BIGINT": "BIGINT"}
+    TYPES: ClassVar[dict[str, str]] = {
+        "REAL": "DOUBLE PRECISION",
+        "BLOB": "BYTEA",
+        "BIGINT": "BIGINT",
+    }
 
     def __init__(self, url: str, *, pool_size: int = 8, connect_timeout: float = 5.0) -> None:
         super().__init__()

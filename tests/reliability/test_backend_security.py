@@ -323,9 +323,8 @@ def test_24_7_run_files_are_private_and_secrets_are_redacted_by_value(
     assert job["status"] == "succeeded", job["error"]
     runs = shared.db.with_name(shared.db.name + ".runs")
     assert stat.S_IMODE(runs.stat().st_mode) == 0o700
-    files = [p for p in (runs / job["id"]).rglob("*") if p.is_file()]
-    assert files
-    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), files
+    for path in runs.rglob("*"):  # scratch run directories (checkpoints live in the db)
+        assert not stat.S_IMODE(path.stat().st_mode) & 0o077, path
     shown = shared.request("GET", f"/api/jobs/{job['id']}/result").text
     shown += shared.request("GET", "/api/jobs").text
     assert header_value not in shown

@@ -24,7 +24,7 @@ from taskapp.core.errors import ConfigurationError
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import register_secret
 
-__all__ = ["API_KEY_ENV", "DEFAULT_DB", "read_api_key", "serve"]
+__all__ = ["API_KEY_ENV", "DEFAULT_DB", "default_runs_dir", "read_api_key", "serve"]
 
 logger = get_logger("taskapp.jobs")
 
@@ -87,6 +87,19 @@ def _stop_on_signals(server: Any) -> Iterator[None]:
             signal.signal(signum, before)
 
 
+def default_runs_dir(store: Any, runs_dir: str | Path | None) -> Path:
+    """Where a pool's scratch run directories go: ``runs_dir``, else beside a SQLite file
+    (``DB.runs/``), else a per-user temporary folder (the checkpoints live in the store)."""
+    import tempfile
+
+    if runs_dir is not None:
+        return Path(runs_dir)
+    path = getattr(store, "path", None)
+    if isinstance(path, Path):
+        return path.with_name(path.name + ".runs")
+    return Path(tempfile.gettempdir()) / f"taskapp-runs-{os.getuid()}"
+
+
 def _warm_up() -> None:
     with contextlib.suppress(Exception):
         import taskapp.optimize.runner
@@ -103,13 +116,16 @@ def serve(
     workers: int = 2,
     runs_dir: str | Path | None = None,
     on_ready: Callable[[str], None] | None = None,
+    lease_seconds: float = 30.0,
     llm_endpoints: Mapping[str, Any] | None = None,
     max_streams: int = 1024,
     max_streams_per_key: int = 512,
     header_timeout: float = 10.0,
     max_connections: int = 4096,
 ) -> None:
-    """Run the backend until SIGINT/SIGTERM (blocking).
+    """Run the backend until SIGINT/SIGTERM (blocking). ``db``: a SQLite path or a
+    ``postgresql://`` URL; ``workers=0``: the API only (``taskapp backend worker``
+    processes run the jobs).
 
     ``llm_endpoints`` (from :func:`taskapp.jobs.llm.parse_llm_endpoints`): the reflection
     model endpoints the backend may call with its own keys. ``max_streams`` /
@@ -123,10 +139,11 @@ def serve(
     from taskapp.core.ports import listen_tcp, url_host
     from taskapp.jobs.pool import JobPool
     from taskapp.jobs.service import create_backend_app
-    from taskapp.jobs.store import JobStore
+    from taskapp.jobs.store import open_store
     from taskapp.jobs.streams import HoldLimits
 
-    store = JobStore(db, owner=True)
+    os.umask(0o077)  # this process's files (run directories, the database) are private
+    store = open_store(db, owner=True)
     try:
         sock = listen_tcp(host, port)
     except OSError as exc:
@@ -134,10 +151,10 @@ def serve(
         raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     url = f"http://{url_host(host)}:{sock.getsockname()[1]}"
     store.describe_owner(f"serving on {url}")
-    runs = (
-        Path(runs_dir) if runs_dir is not None else store.path.with_name(store.path.name + ".runs")
-    )
-    pool = JobPool(store, runs_dir=runs, workers=workers, llm_endpoints=llm_endpoints)
+    pool = JobPool(
+        store, runs_dir=default_runs_dir(store, runs_dir), workers=workers,
+        lease_seconds=lease_seconds, llm_endpoints=llm_endpoints,
+    )  # fmt: skip
     try:
         limits = HoldLimits(total=max_streams, per_key=max_streams_per_key)
         app = create_backend_app(store, pool, api_key, limits=limits, llm_endpoints=llm_endpoints)

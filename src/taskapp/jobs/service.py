@@ -4,16 +4,22 @@ Every ``/api`` route needs ``Authorization: Bearer <key>`` (compared in constant
 checked before the body is read: :mod:`.guard`); ``/`` (the page, which asks for the key
 in the browser) and ``/health`` do not::
 
-    POST /api/jobs                      submit: {config_toml, overrides, task_app_url,
+    POST   /api/jobs                    submit: {config_toml, overrides, task_app_url,
                                         task_app_api_key, task_app_worker_token,
-                                        reflection_api_key} -> job
-    GET  /api/jobs?limit=&offset=&status=   newest first, with total
-    GET  /api/jobs/{id}?wait=&status=   status, scores, progress (long poll: answers when
+                                        reflection_api_key} (header Idempotency-Key: the
+                                        same key and body give the same job, 200; another
+                                        body, 409)
+    GET    /api/jobs?status=&since=&until=&cursor=&limit=   newest first, next_cursor
+    GET    /api/jobs/{id}?wait=&status= status, scores, progress (long poll: answers when
                                         the status is no longer ``status``, or after wait s)
-    GET  /api/jobs/{id}/events?after=&limit=   paged history
-    GET  /api/jobs/{id}/events/stream?after=   the same as server-sent events, until done
-    POST /api/jobs/{id}/cancel          stop it within seconds (status "cancelled")
-    GET  /api/jobs/{id}/result          best prompt, seed prompt, scores, candidates, history
+    POST   /api/jobs/{id}/pause|resume|stop|cancel|retry    the lifecycle controls
+    DELETE /api/jobs/{id}               a finished job, with its events and checkpoint
+    GET    /api/jobs/{id}/events?after=&limit=   paged history, by sequence number
+    GET    /api/jobs/{id}/events/stream?after=   the same as server-sent events, until done
+    GET    /api/jobs/{id}/result        best prompt, seed prompt, scores, candidates, history
+
+The API is stateless over its :class:`~taskapp.jobs.store.JobStore`: any number of API
+processes may serve one PostgreSQL store, with or without local workers.
 
 Input is bounded (:mod:`.validation`) before anything is stored; long polls and streams
 wait on a :class:`~.streams.ChangeHub` (no thread each) and are capped
@@ -46,7 +52,15 @@ from taskapp.core.secrets import fingerprint, register_secret
 from taskapp.jobs.guard import Guard, error_body, error_headers
 from taskapp.jobs.llm import LlmEndpoint, bind_reflection_lm
 from taskapp.jobs.pool import JobPool
-from taskapp.jobs.store import STATUSES, TERMINAL, JobStore, StoreError, secret_values
+from taskapp.jobs.store import (
+    STATUSES,
+    TERMINAL,
+    JobStore,
+    StoreConflictError,
+    StoreError,
+    request_hash,
+    secret_values,
+)
 from taskapp.jobs.streams import Busy, ChangeHub, HoldLimits
 from taskapp.jobs.validation import (
     MAX_BODY_BYTES,
@@ -152,6 +166,40 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return _json_error(500, "internal_error", "internal error (logged by the backend)")
 
 
+async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StoreConflictError)
+    return _json_error(409, "conflict", exc.message)
+
+
+#: an Idempotency-Key: 1-200 printable ASCII characters
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+def _timestamp(value: str | None, name: str) -> float | None:
+    """``since``/``until``: Unix seconds or an ISO 8601 time (UTC when no zone is given)."""
+    if value is None or value == "":
+        return None
+    import datetime as dt
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds) or abs(seconds) > 1e11:
+            raise BadInput(f"{name}: Unix seconds within +-1e11, got {value[:40]!r}")
+        return seconds
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            400, "bad_request", f"{name}: Unix seconds or an ISO 8601 time, got {value[:40]!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
 class _HeldStream(StreamingResponse):
     """A streaming response that gives its :class:`HoldLimits` slot back however it
     ends (done, client gone, server stopping)."""
@@ -173,7 +221,7 @@ class BackendApi:
     def __init__(
         self,
         store: JobStore,
-        pool: JobPool,
+        pool: JobPool | None,
         api_key: str,
         *,
         limits: HoldLimits | None = None,
@@ -213,17 +261,32 @@ class BackendApi:
         return HTMLResponse(PAGE_HTML)
 
     async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "running": self.pool.running(), "workers": self.pool.workers}
+        pool = self.pool
+        return {
+            "status": "ok",
+            "store": self.store.kind,
+            "running": pool.running() if pool is not None else [],
+            "workers": pool.workers if pool is not None else 0,
+        }
 
     # -- submit --------------------------------------------------------------------------
 
     async def submit(self, request: Request) -> JSONResponse:
+        """A new job (201), or with an ``Idempotency-Key`` seen before for the same
+        body, that job again (200); the same key with another body is a 409."""
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+            raise ApiError(
+                400, "bad_request", "Idempotency-Key: 1 to 200 printable ASCII characters"
+            )
         raw = await request.body()  # the Guard capped it (413 past MAX_BODY_BYTES)
         body = _decode_body(raw)
-        job = await run_in_threadpool(self._submit, body)
-        return JSONResponse(job, 201)
+        job, created = await run_in_threadpool(self._submit, body, idempotency_key)
+        return JSONResponse(job, 201 if created else 200)
 
-    def _submit(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _submit(
+        self, body: dict[str, Any], idempotency_key: str | None
+    ) -> tuple[dict[str, Any], bool]:
         try:
             spec, url, key, token = _submission(body)
             reflection = bind_reflection_lm(
@@ -240,30 +303,64 @@ class BackendApi:
         register_secret(token)
         for value in secret_values(config):
             register_secret(value)
-        job_id = self.store.create(
+        job_id, created = self.store.create(
             config,
             task_app_url=url.rstrip("/"),
             task_app_key=key or None,
             worker_token=token,
             warnings=spec.warnings,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash(body) if idempotency_key is not None else None,
         )
-        self.pool.notify()
-        logger.info("job %s submitted for %s", job_id, url)
+        if self.pool is not None:
+            self.pool.notify()
         job = self.job_or_404(job_id)
         job["warnings"] = spec.warnings
-        return job
+        if not created:
+            logger.info("job %s: submitted again with its Idempotency-Key", job_id)
+        else:
+            logger.info("job %s submitted for %s", job_id, url)
+        return job, created
 
     # -- reads ---------------------------------------------------------------------------
 
     def list_jobs(
-        self, request: Request, limit: int = 50, offset: int = 0, status: str | None = None
+        self,
+        request: Request,
+        limit: int = 50,
+        offset: int = 0,
+        status: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        cursor: str | None = None,
     ) -> dict[str, Any]:
+        """Newest first; ``status`` (comma-separated), ``since``/``until`` (created at,
+        Unix seconds or ISO 8601), and ``cursor``: the ``next_cursor`` of the page before
+        (None on the last page)."""
         self.authorize(request)
         limit = bounded_int(limit, name="limit", minimum=1, maximum=500)
         offset = bounded_int(offset, name="offset")
-        _check_status(status)
-        jobs = self.store.list_jobs(limit=limit, offset=offset, status=status)
-        return {"jobs": jobs, "total": self.store.count(), "limit": limit, "offset": offset}
+        statuses = [s for s in (status or "").split(",") if s] or None
+        for one in statuses or ():
+            _check_status(one)
+        if cursor is not None and len(cursor) > 200:
+            raise BadInput("cursor: at most 200 characters (the next_cursor of a page)")
+        start, end = _timestamp(since, "since"), _timestamp(until, "until")
+        try:
+            jobs = self.store.list_jobs(
+                limit=limit, offset=offset, status=statuses, since=start, until=end,
+                cursor=cursor,
+            )  # fmt: skip
+            total = self.store.count(status=statuses, since=start, until=end)
+        except ConfigurationError as exc:
+            raise ApiError(400, "bad_request", exc.message) from None
+        return {
+            "jobs": jobs,
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "next_cursor": self.store.next_cursor(jobs, limit),
+        }
 
     async def get_job(
         self, request: Request, job_id: str, wait: float = 0.0, status: str | None = None
@@ -342,12 +439,29 @@ class BackendApi:
 
     # -- control -------------------------------------------------------------------------
 
-    def cancel(self, request: Request, job_id: str) -> dict[str, Any]:
+    def control(self, action: str) -> Any:
+        """The handler of ``POST /api/jobs/{id}/<action>``."""
+
+        def handler(request: Request, job_id: str) -> dict[str, Any]:
+            self.authorize(request)
+            job = self.store.control(job_id, action) if len(job_id) <= 200 else None
+            if job is None:
+                raise ApiError(404, "not_found", f"no job {job_id[:80]!r}")
+            if self.pool is not None:
+                self.pool.signal(job_id, action)
+                self.pool.notify()
+            logger.info("job %s: %s (now %s)", job_id, action, job["status"])
+            return job
+
+        handler.__name__ = action
+        return handler
+
+    def delete(self, request: Request, job_id: str) -> dict[str, Any]:
         self.authorize(request)
-        self.job_or_404(job_id)
-        job = self.pool.cancel(job_id)
-        assert job is not None
-        return job
+        if len(job_id) > 200 or self.store.delete(job_id) is None:
+            raise ApiError(404, "not_found", f"no job {job_id[:80]!r}")
+        logger.info("job %s deleted", job_id)
+        return {"id": job_id, "deleted": True}
 
     def result(self, request: Request, job_id: str) -> dict[str, Any]:
         self.authorize(request)
@@ -457,7 +571,7 @@ _SUBMIT_SCHEMA = {
 
 def create_backend_app(
     store: JobStore,
-    pool: JobPool,
+    pool: JobPool | None,
     api_key: str,
     *,
     limits: HoldLimits | None = None,
@@ -466,7 +580,8 @@ def create_backend_app(
 ) -> Any:
     """The ASGI app of ``taskapp backend serve`` over ``store`` and ``pool``: the FastAPI
     routes inside the :class:`~.guard.Guard` (key before body, body cap, headers). The
-    FastAPI app is the ``api`` attribute (``.api.openapi()`` is the schema)."""
+    FastAPI app is the ``api`` attribute (``.api.openapi()`` is the schema). ``pool``
+    None: an API process without local workers."""
     if not api_key:
         raise ConfigurationError("the backend needs an API key")
     register_secret(api_key)
@@ -476,6 +591,7 @@ def create_backend_app(
     app.add_exception_handler(BadInput, _bad_input)
     app.add_exception_handler(Busy, _busy)
     app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(StoreConflictError, _conflict)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
@@ -488,7 +604,9 @@ def create_backend_app(
     app.add_api_route("/api/jobs/{job_id}", api.get_job, methods=["GET"])
     app.add_api_route("/api/jobs/{job_id}/events", api.events, methods=["GET"])
     app.add_api_route("/api/jobs/{job_id}/events/stream", api.stream, methods=["GET"])
-    app.add_api_route("/api/jobs/{job_id}/cancel", api.cancel, methods=["POST"])
+    for action in ("pause", "resume", "stop", "cancel", "retry"):
+        app.add_api_route(f"/api/jobs/{{job_id}}/{action}", api.control(action), methods=["POST"])
+    app.add_api_route("/api/jobs/{job_id}", api.delete, methods=["DELETE"])
     app.add_api_route("/api/jobs/{job_id}/result", api.result, methods=["GET"])
     guarded = Guard(app, key_ok=api.key_ok, max_body=max_body)
     guarded.api = app  # type: ignore[attr-defined]

@@ -186,8 +186,8 @@ def test_24_2_a_poisoned_row_is_an_error_row_and_survives_a_restart(tmp_path: Pa
     with sqlite3.connect(db) as conn:
         for job_id, config in poisoned.items():
             conn.execute(
-                "INSERT INTO jobs (id, created_at, updated_at, status, config, task_app_url)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, created_at, updated_at, status, config, task_app_url,"
+                " event_seq) VALUES (?, ?, ?, ?, ?, ?, 1)",
                 (job_id, time.time(), time.time(), "queued", config, "http://127.0.0.1:9"),
             )
             conn.execute(

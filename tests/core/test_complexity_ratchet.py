@@ -15,9 +15,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "taskapp"
 
-#: Today's exemptions (issue 21 set 25 C901 + 13 PLR0915, relay/server/rest.py's
-#: build_router was split the same day). Lower these, never raise them.
-CEILING = {"C901": 24, "PLR0915": 12}
+#: Today's exemptions: issue 21 set 25 C901 + 13 PLR0915, then split relay/server/rest.py's
+#: build_router and optimize/resolved.py's _settings. Lower these, never raise them.
+CEILING = {"C901": 23, "PLR0915": 11}
 
 _NOQA = re.compile(r"#\s*noqa:\s*([A-Z0-9, ]+?)(?:\s+--\s*(.*))?$")
 

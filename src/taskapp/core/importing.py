@@ -5,6 +5,10 @@ interpreter (what the subprocess and Ray runners send their children);
 ``import_from_string`` and ``exec_path`` are the two ways the builtin loaders import a
 target. Standard library plus :mod:`taskapp.core.errors` only, so
 :mod:`taskapp.core.backends` can use it without closing an import circle.
+
+``install_command`` says one way everywhere how to install an optional extra when its
+import fails: taskapp is installed from a clone (it is not on the package index yet), so
+the command that works is ``pip install '.[extra]'`` run in the clone.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ from typing import Any
 
 from taskapp.core.errors import AppLoadError, ConfigurationError
 
-__all__ = ["exec_path", "import_from_string", "import_string_for", "looks_like_import_string"]
+__all__ = [
+    "exec_path",
+    "import_from_string",
+    "import_string_for",
+    "install_command",
+    "looks_like_import_string",
+]
 
 _IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -143,3 +153,11 @@ def exec_path(path: Path) -> ModuleType:
             with contextlib.suppress(ValueError):
                 sys.path.remove(folder)
     return module
+
+
+def install_command(extra: str) -> str:
+    """The command that installs ``extra``, as errors and help texts print it."""
+    return (
+        f"pip install '.[{extra}]' in your taskapp clone (or pip install 'taskapp[{extra}]' "
+        "once taskapp is on the package index)"
+    )

@@ -11,10 +11,10 @@ usable from Python: :func:`taskapp.evaluate` / :func:`taskapp.aevaluate`.
 
 from __future__ import annotations
 
+from taskapp.evaluation.evaluate import aevaluate, evaluate
 from taskapp.evaluation.plan import EvaluationPlanError, Plan
 from taskapp.evaluation.report import REPORT_FORMAT, EvaluationResult, Summary
 from taskapp.evaluation.rollouts import EARLY_STOP_AFTER, run_evaluation
-from taskapp.evaluation.run import aevaluate, evaluate
 
 __all__ = [
     "EARLY_STOP_AFTER",

@@ -18,7 +18,7 @@ from taskapp.core.errors import (
 )
 from taskapp.core.logs import get_logger
 from taskapp.optimize.errors import TaskAppUnavailableError
-from taskapp.optimize.resolve import _Settings
+from taskapp.optimize.resolved import _Settings
 from taskapp.optimize.seeds import format_seeds, known_seeds
 
 logger = get_logger("taskapp.optimize")

@@ -35,9 +35,9 @@ from typing import Any, Literal
 
 from taskapp.core.backends import Tunnel, TunnelBackend, TunnelContext
 from taskapp.core.errors import ConfigurationError, TunnelError
-from taskapp.core.extras import install_command
 from taskapp.core.health import is_loopback_url
 from taskapp.core.hookspecs import RegisterTunnel, hookimpl
+from taskapp.core.importing import install_command
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import fingerprint, register_secret
 

@@ -113,8 +113,42 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'taskapp' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
+    if name in ("evaluate", "aevaluate"):
+        value = _knowing_the_bundled_examples(value)
     globals()[name] = value
     return value
+
+
+def _knowing_the_bundled_examples(function: Any) -> Any:
+    """``function`` with ``aliases=`` defaulting to the bundled examples, so that
+    ``taskapp.evaluate("support-intents")`` works as ``taskapp eval support-intents`` does.
+
+    The top-level face passes the names; :mod:`taskapp.evaluation` and the layers below
+    take them from their caller and never import :mod:`taskapp.examples`.
+    """
+    import functools
+    import inspect
+
+    def with_aliases(kwargs: dict[str, Any]) -> dict[str, Any]:
+        if kwargs.get("aliases") is None:
+            from taskapp.examples import BUNDLED
+
+            kwargs["aliases"] = BUNDLED
+        return kwargs
+
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def awaited(*args: Any, **kwargs: Any) -> Any:
+            return await function(*args, **with_aliases(kwargs))
+
+        return awaited
+
+    @functools.wraps(function)
+    def called(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **with_aliases(kwargs))
+
+    return called
 
 
 def __dir__() -> list[str]:

@@ -12,7 +12,6 @@ handler, no environment change, no plugin loading).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from taskapp._version import __version__
@@ -21,6 +20,7 @@ from taskapp._version import __version__
 from taskapp.core.errors import *  # noqa: F403
 from taskapp.core.errors import __all__ as _ERRORS
 from taskapp.core.hookspecs import hookimpl
+from taskapp.core.importing import lazy_exports
 
 if TYPE_CHECKING:
     from taskapp.core.backends import (
@@ -108,14 +108,13 @@ _LAZY: dict[str, str] = {
 __all__ = ["__version__", "hookimpl", *_LAZY, *_ERRORS]
 
 
+_lazy_getattr, __dir__ = lazy_exports(__name__, _LAZY, __all__)
+
+
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'taskapp' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = _lazy_getattr(name)
     if name in ("evaluate", "aevaluate"):
-        value = _knowing_the_bundled_examples(value)
-    globals()[name] = value
+        value = globals()[name] = _knowing_the_bundled_examples(value)
     return value
 
 
@@ -149,7 +148,3 @@ def _knowing_the_bundled_examples(function: Any) -> Any:
         return function(*args, **with_aliases(kwargs))
 
     return called
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)

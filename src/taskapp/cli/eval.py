@@ -126,7 +126,7 @@ class _Interrupt:
         loop.call_soon_threadsafe(task.cancel)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 13 and 52 statements before issue 21; split when next changed
     from taskapp.core.client import normalize_url
     from taskapp.core.endpoint import endpoint_of
     from taskapp.evaluation import EvaluationResult
@@ -335,11 +335,11 @@ class _Progress:
 
 
 def _report(state: Any, args: argparse.Namespace) -> int:
-    from taskapp.evaluation.console import print_result
+    from taskapp.evaluation.console import print_summary
 
     summary = state.summary
     to_stdout_json = args.json == "-"
-    print_result(state, sys.stderr if to_stdout_json else sys.stdout, worst=args.worst)
+    print_summary(state, sys.stderr if to_stdout_json else sys.stdout, worst=args.worst)
     if args.json:
         text = json.dumps(state.to_dict(), indent=2, default=str)
         if to_stdout_json:

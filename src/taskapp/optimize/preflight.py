@@ -17,9 +17,9 @@ from taskapp.core.errors import (
     TaskAppRequestError,
 )
 from taskapp.core.logs import get_logger
+from taskapp.core.seeds import format_seeds, known_seeds
 from taskapp.optimize.errors import TaskAppUnavailableError
 from taskapp.optimize.resolved import _Settings
-from taskapp.optimize.seeds import format_seeds, known_seeds
 
 logger = get_logger("taskapp.optimize")
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.secrets import redact
+from taskapp.core.seeds import parse_seeds
 from taskapp.optimize.config import OptimizeConfig
 from taskapp.optimize.lm import REFLECTION_TEMPLATE, describe_lm
-from taskapp.optimize.seeds import parse_seeds
 
 STATE_DIR = "gepa"
 RUN_FILE = "run.json"
@@ -92,7 +92,7 @@ def _positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
     return value
 
 
-def _settings(config: OptimizeConfig) -> _Settings:
+def _settings(config: OptimizeConfig) -> _Settings:  # noqa: C901, PLR0915 -- complexity 28 and 66 statements before issue 21; split when next changed
     kw = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
     output_dir = Path(kw["output_dir"]).expanduser() if kw["output_dir"] is not None else None
     if kw["resume"] and output_dir is None:

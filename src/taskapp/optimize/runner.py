@@ -34,6 +34,7 @@ from taskapp.core.endpoint import Endpoint, is_url, open_endpoint
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.importing import install_command
 from taskapp.core.logs import get_logger
+from taskapp.core.seeds import SeedLoader, SeedsLike
 from taskapp.optimize.adapter import TaskAppAdapter, candidate_key
 from taskapp.optimize.config import OptimizeConfig
 from taskapp.optimize.errors import (
@@ -47,7 +48,6 @@ from taskapp.optimize.preflight import _check_health, _check_seeds, advertised_p
 from taskapp.optimize.progress import GepaLogger, JsonlWriter, ProgressTracker, RunStopper
 from taskapp.optimize.resolved import HISTORY_FILE, RUN_FILE, STATE_DIR, _Settings, _settings
 from taskapp.optimize.result import OptimizeResult
-from taskapp.optimize.seeds import SeedLoader, SeedsLike
 from taskapp.optimize.stopsignals import _first_signal_stops
 
 __all__ = ["advertised_prompts", "import_gepa", "run", "run_async", "run_config"]
@@ -348,7 +348,7 @@ class _Run:
 
     # -- the run -----------------------------------------------------------------------
 
-    def execute(self) -> OptimizeResult:
+    def execute(self) -> OptimizeResult:  # noqa: C901, PLR0915 -- complexity 16 and 63 statements before issue 21; split when next changed
         s = self.s
         seed_candidate = self._seed_candidate()
         history: list[dict[str, Any]] = []

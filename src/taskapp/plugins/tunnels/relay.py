@@ -184,7 +184,8 @@ class RelayTunnel(TunnelBackend):
             raise ConfigurationError(
                 "tunnel 'relay' needs the 'websockets' package: " + install_command("relay")
             ) from None
-        from taskapp.relay.agent import AgentConfig, AgentThread
+        from taskapp.relay.agent.config import AgentConfig
+        from taskapp.relay.agent.thread import AgentThread
         from taskapp.relay.client import LeaseClient
 
         try:

@@ -20,7 +20,7 @@ import pytest
 from taskapp import InProcessTaskApp, TaskAppConfig
 from taskapp.core.containers import AsyncRollouts, declared_prompts, split_task_ids
 from taskapp.examples.support_intents import DEFAULT_PROMPT, build_config
-from tests.conftest import demo_config
+from tests.helpers import demo_config
 
 
 class Probe:

@@ -1,7 +1,7 @@
 """Before a run: the task app's health, its advertised prompts and its seeds.
 
-``_check_health`` waits for ``GET /health`` and reads ``GET /info``; ``advertised_prompts``
-finds the default prompt(s) there; ``_check_seeds`` refuses seeds outside the task set
+``check_health`` waits for ``GET /health`` and reads ``GET /info``; ``advertised_prompts``
+finds the default prompt(s) there; ``check_seeds`` refuses seeds outside the task set
 ``GET /task_info`` describes.
 """
 
@@ -19,7 +19,7 @@ from taskapp.core.errors import (
 from taskapp.core.logs import get_logger
 from taskapp.core.seeds import format_seeds, known_seeds
 from taskapp.optimize.errors import TaskAppUnavailableError
-from taskapp.optimize.resolved import _Settings
+from taskapp.optimize.resolved import ResolvedRun
 
 logger = get_logger("taskapp.optimize")
 
@@ -52,7 +52,7 @@ def advertised_prompts(info: Any, prompt_key: str = "prompt") -> dict[str, str]:
     return {}
 
 
-def _check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
+def check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
     """/health then /info; returns the info (empty when /info is not a JSON object)."""
     try:
         endpoint.wait_healthy(timeout, what="the task app", error=TaskAppUnavailableError)
@@ -71,14 +71,14 @@ def _check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
         return {}
 
 
-def _check_seeds(endpoint: Endpoint, settings: _Settings) -> None:
+def check_seeds(endpoint: Endpoint, run: ResolvedRun) -> None:
     """Refuse seeds outside the task set when ``GET /task_info`` says which seeds exist.
 
     Without this, train seeds the task app rejects (HTTP 422) would burn the whole budget
     on failed minibatches and the run would "succeed" with the baseline.
     """
     try:
-        with endpoint.client(timeout=settings.health_timeout) as client:
+        with endpoint.client(timeout=run.config.health_timeout) as client:
             body = client.task_info()
     except TaskAppRequestError as exc:
         logger.info("GET /task_info failed (%s); seeds not checked", exc)
@@ -88,9 +88,9 @@ def _check_seeds(endpoint: Endpoint, settings: _Settings) -> None:
         return
     problems = []
     for name, seeds in (
-        ("train_seeds", settings.train),
-        ("val_seeds", settings.val),
-        ("test_seeds", settings.test or []),
+        ("train_seeds", run.train),
+        ("val_seeds", run.val),
+        ("test_seeds", run.test or []),
     ):
         outside = [seed for seed in seeds if seed not in known]
         if outside:

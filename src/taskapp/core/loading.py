@@ -271,6 +271,12 @@ def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dic
     if not hint and aliases:
         close = difflib.get_close_matches(spec.lower().replace("_", "-"), list(aliases), n=1)
         hint = f" Did you mean {close[0]}?" if close else ""
+    if not aliases:
+        hint += (
+            " (A bundled example's name, such as support-intents, is known to the CLI and "
+            "taskapp.evaluate; elsewhere pass aliases=taskapp.examples.BUNDLED or the "
+            "example's build_config.)"
+        )
     raise ConfigurationError(
         f"unknown target {spec!r}: expected {names}the path of a file (a .py file, or one an "
         f"installed loader plugin takes), or a 'package.module:attr' import string.{hint}"

@@ -71,21 +71,12 @@ from taskapp.jobs.validation import (
     check_toml_text,
     scan_nesting,
 )
+from taskapp.relay.protocol import is_ingress_url
 
-__all__ = [
-    "MAX_INT",
-    "RELAY_PATH",
-    "SUBMIT_FIELDS",
-    "ApiError",
-    "BackendApi",
-    "create_backend_app",
-    "is_relay_url",
-]
+__all__ = ["MAX_INT", "SUBMIT_FIELDS", "ApiError", "BackendApi", "create_backend_app"]
 
 logger = get_logger("taskapp.jobs")
 
-#: a taskapp relay's public lease URL ends in /s/rt_<route>
-RELAY_PATH = re.compile(r"/s/rt_[A-Za-z0-9_-]+/?$")
 #: the fields of a submit body
 SUBMIT_FIELDS = (
     "config_toml",
@@ -101,10 +92,6 @@ _MAX_FIELD = 8192  # a URL, a key, a token, a name
 MAX_WAIT = 60.0
 KEEP_ALIVE = 15.0  # seconds between SSE comments on a quiet stream
 FALLBACK = 1.0  # a waiter re-reads the store at least this often
-
-
-def is_relay_url(url: str) -> bool:
-    return bool(RELAY_PATH.search(url.split("?", 1)[0]))
 
 
 class ApiError(Exception):
@@ -537,7 +524,7 @@ def _submission(body: dict[str, Any]) -> tuple[Any, str, str | None, str | None]
         )
     key = body.get("task_app_api_key") or spec.task_app_key(environ=NO_ENVIRONMENT)
     token = body.get("task_app_worker_token") or None
-    if is_relay_url(url) and not token:
+    if is_ingress_url(url) and not token:
         raise ConfigurationError(
             f"{url} is a taskapp relay URL: it needs the lease's worker token "
             "(task_app_worker_token)"

@@ -136,8 +136,9 @@ class PromptLearningSpec:
         self, explicit: str | None = None, *, environ: Mapping[str, str] | None = None
     ) -> str | None:
         """The task app's key: ``explicit``, else the file's ``task_app_api_key`` (with
-        ``${ENV}`` expansion), else ``$ENVIRONMENT_API_KEY``, else None. ``environ``
-        (default ``os.environ``) is where variables are looked up; with
+        ``${ENV}`` expansion), else the user's ``$ENVIRONMENT_API_KEY`` (never a key lent
+        to a running app: :func:`taskapp.core.env_keys.environment_api_key`), else None.
+        ``environ`` (default ``os.environ``) is where variables are looked up; with
         :data:`NO_ENVIRONMENT` (the job backend) a variable is an error and there is no
         ``$ENVIRONMENT_API_KEY`` fallback."""
         env = os.environ if environ is None else environ
@@ -146,6 +147,10 @@ class PromptLearningSpec:
         if self.task_app_api_key:
             what = f"{self.source}: prompt_learning.task_app_api_key"
             return expand_env(self.task_app_api_key, what=what, environ=env) or None
+        if environ is None:
+            from taskapp.core.env_keys import environment_api_key
+
+            return environment_api_key()
         return env.get("ENVIRONMENT_API_KEY") or None
 
 

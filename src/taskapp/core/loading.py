@@ -27,6 +27,7 @@ from taskapp.core.importing import (
     import_from_string,
     import_string_for,
     looks_like_import_string,
+    looks_like_named_target,
 )
 
 __all__ = [
@@ -239,6 +240,8 @@ def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dic
         alias = aliases.get(spec.strip().lower().replace("_", "-"))
         if alias is not None:
             return {"app": alias}
+    if looks_like_named_target(spec):
+        return {"task_app_path": spec}  # FILE@NAME, package/name: for a loader plugin
     path = Path(spec).expanduser()
     if spec.endswith(".py") or path.is_file():
         # Any existing file: the loaders decide whether they can run it (the builtin one

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError
@@ -61,30 +58,6 @@ def read_api_key(path: Path | None, *, env: Mapping[str, str] | None = None) -> 
         raise ConfigurationError(f"{origin}: the key must be one word of 8 characters or more")
     register_secret(key)
     return key
-
-
-@contextlib.contextmanager
-def _stop_on_signals(server: Any) -> Iterator[None]:
-    """SIGINT/SIGTERM end the server loop (a second one: at once), and the backend then
-    stops its jobs cleanly. (uvicorn's own handling re-raises the signal afterwards,
-    which would end the process before the jobs are stopped.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if server.should_exit:
-            server.force_exit = True
-        server.should_exit = True
-
-    for signum in previous:
-        signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        for signum, before in previous.items():
-            signal.signal(signum, before)
 
 
 def default_runs_dir(store: Any, runs_dir: str | Path | None) -> Path:
@@ -133,10 +106,9 @@ def serve(
     ``header_timeout``: seconds a client has to send its request headers.
     ``max_connections``: connections and requests at once (uvicorn answers 503 past it).
     """
-    import uvicorn
-
     from taskapp.core.header_timeout import header_timeout_protocol
     from taskapp.core.ports import listen_tcp, url_host
+    from taskapp.core.serving import fast_exit_server_class, uvicorn_config
     from taskapp.jobs.pool import JobPool
     from taskapp.jobs.service import create_backend_app
     from taskapp.jobs.store import open_store
@@ -158,17 +130,21 @@ def serve(
     try:
         limits = HoldLimits(total=max_streams, per_key=max_streams_per_key)
         app = create_backend_app(store, pool, api_key, limits=limits, llm_endpoints=llm_endpoints)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                http=header_timeout_protocol(header_timeout),
-                limit_concurrency=max_connections,
-                timeout_graceful_shutdown=2,
-            )
+        config = uvicorn_config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            http=header_timeout_protocol(header_timeout),
+            limit_concurrency=max_connections,
+            timeout_graceful_shutdown=2,
         )
+        server = fast_exit_server_class()(config)
+        # SIGINT/SIGTERM end the server loop (a second one: at once); the backend then
+        # stops its jobs cleanly below (uvicorn's own handling would re-raise the signal
+        # afterwards and end the process before the jobs are stopped).
+        server.on_signal = lambda signum: server.request_exit()
+        if on_ready is not None:
+            server.on_started = lambda: on_ready(url)
         # Import the optimizer (GEPA, the runner) now, not when the first job arrives.
         threading.Thread(target=_warm_up, name="taskapp-jobs-warm-up", daemon=True).start()
         resumed = pool.start()
@@ -178,15 +154,6 @@ def serve(
                 file=sys.stderr,
                 flush=True,
             )
-        original_startup = server.startup
-
-        async def startup(sockets: list[socket.socket] | None = None) -> None:
-            await original_startup(sockets=sockets)
-            if on_ready is not None:
-                on_ready(url)
-
-        server.startup = startup  # type: ignore[method-assign]
-        server.capture_signals = lambda: _stop_on_signals(server)  # type: ignore[method-assign]
         server.run(sockets=[sock])
     finally:
         pool.stop()

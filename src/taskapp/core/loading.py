@@ -197,7 +197,9 @@ def app_from_module(
         if not name.startswith("_") and _containers_loader().is_container(value)
     ]
     if len(found) == 1:  # a file defining one Container under any name
-        return materialize(getattr(module, found[0]), api_key=api_key, origin=f"{origin}:{found[0]}")
+        return materialize(
+            getattr(module, found[0]), api_key=api_key, origin=f"{origin}:{found[0]}"
+        )
     tried = ", ".join(APP_ATTRIBUTES + FACTORY_ATTRIBUTES + CONFIG_ATTRIBUTES)
     raise AppLoadError(
         f"found no task app in {origin}: looked for an ASGI app or TaskAppConfig named "

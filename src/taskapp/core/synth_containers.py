@@ -87,9 +87,7 @@ class ContainerHost:
 
         self.app = app
         self.name = name
-        self.state = SimpleNamespace(
-            taskapp_auth=TaskAppAuth(alias_keys_from_env(), required=True)
-        )
+        self.state = SimpleNamespace(taskapp_auth=TaskAppAuth(alias_keys_from_env(), required=True))
 
     @property
     def routes(self) -> Any:

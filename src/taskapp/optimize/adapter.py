@@ -163,6 +163,7 @@ class TaskAppAdapter:
         transport: Any = None,
         worker_token: str | None = None,
         send_candidate: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         #: also send the candidate as synth-containers' ``candidate`` (a target with /program)
@@ -182,6 +183,7 @@ class TaskAppAdapter:
             api_key,
             worker_token=worker_token,
             timeout=timeout,
+            headers=headers,
             limit=concurrency,
             transport=(
                 HttpxTransport(

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskapp.core.client import WORKER_TOKEN_HEADER, TaskAppClient, TransportError
+from taskapp.core.client import TransportError
+from taskapp.core.endpoint import Endpoint
 from taskapp.core.errors import (
     ApiKeyRejectedError,
     ConfigurationError,
     HealthCheckError,
     TaskAppRequestError,
 )
-from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.seeds import format_seeds, known_seeds
 from taskapp.optimize.errors import TaskAppUnavailableError
 from taskapp.optimize.resolved import ResolvedRun
-from taskapp.optimize.target import Endpoint
 
 logger = get_logger("taskapp.optimize")
 
@@ -66,14 +65,7 @@ def check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
     """/health then /info (with synth-containers' ``GET /program`` under ``"program"`` when
     the app serves one); returns the info (empty when /info is not a JSON object)."""
     try:
-        wait_healthy(
-            endpoint.url,
-            api_key=endpoint.api_key,
-            headers={WORKER_TOKEN_HEADER: endpoint.worker_token} if endpoint.worker_token else None,
-            timeout=timeout,
-            what="the task app",
-            error=TaskAppUnavailableError,
-        )
+        endpoint.wait_healthy(timeout, what="the task app", error=TaskAppUnavailableError)
     except ApiKeyRejectedError as exc:
         raise TaskAppUnavailableError(
             f"{exc.message} For a URL target, set ENVIRONMENT_API_KEY (or --api-key-env) to "
@@ -82,9 +74,7 @@ def check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
     except HealthCheckError as exc:
         raise TaskAppUnavailableError(exc.message) from exc
     try:
-        with TaskAppClient(
-            endpoint.url, endpoint.api_key, worker_token=endpoint.worker_token, timeout=timeout
-        ) as client:
+        with endpoint.client(timeout=timeout) as client:
             info = client.info()
             program = client.request("GET", "/program")  # a synth-containers prompt program
             if program.status == 200 and isinstance(program.body, dict):
@@ -102,12 +92,7 @@ def check_seeds(endpoint: Endpoint, run: ResolvedRun) -> None:
     on failed minibatches and the run would "succeed" with the baseline.
     """
     try:
-        with TaskAppClient(
-            endpoint.url,
-            endpoint.api_key,
-            worker_token=endpoint.worker_token,
-            timeout=run.config.health_timeout,
-        ) as client:
+        with endpoint.client(timeout=run.config.health_timeout) as client:
             body = client.task_info()
     except TaskAppRequestError as exc:
         logger.info("GET /task_info failed (%s); seeds not checked", exc)

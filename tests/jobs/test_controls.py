@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from taskapp import InProcessTaskApp, PromptLearningJob
-from tests._optimize_helpers import ToyTask
 from tests.jobs._procs import KEY, Proc, toy_toml
+from tests.optimize._optimize_helpers import ToyTask
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ tests (``from tests.<area>._x import ...``).
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import threading
 from pathlib import Path
@@ -30,15 +32,19 @@ __all__ = [
     "REPO",
     "TESTS",
     "assert_released",
+    "build_wheels",
     "demo_config",
     "free_port",
+    "install_wheels",
     "minimal_app",
+    "new_venv",
     "port_is_free",
     "read_line_with",
     "run_script",
     "server_stack",
     "start_script",
     "taskapp_threads",
+    "venv_with_distributions",
     "wait_until",
 ]
 
@@ -160,3 +166,83 @@ def read_line_with(proc: subprocess.Popen[str], prefix: str, timeout: float = 30
         _, err = proc.communicate(timeout=5)
         raise AssertionError(f"child never printed {prefix!r}; stderr:\n{err}")
     return result[0]
+
+
+# --- venvs with real installed distributions --------------------------------------------
+# Built only from what `.ci/run` installs (`.[test]` in the venv running the tests): the
+# wheels are built by THIS environment's pip and hatchling, and the new venv sees THIS
+# environment's site-packages through a .pth file. Never `--system-site-packages`: that
+# shows the base interpreter's packages, which on a fresh machine have no hatchling,
+# fastapi or uvicorn (issue 21 item 1).
+
+
+def _pip(*args: str, timeout: float = 300) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"pip {args[0]} failed:\n{result.stdout}{result.stderr}")
+
+
+def build_wheels(out: Path, *sources: Path) -> list[Path]:
+    """Build a wheel of each source tree into ``out`` with this environment's pip and build
+    backend (no build isolation, no index: nothing is downloaded)."""
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.glob("*.whl"))
+    _pip(
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-w",
+        str(out),
+        *map(str, sources),
+    )
+    return sorted(set(out.glob("*.whl")) - before)
+
+
+def install_wheels(python: Path, *wheels: Path) -> None:
+    """Install ``wheels`` into the venv of ``python`` (which needs no pip of its own)."""
+    _pip("--python", str(python), "install", "--no-deps", "--no-index", *map(str, wheels))
+
+
+def _purelib(python: Path) -> Path:
+    found = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return Path(found.stdout.strip())
+
+
+def new_venv(root: Path, *, taskapp_from_checkout: bool = True) -> Path:
+    """A venv at ``root`` (no pip) that sees this environment's packages after its own, and
+    this checkout's taskapp first when ``taskapp_from_checkout``; returns its python."""
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(root)],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    python = root / "bin" / "python"
+    purelib = _purelib(python)
+    outer = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
+    paths = [str(REPO / "src")] if taskapp_from_checkout else []
+    paths += [p for p in outer if Path(p).is_dir() and p != str(purelib)]
+    # A .pth file appends its lines to sys.path: the venv's own packages still come first.
+    (purelib / "_taskapp_tests_outer.pth").write_text("\n".join(dict.fromkeys(paths)) + "\n")
+    return python
+
+
+def venv_with_distributions(root: Path, *sources: Path) -> Path:
+    """A :func:`new_venv` with the distributions at ``sources`` built and installed as
+    wheels (real ``importlib.metadata`` entry points); returns its python."""
+    python = new_venv(root)
+    install_wheels(python, *build_wheels(root.parent / f"{root.name}-wheels", *sources))
+    return python

@@ -87,7 +87,7 @@ def test_generated_options_are_not_restated(
             assert action.default == field.default, flag
         shown = re.search(r"\(default (\S+?)\)$", action.help or "")
         if shown is not None:
-            expected = field.default
+            expected: Any = field.default
             if field.metadata["kind"] == "size":
                 expected = format_size(field.default)
             elif isinstance(expected, float):

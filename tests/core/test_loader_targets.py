@@ -12,21 +12,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import httpx
 import pytest
 
-import taskapp
 from taskapp import AppLoadError, ConfigurationError, InProcessTaskApp, TaskAppFileNotFoundError
 from taskapp.core.backends import Tunnel, TunnelBackend, TunnelContext
 from taskapp.core.plugins import get_registry
 from tests.cli._cli_helpers import taskapp as run_taskapp
-from tests.helpers import free_port, minimal_app
+from tests.helpers import FIXTURES, free_port, minimal_app, venv_with_distributions
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "plugins" / "taskapp-qa-loader"
+FIXTURE = FIXTURES / "plugins" / "taskapp-qa-loader"
 QA = {
     "app_id": "tiny-qa",
     "items": [
@@ -40,34 +38,9 @@ QA = {
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv that sees this taskapp and has the qa loader distribution installed."""
-    root = tmp_path_factory.mktemp("qa-venv") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root)], check=True)
-    python = root / "bin" / "python"
-    # The taskapp under test (an editable install in a venv is not a system site package).
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    Path(site, "taskapp_under_test.pth").write_text(str(Path(taskapp.__file__).parent.parent))
-    subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--no-build-isolation",
-            str(FIXTURE),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return python
+    """A venv that sees this taskapp and has the qa loader distribution installed (built by
+    this environment's pip and hatchling: nothing from the base interpreter)."""
+    return venv_with_distributions(tmp_path_factory.mktemp("qa-venv") / "venv", FIXTURE)
 
 
 @pytest.fixture

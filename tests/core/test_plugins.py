@@ -24,9 +24,10 @@ from taskapp import InProcessTaskApp, PluginConflictError, PluginLoadError, Tunn
 from taskapp.core.backends import AppTarget, LoadedApp, TunnelBackend, TunnelContext
 from taskapp.core.plugins import PluginRegistry, get_registry
 from taskapp.plugins.servers.thread import ThreadServer
-from tests.helpers import free_port, minimal_app, wait_until
+from tests.helpers import FIXTURES as TEST_FIXTURES
+from tests.helpers import free_port, minimal_app, venv_with_distributions, wait_until
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "plugins"
+FIXTURES = TEST_FIXTURES / "plugins"
 DISTRIBUTIONS = (
     "taskapp-echo-tunnel",
     "taskapp-broken-plugin",
@@ -37,34 +38,11 @@ DISTRIBUTIONS = (
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv that sees this taskapp and has the fixture plugin distributions installed."""
-    root = tmp_path_factory.mktemp("plugin-venv") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root)], check=True)
-    python = root / "bin" / "python"
-    # The taskapp under test (an editable install in a venv is not a system site package).
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    Path(site, "taskapp_under_test.pth").write_text(str(Path(taskapp.__file__).parent.parent))
-    subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--no-build-isolation",
-            *(str(FIXTURES / d) for d in DISTRIBUTIONS),
-        ],
-        check=True,
-        capture_output=True,
+    """A venv that sees this taskapp and has the fixture plugin distributions installed (built by
+    this environment's pip and hatchling: nothing from the base interpreter)."""
+    return venv_with_distributions(
+        tmp_path_factory.mktemp("plugin-venv") / "venv", *(FIXTURES / d for d in DISTRIBUTIONS)
     )
-    return python
 
 
 def run_in(

@@ -487,11 +487,12 @@ def test_a_full_database_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> N
     """SQLite's own disk-full condition (a page cap on this connection stands in for a full
     disk): the write fails with a StoreError that says so, and what was committed before
     is intact."""
-    from taskapp.jobs.store import JobStore, StoreError
+    from taskapp.jobs.store import SqliteJobStore as JobStore
+    from taskapp.jobs.store import StoreError
 
     store = JobStore(tmp_path / "jobs.sqlite3", owner=True)
     try:
-        job_id = store.create({"budget": 10}, task_app_url="http://127.0.0.1:9",
+        job_id, _ = store.create({"budget": 10}, task_app_url="http://127.0.0.1:9",
                               task_app_key="k" * 12, worker_token=None, warnings=[])  # fmt: skip
         pages = store._db.execute("PRAGMA page_count").fetchone()[0]
         store._db.execute(f"PRAGMA max_page_count = {pages + 2}")

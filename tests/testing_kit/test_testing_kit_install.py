@@ -15,46 +15,20 @@ it breaks.
 
 from __future__ import annotations
 
-import site
 import subprocess
-import sys
-import sysconfig
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, build_wheels, install_wheels, new_venv
 
 
 def _run(argv: list[str], *, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-def _wheel(source: Path, out: Path) -> Path:
-    result = _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--disable-pip-version-check",
-            "-q",
-            "-w",
-            str(out),
-            str(source),
-        ],
-        cwd=out,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    (wheel,) = out.glob("*.whl")
-    return wheel
 
 
 class FreshVenv:
@@ -64,23 +38,7 @@ class FreshVenv:
 
     def install(self, wheel: Path) -> None:
         # The venv has no pip of its own (faster to create): this pip installs into it.
-        result = _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "--python",
-                str(self.python),
-                "install",
-                "--no-deps",
-                "--no-index",
-                "--disable-pip-version-check",
-                "-q",
-                str(wheel),
-            ],
-            cwd=self.root,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+        install_wheels(self.python, wheel)
 
     def pytest(
         self, test_dir: Path, *args: str
@@ -115,24 +73,18 @@ class FreshVenv:
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
     root = tmp_path_factory.mktemp("fresh") / "venv"
-    result = _run(
-        [sys.executable, "-m", "venv", "--without-pip", str(root)], cwd=root.parent, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
+    # Dependencies come from the environment running this test (no network to fetch them);
+    # taskapp does not: it must come from the wheel.
     fresh = FreshVenv(root)
+    new_venv(root, taskapp_from_checkout=False)
     purelib = Path(
         _run(
             [str(fresh.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
             cwd=root,
         ).stdout.strip()
     )
-    # The dependencies of the environment running this test (no network to fetch them).
-    outer = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
-    (purelib / "_outer_site_packages.pth").write_text(
-        "\n".join(dict.fromkeys(p for p in outer if Path(p).is_dir() and p != str(purelib))) + "\n"
-    )
-    wheels = tmp_path_factory.mktemp("wheels")
-    fresh.install(_wheel(REPO, wheels))
+    (wheel,) = build_wheels(tmp_path_factory.mktemp("wheels"), REPO)
+    fresh.install(wheel)
     where = _run(
         [str(fresh.python), "-c", "import taskapp, sys; print(taskapp.__file__)"], cwd=root
     ).stdout.strip()
@@ -297,7 +249,8 @@ def test_a_broken_third_party_tunnel_fails_the_right_checks(
     (source / "taskapp_brokentunnel.py").write_text(BROKEN_TUNNEL)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    venv.install(_wheel(source, wheels))
+    (wheel,) = build_wheels(wheels, source)
+    venv.install(wheel)
     tests = tmp_path / "tests"
     tests.mkdir()
     (tests / "test_conformance.py").write_text(

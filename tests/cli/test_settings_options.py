@@ -89,7 +89,7 @@ def test_generated_options_are_not_restated(
         if shown is not None:
             expected: Any = field.default
             if field.metadata["kind"] == "size":
-                expected = format_size(field.default)
+                expected = format_size(expected)
             elif isinstance(expected, float):
                 expected = f"{expected:g}"
             assert shown.group(1) == str(expected), flag

@@ -229,6 +229,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 1
         raise UsageError("--resume needs --out DIR (the run to continue)")
     config, spec = _config(args)
     from taskapp.cli._common import (
+        bundled_aliases,
         resolve_api_key,
         resolve_target,
         start_kwargs,
@@ -238,8 +239,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 1
     target: Any = args.target or (spec.task_app_url if spec is not None else None)
     if target is None:
         raise UsageError("TARGET required (or a --config whose task_app_url names one)")
-    api_key = None
-    if target.startswith(("http://", "https://")):
+    from taskapp.core.endpoint import is_url
+
+    start: dict[str, Any] | None = None
+    if is_url(target):
         # --health-timeout also bounds the wait for a URL's /health here.
         refused = started_with_options(args, allowed=("--health-timeout",))
         if refused:
@@ -251,12 +254,12 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 1
             api_key = resolve_api_key(args).value
         health_timeout = args.health_timeout or 30.0
     else:
-        from taskapp.core.lifecycle import InProcessTaskApp
-
-        # An app of our own for this run: a free port, not the default 8114 of serve.
-        options = start_kwargs(args)
-        health_timeout = options["health_check_timeout"]
-        target = InProcessTaskApp(**resolve_target(target).kwargs, **options)
+        resolve_target(target)  # a bad TARGET is a usage error, before anything starts
+        # An app of our own for this run: a free port, not the default 8114 of serve; its
+        # key as for `taskapp eval` (--api-key-env, $ENVIRONMENT_API_KEY, else a fresh one).
+        start = start_kwargs(args)
+        health_timeout = start["health_check_timeout"]
+        api_key = resolve_api_key(args).value
     out = args.out
     if out is None:
         out = _default_out(args.target or (args.config.stem if args.config else "run"))
@@ -280,7 +283,14 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 1
     elif not args.quiet:
         printer = ConsolePrinter(sys.stderr)
     try:
-        result = run_config(target, config, api_key=api_key, on_progress=printer)
+        result = run_config(
+            target,
+            config,
+            api_key=api_key,
+            on_progress=printer,
+            start=start,
+            aliases=bundled_aliases(),
+        )
     except GepaNotInstalledError as exc:
         raise UsageError(exc.message) from None
     except TaskAppUnavailableError as exc:

@@ -197,6 +197,8 @@ class JobPool:
 
     def _progress(self, job_id: str, event: dict[str, Any]) -> None:
         """One progress event of the run: recorded, and the job's scores updated."""
+        if event.get("event") == "started" and event.get("task"):
+            self.store.set_labels(job_id, {"task": str(event["task"])})
         fields: dict[str, Any] = {}
         if event.get("best_score") is not None:
             fields["best_score"] = event["best_score"]

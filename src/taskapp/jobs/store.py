@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     started_at REAL,
     finished_at REAL,
-    first_rollout_at REAL
+    first_rollout_at REAL,
+    labels TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
@@ -72,6 +73,13 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 """
+
+#: added after the first release: (column, definition), created on older databases
+_MIGRATIONS = (("labels", "TEXT"),)
+_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated_at);"
+
+#: what the list shows beside the id: the config's file name, the task, the models
+LABELS = ("config_name", "task", "model", "reflection_model")
 
 PUBLIC_FIELDS = (
     "id",
@@ -116,6 +124,15 @@ def _public(value: Any) -> Any:
     return value
 
 
+def _labels(labels: dict[str, Any]) -> dict[str, str]:
+    """The known, non-empty labels as short strings (secrets redacted)."""
+    return {
+        name: redact(str(value))[:200]
+        for name, value in labels.items()
+        if name in LABELS and value not in (None, "")
+    }
+
+
 class StoreError(TaskAppError):
     """The job database cannot be opened or written (disk full, not a database, ...)."""
 
@@ -154,6 +171,7 @@ class JobStore:
             if owner:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.executescript(_SCHEMA)
+                self._migrate()
             self._db.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             self._release_lock()
@@ -161,6 +179,13 @@ class JobStore:
                 f"cannot open the job database {str(self.path)!r}: {exc} (is it a taskapp "
                 "job database, on a local disk with free space?)"
             ) from exc
+
+    def _migrate(self) -> None:
+        have = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, definition in _MIGRATIONS:
+            if column not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
+        self._db.executescript(_INDEXES)
 
     # -- the backend's lock --------------------------------------------------------------
 
@@ -246,13 +271,15 @@ class JobStore:
         task_app_key: str | None,
         worker_token: str | None,
         warnings: list[str],
+        labels: dict[str, str] | None = None,
     ) -> str:
         job_id = "pl_" + uuid.uuid4().hex[:16]
         now = time.time()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO jobs (id, created_at, updated_at, status, config, task_app_url,"
-                " task_app_key, worker_token, budget) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                " task_app_key, worker_token, budget, labels)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     now,
@@ -262,9 +289,11 @@ class JobStore:
                     task_app_key,
                     worker_token,
                     config.get("budget"),
+                    json.dumps(_labels(labels or {})),
                 ),
             )
-            self._add_event(db, job_id, "submitted", {"task_app_url": task_app_url})
+            submitted = {"task_app_url": task_app_url, **_labels(labels or {})}
+            self._add_event(db, job_id, "submitted", submitted)
             for warning in warnings:
                 self._add_event(db, job_id, "warning", {"message": warning})
         return job_id
@@ -293,6 +322,9 @@ class JobStore:
         job["cancel_requested"] = bool(job["cancel_requested"])
         job["config"] = _public(json.loads(row["config"]))
         job["has_result"] = row["result"] is not None
+        # a reader opening an older database (not migrated yet) sees no labels
+        has_labels = "labels" in row.keys()  # noqa: SIM118 - `in row` looks at the values
+        job["labels"] = json.loads(row["labels"] or "{}") if has_labels else {}
         if secrets:
             job["task_app_key"] = row["task_app_key"]
             job["worker_token"] = row["worker_token"]
@@ -304,6 +336,26 @@ class JobStore:
             return None
         value = json.loads(rows[0]["result"])
         return value if isinstance(value, dict) else None
+
+    def set_labels(self, job_id: str, labels: dict[str, str]) -> None:
+        """Merge ``labels`` (names in :data:`LABELS`) into the job's labels."""
+        with self._tx() as db:
+            rows = list(db.execute("SELECT labels FROM jobs WHERE id = ?", (job_id,)))
+            if not rows:
+                return
+            merged = {**json.loads(rows[0]["labels"] or "{}"), **_labels(labels)}
+            db.execute(
+                "UPDATE jobs SET labels = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(merged), time.time(), job_id),
+            )
+
+    def changed_since(self, since: float, *, limit: int = 500) -> list[dict[str, Any]]:
+        """Jobs updated after ``since`` (a ``updated_at`` value), oldest change first."""
+        rows = self._query(
+            "SELECT * FROM jobs WHERE updated_at > ? ORDER BY updated_at, id LIMIT ?",
+            (since, limit),
+        )
+        return [self._row(row) for row in rows]
 
     def update(self, job_id: str, **fields: Any) -> None:
         if not fields:

@@ -41,7 +41,12 @@ from taskapp.optimize.errors import (
 )
 from taskapp.optimize.lm import ReflectionRecorder
 from taskapp.optimize.outcome import _best_idx, _build_result, _read_history
-from taskapp.optimize.preflight import _check_health, _check_seeds, advertised_prompts
+from taskapp.optimize.preflight import (
+    _check_health,
+    _check_seeds,
+    advertised_prompts,
+    task_name,
+)
 from taskapp.optimize.progress import GepaLogger, JsonlWriter, ProgressTracker, RunStopper
 from taskapp.optimize.resolve import HISTORY_FILE, RUN_FILE, STATE_DIR, _Settings, _settings
 from taskapp.optimize.result import OptimizeResult
@@ -350,6 +355,8 @@ class _Run:
         sinks.append(remember_baseline)
         if self.on_progress is not None:
             sinks.append(self.on_progress)
+            with contextlib.suppress(Exception):  # a label for the job list, not history
+                self.on_progress({"event": "started", "task": task_name(self.info)})
         tracker = ProgressTracker(
             budget=s.budget,
             history=history,

@@ -384,7 +384,7 @@ def local_leg(count: int) -> int:
     import threading
 
     from taskapp import InProcessTaskApp
-    from taskapp.relay.agent import LocalHttp
+    from taskapp.relay.agent.local_http import LocalHttp
 
     head = LocalHttp.request_head(
         "POST", "/echo", [("host", "127.0.0.1"), ("content-length", str(len(LEG_BODY)))]

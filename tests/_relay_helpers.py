@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 
 from taskapp.relay import protocol as p
-from taskapp.relay.server import AdminToken, RelaySettings, RunningRelay, start_relay_thread
+from taskapp.relay.server.run import RunningRelay, start_relay_thread
+from taskapp.relay.server.settings import AdminToken, RelaySettings
 
 ADMIN = "admin-relay-token-for-tests-0123456789"
 OTHER_ADMIN = "another-admin-token-abcdefghijklmnop"

@@ -15,7 +15,7 @@ import pytest
 from taskapp import InProcessTaskApp
 from taskapp.core.backends import Tunnel
 from taskapp.relay.protocol import LEASES_PATH
-from taskapp.relay.server import RunningRelay
+from taskapp.relay.server.run import RunningRelay
 from taskapp.testing import ServerRunnerConformance, TunnelBackendConformance, free_port
 from taskapp.testing.conformance import KEY
 from tests._cloudflare_helpers import Standin, via_edge

@@ -259,7 +259,7 @@ def test_health_timeout_defaults_agree() -> None:
     from taskapp import InProcessTaskApp
     from taskapp.cli._common import HEALTH_TIMEOUT
     from taskapp.optimize import run
-    from taskapp.optimize.settings import OptimizeConfig
+    from taskapp.optimize.config import OptimizeConfig
 
     defaults = {
         "InProcessTaskApp": inspect.signature(InProcessTaskApp)

@@ -21,13 +21,12 @@ from typing import Any
 import pytest
 
 from taskapp import ConfigurationError, InProcessTaskApp
+from taskapp.core.seeds import format_seeds, parse_seeds
 from taskapp.optimize import (
     OptimizeResult,
     ReflectionModelError,
     StandInReflectionLM,
     TaskAppUnavailableError,
-    format_seeds,
-    parse_seeds,
     run,
     run_async,
 )

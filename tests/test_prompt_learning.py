@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from taskapp import ConfigurationError
+from taskapp.optimize.config import OptimizeConfig
 from taskapp.optimize.prompt_learning import load_prompt_learning, parse_prompt_learning
-from taskapp.optimize.settings import OptimizeConfig
 from tests.test_optimize_cli import taskapp
 
 REPO = Path(__file__).resolve().parent.parent

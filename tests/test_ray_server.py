@@ -58,7 +58,8 @@ state: dict[str, Any] = {}
 @pytest.fixture(scope="module")
 def ray_runner() -> Iterator[ModuleType]:
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'taskapp[ray]')")
-    from taskapp.plugins.servers import ray as ray_runner
+    # the runner's process-wide state (_session) and constants live in _connection
+    from taskapp.plugins.servers.ray import _connection as ray_runner
 
     yield ray_runner
     ray_runner.stop_local_ray()

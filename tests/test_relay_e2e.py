@@ -20,8 +20,9 @@ import pytest
 from taskapp import InProcessTaskApp
 from taskapp.core.errors import ConfigurationError, TunnelAuthError, TunnelError
 from taskapp.relay import protocol as p
-from taskapp.relay.agent import AgentConfig, AgentThread
-from taskapp.relay.server import start_relay_thread
+from taskapp.relay.agent.config import AgentConfig
+from taskapp.relay.agent.thread import AgentThread
+from taskapp.relay.server.run import start_relay_thread
 from tests._relay_helpers import (
     ADMIN,
     TaskAppProbe,

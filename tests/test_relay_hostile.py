@@ -18,7 +18,8 @@ import pytest
 
 from taskapp.core.errors import ConfigurationError, ServerStartError
 from taskapp.relay import protocol as p
-from taskapp.relay.server import LeaseStore, start_relay_thread
+from taskapp.relay.server.leases import LeaseStore
+from taskapp.relay.server.run import start_relay_thread
 from tests._relay_helpers import (
     ADMIN,
     ErrorRecords,

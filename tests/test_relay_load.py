@@ -31,7 +31,7 @@ for name in ("uvloop", "httptools"):
         raise SystemExit(f"{name} importable: not the plain stack")
 
 from taskapp import InProcessTaskApp
-from taskapp.relay.server import start_relay_thread
+from taskapp.relay.server.run import start_relay_thread
 from tests._relay_helpers import ADMIN, TaskAppProbe, relay_settings
 from tests.conftest import free_port
 
@@ -207,7 +207,7 @@ def test_relay_listeners_say_tcp_so_asyncio_sets_nodelay() -> None:
     import socket
 
     from taskapp.core.ports import listen_tcp
-    from taskapp.relay.server import RelayServer
+    from taskapp.relay.server.run import RelayServer
     from tests._relay_helpers import relay_settings
 
     sock = listen_tcp("127.0.0.1", 0)

@@ -20,7 +20,8 @@ import pytest
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.relay import protocol as p
-from taskapp.relay.server import load_admin_tokens, start_relay_thread
+from taskapp.relay.server.run import start_relay_thread
+from taskapp.relay.server.settings import load_admin_tokens
 from tests._relay_helpers import (
     ADMIN,
     OTHER_ADMIN,

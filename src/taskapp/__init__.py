@@ -12,8 +12,7 @@ handler, no environment change, no plugin loading).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from taskapp._version import __version__
 
@@ -21,6 +20,7 @@ from taskapp._version import __version__
 from taskapp.core.errors import *  # noqa: F403
 from taskapp.core.errors import __all__ as _ERRORS
 from taskapp.core.hookspecs import hookimpl
+from taskapp.core.importing import lazy_exports
 
 if TYPE_CHECKING:
     from taskapp.core.backends import (
@@ -108,14 +108,4 @@ _LAZY: dict[str, str] = {
 __all__ = ["__version__", "hookimpl", *_LAZY, *_ERRORS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'taskapp' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

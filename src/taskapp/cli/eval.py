@@ -338,11 +338,11 @@ class _Progress:
 
 
 def _report(state: Any, args: argparse.Namespace) -> int:
-    from taskapp.evaluation.console import print_result
+    from taskapp.evaluation.console import print_summary
 
     summary = state.summary
     to_stdout_json = args.json == "-"
-    print_result(state, sys.stderr if to_stdout_json else sys.stdout, worst=args.worst)
+    print_summary(state, sys.stderr if to_stdout_json else sys.stdout, worst=args.worst)
     if args.json:
         text = json.dumps(state.to_dict(), indent=2, default=str)
         if to_stdout_json:

@@ -190,8 +190,8 @@ def _default_out(target: str) -> Path:
 def _config(args: argparse.Namespace) -> tuple[Any, Any]:
     """(OptimizeConfig, PromptLearningSpec or None): --config's values, then the flags."""
     from taskapp.cli._common import UsageError, stderr
+    from taskapp.optimize.config import OptimizeConfig
     from taskapp.optimize.prompt_learning import load_prompt_learning
-    from taskapp.optimize.settings import OptimizeConfig
 
     spec = None
     config = OptimizeConfig()

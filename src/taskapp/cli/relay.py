@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_token(args: argparse.Namespace) -> int:
-    from taskapp.relay.server import new_token
+    from taskapp.relay.server.settings import new_token
 
     token = new_token()
     print(f"{args.name}:{token}" if args.name else token)
@@ -263,7 +263,8 @@ def run_token(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from taskapp.core.errors import ConfigurationError, PortError
     from taskapp.core.ports import listen_tcp
-    from taskapp.relay.server import RelayServer, RelaySettings, load_admin_tokens
+    from taskapp.relay.server.run import RelayServer
+    from taskapp.relay.server.settings import RelaySettings, load_admin_tokens
 
     tokens = load_admin_tokens(
         args.admin_token_file, allow_insecure_permissions=args.insecure_permissions

@@ -5,6 +5,13 @@ interpreter (what the subprocess and Ray runners send their children);
 ``import_from_string`` and ``exec_path`` are the two ways the builtin loaders import a
 target. Standard library plus :mod:`taskapp.core.errors` only, so
 :mod:`taskapp.core.backends` can use it without closing an import circle.
+
+``lazy_exports`` is the one lazy package face (``taskapp``, ``taskapp.jobs``,
+``taskapp.optimize``): names imported from their module on first use.
+
+``install_command`` says one way everywhere how to install an optional extra when its
+import fails: taskapp is installed from a clone (it is not on the package index yet), so
+the command that works is ``pip install '.[extra]'`` run in the clone.
 """
 
 from __future__ import annotations
@@ -16,13 +23,21 @@ import importlib.util
 import inspect
 import re
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from taskapp.core.errors import AppLoadError, ConfigurationError
 
-__all__ = ["exec_path", "import_from_string", "import_string_for", "looks_like_import_string"]
+__all__ = [
+    "exec_path",
+    "import_from_string",
+    "import_string_for",
+    "install_command",
+    "lazy_exports",
+    "looks_like_import_string",
+]
 
 _IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -143,3 +158,38 @@ def exec_path(path: Path) -> ModuleType:
             with contextlib.suppress(ValueError):
                 sys.path.remove(folder)
     return module
+
+
+def install_command(extra: str) -> str:
+    """The command that installs ``extra``, as errors and help texts print it."""
+    return (
+        f"pip install '.[{extra}]' in your taskapp clone (or pip install 'taskapp[{extra}]' "
+        "once taskapp is on the package index)"
+    )
+
+
+def lazy_exports(
+    package: str, names: Mapping[str, str], public: Iterable[str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's ``(__getattr__, __dir__)``: ``names`` maps each lazily imported name to
+    the module that defines it; a name is imported on first use and then cached in the
+    package, so ``import package`` stays cheap.
+
+    >>> getattr_, dir_ = lazy_exports("taskapp", {"TaskAppConfig": "taskapp.core.config"}, [])
+    >>> getattr_("TaskAppConfig").__name__
+    'TaskAppConfig'
+    """
+    listed = sorted(public)
+
+    def __getattr__(name: str) -> Any:
+        module = names.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return listed
+
+    return __getattr__, __dir__

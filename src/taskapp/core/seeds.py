@@ -1,8 +1,7 @@
 """Seed lists: ``"0-29,40,50-59"`` strings, ranges and lists, and a gepa DataLoader.
 
 The one seed-spec parser of taskapp: ``taskapp eval --seeds``, ``taskapp check --seeds``,
-:func:`taskapp.evaluate` and the optimizer all read seeds here (``taskapp.optimize.seeds``
-re-exports it).
+:func:`taskapp.evaluate` and the optimizer all read seeds here.
 
 >>> parse_seeds("0-3,7")
 [0, 1, 2, 3, 7]

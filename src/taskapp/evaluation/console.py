@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import IO, TYPE_CHECKING, Any
 
 from taskapp.core.seeds import format_seeds
@@ -12,18 +13,22 @@ from taskapp.core.seeds import format_seeds
 if TYPE_CHECKING:
     from taskapp.evaluation.report import EvaluationResult
 
-__all__ = ["print_result"]
+__all__ = ["print_summary"]
 
 _REQUEST_ID = re.compile(r"\b[0-9a-f]{12,}\b")
 
 
-def print_result(result: EvaluationResult, file: IO[str], *, worst: int = 5) -> None:
-    """Print the summary of ``result`` to ``file``: nothing when no seeds were planned."""
+def print_summary(result: EvaluationResult, file: IO[str] | None = None, *, worst: int = 5) -> None:
+    """Print what ``taskapp eval`` prints to ``file`` (standard output by default): the
+    summary table, the ``worst`` lowest scores with the app's explanation, and the
+    failures grouped by cause. Nothing when no seeds were planned."""
     from rich.console import Console
     from rich.table import Table
 
     if result.plan is None:
         return
+    if file is None:
+        file = sys.stdout
     console = Console(file=file, highlight=False, width=None if file.isatty() else 110)
     summary = result.summary
     where = f"split {result.split}" if result.split else f"seeds {format_seeds(result.seeds)}"

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import Any
 
 from taskapp.core.client import RolloutOutcome
 from taskapp.evaluation.plan import Plan
@@ -131,13 +130,6 @@ class EvaluationResult:
             rollouts_per_s=(len(results) / self.rollout_s) if self.rollout_s > 0 else None,
             rollout_cpu_s=self.rollout_cpu_s,
         )
-
-    def print_summary(self, file: IO[str] | None = None, *, worst: int = 5) -> None:
-        """Print what ``taskapp eval`` prints: the summary table, the ``worst`` lowest
-        scores with the app's explanation, and the failures grouped by cause."""
-        from taskapp.evaluation.console import print_result
-
-        print_result(self, file if file is not None else sys.stdout, worst=worst)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report (format ``taskapp.eval/1``); secrets in the policy config are

@@ -12,8 +12,9 @@ Names are imported on first use (``import taskapp.jobs`` is cheap). See docs/job
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from taskapp.core.importing import lazy_exports
 
 if TYPE_CHECKING:
     from taskapp.jobs.client import (
@@ -33,14 +34,4 @@ _LAZY: dict[str, str] = {
 __all__ = ["JobBackendError", "PromptLearningJob", "PromptLearningResult", "run_in_process_job"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'taskapp.jobs' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

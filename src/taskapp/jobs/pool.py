@@ -170,7 +170,7 @@ class JobPool:
     def _start(self, job_id: str) -> tuple[dict[str, Any], Any] | None:
         """Mark the job running; (job with secrets, its OptimizeConfig for this attempt),
         or None when there is nothing to run (gone, cancelled, or already finished)."""
-        from taskapp.optimize.settings import OptimizeConfig
+        from taskapp.optimize.config import OptimizeConfig
 
         job = self.store.get(job_id, secrets=True)
         if job is None or job["status"] != "queued":

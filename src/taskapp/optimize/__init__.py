@@ -17,11 +17,13 @@ package is cheap. See docs/optimize.md.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from taskapp.core.importing import lazy_exports
 
 if TYPE_CHECKING:
     from taskapp.optimize.adapter import TaskAppAdapter
+    from taskapp.optimize.config import OptimizeConfig
     from taskapp.optimize.errors import (
         GepaNotInstalledError,
         OptimizeError,
@@ -36,13 +38,13 @@ if TYPE_CHECKING:
     )
     from taskapp.optimize.result import OptimizeResult
     from taskapp.optimize.runner import advertised_prompts, run, run_async
-    from taskapp.optimize.seeds import SeedLoader, format_seeds, parse_seeds
 
 _LAZY: dict[str, str] = {
     "run": "taskapp.optimize.runner",
     "run_async": "taskapp.optimize.runner",
     "advertised_prompts": "taskapp.optimize.runner",
     "OptimizeResult": "taskapp.optimize.result",
+    "OptimizeConfig": "taskapp.optimize.config",
     "TaskAppAdapter": "taskapp.optimize.adapter",
     "OpenAICompatLM": "taskapp.optimize.lm",
     "StandInReflectionLM": "taskapp.optimize.lm",
@@ -52,39 +54,24 @@ _LAZY: dict[str, str] = {
     "GepaNotInstalledError": "taskapp.optimize.errors",
     "ReflectionModelError": "taskapp.optimize.errors",
     "TaskAppUnavailableError": "taskapp.optimize.errors",
-    "SeedLoader": "taskapp.optimize.seeds",
-    "format_seeds": "taskapp.optimize.seeds",
-    "parse_seeds": "taskapp.optimize.seeds",
 }
 
 __all__ = [
     "REFLECTION_TEMPLATE",
     "GepaNotInstalledError",
     "OpenAICompatLM",
+    "OptimizeConfig",
     "OptimizeError",
     "OptimizeResult",
     "ReflectionModelError",
     "ReflectionRecorder",
-    "SeedLoader",
     "StandInReflectionLM",
     "TaskAppAdapter",
     "TaskAppUnavailableError",
     "advertised_prompts",
-    "format_seeds",
-    "parse_seeds",
     "run",
     "run_async",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'taskapp.optimize' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -18,9 +18,9 @@ from taskapp.core.errors import (
 )
 from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
+from taskapp.core.seeds import format_seeds, known_seeds
 from taskapp.optimize.errors import TaskAppUnavailableError
-from taskapp.optimize.resolve import _Settings
-from taskapp.optimize.seeds import format_seeds, known_seeds
+from taskapp.optimize.resolved import _Settings
 from taskapp.optimize.target import Endpoint
 
 logger = get_logger("taskapp.optimize")

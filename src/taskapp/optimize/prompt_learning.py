@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError
-from taskapp.optimize.settings import OptimizeConfig
+from taskapp.optimize.config import OptimizeConfig
 
 __all__ = ["PromptLearningSpec", "expand_env", "load_prompt_learning", "parse_prompt_learning"]
 

@@ -31,16 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError
-from taskapp.core.extras import install_command
+from taskapp.core.importing import install_command
 from taskapp.core.logs import get_logger
+from taskapp.core.seeds import SeedLoader, SeedsLike
 from taskapp.optimize.adapter import TaskAppAdapter, candidate_key
+from taskapp.optimize.config import OptimizeConfig
 from taskapp.optimize.errors import (
     GepaNotInstalledError,
     OptimizeError,
     ReflectionModelError,
 )
+from taskapp.optimize.gepa_state import _best_idx, _build_result, _read_history
 from taskapp.optimize.lm import ReflectionRecorder
-from taskapp.optimize.outcome import _best_idx, _build_result, _read_history
 from taskapp.optimize.preflight import (
     _check_health,
     _check_seeds,
@@ -48,10 +50,8 @@ from taskapp.optimize.preflight import (
     task_name,
 )
 from taskapp.optimize.progress import GepaLogger, JsonlWriter, ProgressTracker, RunStopper
-from taskapp.optimize.resolve import HISTORY_FILE, RUN_FILE, STATE_DIR, _Settings, _settings
+from taskapp.optimize.resolved import HISTORY_FILE, RUN_FILE, STATE_DIR, _Settings, _settings
 from taskapp.optimize.result import OptimizeResult
-from taskapp.optimize.seeds import SeedLoader, SeedsLike
-from taskapp.optimize.settings import OptimizeConfig
 from taskapp.optimize.stopsignals import _first_signal_stops
 from taskapp.optimize.target import Endpoint, open_target
 

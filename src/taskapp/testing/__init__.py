@@ -28,8 +28,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from taskapp.testing.assertions import assert_task_app_contract, check_task_app_contract
 from taskapp.testing.conformance import ServerRunnerConformance, TunnelBackendConformance
-from taskapp.testing.contract import assert_task_app_contract, check_task_app_contract
 from taskapp.testing.factory import AsyncTaskAppFactory, TaskAppFactory
 from taskapp.testing.helpers import (
     LeakCheck,

@@ -547,7 +547,7 @@ class ServerRunnerConformance(_Base):
         assert dataclasses.is_dataclass(cls.Options), "Options must be a (frozen) dataclass"
 
     def test_serves_the_app_and_keeps_the_contract(self) -> None:
-        from taskapp.testing.contract import assert_task_app_contract
+        from taskapp.testing.assertions import assert_task_app_contract
 
         leaks = self.leak_check()
         app = self._app()

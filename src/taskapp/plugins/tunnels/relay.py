@@ -35,9 +35,9 @@ from typing import Any, Literal
 
 from taskapp.core.backends import Tunnel, TunnelBackend, TunnelContext
 from taskapp.core.errors import ConfigurationError, TunnelError
-from taskapp.core.extras import install_command
 from taskapp.core.health import is_loopback_url
 from taskapp.core.hookspecs import RegisterTunnel, hookimpl
+from taskapp.core.importing import install_command
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import fingerprint, register_secret
 
@@ -184,7 +184,8 @@ class RelayTunnel(TunnelBackend):
             raise ConfigurationError(
                 "tunnel 'relay' needs the 'websockets' package: " + install_command("relay")
             ) from None
-        from taskapp.relay.agent import AgentConfig, AgentThread
+        from taskapp.relay.agent.config import AgentConfig
+        from taskapp.relay.agent.thread import AgentThread
         from taskapp.relay.client import LeaseClient
 
         try:

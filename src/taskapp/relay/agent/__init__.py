@@ -10,14 +10,6 @@ The package, by concern (imports run down this list, never up):
 ``config``         :class:`AgentConfig`
 =================  ============================================================
 
-``taskapp.relay.agent`` re-exports the public names, so imports from before the split work.
+Import each name from its module (``taskapp.relay.agent.thread.AgentThread``, ...); the
+package itself exports nothing.
 """
-
-from __future__ import annotations
-
-from taskapp.relay.agent.config import AgentConfig
-from taskapp.relay.agent.connection import RelayAgent
-from taskapp.relay.agent.local_http import LocalHttp, LocalResponseError
-from taskapp.relay.agent.thread import AgentThread
-
-__all__ = ["AgentConfig", "AgentThread", "LocalHttp", "LocalResponseError", "RelayAgent"]

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from taskapp.core.errors import TunnelAuthError, TunnelError
-from taskapp.core.extras import install_command
+from taskapp.core.importing import install_command
 from taskapp.core.logs import get_logger
 from taskapp.relay import protocol as p
 from taskapp.relay.agent.config import AgentConfig

@@ -33,41 +33,6 @@ The package, by concern (imports run down this list, never up):
 ``settings``       :class:`RelaySettings`, admin tokens
 =================  ============================================================
 
-``taskapp.relay.server`` re-exports the public names, so imports from before the split work.
+Import each name from its module (``taskapp.relay.server.run.start_relay_thread``,
+``taskapp.relay.server.settings.RelaySettings``, ...); the package itself exports nothing.
 """
-
-from __future__ import annotations
-
-from taskapp.relay.server.app import RelayApp, create_relay_app
-from taskapp.relay.server.leases import Lease, LeaseStore
-from taskapp.relay.server.run import RelayServer, RunningRelay, start_relay_thread
-from taskapp.relay.server.session import AgentSession, Stream
-from taskapp.relay.server.settings import (
-    ADMIN_TOKEN_ENV,
-    V1_MESSAGE_CAP,
-    AdminToken,
-    RelaySettings,
-    load_admin_tokens,
-    new_token,
-)
-from taskapp.relay.server.state import ERROR_MESSAGES, RelayState
-
-__all__ = [
-    "ADMIN_TOKEN_ENV",
-    "ERROR_MESSAGES",
-    "V1_MESSAGE_CAP",
-    "AdminToken",
-    "AgentSession",
-    "Lease",
-    "LeaseStore",
-    "RelayApp",
-    "RelayServer",
-    "RelaySettings",
-    "RelayState",
-    "RunningRelay",
-    "Stream",
-    "create_relay_app",
-    "load_admin_tokens",
-    "new_token",
-    "start_relay_thread",
-]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError, ServerStartError
-from taskapp.core.extras import install_command
+from taskapp.core.importing import install_command
 from taskapp.core.ports import listen_tcp
 from taskapp.core.serving import fast_exit_server_class, without_access_log
 from taskapp.relay.server.app import RelayApp, create_relay_app

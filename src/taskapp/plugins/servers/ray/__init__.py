@@ -50,48 +50,12 @@ own Serve application. Everything measured about this runner is in ``docs/ray.md
 
 from __future__ import annotations
 
-from typing import Any
-
 from taskapp.core.hookspecs import RegisterServer, hookimpl
-from taskapp.plugins.servers.ray import _connection
 from taskapp.plugins.servers.ray._connection import stop_local_ray
-from taskapp.plugins.servers.ray._options import (
-    DEPLOYMENT_NAME,
-    DRIVER_THREAD,
-    EXIT_GRACE,
-    INSTALL_HINT,
-    LOCAL_ADDRESSES,
-    LOG_LEVELS,
-    MIN_RAY_VERSION,
-    STOP_CALL_TIMEOUT,
-    RayOptions,
-    StopPolicy,
-    ray_installed,
-)
+from taskapp.plugins.servers.ray._options import INSTALL_HINT, MIN_RAY_VERSION, RayOptions
 from taskapp.plugins.servers.ray._runner import RayServer
 
 __all__ = ["INSTALL_HINT", "MIN_RAY_VERSION", "RayOptions", "RayServer", "stop_local_ray"]
-
-# Names kept importable from here (the module this package replaced): constants above, and
-# the process-wide state below, read through to where it lives.
-_REEXPORTED = (
-    DEPLOYMENT_NAME,
-    DRIVER_THREAD,
-    EXIT_GRACE,
-    LOCAL_ADDRESSES,
-    LOG_LEVELS,
-    STOP_CALL_TIMEOUT,
-    StopPolicy,
-    ray_installed,
-)
-
-
-def __getattr__(name: str) -> Any:
-    """``_session``, ``_active`` and the other private helpers of the old module."""
-    try:
-        return getattr(_connection, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 @hookimpl

@@ -9,7 +9,7 @@ import sys
 from typing import Any, Literal, TypeVar
 
 from taskapp.core.errors import ConfigurationError
-from taskapp.core.extras import install_command
+from taskapp.core.importing import install_command
 from taskapp.core.logs import get_logger
 
 logger = get_logger("taskapp.server.ray")

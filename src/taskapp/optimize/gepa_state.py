@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from taskapp.optimize.resolve import HISTORY_FILE, _Settings
+from taskapp.optimize.resolved import HISTORY_FILE, _Settings
 from taskapp.optimize.result import OptimizeResult
 
 

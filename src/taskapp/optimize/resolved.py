@@ -17,9 +17,9 @@ from typing import Any
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.secrets import redact
+from taskapp.core.seeds import parse_seeds
+from taskapp.optimize.config import OptimizeConfig
 from taskapp.optimize.lm import REFLECTION_TEMPLATE, describe_lm
-from taskapp.optimize.seeds import parse_seeds
-from taskapp.optimize.settings import OptimizeConfig
 
 STATE_DIR = "gepa"
 RUN_FILE = "run.json"

@@ -187,8 +187,8 @@
     tr.innerHTML = `<td><input type="checkbox" class="pick" aria-label="select ${esc(id)} to compare"></td>` +
       `<td class="id"><a href="/jobs/${encodeURIComponent(id)}">${esc(id)}</a></td><td class="status"></td>` +
       `<td class="task opt"></td><td class="config opt"></td><td class="model opt"></td>` +
-      `<td class="baseline num"></td><td class="best num"></td>` +
-      `<td class="prog"><progress max="1"></progress><span class="prog-text"></span></td><td class="created opt"></td>`;
+      `<td class="baseline num opt2"></td><td class="best num"></td>` +
+      `<td class="prog"><progress max="1" value="0"></progress><span class="prog-text"></span></td><td class="created opt"></td>`;
     tr.querySelector(".pick").addEventListener("change", (e) => {
       if (e.target.checked) picked.add(id); else picked.delete(id);
       updateCompareButton();
@@ -216,6 +216,8 @@
     setText(tr.children[8].lastChild, `${j.metric_calls || 0}/${j.budget ?? "?"}`);
     setText(tr.children[9], dateTime(j.created_at));
     tr.querySelector(".pick").checked = picked.has(j.id);
+    const link = tr.children[1].firstChild, href = "/jobs/" + encodeURIComponent(j.id) + listQuery();
+    if (link.getAttribute("href") !== href) link.setAttribute("href", href); // back keeps the filter
   }
   let listScheduled = false;
   function scheduleList() {
@@ -343,16 +345,19 @@
   function niceStep(span, count) {
     const raw = span / count, mag = Math.pow(10, Math.floor(Math.log10(raw)));
     const n = raw / mag;
-    return (n >= 5 ? 10 : n >= 2 ? 5 : n >= 1 ? 2 : 1) * mag;
+    return (n <= 1 ? 1 : n <= 2 ? 2 : n <= 5 ? 5 : 10) * mag;
   }
   // series: [{name, color, pts, cands, baseline}], budget: a number or null
   function drawChart(svg, series, budget) {
-    const W = 640, H = 280, L = 46, R = 14, T = 30, B = 40;
-    let maxX = Math.max(1, budget || 0);
-    let lo = 0, hi = 1;
+    const W = 640, H = 280, L = 46, R = 22, T = 30, B = 40;
+    let dataMax = 0, lo = 0, hi = 1;
     for (const s of series) for (const [x, y] of [...s.pts, ...s.cands]) {
-      maxX = Math.max(maxX, x); lo = Math.min(lo, y); hi = Math.max(hi, y);
+      dataMax = Math.max(dataMax, x); lo = Math.min(lo, y); hi = Math.max(hi, y);
     }
+    // the budget line when it fits the scale; far beyond the data (a long run just
+    // started) it would squeeze the curve into the left edge: then a note instead
+    const budgetOnScale = budget && (!dataMax || budget <= 3 * dataMax);
+    const maxX = Math.max(1, budgetOnScale ? Math.max(budget, dataMax) : dataMax * 1.1);
     const X = (v) => L + (W - L - R) * v / maxX, Y = (v) => H - B - (H - B - T) * (v - lo) / (hi - lo);
     let s = "";
     const xs = niceStep(maxX, 6), ys = niceStep(hi - lo, 5);
@@ -365,10 +370,11 @@
     s += `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#7b8794"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#7b8794"/>`;
     s += `<text x="${(L + W - R) / 2}" y="${H - 8}" text-anchor="middle">rollouts used</text>`;
     s += `<text x="12" y="${(T + H - B) / 2}" text-anchor="middle" transform="rotate(-90 12 ${(T + H - B) / 2})">val score</text>`;
-    if (budget) {
+    if (budgetOnScale) {
       s += `<line class="budget" x1="${X(budget)}" x2="${X(budget)}" y1="${T}" y2="${H - B}" stroke="#6b4fbb" stroke-dasharray="2 3"/>`;
+    } else if (budget) {
+      s += `<text class="budget-note" x="${W - R}" y="${T + 12}" text-anchor="end" fill="#6b4fbb">budget ${budget} →</text>`;
     }
-    const legend = [];
     series.forEach((ser) => {
       if (ser.baseline !== null && ser.baseline !== undefined) {
         s += `<line class="baseline" x1="${L}" x2="${W - R}" y1="${Y(ser.baseline)}" y2="${Y(ser.baseline)}" stroke="${ser.color}" stroke-opacity=".7" stroke-dasharray="5 4"/>`;
@@ -379,15 +385,19 @@
         for (const [x, y] of ser.pts) { if (prev !== null) path.push(`${X(x)},${Y(prev)}`); path.push(`${X(x)},${Y(y)}`); prev = y; }
         s += `<polyline class="best" fill="none" stroke="${ser.color}" stroke-width="2" points="${path.join(" ")}"/>`;
       }
-      legend.push([ser.name + " best so far", ser.color, "line"], [ser.name + " candidates", ser.color, "dot"], [ser.name + " baseline", ser.color, "dash"]);
     });
-    if (budget) legend.push(["budget", "#6b4fbb", "dash"]);
+    // legend: one entry per job (its colour), then what the marks mean
+    const ink = series.length > 1 ? "#3b4650" : series[0].color;
+    const legend = series.length > 1 ? series.map((ser) => [ser.name, ser.color, "line"]) : [];
+    legend.push(["best so far", ink, "line"], ["candidates", ink, "dot"], ["baseline", ink, "dash"]);
+    if (budget) legend.push(["budget", "#6b4fbb", "dots"]);
     let lx = L;
     s += `<g class="legend">` + legend.map(([name, color, kind]) => {
+      const dash = kind === "dash" ? ' stroke-dasharray="4 3"' : kind === "dots" ? ' stroke-dasharray="2 3"' : "";
       const mark = kind === "dot" ? `<circle cx="${lx + 8}" cy="14" r="3" fill="none" stroke="${color}"/>`
-        : `<line x1="${lx}" x2="${lx + 16}" y1="14" y2="14" stroke="${color}" stroke-width="${kind === "line" ? 2 : 1.5}"${kind === "dash" ? ' stroke-dasharray="4 3"' : ""}/>`;
+        : `<line x1="${lx}" x2="${lx + 16}" y1="14" y2="14" stroke="${color}" stroke-width="${kind === "line" ? 2 : 1.5}"${dash}/>`;
       const out = `${mark}<text x="${lx + 20}" y="18">${esc(name)}</text>`;
-      lx += 26 + name.length * 5.6;
+      lx += 28 + name.length * 5.8;
       return out;
     }).join("") + `</g>`;
     svg.innerHTML = s;
@@ -660,7 +670,7 @@
     $("c-summary").innerHTML = `<tr><th></th><th class="sa"><a href="/jobs/${encodeURIComponent(A.id)}">${esc(A.id)}</a></th><th class="sb"><a href="/jobs/${encodeURIComponent(B.id)}">${esc(B.id)}</a></th></tr>` +
       rows.map(([k, f]) => { const x = f(A), y = f(B); return `<tr class="${x !== y ? "differs" : ""}"><th>${esc(k)}</th><td>${esc(x)}</td><td>${esc(y)}</td></tr>`; }).join("");
     const ca = A.curve(), cb = B.curve();
-    drawChart($("c-curve"), [{ name: "1st", color: "#1760b8", ...ca }, { name: "2nd", color: "#c2570c", ...cb }], Math.max(ca.budget || 0, cb.budget || 0) || null);
+    drawChart($("c-curve"), [{ name: "first: " + A.id, color: "#1760b8", ...ca }, { name: "second: " + B.id, color: "#c2570c", ...cb }], Math.max(ca.budget || 0, cb.budget || 0) || null);
     const fa = flatten(A.job.config), fb = flatten(B.job.config);
     const all = $("c-all").checked;
     const names = [...new Set([...Object.keys(fa), ...Object.keys(fb)])].sort();

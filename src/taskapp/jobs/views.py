@@ -6,14 +6,14 @@
 against the baseline.
 
 >>> events = [
-...     {"kind": "baseline", "data": {"candidate": 0, "score": 0.5,
-...                                   "val_scores": {"1": 1.0, "2": 0.0}}},
-...     {"kind": "candidate", "data": {"candidate": 1, "score": 0.5, "parents": [0],
-...                                    "val_scores": {"1": 0.0, "2": 1.0}}},
+...     {"kind": "baseline", "data": {"candidate": 0, "score": 0.33,
+...                                   "val_scores": {"1": 1.0, "2": 0.0, "3": 0.0}}},
+...     {"kind": "candidate", "data": {"candidate": 1, "score": 0.67, "parents": [0],
+...                                    "val_scores": {"1": 0.0, "2": 1.0, "3": 1.0}}},
 ... ]
 >>> matrix = seed_matrix(events)
->>> matrix["seeds"], matrix["fixed"], matrix["broke"]
-([1, 2], [2], [1])
+>>> matrix["seeds"], matrix["best_idx"], matrix["fixed"], matrix["broke"]
+([1, 2, 3], 1, [2, 3], [1])
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Usage (from the repository root)::
     python benchmarks/bench_jobs.py                      # 3 runs per variant
     python benchmarks/bench_jobs.py --runs 5 --budget 200 --latency 0.05 --json jobs.json
 
-The task is the toy keyword task of ``tests/_optimize_helpers.py`` (its rollout awaits a
+The task is the toy keyword task of ``tests/optimize/_optimize_helpers.py`` (its rollout awaits a
 simulated model latency, ``--latency``), served by an InProcessTaskApp in this process; the
 reflection model is the offline stand-in, so both variants do the same work (same
 candidates, same rollouts: checked). One ``[prompt_learning]`` TOML describes the run.
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from taskapp import InProcessTaskApp, PromptLearningJob
 from taskapp.optimize.prompt_learning import load_prompt_learning
 from taskapp.optimize.runner import run_config
-from tests._optimize_helpers import ToyTask
+from tests.optimize._optimize_helpers import ToyTask
 
 KEY = "bench-backend-key-0123456789"
 TOML = """

@@ -5,7 +5,7 @@ Usage (from the repository root)::
     python benchmarks/bench_optimize.py                    # 3 runs per variant
     python benchmarks/bench_optimize.py --runs 5 --latency 0.05 --budget 150 --json opt.json
 
-The task is the toy keyword task of ``tests/_optimize_helpers.py``: its rollout awaits a
+The task is the toy keyword task of ``tests/optimize/_optimize_helpers.py``: its rollout awaits a
 simulated model latency (``--latency``, default 50 ms) and then scores the prompt. The
 reflection model is the deterministic offline stand-in, so every variant does exactly the
 same work (same candidates, same number of rollouts: checked).
@@ -42,7 +42,7 @@ from taskapp.core.contract import RolloutRequest
 from taskapp.optimize import StandInReflectionLM, run
 from taskapp.optimize import runner as runner_module
 from taskapp.optimize.adapter import Rollout, TaskAppAdapter
-from tests._optimize_helpers import ToyTask
+from tests.optimize._optimize_helpers import ToyTask
 
 
 def direct_adapter(task: ToyTask) -> type[TaskAppAdapter]:

@@ -5,7 +5,7 @@ Usage (from the repository root)::
     python benchmarks/bench_ssh.py                        # 15 runs, 5 load rounds
     python benchmarks/bench_ssh.py --runs 25 --rounds 7 --json /tmp/ssh.json
 
-Starts ``sshd -D -e`` on a free 127.0.0.1 port (tests/_ssh_helpers.py: temporary host key
+Starts ``sshd -D -e`` on a free 127.0.0.1 port (tests/tunnels/_ssh_helpers.py: temporary host key
 and authorized key) and a task app (``InProcessTaskApp``, local mode, thread server, a raw
 ASGI app) once, then measures, interleaving the variants in rotating order:
 
@@ -56,7 +56,7 @@ from taskapp.core.backends import TunnelContext  # noqa: E402
 from taskapp.core.health import probe  # noqa: E402
 from taskapp.core.options import parse_options  # noqa: E402
 from taskapp.plugins.tunnels.ssh import SSHTunnel  # noqa: E402
-from tests._ssh_helpers import SSHServer, free_port  # noqa: E402
+from tests.tunnels._ssh_helpers import SSHServer, free_port  # noqa: E402
 
 BIG = b"x" * (1 << 20)
 #: OpenSSH 9.x defaults to the post-quantum sntrup761x25519 key exchange; this variant shows

@@ -22,7 +22,18 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["IMPORTS", "VERSIONS", "Unavailable", "build", "cache_root", "python_for", "ready"]
+__all__ = [
+    "CONTAINERS",
+    "IMPORTS",
+    "REQUIREMENTS",
+    "VERSIONS",
+    "Unavailable",
+    "build",
+    "cache_root",
+    "python_for",
+    "ready",
+    "requirement",
+]
 
 _AIOHTTP = (
     "aiohttp",
@@ -33,6 +44,9 @@ _AIOHTTP = (
     "propcache",
     "yarl",
 )
+
+#: the venv with synth-containers 0.4.6 and synth-optimizers 0.1.1
+CONTAINERS = "containers-0.4.6"
 
 #: release -> the extra packages its imports need (installed --no-deps), measured in a venv
 #: that sees only .venv-plain's packages (`.[test]`), as on a fresh CI machine
@@ -71,7 +85,14 @@ VERSIONS: dict[str, tuple[str, ...]] = {
     "0.9.11": (),
     # the lease REST client
     "0.17.4": (),
+    # synth-containers 0.4.6 (its HTTPContainerClient, models, Container SDK and bundled
+    # targets) with synth-optimizers 0.1.1 (pure Python): what their imports need beyond
+    # taskapp's own packages
+    CONTAINERS: ("synth-optimizers==0.1.1", "zstandard"),
 }
+
+#: venv label -> the distribution it is built around (default: synth-ai at that version)
+REQUIREMENTS: dict[str, str] = {CONTAINERS: "synth-containers==0.4.6"}
 
 #: release -> the import that proves the venv usable
 IMPORTS: dict[str, str] = {
@@ -88,6 +109,12 @@ IMPORTS: dict[str, str] = {
         "from synth_ai.core.tunnels.tunneled_api import TunneledContainer, TunnelBackend"
     ),
     "0.17.4": "from synth_ai.sdk.tunnels import TunnelsClient",
+    CONTAINERS: (
+        "from synth_containers.sdk import Container; "
+        "from synth_containers.http_client import HTTPContainerClient; "
+        "from synth_containers.http_models import RolloutRequestModel; "
+        "from synth_optimizers.miprov2.container_gepa_compat import ContainerGepaAdapter"
+    ),
 }
 
 
@@ -102,14 +129,22 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "taskapp-interop"
 
 
+def requirement(version: str) -> str:
+    """The distribution a venv label is built around."""
+    return REQUIREMENTS.get(version, f"synth-ai=={version}")
+
+
 def _marker(version: str) -> dict[str, object]:
-    return {
+    marker: dict[str, object] = {
         "synth-ai": version,
         "extras": list(VERSIONS[version]),
         "python": sys.version.split()[0],
         "base": sys.base_prefix,
         "provider": _provider_site_packages(),
     }
+    if version in REQUIREMENTS:  # (synth-ai venvs keep their marker: no rebuild)
+        marker["requirement"] = REQUIREMENTS[version]
+    return marker
 
 
 def _python(root: Path) -> Path:
@@ -189,7 +224,7 @@ def build(version: str) -> Path:
     )
     python = _python(root)
     _lend_site_packages(python)
-    packages = [f"synth-ai=={version}", *VERSIONS[version]]
+    packages = [requirement(version), *VERSIONS[version]]
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
     result = subprocess.run(
         [*pip, *packages], capture_output=True, text=True, timeout=600, check=False
@@ -198,7 +233,7 @@ def build(version: str) -> Path:
         shutil.rmtree(root, ignore_errors=True)
         lines = (result.stderr or result.stdout).strip().splitlines()
         raise Unavailable(
-            f"pip could not install synth-ai=={version} ({', '.join(packages[1:]) or 'alone'}): "
+            f"pip could not install {requirement(version)} ({', '.join(packages[1:]) or 'alone'}): "
             + (lines[-1] if lines else f"exit {result.returncode}")
         )
     scratch = root / "home"
@@ -214,7 +249,7 @@ def build(version: str) -> Path:
     if check.returncode != 0:
         lines = check.stderr.strip().splitlines()
         raise RuntimeError(
-            f"synth-ai {version} installed but does not import: "
+            f"{requirement(version)} installed but does not import: "
             + (lines[-1] if lines else f"exit {check.returncode}")
         )
     (root / ".taskapp-interop.json").write_text(json.dumps(_marker(version)))
@@ -230,8 +265,8 @@ def python_for(version: str) -> Path:
         return build(version)
     except Unavailable as exc:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"interop venv for synth-ai {version} unavailable in CI: {exc}")
-        pytest.skip(f"interop venv for synth-ai {version} unavailable: {exc}")
+            pytest.fail(f"interop venv for {requirement(version)} unavailable in CI: {exc}")
+        pytest.skip(f"interop venv for {requirement(version)} unavailable: {exc}")
 
 
 def main(argv: list[str]) -> int:
@@ -241,7 +276,7 @@ def main(argv: list[str]) -> int:
     versions = [arg for arg in argv if not arg.startswith("-")] or list(VERSIONS)
     if "--check" in argv:
         for version in versions:
-            print(f"synth-ai {version}: {'ready' if ready(version) else 'missing'}")
+            print(f"{requirement(version)}: {'ready' if ready(version) else 'missing'}")
         return 0
 
     def one(version: str) -> tuple[str, str | None, float]:
@@ -255,10 +290,10 @@ def main(argv: list[str]) -> int:
     with ThreadPoolExecutor(max_workers=len(versions)) as pool:
         for version, (python, error, took) in zip(versions, pool.map(one, versions), strict=True):
             if error is not None:
-                print(f"synth-ai {version}: FAILED: {error}", file=sys.stderr)
+                print(f"{requirement(version)}: FAILED: {error}", file=sys.stderr)
                 status = 1
             else:
-                print(f"synth-ai {version}: {python} ({took:.1f} s)")
+                print(f"{requirement(version)}: {python} ({took:.1f} s)")
     return status
 
 

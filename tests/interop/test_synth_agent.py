@@ -26,9 +26,9 @@ from fastapi.responses import Response
 
 from taskapp import InProcessTaskApp, RolloutRequest
 from taskapp.core.client import WORKER_TOKEN_HEADER, AsyncTaskAppClient
-from tests._relay_helpers import ADMIN, RelayProcess, token_file
-from tests.conftest import demo_config
+from tests.helpers import demo_config
 from tests.interop._venvs import child_env, python_for
+from tests.relay._relay_helpers import ADMIN, RelayProcess, token_file
 
 pytestmark = pytest.mark.interop
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests._cli_helpers import taskapp
+from tests.cli._cli_helpers import taskapp
 from tests.interop._run import run_json
 from tests.interop._venvs import child_env, python_for
 

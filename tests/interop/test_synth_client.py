@@ -18,7 +18,7 @@ import pytest
 
 from taskapp import InProcessTaskApp, RolloutRequest
 from taskapp.examples.support_intents import build_config
-from tests.conftest import demo_config
+from tests.helpers import demo_config
 from tests.interop._run import run_json
 from tests.interop._venvs import python_for
 

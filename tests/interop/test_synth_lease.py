@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests._relay_helpers import ADMIN, RelayProcess, token_file
 from tests.interop._run import run_json
 from tests.interop._venvs import python_for
+from tests.relay._relay_helpers import ADMIN, RelayProcess, token_file
 
 pytestmark = pytest.mark.interop
 

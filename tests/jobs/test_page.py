@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from taskapp import InProcessTaskApp
-from tests._optimize_helpers import ToyTask
-from tests.test_jobs import KEY, Backend
+from tests.jobs.test_jobs import KEY, Backend
+from tests.optimize._optimize_helpers import ToyTask
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -183,8 +183,12 @@ class Tab:
         )
         self.page = self.context.new_page()
         self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("console", self._console)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
 
     def _with_csp(self, route: Any) -> None:
         response = route.fetch()

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from .._process_helpers import ProcInfo, descendants, is_alive
+from tests.core._process_helpers import ProcInfo, descendants, is_alive
 
 __all__ = ["Snapshot", "assert_no_leaks", "diff", "snapshot"]
 

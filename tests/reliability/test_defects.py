@@ -24,10 +24,9 @@ from taskapp.core.errors import HealthCheckError, ServerStartError
 from taskapp.core.plugins import get_registry
 from taskapp.examples.support_intents import build_config
 from taskapp.examples.support_intents import policy as policy_module
-
-from .._cli_helpers import EXAMPLES_DIR, ChatStandIn
-from ..conftest import minimal_app
-from ._leaks import assert_no_leaks, snapshot
+from tests.cli._cli_helpers import EXAMPLES_DIR, ChatStandIn
+from tests.helpers import minimal_app
+from tests.reliability._leaks import assert_no_leaks, snapshot
 
 # -- 17.1: a request never chooses which environment variable leaves the machine ---------
 

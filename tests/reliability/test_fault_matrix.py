@@ -35,9 +35,8 @@ from taskapp.core.errors import (
     TunnelError,
 )
 from taskapp.core.plugins import get_registry
-
-from ..conftest import free_port, port_is_free
-from ._leaks import assert_no_leaks, snapshot
+from tests.helpers import free_port, port_is_free
+from tests.reliability._leaks import assert_no_leaks, snapshot
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="counts fds, listeners and children in /proc"

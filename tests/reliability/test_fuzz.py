@@ -26,8 +26,7 @@ from hypothesis import strategies as st
 
 from taskapp import InProcessTaskApp, create_task_app
 from taskapp.examples.support_intents import build_config
-
-from ..conftest import demo_config
+from tests.helpers import demo_config
 
 LONG = os.environ.get("TASKAPP_FUZZ", "").lower() == "long"
 EXAMPLES = 500 if LONG else 40

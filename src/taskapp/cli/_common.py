@@ -36,7 +36,6 @@ __all__ = [
     "add_key_arguments",
     "add_start_arguments",
     "cli_words",
-    "ephemeral_port",
     "load_json_argument",
     "parse_key_values",
     "resolve_api_key",
@@ -89,26 +88,26 @@ class Target:
 
 
 def resolve_target(target: str) -> Target:
-    """Turn TARGET into InProcessTaskApp arguments, or raise UsageError saying why not."""
+    """Turn TARGET into InProcessTaskApp arguments, or raise UsageError saying why not.
+
+    The CLI is where the bundled example names come in (``aliases``): the library below
+    (:mod:`taskapp.core.endpoint`, ``evaluate``, ``optimize.run``) takes them from its
+    caller and never imports :mod:`taskapp.examples`.
+    """
     from taskapp.core.errors import ConfigurationError, TaskAppFileNotFoundError
     from taskapp.core.loading import target_kwargs
-    from taskapp.examples import BUNDLED
 
     try:
-        return Target(target_kwargs(target, aliases=BUNDLED), target)
+        return Target(target_kwargs(target, aliases=bundled_aliases()), target)
     except (ConfigurationError, TaskAppFileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
 
 
-def ephemeral_port() -> int:
-    """A port nobody is likely to use, for an app that is only ours for this run.
+def bundled_aliases() -> dict[str, str]:
+    """The bundled example names (``support-intents``) -> their import strings."""
+    from taskapp.examples import BUNDLED
 
-    (The lifecycle pre-binds it and moves to the next one if it was taken meanwhile.)
-    """
-    from taskapp.core.ports import free_loopback_port
-
-    port = free_loopback_port()
-    return port if 1024 <= port <= 65000 else 8114
+    return dict(BUNDLED)
 
 
 # -- start options (serve, eval, optimize) ------------------------------------------------
@@ -188,7 +187,9 @@ def start_kwargs(args: Any, *, default_port: int | None = None) -> dict[str, Any
         raise UsageError(f"--port must be from 0 to 65535, got {args.port}")
     port = args.port if args.port is not None else default_port
     if port is None or port == 0:
-        port = ephemeral_port()
+        from taskapp.core.endpoint import free_app_port
+
+        port = free_app_port()
     tunnel_options = parse_key_values(args.tunnel_option, option="--tunnel-option")
     server_options = parse_key_values(args.server_option, option="--server-option")
     return {
@@ -334,7 +335,11 @@ def worker_token_headers(args: Any) -> dict[str, str]:
 
 
 def resolve_api_key(args: Any, *, warn_argv: bool = True) -> ApiKey:
-    """The key from --api-key, --api-key-env NAME, or ENVIRONMENT_API_KEY (in that order)."""
+    """The key from --api-key, --api-key-env NAME, or the user's ENVIRONMENT_API_KEY (in
+    that order; a key lent to a running app is never the user's, see
+    :func:`taskapp.core.env_keys.environment_api_key`). What the command does without
+    one is :func:`taskapp.core.endpoint.open_endpoint`'s: a URL gets no key, an app started
+    here a fresh one."""
     if getattr(args, "api_key", None):
         register_secret(args.api_key)
         if warn_argv:
@@ -352,10 +357,12 @@ def resolve_api_key(args: Any, *, warn_argv: bool = True) -> ApiKey:
             )
         register_secret(value)
         return ApiKey(value, f"${env_name}")
-    value = os.environ.get("ENVIRONMENT_API_KEY", "")
-    if value:
-        register_secret(value)
-        return ApiKey(value, "$ENVIRONMENT_API_KEY")
+    from taskapp.core.env_keys import environment_api_key
+
+    env_value = environment_api_key()
+    if env_value:
+        register_secret(env_value)
+        return ApiKey(env_value, "$ENVIRONMENT_API_KEY")
     return ApiKey(None, "none")
 
 

@@ -10,10 +10,16 @@ EPILOG = """examples:
   umask 077; openssl rand -hex 24 > backend.key      # a key file, mode 0600
   taskapp backend serve --api-key-file backend.key   # http://127.0.0.1:8000, ./taskapp-jobs.sqlite3
   TASKAPP_BACKEND_API_KEY=... taskapp backend serve --port 0 --db jobs.sqlite3 --workers 4
+  # several hosts: one PostgreSQL database, API processes with no workers, workers anywhere
+  taskapp backend serve --db postgresql://taskapp@db-host/taskapp --workers 0 \\
+      --api-key-file backend.key
+  taskapp backend worker --db postgresql://taskapp@db-host/taskapp --workers 2
 
-Jobs are submitted with PromptLearningJob (Python) and watched with `taskapp jobs` or the
-web page at the printed URL. A job running when the backend stops resumes at the next
-start; one database belongs to one backend at a time. See docs/jobs.md.
+Jobs are submitted with PromptLearningJob (Python) or `taskapp jobs submit` and watched
+with `taskapp jobs` or the web page at the printed URL. A job running when its worker
+stops or dies resumes from its last checkpoint (stored in the database). A SQLite file
+belongs to one backend at a time. Put a PostgreSQL password in ~/.pgpass, not in the URL.
+See docs/jobs.md.
 """
 
 
@@ -45,16 +51,47 @@ def add_parser(subparsers: Any) -> None:
         help="file holding the key clients send as Authorization: Bearer (mode 0600; "
         "default: $TASKAPP_BACKEND_API_KEY)",
     )
+    _db_options(serve)
     serve.add_argument(
-        "--db",
-        type=Path,
-        default=Path("taskapp-jobs.sqlite3"),
-        help="the SQLite job database (./taskapp-jobs.sqlite3); run directories go "
-        "beside it in DB.runs/",
+        "--workers", type=int, default=2, help="jobs run at once here (2; 0: the API only)"
     )
-    serve.add_argument("--workers", type=int, default=2, help="jobs run at once (2)")
     serve.set_defaults(run=run_serve)
+    worker = commands.add_parser(
+        "worker",
+        help="run jobs from a shared job database (no API)",
+        description=(
+            "Claim queued jobs from the job database with a lease and run them; any number "
+            "of workers on any host may share one PostgreSQL database."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _db_options(worker)
+    worker.add_argument("--workers", type=int, default=2, help="jobs run at once here (2)")
+    worker.add_argument(
+        "--worker-id", help="this worker's name in leases and events (default: host:pid:random)"
+    )
+    worker.set_defaults(run=run_worker)
     parser.set_defaults(run=lambda args: _no_subcommand(parser))
+
+
+def _db_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        default="taskapp-jobs.sqlite3",
+        metavar="PATH|URL",
+        help="the job database: a SQLite file (./taskapp-jobs.sqlite3; scratch run "
+        "directories beside it in DB.runs/) or postgresql://USER@HOST:PORT/DB",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a worker holds a job this long without renewing (30); after that another "
+        "worker takes it over",
+    )
+    parser.add_argument("--runs-dir", type=Path, help="scratch run directories (default: see --db)")
 
 
 def _no_subcommand(parser: argparse.ArgumentParser) -> int:
@@ -66,14 +103,21 @@ def run_serve(args: argparse.Namespace) -> int:
     from taskapp.cli._common import UsageError, stderr
     from taskapp.jobs.backend import read_api_key, serve
 
-    if args.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {args.workers}")
+    if args.lease_seconds < 1:
+        raise UsageError(f"--lease-seconds must be >= 1, got {args.lease_seconds}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
     key = read_api_key(args.api_key_file)
 
+    from taskapp.jobs.store import public_db_name
+
     def ready(url: str) -> None:
-        stderr(f"taskapp backend: serving on {url} (page: {url}/, jobs in {args.db})")
+        stderr(
+            f"taskapp backend: serving on {url} (page: {url}/, jobs in "
+            f"{public_db_name(args.db)}, {args.workers} local worker(s))"
+        )
 
     serve(
         host=args.host,
@@ -82,6 +126,36 @@ def run_serve(args: argparse.Namespace) -> int:
         api_key=key,
         workers=args.workers,
         on_ready=ready,
+        lease_seconds=args.lease_seconds,
+        runs_dir=args.runs_dir,
     )
     stderr("taskapp backend: stopped (running jobs resume at the next start)")
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from taskapp.cli._common import UsageError, stderr
+    from taskapp.jobs.store import public_db_name
+    from taskapp.jobs.worker import run_worker as work
+
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.lease_seconds < 1:
+        raise UsageError(f"--lease-seconds must be >= 1, got {args.lease_seconds}")
+
+    def ready(worker_id: str) -> None:
+        stderr(
+            f"taskapp backend worker {worker_id}: claiming jobs from "
+            f"{public_db_name(args.db)} ({args.workers} at a time)"
+        )
+
+    work(
+        db=args.db,
+        workers=args.workers,
+        lease_seconds=args.lease_seconds,
+        worker_id=args.worker_id,
+        runs_dir=args.runs_dir,
+        on_ready=ready,
+    )
+    stderr("taskapp backend worker: stopped (its running jobs are queued for another worker)")
     return 0

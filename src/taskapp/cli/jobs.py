@@ -1,4 +1,5 @@
-"""``taskapp jobs list|show|cancel|logs``: watch and steer jobs of ``taskapp backend serve``."""
+"""``taskapp jobs list|show|submit|pause|resume|stop|cancel|retry|delete|logs``: watch and
+steer jobs of ``taskapp backend serve``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ EPILOG = """examples:
   taskapp jobs show pl_0123456789abcdef --api-key-file backend.key --json
   taskapp jobs logs pl_0123456789abcdef --follow --api-key-file backend.key
   taskapp jobs cancel pl_0123456789abcdef --api-key-file backend.key
+  taskapp jobs submit examples/support_intents_gepa.toml --task-app-url http://127.0.0.1:8114
+  taskapp jobs pause pl_0123456789abcdef        # at the next iteration; `resume` goes on
+  taskapp jobs stop pl_0123456789abcdef         # end now with the best so far (succeeded)
+  taskapp jobs retry pl_0123456789abcdef        # a failed or cancelled job, from its checkpoint
+  taskapp jobs delete pl_0123456789abcdef       # a finished job
+  taskapp jobs list --status failed,cancelled --since 2026-12-01 --all
 
 The backend URL comes from --backend-url, else $TASKAPP_BACKEND_URL, else
 http://127.0.0.1:8000; the key from --api-key-file (mode 0600), else
@@ -25,7 +32,7 @@ $TASKAPP_BACKEND_API_KEY.
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "jobs",
-        help="list, show, cancel and follow prompt-learning jobs on a backend",
+        help="submit, list, steer (pause, stop, cancel, retry) and follow prompt-learning jobs",
         description="Talk to a `taskapp backend serve`.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -38,12 +45,28 @@ def add_parser(subparsers: Any) -> None:
     common.add_argument("--json", action="store_true", help="print JSON")
     commands = parser.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND")
     listing = commands.add_parser("list", parents=[common], help="the newest jobs")
-    listing.add_argument("--limit", type=int, default=20, help="how many (20)")
-    listing.add_argument("--status", help="only jobs with this status")
+    listing.add_argument("--limit", type=int, default=20, help="how many (20; 1..500)")
+    listing.add_argument("--status", help="only jobs with this status (comma-separated)")
+    listing.add_argument("--since", help="created at or after (Unix seconds or ISO 8601)")
+    listing.add_argument("--until", help="created before (Unix seconds or ISO 8601)")
+    listing.add_argument("--all", action="store_true", help="every page, not only the first")
     listing.set_defaults(run=run_list)
+    submit = commands.add_parser("submit", parents=[common], help="submit a [prompt_learning] TOML")
+    submit.add_argument("config", type=Path, metavar="CONFIG.toml")
+    submit.add_argument("--task-app-url", help="the task app (default: the config's task_app_url)")
+    submit.add_argument(
+        "--idempotency-key",
+        help="send this Idempotency-Key (the same key and file give the same job)",
+    )
+    submit.set_defaults(run=run_submit)
     for name, helptext, handler in (
         ("show", "one job: status, scores, best prompt", run_show),
-        ("cancel", "stop a job (within seconds)", run_cancel),
+        ("cancel", "stop a job without a result (within seconds)", run_control),
+        ("pause", "pause a job at its next iteration (resume goes on)", run_control),
+        ("resume", "queue a paused job again", run_control),
+        ("stop", "end a job now with the best so far (succeeded)", run_control),
+        ("retry", "queue a failed or cancelled job again", run_control),
+        ("delete", "delete a finished job", run_delete),
         ("logs", "a job's events", run_logs),
     ):
         sub = commands.add_parser(name, parents=[common], help=helptext)
@@ -111,20 +134,26 @@ def _score(value: Any) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     backend = _Backend(args)
-    query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
-    data = backend.request("GET", "/api/jobs" + query)
+    params = {"limit": args.limit, "status": args.status, "since": args.since,
+              "until": args.until}  # fmt: skip
+    data = backend.request("GET", "/api/jobs", params={k: v for k, v in params.items() if v})
+    jobs = list(data["jobs"])
+    while args.all and data.get("next_cursor"):
+        params["cursor"] = data["next_cursor"]
+        data = backend.request("GET", "/api/jobs", params={k: v for k, v in params.items() if v})
+        jobs += data["jobs"]
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps({**data, "jobs": jobs}, indent=2))
         return 0
     print(f"{'JOB':<20} {'STATUS':<10} {'BASELINE':>8} {'BEST':>8} {'ROLLOUTS':>10}  CREATED")
-    for job in data["jobs"]:
+    for job in jobs:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["created_at"]))
         rollouts = f"{job['metric_calls']}/{job['budget'] or '?'}"
         print(
             f"{job['id']:<20} {job['status']:<10} {_score(job['baseline_score']):>8} "
             f"{_score(job['best_score']):>8} {rollouts:>10}  {created}"
         )
-    print(f"({len(data['jobs'])} of {data['total']} jobs)")
+    print(f"({len(jobs)} of {data['total']} jobs)")
     return 0
 
 
@@ -149,17 +178,47 @@ def run_show(args: argparse.Namespace) -> int:
     return 0 if job["status"] != "failed" else 1
 
 
-def run_cancel(args: argparse.Namespace) -> int:
+def run_submit(args: argparse.Namespace) -> int:
+    from taskapp.jobs.client import PromptLearningJob
+
     backend = _Backend(args)
-    job = backend.request("POST", f"/api/jobs/{args.job_id}/cancel")
+    client = PromptLearningJob(backend.url, backend.headers["Authorization"][7:])
+    job_id = client.submit_sync(
+        args.config, task_app_url=args.task_app_url, idempotency_key=args.idempotency_key
+    )
+    if args.json:
+        print(json.dumps({"id": job_id}))
+    else:
+        print(job_id)
+    return 0
+
+
+_PENDING = {
+    "cancel": "cancelling (stops after its current step)",
+    "pause": "pausing (stops after its current iteration)",
+    "stop": "stopping (ends after its current step with the best so far)",
+}
+
+
+def run_control(args: argparse.Namespace) -> int:
+    action = args.jobs_command
+    backend = _Backend(args)
+    job = backend.request("POST", f"/api/jobs/{args.job_id}/{action}")
     if args.json:
         print(json.dumps(job, indent=2))
-    elif job["status"] == "cancelled":
-        print(f"job {job['id']}: cancelled")
-    elif job["status"] == "running":
-        print(f"job {job['id']}: cancelling (stops after its current step)")
-    else:
+    elif job["status"] == "running" and job.get("control") == action:
+        print(f"job {job['id']}: {_PENDING[action]}")
+    elif action == "cancel" and job["status"] not in ("cancelled", "running"):
         print(f"job {job['id']}: already {job['status']}")
+    else:
+        print(f"job {job['id']}: {job['status']}")
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    backend = _Backend(args)
+    data = backend.request("DELETE", f"/api/jobs/{args.job_id}")
+    print(json.dumps(data) if args.json else f"job {args.job_id}: deleted")
     return 0
 
 

@@ -187,7 +187,7 @@ def _default_out(target: str) -> Path:
     return Path("optimize-runs") / f"{name or 'run'}-{stamp}"
 
 
-def _config(args: argparse.Namespace) -> tuple[Any, Any]:
+def _config(args: argparse.Namespace) -> tuple[Any, Any]:  # noqa: C901 -- complexity 15 before issue 21; split when next changed
     """(OptimizeConfig, PromptLearningSpec or None): --config's values, then the flags."""
     from taskapp.cli._common import UsageError, stderr
     from taskapp.optimize.config import OptimizeConfig
@@ -265,13 +265,14 @@ def _config(args: argparse.Namespace) -> tuple[Any, Any]:
     return config, spec
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 16 and 59 statements before issue 21; split when next changed
     from taskapp.cli._common import UsageError
 
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out DIR (the run to continue)")
     config, spec = _config(args)
     from taskapp.cli._common import (
+        bundled_aliases,
         resolve_api_key,
         resolve_target,
         start_kwargs,
@@ -281,8 +282,10 @@ def run(args: argparse.Namespace) -> int:
     target: Any = args.target or (spec.task_app_url if spec is not None else None)
     if target is None:
         raise UsageError("TARGET required (or a --config whose task_app_url names one)")
-    api_key = None
-    if target.startswith(("http://", "https://")):
+    from taskapp.core.endpoint import is_url
+
+    start: dict[str, Any] | None = None
+    if is_url(target):
         # --health-timeout also bounds the wait for a URL's /health here.
         refused = started_with_options(args, allowed=("--health-timeout",))
         if refused:
@@ -294,12 +297,12 @@ def run(args: argparse.Namespace) -> int:
             api_key = resolve_api_key(args).value
         health_timeout = args.health_timeout or 30.0
     else:
-        from taskapp.core.lifecycle import InProcessTaskApp
-
-        # An app of our own for this run: a free port, not the default 8114 of serve.
-        options = start_kwargs(args)
-        health_timeout = options["health_check_timeout"]
-        target = InProcessTaskApp(**resolve_target(target).kwargs, **options)
+        resolve_target(target)  # a bad TARGET is a usage error, before anything starts
+        # An app of our own for this run: a free port, not the default 8114 of serve; its
+        # key as for `taskapp eval` (--api-key-env, $ENVIRONMENT_API_KEY, else a fresh one).
+        start = start_kwargs(args)
+        health_timeout = start["health_check_timeout"]
+        api_key = resolve_api_key(args).value
     out = args.out
     if out is None:
         out = _default_out(args.target or (args.config.stem if args.config else "run"))
@@ -323,7 +326,14 @@ def run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         printer = ConsolePrinter(sys.stderr)
     try:
-        result = run_config(target, config, api_key=api_key, on_progress=printer)
+        result = run_config(
+            target,
+            config,
+            api_key=api_key,
+            on_progress=printer,
+            start=start,
+            aliases=bundled_aliases(),
+        )
     except GepaNotInstalledError as exc:
         raise UsageError(exc.message) from None
     except TaskAppUnavailableError as exc:

@@ -32,6 +32,14 @@ class TaskAppConfig:
     * ``describe_taskset() -> dict``: the task set (splits, sizes, ...).
     * ``provide_task_instances(seeds: list[int]) -> list[TaskInfo | dict]``.
     * ``rollout(request: RolloutRequest, http_request) -> RolloutResponse | dict``.
+
+    ``prompts``: the texts an optimizer may change, ``{policy.config key: seed text}``,
+    declared once; the app serves them as the synth-containers ``GET /program`` and
+    advertises the GEPA contract in ``GET /metadata``. None (the default) derives them from
+    ``base_task_info["task_metadata"]`` (``prompts``, or ``default_prompt`` as ``"prompt"``);
+    ``{}`` declares none. ``max_async_rollouts``: how many ``submission_mode: async``
+    rollouts may run at once (one more is answered 429 with ``Retry-After``);
+    ``async_rollout_ttl_s``: how long a finished async rollout can still be polled.
     """
 
     app_id: str
@@ -48,6 +56,9 @@ class TaskAppConfig:
     shutdown_hooks: Sequence[Callable[[], Any]] = ()
     cors_origins: Sequence[str] | None = None
     require_api_key: bool = True
+    prompts: Mapping[str, str] | None = None
+    max_async_rollouts: int = 64
+    async_rollout_ttl_s: float = 600.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.app_id, str) or not self.app_id.strip():
@@ -55,3 +66,17 @@ class TaskAppConfig:
         for field in ("describe_taskset", "provide_task_instances", "rollout"):
             if not callable(getattr(self, field)):
                 raise ValueError(f"TaskAppConfig.{field} must be callable")
+        prompts = self.prompts
+        valid = prompts is None or (
+            isinstance(prompts, Mapping)
+            and all(isinstance(k, str) and k and isinstance(v, str) for k, v in prompts.items())
+        )
+        if not valid:
+            raise ValueError(
+                "TaskAppConfig.prompts must map policy.config keys to prompt texts "
+                '(e.g. {"prompt": "Classify ..."})'
+            )
+        if not isinstance(self.max_async_rollouts, int) or self.max_async_rollouts < 1:
+            raise ValueError("TaskAppConfig.max_async_rollouts must be a positive integer")
+        if not self.async_rollout_ttl_s > 0:
+            raise ValueError("TaskAppConfig.async_rollout_ttl_s must be positive (seconds)")

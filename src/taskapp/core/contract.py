@@ -17,7 +17,6 @@ and never contains key material.
 from __future__ import annotations
 
 import inspect
-import os
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -26,8 +25,9 @@ from typing import Any, Literal
 from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from taskapp.core import containers
 from taskapp.core.config import TaskAppConfig
-from taskapp.core.env_keys import environment_api_key, lent_keys
+from taskapp.core.env_keys import environment_api_key, environment_api_key_aliases
 from taskapp.core.errors import error_body
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import constant_time_in, register_secret
@@ -107,7 +107,9 @@ class RolloutRequest(_Open):
         run_id = data.get("run_id")
         correlation = data.get("trace_correlation_id")
         if run_id is None or run_id == "":
-            data = {**data, "run_id": correlation or f"run-{uuid.uuid4().hex[:16]}"}
+            fallback = data.get("rollout_id")  # a synth-containers request's id
+            fallback = fallback if isinstance(fallback, str) and fallback else None
+            data = {**data, "run_id": correlation or fallback or f"run-{uuid.uuid4().hex[:16]}"}
         if correlation is None or correlation == "":
             data = {**data, "trace_correlation_id": data["run_id"]}
         mode = data.get("mode")
@@ -288,28 +290,33 @@ def alias_keys_from_env() -> list[str]:
 
     Accepted next to the host's key too: they add keys, they never replace one.
     """
-    aliases = os.environ.get("ENVIRONMENT_API_KEY_ALIASES", "")
-    lent = lent_keys()  # keys taskapp lent to a running synth-ai app are not the user's
-    return [
-        part.strip() for part in aliases.split(",") if part.strip() and part.strip() not in lent
-    ]
+    return environment_api_key_aliases()  # keys lent to a running synth-ai app left out
 
 
-async def call_user(func: Callable[..., Any], *args: Any) -> Any:
-    """Call a user callable: await it if async, run it in a worker thread if sync."""
+async def call_user(func: Callable[..., Any], *args: Any, abandon_on_cancel: bool = False) -> Any:
+    """Call a user callable: await it if async, run it in a worker thread if sync.
+
+    ``abandon_on_cancel``: a cancelled caller stops waiting for a sync callable at once (its
+    thread finishes the call; the result is dropped) instead of waiting for it to return.
+    """
     if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
         getattr(func, "__call__", None)  # noqa: B004 - callable objects with async __call__
     ):
         return await func(*args)
-    from starlette.concurrency import run_in_threadpool
+    if abandon_on_cancel:
+        import anyio.to_thread
 
-    result = await run_in_threadpool(func, *args)
+        result = await anyio.to_thread.run_sync(func, *args, abandon_on_cancel=True)
+    else:
+        from starlette.concurrency import run_in_threadpool
+
+        result = await run_in_threadpool(func, *args)
     if inspect.isawaitable(result):
         return await result
     return result
 
 
-def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = None) -> FastAPI:
+def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = None) -> FastAPI:  # noqa: C901, PLR0915 -- complexity 29 and 75 statements before issue 21; split when next changed
     """Build the FastAPI app of ``config``.
 
     ``api_keys``: the keys to accept; when None, ``ENVIRONMENT_API_KEY`` plus the
@@ -325,6 +332,7 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
 
     keys = list(api_keys) if api_keys is not None else _keys_from_env()
     auth = TaskAppAuth(keys, required=config.require_api_key)
+    async_rollouts = containers.AsyncRollouts(config.max_async_rollouts, config.async_rollout_ttl_s)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> Any:
@@ -333,6 +341,7 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
         try:
             yield
         finally:
+            await async_rollouts.aclose()  # no async rollout outlives the app
             for hook in config.shutdown_hooks:
                 await call_user(hook)
 
@@ -346,6 +355,7 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
     )
     app.state.taskapp_auth = auth
     app.state.taskapp_config = config
+    app.state.taskapp_async_rollouts = async_rollouts
     for key, value in config.app_state.items():
         setattr(app.state, key, value)
 
@@ -395,7 +405,9 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
         detail = exc.detail
         if isinstance(detail, dict) and "error" in detail:
             return JSONResponse({"detail": detail}, status_code=exc.status_code)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         return JSONResponse(error_body(code, str(detail)), status_code=exc.status_code)
 
     def internal_error(exc: Exception) -> Any:
@@ -448,12 +460,25 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
         if task.get("version") is not None:
             service["version"] = task["version"]
         return {
+            **container_metadata(),  # a superset of synth-containers' /info
             "service": service,
             "task_info": _dump(config.base_task_info),
             "dataset": dataset,
             "inference": _mapping(base.get("inference")),
             "limits": _mapping(base.get("limits")),
         }
+
+    def container_metadata() -> dict[str, Any]:
+        return containers.metadata_payload(
+            app_id=config.app_id,
+            name=config.name,
+            description=config.description,
+            prompts=containers.declared_prompts(config),
+        )
+
+    @app.get("/metadata")
+    async def metadata() -> dict[str, Any]:
+        return container_metadata()
 
     @app.get("/task_info")
     async def task_info(
@@ -468,12 +493,33 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
         return dumped[0] if len(dumped) == 1 else dumped
 
     @app.post("/rollout")
+    @app.post("/rollouts")  # the synth-containers spelling; same request, same answer
     async def rollout(body: RolloutRequest, request: Request) -> Any:
+        if not ({"env", "task_id", "seed"} & (body.model_fields_set | set(body.model_extra or ()))):
+            return JSONResponse(
+                error_body(
+                    "missing_task",
+                    "the rollout request names no task: send env (with env.seed), task_id or seed",
+                    missing=["env", "task_id", "seed"],
+                ),
+                status_code=422,
+            )
+        try:
+            fields = containers.container_fields(body, request.url.path)
+            if fields is not None:
+                containers.apply_container_fields(body, fields)
+        except containers.ContainerRequestError as exc:
+            return JSONResponse(error_body(exc.code, exc.message), status_code=422)
+        if fields is not None:
+            return await container_rollouts.submit(body, request, fields)
         result = await call_user(config.rollout, body, request)
         try:
             return normalize_rollout_response(result, body)
         except ValidationError as exc:
             return invalid_response(exc)
+
+    container_rollouts = _ContainerRollouts(config, async_rollouts, lambda e: invalid_response(e))
+    _install_container_routes(app, config, async_rollouts)
 
     reported: set[str] = set()
 
@@ -495,7 +541,179 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
 
     for router in config.routers:
         app.include_router(router)
+    # outermost: a body over the limit is refused before anything reads it
+    app.add_middleware(containers.BodyLimit, limit=containers.MAX_CONTAINER_BODY)
     return app
+
+
+class TasksetTasksRequest(_Open):
+    """``POST /taskset/tasks``: the task ids of a split (synth-containers 0.4.6)."""
+
+    split: str | None = Field(default=None, max_length=200)
+    filters: dict[str, Any] = Field(default_factory=dict)
+    limit: int = Field(default=10_000, ge=1, le=100_000)
+
+
+def _not_found(code: str, message: str) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(error_body(code, message), status_code=404)
+
+
+def _install_container_routes(
+    app: FastAPI, config: TaskAppConfig, table: containers.AsyncRollouts
+) -> None:
+    """The synth-containers discovery and async-rollout routes (see docs/contract.md)."""
+
+    @app.get("/program")
+    async def program() -> Any:
+        prompts = containers.declared_prompts(config)
+        if not prompts:
+            return _not_found(
+                "program_not_declared",
+                "this task app declares no mutable prompts; set TaskAppConfig.prompts "
+                '(e.g. {"prompt": DEFAULT_PROMPT}) to make it a GEPA-ready container',
+            )
+        return containers.program_payload(config.app_id, prompts)
+
+    @app.get("/taskset")
+    async def taskset() -> Any:
+        return containers.taskset_payload(
+            config.app_id, _dump(await call_user(config.describe_taskset))
+        )
+
+    @app.post("/taskset/tasks")
+    async def taskset_tasks(body: TasksetTasksRequest) -> Any:
+        described = _dump(await call_user(config.describe_taskset))
+        ids = containers.split_task_ids(described, body.split, body.limit)
+        if ids is None:
+            known = containers.taskset_payload(config.app_id, described)["splits"]
+            return _not_found(
+                "unknown_split",
+                f"the task set lists no seeds for split {body.split!r}; its splits: "
+                f"{', '.join(known) or 'none'}",
+            )
+        return {"split": body.split or "train", "task_ids": ids, "filters": body.filters}
+
+    def unknown(rollout_id: str) -> Any:
+        return _not_found(
+            "unknown_rollout",
+            f"no async rollout {rollout_id[:128]!r} (finished ones are kept "
+            f"{config.async_rollout_ttl_s:g} s)",
+        )
+
+    @app.get("/rollouts/{rollout_id}")
+    async def get_rollout(rollout_id: str) -> Any:
+        found = table.get(rollout_id)
+        return unknown(rollout_id) if found is None else found
+
+    @app.get("/rollouts/{rollout_id}/state")
+    async def get_rollout_state(rollout_id: str) -> Any:
+        found = table.state(rollout_id)
+        return unknown(rollout_id) if found is None else found
+
+    @app.post("/rollouts/{rollout_id}/terminate")
+    async def terminate_rollout(rollout_id: str) -> Any:
+        found = await table.terminate(rollout_id)
+        return unknown(rollout_id) if found is None else found
+
+
+class _ContainerRollouts:
+    """Runs a container request (``/rollouts``, or ``/rollout`` with container fields): sync
+    (cancelled when the client goes away) or async (in the app's :class:`AsyncRollouts`)."""
+
+    def __init__(
+        self,
+        config: TaskAppConfig,
+        table: containers.AsyncRollouts,
+        invalid_response: Callable[[ValidationError], Any],
+    ) -> None:
+        self.config = config
+        self.table = table
+        self.invalid_response = invalid_response
+
+    async def submit(
+        self, body: RolloutRequest, request: Request, fields: containers.ContainerFields
+    ) -> Any:
+        from fastapi.responses import JSONResponse
+
+        if fields.submission_mode == "sync":
+            return await _until_disconnected(request, self.run(body, request, fields))
+        try:
+            return self.table.submit(
+                fields.rollout_id,
+                lambda: self.run_async(body, request, fields),
+                body.safety.max_time_s,
+            )
+        except containers.RolloutsFullError as exc:
+            return JSONResponse(
+                error_body("too_many_rollouts", str(exc), retry_after_s=exc.retry_after_s),
+                status_code=429,
+                headers={"Retry-After": str(exc.retry_after_s)},
+            )
+        except containers.ContainerRequestError as exc:
+            return JSONResponse(error_body(exc.code, exc.message), status_code=409)
+
+    async def run(
+        self, body: RolloutRequest, request: Request, fields: containers.ContainerFields
+    ) -> Any:
+        result = await call_user(self.config.rollout, body, request)
+        try:
+            normalized = normalize_rollout_response(result, body)
+        except ValidationError as exc:
+            return self.invalid_response(exc)
+        return containers.container_result(normalized, fields)
+
+    async def run_async(
+        self, body: RolloutRequest, request: Request, fields: containers.ContainerFields
+    ) -> dict[str, Any]:
+        from starlette.exceptions import HTTPException as StarletteHTTPException
+
+        try:
+            result = await call_user(self.config.rollout, body, request, abandon_on_cancel=True)
+            normalized = normalize_rollout_response(result, body)
+        except StarletteHTTPException as exc:
+            detail = exc.detail.get("error") if isinstance(exc.detail, dict) else None
+            code = (
+                str(detail.get("code", "http_error")) if isinstance(detail, dict) else "http_error"
+            )
+            message = (
+                str(detail.get("message", "")) if isinstance(detail, dict) else str(exc.detail)
+            )
+            raise containers.ContainerRequestError(code, message) from None
+        except ValidationError as exc:
+            raise containers.ContainerRequestError(
+                "invalid_rollout_response",
+                f"the rollout function returned an invalid response ({exc.error_count()} problems)",
+            ) from None
+        return containers.container_result(normalized, fields)
+
+
+async def _until_disconnected(request: Request, work: Awaitable[Any]) -> Any:
+    """Await ``work`` unless the client disconnects first; then cancel it (nothing of a
+    rollout nobody waits for keeps running) and answer 499 to no one."""
+    import asyncio
+
+    from fastapi.responses import JSONResponse
+
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while True:
+            message = await request.receive()
+            if message.get("type") == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    await asyncio.wait({task}, timeout=1.0)
+    return JSONResponse(error_body("client_disconnected", "the client went away"), status_code=499)
 
 
 def _dump(value: Any) -> Any:

@@ -517,7 +517,7 @@ def _resolve_program(program: str, env: Mapping[str, str], cwd: str | None) -> s
     return found
 
 
-def spawn(
+def spawn(  # noqa: C901, PLR0915 -- complexity 14 and 61 statements before issue 21; split when next changed
     argv: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,

@@ -24,7 +24,7 @@ from taskapp.core.errors import ConfigurationError
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import register_secret
 
-__all__ = ["API_KEY_ENV", "DEFAULT_DB", "read_api_key", "serve"]
+__all__ = ["API_KEY_ENV", "DEFAULT_DB", "default_runs_dir", "read_api_key", "serve"]
 
 logger = get_logger("taskapp.jobs")
 
@@ -87,6 +87,19 @@ def _stop_on_signals(server: Any) -> Iterator[None]:
             signal.signal(signum, before)
 
 
+def default_runs_dir(store: Any, runs_dir: str | Path | None) -> Path:
+    """Where a pool's scratch run directories go: ``runs_dir``, else beside a SQLite file
+    (``DB.runs/``), else a per-user temporary folder (the checkpoints live in the store)."""
+    import tempfile
+
+    if runs_dir is not None:
+        return Path(runs_dir)
+    path = getattr(store, "path", None)
+    if isinstance(path, Path):
+        return path.with_name(path.name + ".runs")
+    return Path(tempfile.gettempdir()) / f"taskapp-runs-{os.getuid()}"
+
+
 def _warm_up() -> None:
     with contextlib.suppress(Exception):
         import taskapp.optimize.runner
@@ -103,16 +116,19 @@ def serve(
     workers: int = 2,
     runs_dir: str | Path | None = None,
     on_ready: Callable[[str], None] | None = None,
+    lease_seconds: float = 30.0,
 ) -> None:
-    """Run the backend until SIGINT/SIGTERM (blocking)."""
+    """Run the backend until SIGINT/SIGTERM (blocking). ``db``: a SQLite path or a
+    ``postgresql://`` URL; ``workers=0``: the API only (``taskapp backend worker``
+    processes run the jobs)."""
     import uvicorn
 
     from taskapp.core.ports import listen_tcp, url_host
     from taskapp.jobs.pool import JobPool
     from taskapp.jobs.service import create_backend_app
-    from taskapp.jobs.store import JobStore
+    from taskapp.jobs.store import open_store
 
-    store = JobStore(db, owner=True)
+    store = open_store(db, owner=True)
     try:
         sock = listen_tcp(host, port)
     except OSError as exc:
@@ -120,10 +136,10 @@ def serve(
         raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     url = f"http://{url_host(host)}:{sock.getsockname()[1]}"
     store.describe_owner(f"serving on {url}")
-    runs = (
-        Path(runs_dir) if runs_dir is not None else store.path.with_name(store.path.name + ".runs")
-    )
-    pool = JobPool(store, runs_dir=runs, workers=workers)
+    pool = JobPool(
+        store, runs_dir=default_runs_dir(store, runs_dir), workers=workers,
+        lease_seconds=lease_seconds,
+    )  # fmt: skip
     try:
         app = create_backend_app(store, pool, api_key)
         server = uvicorn.Server(

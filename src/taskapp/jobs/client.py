@@ -15,10 +15,12 @@ pass the running ``InProcessTaskApp`` itself as ``task_app_url`` (its token is u
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,10 @@ __all__ = [
 BACKEND_KEY_ENV = "TASKAPP_BACKEND_API_KEY"
 DEFAULT_BACKEND = "http://localhost:8000"
 TERMINAL = ("succeeded", "failed", "cancelled")
+#: a submit is sent again (with the same Idempotency-Key) after a lost reply or one of
+#: these answers, waiting 0.5, 1, 2, 4 s in between
+RETRY_STATUSES = (502, 503, 504)
+SUBMIT_ATTEMPTS = 5
 
 
 class JobBackendError(TaskAppError):
@@ -74,15 +80,15 @@ class PromptLearningResult:
 
 
 def _task_app_of(task_app_url: Any) -> tuple[str | None, str | None, str | None]:
-    """(url, key, worker token) of a URL string or a running ``InProcessTaskApp``."""
+    """(url, key, worker token) of a URL string or a running ``InProcessTaskApp``: only
+    what the app itself says (the key's fallbacks are :meth:`PromptLearningSpec.task_app_key`'s);
+    the one resolution is :func:`taskapp.core.endpoint.endpoint_of`."""
     if task_app_url is None or isinstance(task_app_url, str):
         return task_app_url, None, None
-    url = getattr(task_app_url, "url", None)
-    if not isinstance(url, str):
-        raise ConfigurationError(
-            "task_app_url must be a URL or a running InProcessTaskApp (start it first)"
-        )
-    return url, task_app_url.api_key, getattr(task_app_url, "task_app_worker_token", None)
+    from taskapp.core.endpoint import endpoint_of
+
+    endpoint = endpoint_of(task_app_url)
+    return endpoint.url, endpoint.api_key, endpoint.worker_token
 
 
 class PromptLearningJob:
@@ -155,8 +161,8 @@ class PromptLearningJob:
         task_app_worker_token: str | None,
         overrides: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
-        from taskapp.jobs.service import is_relay_url
         from taskapp.optimize.prompt_learning import parse_prompt_learning
+        from taskapp.relay.protocol import is_ingress_url
 
         path = config_path or self.config_path
         if path is None:
@@ -178,7 +184,7 @@ class PromptLearningJob:
             )
         key = spec.task_app_key(task_app_api_key or self.task_app_api_key or app_key)
         token = task_app_worker_token or self.task_app_worker_token or app_token
-        if is_relay_url(url) and not token:
+        if is_ingress_url(url) and not token:
             raise ConfigurationError(
                 f"{url} is a taskapp relay URL: callers need the lease's worker token. Pass "
                 "task_app_worker_token=, or pass the running InProcessTaskApp("
@@ -237,14 +243,38 @@ class PromptLearningJob:
         task_app_api_key: str | None = None,
         task_app_worker_token: str | None = None,
         overrides: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
-        """Submit the job; return its id (also kept as ``self.job_id``)."""
+        """Submit the job; return its id (also kept as ``self.job_id``).
+
+        The request carries an ``Idempotency-Key`` (``idempotency_key``, else a new random
+        one): when the reply is lost (connection dropped, timeout, 502/503/504) it is sent
+        again with the same key, and the backend answers with the job it created the first
+        time, so one call never makes two jobs."""
+        import httpx
+
         body = self._body(
             config_path, task_app_url, task_app_api_key, task_app_worker_token, overrides
         )
-        data = await self._request("POST", "/api/jobs", "submit", json=body)
-        self.job_id = str(data["id"])
-        return self.job_id
+        headers = {**self._headers, "Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        for attempt in range(SUBMIT_ATTEMPTS):
+            last = attempt == SUBMIT_ATTEMPTS - 1
+            try:
+                async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
+                    response = await client.post(
+                        self.backend_url + "/api/jobs", headers=headers, json=body
+                    )
+            except httpx.HTTPError as exc:
+                if last:
+                    raise self._unreachable(exc) from None
+            else:
+                if response.status_code not in RETRY_STATUSES or last:
+                    data = self._check(response, "submit")
+                    self.job_id = str(data["id"])
+                    return self.job_id
+            await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def get_status(
         self, job_id: str | None = None, *, wait: float = 0.0, unless: str | None = None
@@ -260,6 +290,16 @@ class PromptLearningJob:
 
     async def cancel(self, job_id: str | None = None) -> dict[str, Any]:
         return await self._request("POST", f"/api/jobs/{self._id(job_id)}/cancel", "cancel")
+
+    async def control(self, action: str, job_id: str | None = None) -> dict[str, Any]:
+        """``pause`` (at the next iteration; resumable), ``resume``, ``stop`` (end now
+        with the best so far, a success), ``cancel`` (no result) or ``retry`` (a failed or
+        cancelled job); the job afterwards."""
+        return await self._request("POST", f"/api/jobs/{self._id(job_id)}/{action}", action)
+
+    async def delete(self, job_id: str | None = None) -> dict[str, Any]:
+        """Delete a finished job (its events and checkpoint too)."""
+        return await self._request("DELETE", f"/api/jobs/{self._id(job_id)}", "delete")
 
     async def poll_until_complete(
         self,
@@ -331,13 +371,41 @@ class PromptLearningJob:
         task_app_api_key: str | None = None,
         task_app_worker_token: str | None = None,
         overrides: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
+        """:meth:`submit` without an event loop (the same Idempotency-Key retries)."""
+        import httpx
+
         body = self._body(
             config_path, task_app_url, task_app_api_key, task_app_worker_token, overrides
         )
-        data = self._request_sync("POST", "/api/jobs", "submit", json=body)
-        self.job_id = str(data["id"])
-        return self.job_id
+        headers = {**self._headers, "Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        for attempt in range(SUBMIT_ATTEMPTS):
+            last = attempt == SUBMIT_ATTEMPTS - 1
+            try:
+                with httpx.Client(timeout=self.timeout, trust_env=False) as client:
+                    response = client.post(
+                        self.backend_url + "/api/jobs", headers=headers, json=body
+                    )
+            except httpx.HTTPError as exc:
+                if last:
+                    raise self._unreachable(exc) from None
+            else:
+                if response.status_code not in RETRY_STATUSES or last:
+                    data = self._check(response, "submit")
+                    self.job_id = str(data["id"])
+                    return self.job_id
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def control_sync(self, action: str, job_id: str | None = None) -> dict[str, Any]:
+        """``pause``, ``resume``, ``stop``, ``cancel`` or ``retry`` the job; the job."""
+        return self._request_sync("POST", f"/api/jobs/{self._id(job_id)}/{action}", action)
+
+    def delete_sync(self, job_id: str | None = None) -> dict[str, Any]:
+        """Delete a finished job (its events and checkpoint too)."""
+        return self._request_sync("DELETE", f"/api/jobs/{self._id(job_id)}", "delete")
 
     def get_status_sync(
         self, job_id: str | None = None, *, wait: float = 0.0, unless: str | None = None

@@ -1,204 +1,357 @@
-"""The backend's bounded worker pool: runs queued jobs with taskapp's GEPA engine.
+"""Workers: run the store's queued jobs with taskapp's GEPA engine, on any host.
 
-* At most ``workers`` jobs run at once, each on its own thread (GEPA is synchronous),
-  each in its own run directory ``<runs_dir>/<job id>/`` (GEPA's checkpoint lives there).
-* A job the previous backend left ``running`` (stopped, crashed, SIGKILLed) is queued
-  again at start-up and **resumes** from its run directory: the baseline is not scored
-  again and the budget stays a total. The store's lock (one backend per database) and
-  the dispatcher (one thread per job id) make sure no job runs twice.
-* ``cancel(job_id)`` stops a running job after its current step (seconds): its status is
-  ``cancelled``, with the best found so far as its result.
-* ``stop()`` (backend shutdown) stops running jobs the same way but leaves them
-  ``queued``, so the next start resumes them.
+A :class:`JobPool` runs up to ``workers`` jobs at once, each on its own thread (GEPA is
+synchronous), in a local scratch directory ``<runs_dir>/<job id>/``. It is what
+``taskapp backend serve`` runs in-process and what ``taskapp backend worker`` runs alone;
+any number of pools on any number of hosts can share one PostgreSQL store.
+
+* **Claims and leases**: a pool claims the oldest queued job in one transaction
+  (:meth:`JobStore.claim`) and renews its lease every ``lease_seconds / 3``. A pool that
+  dies (SIGKILL, host gone) stops renewing; once the lease has run out another pool
+  claims the job and resumes it. A pool that finds its lease taken stops the run and
+  writes nothing more for it (the store fences its writes).
+* **Checkpoints in the database**: after the baseline and after every iteration the run
+  directory's changed files (GEPA's state, ``run.json`` with the baseline scores,
+  ``history.jsonl``) are stored with the job; a pool that takes a job over writes them
+  into its own scratch directory and resumes there: the baseline is not scored again and
+  the budget stays a total.
+* **Controls** (pause, stop, cancel) are requests in the store, seen at the next lease
+  renewal or progress event: the run stops after its current step; pause leaves it
+  ``paused`` (resume queues it again), stop ends it ``succeeded`` with the best so far,
+  cancel ends it ``cancelled`` without a result.
+* **The database going away** pauses claims (one log line when it goes, one when it is
+  back); a running job keeps running, its events wait in memory and are written when the
+  database returns. No job is failed because the store blinked.
+* ``stop()`` (shutdown) stops running jobs after their current step and queues them
+  again, for this or another pool.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import shutil
+import socket
 import threading
 import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError, TaskAppError
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import redact
-from taskapp.jobs.store import JobStore, StoreError
+from taskapp.jobs.store import JobStore, LeaseLostError, StoreError
 
-__all__ = ["JobPool"]
+__all__ = ["JobPool", "new_worker_id"]
 
 logger = get_logger("taskapp.jobs")
 
-PROGRESS_FIELDS = ("event", "iteration", "metric_calls", "score", "best_score", "budget")
+#: progress events after which the run directory is checkpointed into the store
+CHECKPOINT_EVENTS = ("baseline", "iteration")
+
+
+def new_worker_id() -> str:
+    """``host:pid:random`` — the lease owner's name (the host and pid say where it ran)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def dead_local_owner(owner: str | None) -> bool:
+    """True when ``owner`` is a worker id of this host whose process is gone."""
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True  # an earlier pool of this process (it ended without releasing)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass
+class _Run:
+    """One job this pool runs."""
+
+    job_id: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    action: str | None = None  # the control request that stopped it (pause, stop, cancel)
+    lost: bool = False  # another worker holds the job now
+    pending: list[tuple[str, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    hashes: dict[str, str] = field(default_factory=dict)  # checkpointed files
+
+
+class _Outage:
+    """Says once that the database went away, and once that it is back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.down_since: float | None = None
+
+    def failed(self, what: str, exc: StoreError) -> None:
+        with self._lock:
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                logger.warning(
+                    "job database unreachable (%s: %s): claims paused, running jobs go on; "
+                    "retrying",
+                    what,
+                    exc.message,
+                )
+
+    def ok(self) -> None:
+        with self._lock:
+            if self.down_since is not None:
+                logger.warning(
+                    "job database reachable again after %.1f s: claims resume",
+                    time.monotonic() - self.down_since,
+                )
+                self.down_since = None
 
 
 class JobPool:
-    """Runs the store's queued jobs, ``workers`` at a time."""
+    """Claims and runs the store's queued jobs, ``workers`` at a time."""
 
-    def __init__(self, store: JobStore, *, runs_dir: str | Path, workers: int = 2) -> None:
-        if workers < 1:
-            raise ConfigurationError(f"workers must be >= 1, got {workers}")
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        runs_dir: str | Path,
+        workers: int = 2,
+        lease_seconds: float = 30.0,
+        worker_id: str | None = None,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        if workers < 0:
+            raise ConfigurationError(f"workers must be >= 0, got {workers}")
+        if lease_seconds < 1:
+            raise ConfigurationError(f"lease_seconds must be >= 1, got {lease_seconds}")
         self.store = store
         self.runs_dir = Path(runs_dir)
         self.workers = workers
+        self.lease_seconds = float(lease_seconds)
+        self.owner = worker_id or new_worker_id()
+        self.poll_seconds = poll_seconds
+        self.outage = _Outage()
         self._lock = threading.Lock()
-        self._running: dict[str, tuple[threading.Thread, threading.Event]] = {}
-        self._cancelled: set[str] = set()
+        self._running: dict[str, _Run] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._dispatcher: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # -- control -------------------------------------------------------------------------
 
-    def start(self) -> list[str]:
-        """Queue what a previous backend left running, then start dispatching."""
-        resumed = self.store.requeue_running()
+    def start(self, *, requeue_all: bool = False) -> list[str]:
+        """Queue what a gone worker of this host left running (``requeue_all``: every
+        running job, for the one backend that owns a SQLite file), then start."""
+        resumed: list[str] = []
+        if self.workers == 0:
+            return resumed
+        try:
+            resumed = self.store.requeue_running(
+                dead_owner=None if requeue_all else dead_local_owner
+            )
+        except StoreError as exc:
+            self.outage.failed("requeue", exc)
         if resumed:
             logger.info("resuming %d job(s) left running: %s", len(resumed), ", ".join(resumed))
-        self._dispatcher = threading.Thread(
-            target=self._dispatch, name="taskapp-jobs-dispatch", daemon=True
-        )
-        self._dispatcher.start()
+        for target, name in ((self._dispatch, "dispatch"), (self._heartbeat, "heartbeat")):
+            thread = threading.Thread(target=target, name=f"taskapp-jobs-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return resumed
 
     def notify(self) -> None:
-        """A job was queued: look at the queue now."""
+        """A job was queued or changed: look at the queue now."""
         self._wake.set()
-
-    def cancel(self, job_id: str) -> dict[str, Any] | None:
-        job = self.store.request_cancel(job_id)
-        with self._lock:
-            running = self._running.get(job_id)
-            if running is not None:
-                self._cancelled.add(job_id)
-                running[1].set()
-        return job
 
     def running(self) -> list[str]:
         with self._lock:
             return list(self._running)
 
+    def signal(self, job_id: str, action: str) -> None:
+        """A control request was stored for a job: if it runs here, act at once."""
+        with self._lock:
+            run = self._running.get(job_id)
+        if run is not None and action in ("pause", "stop", "cancel"):
+            run.action = action
+            run.stop.set()
+
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop dispatching; running jobs stop after their current step and stay queued."""
+        """Stop claiming; running jobs stop after their current step and are queued."""
         self._stopping.set()
         self._wake.set()
         with self._lock:
-            running = list(self._running.values())
-        for _, event in running:
-            event.set()
+            runs = list(self._running.values())
+        for run in runs:
+            run.stop.set()
         deadline = time.monotonic() + timeout
-        for thread, _ in running:
+        for run in runs:
+            if run.thread is not None:
+                run.thread.join(max(0.0, deadline - time.monotonic()))
+        for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        if self._dispatcher is not None:
-            self._dispatcher.join(max(0.0, deadline - time.monotonic()))
 
-    # -- dispatching ---------------------------------------------------------------------
+    # -- claiming ------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
         while not self._stopping.is_set():
+            claimed = False
             try:
-                self._fill_slots()
+                claimed = self._claim_one()
+                self.outage.ok()
             except StoreError as exc:
-                logger.error("job dispatch: %s", exc)
-            self._wake.wait(0.5)
+                self.outage.failed("claim", exc)
+            if claimed:
+                continue
+            self._wake.wait(self.poll_seconds if self.outage.down_since is None else 1.0)
             self._wake.clear()
 
-    def _fill_slots(self) -> None:
-        for job_id in self.store.queued():
-            with self._lock:
-                if self._stopping.is_set() or len(self._running) >= self.workers:
-                    return
-                if job_id in self._running:
-                    continue
-                event = threading.Event()
-                thread = threading.Thread(
-                    target=self._run_job,
-                    args=(job_id, event),
-                    name=f"taskapp-job-{job_id}",
-                    daemon=True,
-                )
-                self._running[job_id] = (thread, event)
-            thread.start()
+    def _claim_one(self) -> bool:
+        with self._lock:
+            if self._stopping.is_set() or len(self._running) >= self.workers:
+                return False
+        job = self.store.claim(self.owner, self.lease_seconds)
+        if job is None:
+            return False
+        run = _Run(job["id"])
+        if job.get("_control") in ("pause", "stop", "cancel"):
+            run.action = job["_control"]
+            run.stop.set()
+        run.thread = threading.Thread(
+            target=self._run_job, args=(job, run), name=f"taskapp-job-{job['id']}", daemon=True
+        )
+        with self._lock:
+            self._running[job["id"]] = run
+        run.thread.start()
+        return True
 
-    def _run_job(self, job_id: str, stop_event: threading.Event) -> None:
+    def _heartbeat(self) -> None:
+        interval = self.lease_seconds / 3
+        while not self._stopping.wait(interval):
+            with self._lock:
+                runs = list(self._running.values())
+            for run in runs:
+                self._renew(run)
+
+    def _renew(self, run: _Run) -> None:
         try:
-            self._execute(job_id, stop_event)
+            action = self.store.renew(run.job_id, self.owner, self.lease_seconds)
+            self.outage.ok()
+        except LeaseLostError:
+            if not run.lost:
+                logger.warning("job %s: another worker holds it now; stopping here", run.job_id)
+            run.lost = True
+            run.stop.set()
+            return
+        except StoreError as exc:
+            self.outage.failed("lease renewal", exc)
+            return
+        if action is not None and run.action is None:
+            run.action = action
+            run.stop.set()
+
+    # -- one job -------------------------------------------------------------------------
+
+    def _run_job(self, job: dict[str, Any], run: _Run) -> None:
+        try:
+            self._execute(job, run)
+        except LeaseLostError:
+            logger.warning("job %s: another worker holds it now; left to it", run.job_id)
         except Exception as exc:
-            logger.exception("job %s: internal error", job_id)
-            with contextlib.suppress(StoreError):
+            logger.exception("job %s: internal error", run.job_id)
+            with contextlib.suppress(StoreError, LeaseLostError):
                 self.store.set_status(
-                    job_id,
+                    run.job_id,
                     "failed",
+                    owner=self.owner,
                     error=redact(f"internal error: {type(exc).__name__}: {exc}"),
                     finished_at=time.time(),
                 )
         finally:
             with self._lock:
-                self._running.pop(job_id, None)
-                self._cancelled.discard(job_id)
+                self._running.pop(run.job_id, None)
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.runs_dir / run.job_id)
             self._wake.set()
 
-    # -- one job -------------------------------------------------------------------------
-
-    def _execute(self, job_id: str, stop_event: threading.Event) -> None:
+    def _execute(self, job: dict[str, Any], run: _Run) -> None:
+        from taskapp.optimize.config import OptimizeConfig
         from taskapp.optimize.errors import OptimizeError
         from taskapp.optimize.runner import run_config
 
-        started = self._start(job_id)
-        if started is None:
+        job_id = run.job_id
+        run_dir = self.runs_dir / job_id
+        resume = self._restore(job_id, run_dir, run)
+        config = OptimizeConfig.from_dict(job["config"])
+        done = _finished_before(run_dir, config) if resume else None
+        if done is not None:  # the result was saved just before the last worker stopped
+            self._finish(run, "succeeded", done, None)
             return
-        job, config = started
         result: Any = None
         error: str | None = None
         try:
             result = run_config(
                 job["task_app_url"],
-                config,
+                config.replace(output_dir=run_dir, resume=resume),
                 api_key=job["task_app_key"],
                 worker_token=job["worker_token"],
-                on_progress=lambda event: self._progress(job_id, event),
-                stop_event=stop_event,
+                on_progress=lambda event: self._progress(run, run_dir, event),
+                stop_event=run.stop,
             )
         except OptimizeError as exc:
             result, error = exc.result, exc.message
         except (ConfigurationError, TaskAppError) as exc:
             error = getattr(exc, "message", None) or str(exc)
-        self._conclude(job_id, result, error)
+        self._conclude(run, result, error)
 
-    def _start(self, job_id: str) -> tuple[dict[str, Any], Any] | None:
-        """Mark the job running; (job with secrets, its OptimizeConfig for this attempt),
-        or None when there is nothing to run (gone, cancelled, or already finished)."""
-        from taskapp.optimize.config import OptimizeConfig
+    def _restore(self, job_id: str, run_dir: Path, run: _Run) -> bool:
+        """Write the job's checkpoint from the store into ``run_dir``; True when there is
+        one to resume from."""
+        files = self._retry(lambda: self.store.load_files(job_id), run)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        for name, data in files.items():
+            path = (run_dir / name).resolve()
+            if run_dir.resolve() not in path.parents:
+                continue  # never outside the run directory
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            run.hashes[name] = hashlib.sha256(data).hexdigest()
+        return (run_dir / "run.json").is_file()
 
-        job = self.store.get(job_id, secrets=True)
-        if job is None or job["status"] != "queued":
-            return None
-        if job["cancel_requested"]:
-            self.store.set_status(job_id, "cancelled", finished_at=time.time())
-            return None
-        run_dir = self.runs_dir / job_id
-        resume = (run_dir / "run.json").is_file()
-        self.store.set_status(
-            job_id,
-            "running",
-            attempts=int(job["attempts"]) + 1,
-            started_at=job["started_at"] or time.time(),
-        )
-        config = OptimizeConfig.from_dict(job["config"])
-        done = _finished_before(run_dir, config) if resume else None
-        if done is not None:  # the result was saved just before the backend stopped
-            self._finish(job_id, "succeeded", done, None)
-            return None
-        if not resume and run_dir.exists():
-            shutil.rmtree(run_dir)  # a start that never reached its baseline
-        return job, config.replace(output_dir=run_dir, resume=resume)
+    def _retry(self, call: Any, run: _Run) -> Any:
+        """``call()``, retried while the database is away (until this pool stops or the
+        job is lost)."""
+        while True:
+            try:
+                value = call()
+                self.outage.ok()
+                return value
+            except StoreError as exc:
+                self.outage.failed(f"job {run.job_id}", exc)
+                if self._stopping.is_set() or run.lost:
+                    raise
+                time.sleep(1.0)
 
-    def _progress(self, job_id: str, event: dict[str, Any]) -> None:
-        """One progress event of the run: recorded, and the job's scores updated."""
+    def _progress(self, run: _Run, run_dir: Path, event: dict[str, Any]) -> None:
+        """One progress event of the run: recorded with the job's scores (and, at an
+        iteration boundary, the checkpoint). Never raises: a database that is away
+        keeps the event for later, a lost lease stops the run."""
         if event.get("event") == "started" and event.get("task"):
-            self.store.set_labels(job_id, {"task": str(event["task"])})
+            with contextlib.suppress(StoreError):  # a label for the list
+                self.store.set_labels(run.job_id, {"task": str(event["task"])})
         fields: dict[str, Any] = {}
         if event.get("best_score") is not None:
             fields["best_score"] = event["best_score"]
@@ -206,31 +359,99 @@ class JobPool:
             fields["metric_calls"] = event["metric_calls"]
         if event.get("event") == "baseline" and event.get("score") is not None:
             fields["baseline_score"] = event["score"]
-        self.store.add_event(job_id, str(event.get("event")), event, **fields)
+        run.pending.append((str(event.get("event")), dict(event), fields))
+        try:
+            while run.pending:
+                kind, data, job_fields = run.pending[0]
+                self.store.add_event(run.job_id, kind, data, owner=self.owner, **job_fields)
+                run.pending.pop(0)
+            if event.get("event") in CHECKPOINT_EVENTS:
+                self._checkpoint(run, run_dir)
+            self.outage.ok()
+        except LeaseLostError:
+            run.lost = True
+            run.stop.set()
+        except StoreError as exc:
+            self.outage.failed(f"job {run.job_id}", exc)
 
-    def _conclude(self, job_id: str, result: Any, error: str | None) -> None:
-        with self._lock:
-            cancelled = job_id in self._cancelled
+    def _checkpoint(self, run: _Run, run_dir: Path) -> None:
+        changed: dict[str, bytes] = {}
+        hashes: dict[str, str] = {}
+        for path in sorted(run_dir.rglob("*")):
+            if not path.is_file() or path.name.endswith(".tmp"):
+                continue
+            name = path.relative_to(run_dir).as_posix()
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            if run.hashes.get(name) != digest:
+                changed[name] = data
+                hashes[name] = digest
+        self.store.save_files(run.job_id, changed, owner=self.owner)
+        run.hashes.update(hashes)
+
+    def _conclude(self, run: _Run, result: Any, error: str | None) -> None:
+        if run.lost:
+            return  # another worker holds the job: it ends it
+        run_dir = self.runs_dir / run.job_id
+        with contextlib.suppress(OSError, StoreError, LeaseLostError):
+            self._retry(lambda: self._flush(run), run)
+            if run_dir.is_dir():
+                self._checkpoint(run, run_dir)
         if error is not None:
-            self._finish(job_id, "failed", result, error)
+            self._finish(run, "failed", result, error)
         elif result is not None and result.status == "interrupted":
-            if cancelled:
-                self._finish(job_id, "cancelled", result, "cancelled while running")
-            else:  # the backend is stopping: the next start resumes it
-                self.store.set_status(job_id, "queued", reason="backend stopped")
+            self._interrupted(run, result)
         elif result is not None:
-            self._finish(job_id, result.status, result, result.error)
+            self._finish(run, result.status, result, result.error,
+                         reason=_stop_reason(result))  # fmt: skip
 
-    def _finish(self, job_id: str, status: str, result: Any, error: str | None) -> None:
+    def _flush(self, run: _Run) -> None:
+        while run.pending:
+            kind, data, job_fields = run.pending[0]
+            self.store.add_event(run.job_id, kind, data, owner=self.owner, **job_fields)
+            run.pending.pop(0)
+
+    def _interrupted(self, run: _Run, result: Any) -> None:
+        action = run.action
+        if action == "cancel":
+            self._finish(run, "cancelled", None, "cancelled while running",
+                         reason="cancelled on request")  # fmt: skip
+        elif action == "stop":
+            result.status = "succeeded"
+            self._finish(run, "succeeded", result, None,
+                         reason="stopped on request: the best found so far")  # fmt: skip
+        elif action == "pause":
+            self._set(run, "paused", reason="paused on request", control=None)
+        else:  # this worker is stopping: another one (or the next start) resumes it
+            self._set(run, "queued", reason="backend stopped")
+
+    def _finish(self, run: _Run, status: str, result: Any, error: str | None,
+                reason: str | None = None) -> None:  # fmt: skip
         data = result.to_dict(include_raw=False) if result is not None else None
-        fields: dict[str, Any] = {"finished_at": time.time(), "error": error, "result": data}
+        fields: dict[str, Any] = {"finished_at": time.time(), "error": error, "result": data,
+                                  "control": None}  # fmt: skip
         if result is not None:
             fields.update(
                 best_score=result.best_score,
                 baseline_score=result.baseline_score,
                 metric_calls=result.metric_calls,
             )
-        self.store.set_status(job_id, status, **fields)
+        self._set(run, status, reason=reason, **fields)
+
+    def _set(self, run: _Run, status: str, *, reason: str | None = None, **fields: Any) -> None:
+        """The job's new status, retried while the database is away (a job's end is not
+        lost because the store blinked)."""
+        self._retry(
+            lambda: self.store.set_status(
+                run.job_id, status, reason=reason, owner=self.owner, **fields
+            ),
+            run,
+        )
+
+
+def _stop_reason(result: Any) -> str | None:
+    reason = getattr(result, "stopped_by", None)
+    return f"finished: {reason}" if reason else None
 
 
 def _finished_before(run_dir: Path, config: Any) -> Any:

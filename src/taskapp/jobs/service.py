@@ -3,23 +3,25 @@
 Every ``/api`` route needs ``Authorization: Bearer <key>`` (compared in constant time);
 ``/`` (the page, which asks for the key in the browser) and ``/health`` do not::
 
-    POST /api/jobs                      submit: {config_toml, overrides, task_app_url,
-                                        task_app_api_key, task_app_worker_token} -> job
-    GET  /api/jobs?limit=&offset=&status=   newest first, with total
-    GET  /api/jobs/{id}?wait=&status=   status, scores, progress (long poll: answers when
-                                        the status is no longer ``status``, or after wait s)
-    GET  /api/jobs/{id}/events?after=&limit=   paged history
-    GET  /api/jobs/{id}/events/stream?after=   the same as server-sent events, until done
-    POST /api/jobs/{id}/cancel          stop it within seconds (status "cancelled")
-    GET  /api/jobs/{id}/result          best prompt, seed prompt, scores, candidates, history
-    GET  /api/jobs/{id}/seeds           the candidate x seed score matrix (fixed / broke)
-    GET  /api/stream?since=             every job's changes as server-sent events
+    POST   /api/jobs                    submit (header Idempotency-Key: the same key and
+                                        body give the same job, 200; another body, 409)
+    GET    /api/jobs?status=&since=&until=&cursor=&limit=   newest first, next_cursor
+    GET    /api/jobs/{id}?wait=&status= status, scores, progress (long poll)
+    POST   /api/jobs/{id}/pause|resume|stop|cancel|retry    the lifecycle controls
+    DELETE /api/jobs/{id}               a finished job, with its events and checkpoint
+    GET    /api/jobs/{id}/events?after=&limit=   paged history, by sequence number
+    GET    /api/jobs/{id}/events/stream?after=   the same as server-sent events, until done
+    GET    /api/jobs/{id}/result        best prompt, seed prompt, scores, candidates, history
+    GET    /api/jobs/{id}/seeds         the candidate x seed score matrix (fixed / broke)
+    GET    /api/stream?since=           every job's changes as server-sent events
 
 The page (:mod:`.page`) is served at ``/``, ``/jobs``, ``/jobs/{id}`` and ``/compare``,
 its script and style sheet at ``/static/{name}``.
 
-Errors are ``{"error": {"type", "message"}}``; the task app's key and worker token are
-stored (to resume after a restart) but never returned.
+The API is stateless over its :class:`~taskapp.jobs.store.JobStore`: any number of API
+processes may serve one PostgreSQL store, with or without local workers. Errors are
+``{"error": {"type", "message"}}``; the task app's key and worker token are stored (to
+resume elsewhere) but never returned.
 """
 
 from __future__ import annotations
@@ -38,18 +40,18 @@ from taskapp.core.errors import ConfigurationError
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import register_secret
 from taskapp.jobs.pool import JobPool
-from taskapp.jobs.store import TERMINAL, JobStore, StoreError
+from taskapp.jobs.store import (
+    TERMINAL,
+    JobStore,
+    StoreConflictError,
+    StoreError,
+    request_hash,
+)
+from taskapp.relay.protocol import is_ingress_url
 
-__all__ = ["RELAY_PATH", "ApiError", "BackendApi", "create_backend_app", "is_relay_url"]
+__all__ = ["ApiError", "BackendApi", "create_backend_app"]
 
 logger = get_logger("taskapp.jobs")
-
-#: a taskapp relay's public lease URL ends in /s/rt_<route>
-RELAY_PATH = re.compile(r"/s/rt_[A-Za-z0-9_-]+/?$")
-
-
-def is_relay_url(url: str) -> bool:
-    return bool(RELAY_PATH.search(url.split("?", 1)[0]))
 
 
 class ApiError(Exception):
@@ -70,10 +72,40 @@ async def _store_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": {"type": "store_error", "message": exc.message}}, 503)
 
 
+async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StoreConflictError)
+    return JSONResponse({"error": {"type": "conflict", "message": exc.message}}, 409)
+
+
+#: an Idempotency-Key: 1-200 printable ASCII characters
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+def _timestamp(value: str | None, name: str) -> float | None:
+    """``since``/``until``: Unix seconds or an ISO 8601 time (UTC when no zone is given)."""
+    if value is None or value == "":
+        return None
+    import datetime as dt
+
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            400, "bad_request", f"{name}: Unix seconds or an ISO 8601 time, got {value[:40]!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
 class BackendApi:
     """The route handlers, over one store, pool and key."""
 
-    def __init__(self, store: JobStore, pool: JobPool, api_key: str) -> None:
+    def __init__(self, store: JobStore, pool: JobPool | None, api_key: str) -> None:
         self.store = store
         self.pool = pool
         self._expected = api_key.encode()
@@ -111,10 +143,23 @@ class BackendApi:
         return Response(found[0], media_type=found[1], headers=_NO_STORE)
 
     async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "running": self.pool.running(), "workers": self.pool.workers}
+        pool = self.pool
+        return {
+            "status": "ok",
+            "store": self.store.kind,
+            "running": pool.running() if pool is not None else [],
+            "workers": pool.workers if pool is not None else 0,
+        }
 
-    def submit(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    def submit(self, request: Request, body: dict[str, Any]) -> Any:
+        """A new job (201), or with an ``Idempotency-Key`` seen before for the same
+        body, that job again (200); the same key with another body is a 409."""
         self.authorize(request)
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+            raise ApiError(
+                400, "bad_request", "Idempotency-Key: 1 to 200 printable ASCII characters"
+            )
         try:
             spec, url, key, token = _submission(body)
         except ConfigurationError as exc:
@@ -124,31 +169,59 @@ class BackendApi:
         register_secret(key)
         register_secret(token)
         config = spec.config.to_dict()
-        job_id = self.store.create(
+        job_id, created = self.store.create(
             config,
             task_app_url=url.rstrip("/"),
             task_app_key=key or None,
             worker_token=token,
             warnings=spec.warnings,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash(body) if idempotency_key is not None else None,
             labels=job_labels(config, body.get("config_name")),
         )
-        self.pool.notify()
-        logger.info("job %s submitted for %s", job_id, url)
+        if self.pool is not None:
+            self.pool.notify()
         job = self.job_or_404(job_id)
         job["warnings"] = spec.warnings
+        if not created:
+            logger.info("job %s: submitted again with its Idempotency-Key", job_id)
+            return JSONResponse(job, 200)
+        logger.info("job %s submitted for %s", job_id, url)
         return job
 
     def list_jobs(
-        self, request: Request, limit: int = 50, offset: int = 0, status: str | None = None
+        self,
+        request: Request,
+        limit: int = 50,
+        offset: int = 0,
+        status: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        cursor: str | None = None,
     ) -> dict[str, Any]:
+        """Newest first; ``status`` (comma-separated), ``since``/``until`` (created at,
+        Unix seconds or ISO 8601), and ``cursor``: the ``next_cursor`` of the page before
+        (None on the last page)."""
         self.authorize(request)
         if not 1 <= limit <= 500 or offset < 0:
             raise ApiError(400, "bad_request", "limit must be 1..500 and offset >= 0")
+        statuses = [s for s in (status or "").split(",") if s] or None
+        start, end = _timestamp(since, "since"), _timestamp(until, "until")
         try:
-            jobs = self.store.list_jobs(limit=limit, offset=offset, status=status)
+            jobs = self.store.list_jobs(
+                limit=limit, offset=offset, status=statuses, since=start, until=end,
+                cursor=cursor,
+            )  # fmt: skip
+            total = self.store.count(status=statuses, since=start, until=end)
         except ConfigurationError as exc:
             raise ApiError(400, "bad_request", exc.message) from None
-        return {"jobs": jobs, "total": self.store.count(), "limit": limit, "offset": offset}
+        return {
+            "jobs": jobs,
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "next_cursor": self.store.next_cursor(jobs, limit),
+        }
 
     def get_job(
         self, request: Request, job_id: str, wait: float = 0.0, status: str | None = None
@@ -247,12 +320,29 @@ class BackendApi:
         events = self.store.events(job_id, limit=100_000)
         return {"job_id": job_id, **seed_matrix(events, self.store.result(job_id))}
 
-    def cancel(self, request: Request, job_id: str) -> dict[str, Any]:
+    def control(self, action: str) -> Any:
+        """The handler of ``POST /api/jobs/{id}/<action>``."""
+
+        def handler(request: Request, job_id: str) -> dict[str, Any]:
+            self.authorize(request)
+            job = self.store.control(job_id, action)
+            if job is None:
+                raise ApiError(404, "not_found", f"no job {job_id!r}")
+            if self.pool is not None:
+                self.pool.signal(job_id, action)
+                self.pool.notify()
+            logger.info("job %s: %s (now %s)", job_id, action, job["status"])
+            return job
+
+        handler.__name__ = action
+        return handler
+
+    def delete(self, request: Request, job_id: str) -> dict[str, Any]:
         self.authorize(request)
-        self.job_or_404(job_id)
-        job = self.pool.cancel(job_id)
-        assert job is not None
-        return job
+        if self.store.delete(job_id) is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r}")
+        logger.info("job %s deleted", job_id)
+        return {"id": job_id, "deleted": True}
 
     def result(self, request: Request, job_id: str) -> dict[str, Any]:
         self.authorize(request)
@@ -263,7 +353,7 @@ class BackendApi:
 _NO_STORE = {"Cache-Control": "no-cache"}
 _LOOK_BACK_S = 2.0
 _CHANGES_PAGE = 5000
-_POLL_S = 0.2
+_POLL_S = 0.1
 _KEEP_ALIVE_S = 15.0
 
 
@@ -301,7 +391,7 @@ def _submission(body: dict[str, Any]) -> tuple[Any, str, str | None, str | None]
     if not key and spec.task_app_api_key:
         key = spec.task_app_key()
     token = body.get("task_app_worker_token") or None
-    if is_relay_url(url) and not token:
+    if is_ingress_url(url) and not token:
         raise ConfigurationError(
             f"{url} is a taskapp relay URL: it needs the lease's worker token "
             "(task_app_worker_token)"
@@ -309,8 +399,9 @@ def _submission(body: dict[str, Any]) -> tuple[Any, str, str | None, str | None]
     return spec, url, key, token
 
 
-def create_backend_app(store: JobStore, pool: JobPool, api_key: str) -> Any:
-    """The FastAPI app of ``taskapp backend serve`` over ``store`` and ``pool``."""
+def create_backend_app(store: JobStore, pool: JobPool | None, api_key: str) -> Any:
+    """The FastAPI app of ``taskapp backend serve`` over ``store`` and ``pool`` (None: an
+    API process without local workers)."""
     if not api_key:
         raise ConfigurationError("the backend needs an API key")
     register_secret(api_key)
@@ -318,6 +409,7 @@ def create_backend_app(store: JobStore, pool: JobPool, api_key: str) -> Any:
     app = FastAPI(title="taskapp job backend", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(StoreConflictError, _conflict)
     for path in ("/", "/jobs", "/jobs/{job_id}", "/compare"):
         app.add_api_route(path, api.page, methods=["GET"], response_class=HTMLResponse)
     app.add_api_route("/static/{name}", api.static, methods=["GET"])
@@ -328,7 +420,9 @@ def create_backend_app(store: JobStore, pool: JobPool, api_key: str) -> Any:
     app.add_api_route("/api/jobs/{job_id}", api.get_job, methods=["GET"])
     app.add_api_route("/api/jobs/{job_id}/events", api.events, methods=["GET"])
     app.add_api_route("/api/jobs/{job_id}/events/stream", api.stream, methods=["GET"])
-    app.add_api_route("/api/jobs/{job_id}/cancel", api.cancel, methods=["POST"])
+    for action in ("pause", "resume", "stop", "cancel", "retry"):
+        app.add_api_route(f"/api/jobs/{{job_id}}/{action}", api.control(action), methods=["POST"])
+    app.add_api_route("/api/jobs/{job_id}", api.delete, methods=["DELETE"])
     app.add_api_route("/api/jobs/{job_id}/result", api.result, methods=["GET"])
     app.add_api_route("/api/jobs/{job_id}/seeds", api.seeds, methods=["GET"])
     return app

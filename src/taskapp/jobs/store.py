@@ -1,94 +1,146 @@
-"""The job store: one SQLite file (WAL), owned by one backend at a time.
+"""The job store: one interface (:class:`JobStore`), two databases.
 
-Tables::
+* :class:`SqliteJobStore` — one SQLite file (WAL), the embedded default. ``owner=True``
+  (``taskapp backend serve``) takes an exclusive ``flock`` on ``<db>.lock``: a second
+  backend on the same file is refused with :class:`StoreLockedError` naming the holder.
+  The lock dies with its process (also on SIGKILL). The file and its lock are mode 0600.
+* :class:`PostgresJobStore` — a PostgreSQL database (``postgresql://...``) shared by any
+  number of API processes and workers on any host (psycopg 3; see docs/architecture.md).
 
-    jobs    one row per job: status, the run's OptimizeConfig (JSON), the task app's URL
-            and credentials, scores, progress, the result (JSON), the error
-    events  the job's history, numbered per job: submitted, warning, baseline, candidate,
-            iteration, stopped, status changes (what ``/events`` pages and streams)
+:func:`open_store` picks one from ``--db``. Tables (the same in both)::
 
-Two backends on one file: the first takes an exclusive ``flock`` on ``<db>.lock`` and keeps
-it while it runs; a second is refused with :class:`StoreLockedError` naming the holder.
-The lock goes away with its process, also on SIGKILL, so a restarted backend takes over
-and resumes the jobs that were running. SQLite's own locking (WAL, ``busy_timeout``)
-keeps readers such as ``taskapp jobs`` safe at any time.
+    jobs          one row per job: status, the run's OptimizeConfig (JSON), the task app's
+                  URL and credentials, scores, progress, the result (JSON), the error; the
+                  lease (which worker runs it, until when), the pending control request
+                  (pause, stop, cancel), the Idempotency-Key of its submission
+    events        the job's history, numbered per job (what ``/events`` pages and streams)
+    job_files     the job's checkpoint: the run directory's files (GEPA's state, history,
+                  run.json), so a worker on any host resumes it
+    taskapp_schema  the schema version; :data:`MIGRATIONS` bring an older database up
 
-The database and its lock file are created mode 0600: the task app's key is stored so a
-job can resume after a restart.
+Claims: a worker takes the oldest queued job, or a running one whose lease ran out, in one
+transaction (PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite: ``BEGIN
+IMMEDIATE``), and keeps it by renewing the lease. Writes a worker makes for a job are
+*fenced*: they name the lease owner and fail with :class:`LeaseLostError` once another
+worker holds the job, so a job never has two writers.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import queue
 import re
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from taskapp.core.errors import ConfigurationError, TaskAppError
-from taskapp.core.secrets import fingerprint, redact
+from taskapp.core.secrets import fingerprint, redact, register_secret
 
-__all__ = ["TERMINAL", "JobStore", "StoreError", "StoreLockedError"]
+__all__ = [
+    "ACTIVE",
+    "STATUSES",
+    "TERMINAL",
+    "JobStore",
+    "LeaseLostError",
+    "PostgresJobStore",
+    "SqliteJobStore",
+    "StoreConflictError",
+    "StoreError",
+    "StoreLockedError",
+    "is_postgres_url",
+    "open_store",
+    "public_db_name",
+]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-STATUSES = ("queued", "running", *TERMINAL)
+ACTIVE = ("queued", "running", "paused")
+STATUSES = (*ACTIVE, *TERMINAL)
+CONTROLS = ("pause", "stop", "cancel")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    status TEXT NOT NULL,
-    config TEXT NOT NULL,
-    task_app_url TEXT NOT NULL,
-    task_app_key TEXT,
-    worker_token TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    best_score REAL,
-    baseline_score REAL,
-    metric_calls INTEGER NOT NULL DEFAULT 0,
-    budget INTEGER,
-    result TEXT,
-    error TEXT,
-    started_at REAL,
-    finished_at REAL,
-    first_rollout_at REAL,
-    labels TEXT
-);
-CREATE TABLE IF NOT EXISTS events (
-    job_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    kind TEXT NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (job_id, seq)
-);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
-"""
-
-#: added after the first release: (column, definition), created on older databases
-_MIGRATIONS = (("labels", "TEXT"),)
-_INDEXES = "CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated_at);"
-
-#: what the list shows beside the id: the config's file name, the task, the models
-LABELS = ("config_name", "task", "model", "reflection_model")
+#: the schema versions, each a list of statements; ``{REAL}``, ``{BLOB}``, ``{BIGINT}`` are
+#: the dialect's types. Version 1 is the schema of taskapp before PostgreSQL (no version
+#: table); its databases are migrated when opened.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE IF NOT EXISTS jobs (
+            id TEXT PRIMARY KEY,
+            created_at {REAL} NOT NULL,
+            updated_at {REAL} NOT NULL,
+            status TEXT NOT NULL,
+            config TEXT NOT NULL,
+            task_app_url TEXT NOT NULL,
+            task_app_key TEXT,
+            worker_token TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            best_score {REAL},
+            baseline_score {REAL},
+            metric_calls INTEGER NOT NULL DEFAULT 0,
+            budget INTEGER,
+            result TEXT,
+            error TEXT,
+            started_at {REAL},
+            finished_at {REAL},
+            first_rollout_at {REAL}
+        )""",
+        """CREATE TABLE IF NOT EXISTS events (
+            job_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            ts {REAL} NOT NULL,
+            kind TEXT NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (job_id, seq)
+        )""",
+        "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)",
+    ],
+    [
+        "ALTER TABLE jobs ADD COLUMN event_seq INTEGER NOT NULL DEFAULT 0",
+        "UPDATE jobs SET event_seq ="
+        " (SELECT COALESCE(MAX(seq), 0) FROM events WHERE events.job_id = jobs.id)",
+        "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT",
+        "ALTER TABLE jobs ADD COLUMN request_hash TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_expires {REAL}",
+        "ALTER TABLE jobs ADD COLUMN control TEXT",
+        "ALTER TABLE jobs ADD COLUMN status_reason TEXT",
+        "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idempotency_key)",
+        "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at)",
+        """CREATE TABLE IF NOT EXISTS job_files (
+            job_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            data {BLOB} NOT NULL,
+            PRIMARY KEY (job_id, name)
+        )""",
+    ],
+    [  # the jobs page: a job's labels (JSON), and changes by time (GET /api/stream)
+        "ALTER TABLE jobs ADD COLUMN labels TEXT",
+        "CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated_at)",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 PUBLIC_FIELDS = (
     "id",
     "created_at",
     "updated_at",
     "status",
+    "status_reason",
     "task_app_url",
     "attempts",
     "cancel_requested",
+    "control",
+    "lease_owner",
+    "lease_expires",
     "best_score",
     "baseline_score",
     "metric_calls",
@@ -98,7 +150,10 @@ PUBLIC_FIELDS = (
     "finished_at",
     "first_rollout_at",
 )
+#: what the list shows beside the id: the config's file name, the task, the models
+LABELS = ("config_name", "task", "model", "reflection_model")
 
+_WRITABLE = frozenset(PUBLIC_FIELDS) - {"id", "created_at"} | {"result"}
 
 _SECRET_NAME = re.compile(r"api[_-]?key|token|secret|password|authorization", re.I)
 
@@ -134,11 +189,39 @@ def _labels(labels: dict[str, Any]) -> dict[str, str]:
 
 
 class StoreError(TaskAppError):
-    """The job database cannot be opened or written (disk full, not a database, ...)."""
+    """The job database cannot be opened or written (disk full, not a database, the
+    PostgreSQL server unreachable, ...)."""
 
 
 class StoreLockedError(StoreError):
-    """Another backend owns this job database."""
+    """Another backend owns this SQLite job database."""
+
+
+class StoreConflictError(TaskAppError):
+    """A request the job's state does not allow (pause a finished job, delete a running
+    one, an Idempotency-Key reused with another body)."""
+
+
+class LeaseLostError(TaskAppError):
+    """Another worker holds the job now (this worker's lease ran out)."""
+
+
+def is_postgres_url(db: str | Path) -> bool:
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
+def public_db_name(db: str | Path) -> str:
+    """``db`` as it may be printed: a PostgreSQL URL without its password."""
+    if not is_postgres_url(db):
+        return str(db)
+    return re.sub(r"^(\w+://[^:/@]*):[^@]*@", r"\1:***@", str(db))
+
+
+def open_store(db: str | Path, *, owner: bool = False) -> JobStore:
+    """The store of ``--db``: a ``postgresql://`` URL or a SQLite file path."""
+    if is_postgres_url(db):
+        return PostgresJobStore(str(db))
+    return SqliteJobStore(db, owner=owner)
 
 
 def _private_file(path: Path) -> None:
@@ -148,44 +231,649 @@ def _private_file(path: Path) -> None:
         os.chmod(path, 0o600)
 
 
+def _now() -> float:
+    return time.time()
+
+
+def encode_cursor(created_at: float, job_id: str) -> str:
+    raw = json.dumps([created_at, job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = json.loads(raw)
+        return float(created_at), str(job_id)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError("cursor: not a cursor this backend gave out") from exc
+
+
+class _Tx:
+    """One transaction's connection: ``execute`` returns the rows as dicts."""
+
+    def __init__(self, store: JobStore, conn: Any) -> None:
+        self.store, self.conn = store, conn
+        self.rowcount = 0
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cursor = self.conn.execute(self.store._sql(sql), tuple(args))
+        self.rowcount = cursor.rowcount
+        if cursor.description is None:
+            return []
+        return [dict(row) for row in cursor.fetchall()]
+
+
 class JobStore:
-    """The SQLite job store. ``owner=True`` takes the backend's exclusive lock."""
+    """The interface of the job store; the SQL is shared, the dialects differ in how they
+    connect, lock and claim. Everything above (API, pool, workers) sees only this."""
+
+    #: the dialect's types in :data:`MIGRATIONS`
+    TYPES: ClassVar[dict[str, str]] = {"REAL": "REAL", "BLOB": "BLOB", "BIGINT": "INTEGER"}
+    kind = "abstract"
+    name = ""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()  # a job's status changed here (long polls)
+
+    # -- what a dialect provides ---------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        return sql
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[_Tx]:  # pragma: no cover - abstract
+        raise NotImplementedError
+        yield
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._tx() as tx:
+            return tx.execute(sql, args)
+
+    def _claim_candidates(self, tx: _Tx, now: float) -> list[dict[str, Any]]:
+        return tx.execute(
+            "SELECT id, status, lease_owner FROM jobs WHERE status = 'queued'"
+            " OR (status = 'running' AND (lease_expires IS NULL OR lease_expires < ?))"
+            " ORDER BY created_at LIMIT 1",
+            (now,),
+        )
+
+    def close(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe_owner(self, text: str) -> None:
+        """Say who runs on this store (SQLite: in the lock file)."""
+
+    # -- schema --------------------------------------------------------------------------
+
+    def _migrate(self, tx: _Tx, version: int) -> int:
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the job database {self.name} has schema version {version}, newer than "
+                f"this taskapp knows ({SCHEMA_VERSION}): upgrade taskapp"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[number - 1]:
+                tx.execute(statement.format(**self.TYPES))
+        if version < SCHEMA_VERSION:
+            tx.execute("DELETE FROM taskapp_schema")
+            tx.execute("INSERT INTO taskapp_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+        return SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        rows = self._query("SELECT version FROM taskapp_schema")
+        return int(rows[0]["version"]) if rows else 0
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def create(
+        self,
+        config: dict[str, Any],
+        *,
+        task_app_url: str,
+        task_app_key: str | None,
+        worker_token: str | None,
+        warnings: list[str],
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> tuple[str, bool]:
+        """(job id, created): with an ``idempotency_key`` already used for the same
+        ``request_hash``, the earlier job and False; for another body,
+        :class:`StoreConflictError`. ``labels``: names in :data:`LABELS` (the list's)."""
+        try:
+            return self._create(config, task_app_url, task_app_key, worker_token, warnings,
+                                idempotency_key, request_hash, labels)  # fmt: skip
+        except StoreError:
+            if idempotency_key is None:
+                raise
+            # two submissions with one key at once: the second insert breaks the unique
+            # index; the first one's job is the answer
+            return self._create(config, task_app_url, task_app_key, worker_token, warnings,
+                                idempotency_key, request_hash, labels)  # fmt: skip
+
+    def _create(
+        self,
+        config: dict[str, Any],
+        task_app_url: str,
+        task_app_key: str | None,
+        worker_token: str | None,
+        warnings: list[str],
+        idempotency_key: str | None,
+        request_hash: str | None,
+        labels: dict[str, str] | None = None,
+    ) -> tuple[str, bool]:
+        job_id = "pl_" + uuid.uuid4().hex[:16]
+        shown = _labels(labels or {})
+        now = _now()
+        with self._tx() as tx:
+            if idempotency_key is not None:
+                rows = tx.execute(
+                    "SELECT id, request_hash FROM jobs WHERE idempotency_key = ?",
+                    (idempotency_key,),
+                )
+                if rows:
+                    if rows[0]["request_hash"] != request_hash:
+                        raise StoreConflictError(
+                            "this Idempotency-Key was used for another request body (job "
+                            f"{rows[0]['id']}); use a new key for a new job"
+                        )
+                    return str(rows[0]["id"]), False
+            tx.execute(
+                "INSERT INTO jobs (id, created_at, updated_at, status, config, task_app_url,"
+                " task_app_key, worker_token, budget, idempotency_key, request_hash, labels)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    now,
+                    now,
+                    json.dumps(config),
+                    task_app_url,
+                    task_app_key,
+                    worker_token,
+                    config.get("budget"),
+                    idempotency_key,
+                    request_hash,
+                    json.dumps(shown),
+                ),
+            )
+            self._add_event(tx, job_id, "submitted", {"task_app_url": task_app_url, **shown})
+            for warning in warnings:
+                self._add_event(tx, job_id, "warning", {"message": warning})
+        self._notify()
+        return job_id, True
+
+    def get(self, job_id: str, *, secrets: bool = False) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return self._row(rows[0], secrets=secrets) if rows else None
+
+    def list_jobs(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        status: str | Sequence[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first. ``cursor`` (from :meth:`next_cursor`) continues a listing."""
+        where, args = self._filters(status, since, until)
+        if cursor:
+            created_at, job_id = decode_cursor(cursor)
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [created_at, created_at, job_id]
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = self._query(
+            f"SELECT * FROM jobs {clause} ORDER BY created_at DESC, id DESC"  # noqa: S608
+            " LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [self._row(row) for row in rows]
+
+    @staticmethod
+    def _filters(
+        status: str | Sequence[str] | None, since: float | None, until: float | None
+    ) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if status:
+            wanted = [status] if isinstance(status, str) else list(status)
+            bad = [s for s in wanted if s not in STATUSES]
+            if bad:
+                raise ConfigurationError(f"status {bad[0]!r}: must be one of {', '.join(STATUSES)}")
+            where.append(f"status IN ({', '.join('?' for _ in wanted)})")
+            args += wanted
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("created_at < ?")
+            args.append(until)
+        return where, args
+
+    @staticmethod
+    def next_cursor(page: list[dict[str, Any]], limit: int) -> str | None:
+        if len(page) < limit or not page:
+            return None
+        return encode_cursor(page[-1]["created_at"], page[-1]["id"])
+
+    def count(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> int:
+        where, args = self._filters(status, since, until)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = self._query(f"SELECT COUNT(*) AS n FROM jobs {clause}", args)  # noqa: S608
+        return int(rows[0]["n"])
+
+    def _row(self, row: dict[str, Any], *, secrets: bool = False) -> dict[str, Any]:
+        job = {name: row.get(name) for name in PUBLIC_FIELDS}
+        job["cancel_requested"] = bool(job["cancel_requested"])
+        config = json.loads(row["config"])
+        job["config"] = config if secrets else _public(config)  # the job runs with the stored
+        job["has_result"] = row["result"] is not None
+        job["labels"] = json.loads(row.get("labels") or "{}")
+        if secrets:
+            job["task_app_key"] = row["task_app_key"]
+            job["worker_token"] = row["worker_token"]
+            register_secret(row["task_app_key"])
+            register_secret(row["worker_token"])
+        return job
+
+    def set_labels(self, job_id: str, labels: dict[str, str]) -> None:
+        """Merge ``labels`` (names in :data:`LABELS`) into the job's labels."""
+        with self._tx() as tx:
+            rows = tx.execute("SELECT labels FROM jobs WHERE id = ?", (job_id,))
+            if not rows:
+                return
+            merged = {**json.loads(rows[0]["labels"] or "{}"), **_labels(labels)}
+            tx.execute(
+                "UPDATE jobs SET labels = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(merged), _now(), job_id),
+            )
+
+    def changed_since(self, since: float, *, limit: int = 500) -> list[dict[str, Any]]:
+        """Jobs updated after ``since`` (an ``updated_at`` value), oldest change first."""
+        rows = self._query(
+            "SELECT * FROM jobs WHERE updated_at > ? ORDER BY updated_at, id LIMIT ?",
+            (since, limit),
+        )
+        return [self._row(row) for row in rows]
+
+    def result(self, job_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT result FROM jobs WHERE id = ?", (job_id,))
+        if not rows or rows[0]["result"] is None:
+            return None
+        value = _public(json.loads(rows[0]["result"]))  # the run's config holds secrets
+        return value if isinstance(value, dict) else None
+
+    @staticmethod
+    def _assignments(fields: dict[str, Any]) -> tuple[str, list[Any]]:
+        bad = set(fields) - _WRITABLE
+        if bad:
+            raise ValueError(f"unknown job field(s) {sorted(bad)}")
+        if fields.get("result") is not None:
+            fields["result"] = json.dumps(fields["result"], default=str)
+        fields["updated_at"] = _now()
+        return ", ".join(f"{name} = ?" for name in fields), list(fields.values())
+
+    def update(self, job_id: str, *, owner: str | None = None, **fields: Any) -> None:
+        if not fields:
+            return
+        names, values = self._assignments(fields)
+        with self._tx() as tx:
+            self._fenced(tx, f"UPDATE jobs SET {names} WHERE id = ?", [*values, job_id], owner)  # noqa: S608
+
+    def _fenced(self, tx: _Tx, sql: str, args: list[Any], owner: str | None) -> None:
+        """Run an ``UPDATE ... WHERE id = ?``; with ``owner``, only while that worker
+        holds the job's lease (else :class:`LeaseLostError`)."""
+        if owner is not None:
+            sql += " AND lease_owner = ?"
+            args = [*args, owner]
+        tx.execute(sql, args)
+        if owner is not None and tx.rowcount == 0:
+            raise LeaseLostError("another worker holds the job now")
+
+    def set_status(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        reason: str | None = None,
+        owner: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Change a job's status and record it as an event, in one transaction. Leaving
+        ``running`` releases the lease."""
+        assert status in STATUSES
+        fields["status"] = status
+        if reason is not None:
+            fields["status_reason"] = reason
+        if status != "running":
+            fields.setdefault("lease_owner", None)
+            fields.setdefault("lease_expires", None)
+        names, values = self._assignments(fields)
+        with self._tx() as tx:
+            self._fenced(tx, f"UPDATE jobs SET {names} WHERE id = ?", [*values, job_id], owner)  # noqa: S608
+            data: dict[str, Any] = {"status": status}
+            if reason:
+                data["reason"] = reason
+            if fields.get("error"):
+                data["error"] = fields["error"]
+            self._add_event(tx, job_id, "status", data)
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_change(self, job_id: str, status: str, timeout: float) -> dict[str, Any] | None:
+        """The job once its status is no longer ``status``, or after ``timeout`` seconds
+        (a long poll). A change made by another process is seen within half a second."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                job = self.get(job_id)
+                remaining = deadline - time.monotonic()
+                if job is None or job["status"] != status or remaining <= 0:
+                    return job
+                self._changed.wait(min(remaining, 0.5))
+
+    # -- the lifecycle controls ----------------------------------------------------------
+
+    def control(self, job_id: str, action: str) -> dict[str, Any] | None:
+        """Apply ``pause``, ``resume``, ``stop``, ``cancel`` or ``retry``: at once when the
+        job is not running, else as a request its worker acts on at the next step. The job
+        afterwards; None when there is no such job; :class:`StoreConflictError` when the
+        action does not apply to the job's status."""
+        with self._tx() as tx:
+            rows = tx.execute(
+                self._lock_row("SELECT status, control, event_seq FROM jobs WHERE id = ?"),
+                (job_id,),
+            )
+            if not rows:
+                return None
+            _Control(self, tx, job_id, action, rows[0]).apply()
+        self._notify()
+        return self.get(job_id)
+
+    def _lock_row(self, sql: str) -> str:
+        return sql
+
+    def request_cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Cancel (kept for callers of the single-machine store)."""
+        try:
+            return self.control(job_id, "cancel")
+        except StoreConflictError:
+            return self.get(job_id)
+
+    def delete(self, job_id: str) -> bool | None:
+        """Delete a finished job with its events and checkpoint. None: no such job;
+        :class:`StoreConflictError` while it is not finished."""
+        with self._tx() as tx:
+            rows = tx.execute(self._lock_row("SELECT status FROM jobs WHERE id = ?"), (job_id,))
+            if not rows:
+                return None
+            if rows[0]["status"] not in TERMINAL:
+                raise StoreConflictError(
+                    f"job {job_id} is {rows[0]['status']}: only a finished job (succeeded, "
+                    "failed, cancelled) can be deleted; cancel it first"
+                )
+            for table, column in (("events", "job_id"), ("job_files", "job_id"), ("jobs", "id")):
+                tx.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))  # noqa: S608
+        return True
+
+    # -- workers: claims and leases ------------------------------------------------------
+
+    def claim(self, owner: str, lease_seconds: float) -> dict[str, Any] | None:
+        """Take the oldest queued job (or a running one whose lease ran out) for
+        ``owner``: the job with its secrets, marked running, ``attempts`` counted. None
+        when there is nothing to run."""
+        now = _now()
+        with self._tx() as tx:
+            rows = self._claim_candidates(tx, now)
+            if not rows:
+                return None
+            row = rows[0]
+            job_id = row["id"]
+            tx.execute(
+                "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires = ?,"
+                " attempts = attempts + 1, started_at = COALESCE(started_at, ?),"
+                " updated_at = ? WHERE id = ?",
+                (owner, now + lease_seconds, now, now, job_id),
+            )
+            data: dict[str, Any] = {"status": "running", "worker": owner}
+            if row["status"] == "running":
+                data["reason"] = f"the lease of {row['lease_owner']} ran out; taken over"
+            self._add_event(tx, job_id, "status", data)
+            job = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
+        self._notify()
+        return self._row(job, secrets=True) | {"_control": job["control"]}
+
+    def renew(self, job_id: str, owner: str, lease_seconds: float) -> str | None:
+        """Extend ``owner``'s lease; the job's pending control request (pause, stop,
+        cancel) or None. :class:`LeaseLostError` when another worker holds the job."""
+        with self._tx() as tx:
+            self._fenced(
+                tx,
+                "UPDATE jobs SET lease_expires = ? WHERE id = ?",
+                [_now() + lease_seconds, job_id],
+                owner,
+            )
+            rows = tx.execute("SELECT control FROM jobs WHERE id = ?", (job_id,))
+        return str(rows[0]["control"]) if rows and rows[0]["control"] else None
+
+    def requeue_running(
+        self, *, dead_owner: Any = None, reason: str = "backend restarted"
+    ) -> list[str]:
+        """Jobs left ``running`` by a worker that is gone go back to the queue at once
+        (instead of waiting for their lease to run out). ``dead_owner(lease_owner)``
+        says which are gone; without it, every running job (one backend per database)."""
+        with self._tx() as tx:
+            rows = tx.execute(
+                "SELECT id, lease_owner FROM jobs WHERE status = 'running' ORDER BY created_at"
+            )
+            gone = [r["id"] for r in rows if dead_owner is None or dead_owner(r["lease_owner"])]
+            for job_id in gone:
+                tx.execute(
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires = NULL,"
+                    " updated_at = ? WHERE id = ?",
+                    (_now(), job_id),
+                )
+                self._add_event(tx, job_id, "status", {"status": "queued", "reason": reason})
+        return gone
+
+    def queued(self) -> list[str]:
+        rows = self._query("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at")
+        return [row["id"] for row in rows]
+
+    # -- the checkpoint ------------------------------------------------------------------
+
+    def save_files(self, job_id: str, files: dict[str, bytes], *, owner: str | None = None) -> None:
+        """Store (replace) these files of the job's checkpoint, fenced by the lease."""
+        if not files:
+            return
+        with self._tx() as tx:
+            self._fenced(tx, "UPDATE jobs SET updated_at = ? WHERE id = ?", [_now(), job_id], owner)
+            for name, data in files.items():
+                tx.execute("DELETE FROM job_files WHERE job_id = ? AND name = ?", (job_id, name))
+                tx.execute(
+                    "INSERT INTO job_files (job_id, name, data) VALUES (?, ?, ?)",
+                    (job_id, name, data),
+                )
+
+    def load_files(self, job_id: str) -> dict[str, bytes]:
+        rows = self._query("SELECT name, data FROM job_files WHERE job_id = ?", (job_id,))
+        return {row["name"]: bytes(row["data"]) for row in rows}
+
+    # -- events --------------------------------------------------------------------------
+
+    def _add_event(self, tx: _Tx, job_id: str, kind: str, data: Any) -> int:
+        rows = tx.execute(
+            "UPDATE jobs SET event_seq = event_seq + 1 WHERE id = ? RETURNING event_seq",
+            (job_id,),
+        )
+        seq = int(rows[0]["event_seq"])
+        tx.execute(
+            "INSERT INTO events (job_id, seq, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
+            (job_id, seq, _now(), kind, json.dumps(data, default=str)),
+        )
+        return seq
+
+    def add_event(self, job_id: str, kind: str, data: Any, *, owner: str | None = None,
+                  **job_fields: Any) -> int:  # fmt: skip
+        """Append an event (and update job fields in the same transaction); with
+        ``owner``, only while that worker holds the lease."""
+        with self._tx() as tx:
+            if job_fields or owner is not None:
+                names, values = self._assignments(job_fields)
+                self._fenced(tx, f"UPDATE jobs SET {names} WHERE id = ?", [*values, job_id], owner)  # noqa: S608
+            return self._add_event(tx, job_id, kind, data)
+
+    def events(self, job_id: str, *, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT seq, ts, kind, data FROM events WHERE job_id = ? AND seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (job_id, after, limit),
+        )
+        return [
+            {
+                "seq": row["seq"],
+                "ts": row["ts"],
+                "kind": row["kind"],
+                "data": json.loads(row["data"]),
+            }
+            for row in rows
+        ]
+
+
+class _Control:
+    """One control request applied to one job row, inside the caller's transaction."""
+
+    def __init__(self, store: JobStore, tx: _Tx, job_id: str, action: str, row: dict[str, Any]):
+        self.store, self.tx, self.job_id, self.action = store, tx, job_id, action
+        self.status, self.control = row["status"], row["control"]
+
+    def apply(self) -> None:
+        handler = getattr(self, f"_{self.action}", None)
+        if self.action not in (*CONTROLS, "resume", "retry") or handler is None:
+            raise ConfigurationError(f"unknown action {self.action!r}")
+        handler()
+
+    def become(self, new: str, reason: str, **extra: Any) -> None:
+        fields = {"status": new, "status_reason": reason, "control": None, **extra}
+        if new != "running":
+            fields.update(lease_owner=None, lease_expires=None)
+        names, values = self.store._assignments(fields)
+        self.tx.execute(f"UPDATE jobs SET {names} WHERE id = ?", [*values, self.job_id])  # noqa: S608
+        self.store._add_event(self.tx, self.job_id, "status", {"status": new, "reason": reason})
+
+    def request(self, control: str | None) -> None:
+        """Leave the request for the job's worker (None: withdraw a pause)."""
+        extra = ", cancel_requested = 1" if control == "cancel" else ""
+        self.tx.execute(
+            f"UPDATE jobs SET control = ?, updated_at = ?{extra} WHERE id = ?",  # noqa: S608
+            (control, _now(), self.job_id),
+        )
+        self.store._add_event(self.tx, self.job_id, f"{control or 'resume'}_requested", {})
+
+    def refuse(self, why: str = "") -> None:
+        raise StoreConflictError(
+            f"cannot {self.action} job {self.job_id}: it is {self.status}{why}"
+        )
+
+    def _cancel(self) -> None:
+        if self.status in ("queued", "paused"):
+            error = (
+                "cancelled before it started"
+                if self.status == "queued"
+                else "cancelled while paused"
+            )
+            self.become("cancelled", "cancelled on request", finished_at=_now(),
+                        cancel_requested=1, error=error)  # fmt: skip
+        elif self.status == "running":
+            self.request("cancel")
+        # a finished job stays as it is: cancelling it again is no error
+
+    def _pause(self) -> None:
+        if self.status == "queued":
+            self.become("paused", "paused on request")
+        elif self.status == "running":
+            self.request("pause")
+        elif self.status != "paused":
+            self.refuse()
+
+    def _resume(self) -> None:
+        if self.status == "paused":
+            self.become("queued", "resumed on request")
+        elif self.status == "running" and self.control == "pause":
+            self.request(None)
+        elif self.status not in ("queued", "running"):
+            self.refuse()
+
+    def _stop(self) -> None:
+        if self.status == "running":
+            self.request("stop")
+        elif self.status == "paused":  # a worker takes it and ends it at once with its best
+            self.become("queued", "stop requested while paused")
+            self.tx.execute("UPDATE jobs SET control = 'stop' WHERE id = ?", (self.job_id,))
+        elif self.status == "queued":
+            self.refuse(" and has no result yet: cancel it instead")
+        else:
+            self.refuse()
+
+    def _retry(self) -> None:
+        if self.status not in ("failed", "cancelled"):
+            self.refuse(": only a failed or cancelled job can be retried")
+        self.become("queued", f"retry of a {self.status} job", error=None, result=None,
+                    finished_at=None, cancel_requested=0)  # fmt: skip
+
+
+# -- SQLite ------------------------------------------------------------------------------
+
+
+class SqliteJobStore(JobStore):
+    """The SQLite job store (one file, WAL). ``owner=True`` takes the backend's lock."""
+
+    kind = "sqlite"
 
     def __init__(self, path: str | Path, *, owner: bool = False) -> None:
+        super().__init__()
         self.path = Path(path).expanduser().resolve()
+        self.name = repr(str(self.path))
         self._lock = threading.RLock()
-        self._changed = threading.Condition()  # a job's status changed (long polls wait)
         self._lock_fd: int | None = None
         if owner:
             self._take_lock()
         elif not self.path.exists():
             raise StoreError(f"no job database at {str(self.path)!r}")
         try:
-            if owner:
-                _private_file(self.path)
+            _private_file(self.path)
             self._db = sqlite3.connect(
                 str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None
             )
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA busy_timeout = 10000")
-            if owner:
-                self._db.execute("PRAGMA journal_mode = WAL")
-                self._db.executescript(_SCHEMA)
-                self._migrate()
+            self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
-        except sqlite3.Error as exc:
+            with self._tx() as tx:
+                tx.execute("CREATE TABLE IF NOT EXISTS taskapp_schema (version INTEGER NOT NULL)")
+                rows = tx.execute("SELECT version FROM taskapp_schema")
+                old = tx.execute("SELECT name FROM sqlite_master WHERE name = 'jobs'")
+                version = int(rows[0]["version"]) if rows else (1 if old else 0)
+                self._migrate(tx, version)
+        except (sqlite3.Error, StoreError) as exc:
             self._release_lock()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(
                 f"cannot open the job database {str(self.path)!r}: {exc} (is it a taskapp "
                 "job database, on a local disk with free space?)"
             ) from exc
-
-    def _migrate(self) -> None:
-        have = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column, definition in _MIGRATIONS:
-            if column not in have:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
-        self._db.executescript(_INDEXES)
 
     # -- the backend's lock --------------------------------------------------------------
 
@@ -210,8 +898,11 @@ class JobStore:
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         self._lock_fd = fd
 
+    @property
+    def owns_lock(self) -> bool:
+        return self._lock_fd is not None
+
     def describe_owner(self, text: str) -> None:
-        """Say in the lock file who holds it (shown to a second backend)."""
         if self._lock_fd is not None:
             os.ftruncate(self._lock_fd, 0)
             os.pwrite(self._lock_fd, f"pid {os.getpid()}, {text}".encode(), 0)
@@ -229,15 +920,13 @@ class JobStore:
                 self._db.close()
             self._release_lock()
 
-    # -- low level -----------------------------------------------------------------------
-
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[_Tx]:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    yield self._db
+                    yield _Tx(self, self._db)
                     self._db.execute("COMMIT")
                 except BaseException:
                     # SQLite has already rolled back after some errors (a full disk)
@@ -254,248 +943,137 @@ class JobStore:
                 )
                 raise StoreError(f"the job database {str(self.path)!r}: {exc}{hint}") from exc
 
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             try:
-                return list(self._db.execute(sql, args))
+                return [dict(row) for row in self._db.execute(sql, tuple(args))]
             except sqlite3.Error as exc:
                 raise StoreError(f"the job database {str(self.path)!r}: {exc}") from exc
 
-    # -- jobs ----------------------------------------------------------------------------
 
-    def create(
-        self,
-        config: dict[str, Any],
-        *,
-        task_app_url: str,
-        task_app_key: str | None,
-        worker_token: str | None,
-        warnings: list[str],
-        labels: dict[str, str] | None = None,
-    ) -> str:
-        job_id = "pl_" + uuid.uuid4().hex[:16]
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO jobs (id, created_at, updated_at, status, config, task_app_url,"
-                " task_app_key, worker_token, budget, labels)"
-                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                (
-                    job_id,
-                    now,
-                    now,
-                    json.dumps(config),
-                    task_app_url,
-                    task_app_key,
-                    worker_token,
-                    config.get("budget"),
-                    json.dumps(_labels(labels or {})),
-                ),
-            )
-            submitted = {"task_app_url": task_app_url, **_labels(labels or {})}
-            self._add_event(db, job_id, "submitted", submitted)
-            for warning in warnings:
-                self._add_event(db, job_id, "warning", {"message": warning})
-        return job_id
+# -- PostgreSQL --------------------------------------------------------------------------
 
-    def get(self, job_id: str, *, secrets: bool = False) -> dict[str, Any] | None:
-        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return self._row(rows[0], secrets=secrets) if rows else None
+#: the advisory lock that serialises schema migrations of concurrent starts
+_MIGRATION_LOCK = 0x7461736B  # "task"
 
-    def list_jobs(
-        self, *, limit: int = 50, offset: int = 0, status: str | None = None
-    ) -> list[Any]:
-        if status is not None and status not in STATUSES:
-            raise ConfigurationError(f"status must be one of {', '.join(STATUSES)}")
-        where, args = ("WHERE status = ?", (status,)) if status else ("", ())
-        rows = self._query(
-            f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",  # noqa: S608
-            (*args, limit, offset),
+
+class PostgresJobStore(JobStore):
+    """The PostgreSQL job store (psycopg 3): any number of API processes and workers on
+    any host share it. Connections come from a small pool; one that breaks (the server
+    restarted) is dropped and the next call connects again, so a store that blinks only
+    fails the calls made while it is away (as :class:`StoreError`)."""
+
+    kind = "postgresql"
+    TYPES: ClassVar[dict[str, str]] = {
+        "REAL": "DOUBLE PRECISION",
+        "BLOB": "BYTEA",
+        "BIGINT": "BIGINT",
+    }
+
+    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout: float = 5.0) -> None:
+        super().__init__()
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise ConfigurationError(
+                "a postgresql:// job database needs psycopg 3: pip install 'taskapp[postgres]'"
+            ) from None
+        password = re.match(r"^\w+://[^:/@]*:([^@]*)@", url)
+        if password:
+            register_secret(password.group(1))
+        self.url = url
+        self.name = repr(public_db_name(url))
+        self._connect_timeout = connect_timeout
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._closed = False
+        with self._tx() as tx:
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            tx.execute("CREATE TABLE IF NOT EXISTS taskapp_schema (version INTEGER NOT NULL)")
+            rows = tx.execute("SELECT version FROM taskapp_schema")
+            old = tx.execute("SELECT to_regclass('jobs') IS NOT NULL AS present")
+            version = int(rows[0]["version"]) if rows else (1 if old[0]["present"] else 0)
+            self._migrate(tx, version)
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s")
+
+    def _lock_row(self, sql: str) -> str:
+        return sql + " FOR UPDATE"
+
+    def _claim_candidates(self, tx: _Tx, now: float) -> list[dict[str, Any]]:
+        return tx.execute(
+            "SELECT id, status, lease_owner FROM jobs WHERE status = 'queued'"
+            " OR (status = 'running' AND (lease_expires IS NULL OR lease_expires < ?))"
+            " ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+            (now,),
         )
-        return [self._row(row) for row in rows]
 
-    def count(self) -> int:
-        return int(self._query("SELECT COUNT(*) FROM jobs")[0][0])
+    def _connect(self) -> Any:
+        import psycopg
+        from psycopg.rows import dict_row
 
-    def _row(self, row: sqlite3.Row, *, secrets: bool = False) -> dict[str, Any]:
-        job = {name: row[name] for name in PUBLIC_FIELDS}
-        job["cancel_requested"] = bool(job["cancel_requested"])
-        job["config"] = _public(json.loads(row["config"]))
-        job["has_result"] = row["result"] is not None
-        # a reader opening an older database (not migrated yet) sees no labels
-        has_labels = "labels" in row.keys()  # noqa: SIM118 - `in row` looks at the values
-        job["labels"] = json.loads(row["labels"] or "{}") if has_labels else {}
-        if secrets:
-            job["task_app_key"] = row["task_app_key"]
-            job["worker_token"] = row["worker_token"]
-        return job
+        try:
+            return psycopg.connect(
+                self.url,
+                connect_timeout=max(1, round(self._connect_timeout)),
+                row_factory=dict_row,
+                application_name="taskapp",
+                autocommit=True,  # transactions are explicit (conn.transaction())
+            )
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot reach the job database {self.name}: {_pg_message(exc)} (is the "
+                "PostgreSQL server running, and the URL's host, port, user and database right?)"
+            ) from None
 
-    def result(self, job_id: str) -> dict[str, Any] | None:
-        rows = self._query("SELECT result FROM jobs WHERE id = ?", (job_id,))
-        if not rows or rows[0]["result"] is None:
-            return None
-        value = json.loads(rows[0]["result"])
-        return value if isinstance(value, dict) else None
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[_Tx]:
+        import psycopg
 
-    def set_labels(self, job_id: str, labels: dict[str, str]) -> None:
-        """Merge ``labels`` (names in :data:`LABELS`) into the job's labels."""
-        with self._tx() as db:
-            rows = list(db.execute("SELECT labels FROM jobs WHERE id = ?", (job_id,)))
-            if not rows:
+        if self._closed:
+            raise StoreError(f"the job database {self.name} is closed")
+        self._slots.acquire()
+        conn: Any = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+            try:
+                with conn.transaction():
+                    yield _Tx(self, conn)
+            except psycopg.Error as exc:
+                if conn.closed or isinstance(exc, psycopg.OperationalError):
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    conn = None
+                raise StoreError(f"the job database {self.name}: {_pg_message(exc)}") from None
+        finally:
+            if conn is not None and not conn.closed and not self._closed:
+                self._idle.put(conn)
+            elif conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._slots.release()
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
                 return
-            merged = {**json.loads(rows[0]["labels"] or "{}"), **_labels(labels)}
-            db.execute(
-                "UPDATE jobs SET labels = ?, updated_at = ? WHERE id = ?",
-                (json.dumps(merged), time.time(), job_id),
-            )
+            with contextlib.suppress(Exception):
+                conn.close()
 
-    def changed_since(self, since: float, *, limit: int = 500) -> list[dict[str, Any]]:
-        """Jobs updated after ``since`` (a ``updated_at`` value), oldest change first."""
-        rows = self._query(
-            "SELECT * FROM jobs WHERE updated_at > ? ORDER BY updated_at, id LIMIT ?",
-            (since, limit),
-        )
-        return [self._row(row) for row in rows]
 
-    def update(self, job_id: str, **fields: Any) -> None:
-        if not fields:
-            return
-        allowed = set(PUBLIC_FIELDS) | {"result"}
-        bad = set(fields) - allowed
-        if bad:
-            raise ValueError(f"unknown job field(s) {sorted(bad)}")
-        if "result" in fields and fields["result"] is not None:
-            fields["result"] = json.dumps(fields["result"], default=str)
-        fields["updated_at"] = time.time()
-        names = ", ".join(f"{name} = ?" for name in fields)
-        with self._tx() as db:
-            db.execute(
-                f"UPDATE jobs SET {names} WHERE id = ?",  # noqa: S608 - names are checked
-                (*fields.values(), job_id),
-            )
+def _pg_message(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return redact(text[0] if text else type(exc).__name__)
 
-    def set_status(
-        self, job_id: str, status: str, *, reason: str | None = None, **fields: Any
-    ) -> None:
-        """Change a job's status and record it as an event, in one transaction."""
-        assert status in STATUSES
-        fields["status"] = status
-        fields["updated_at"] = time.time()
-        if "result" in fields and fields["result"] is not None:
-            fields["result"] = json.dumps(fields["result"], default=str)
-        names = ", ".join(f"{name} = ?" for name in fields)
-        with self._tx() as db:
-            db.execute(
-                f"UPDATE jobs SET {names} WHERE id = ?",  # noqa: S608 - names are ours
-                (*fields.values(), job_id),
-            )
-            data: dict[str, Any] = {"status": status}
-            if reason:
-                data["reason"] = reason
-            if fields.get("error"):
-                data["error"] = fields["error"]
-            self._add_event(db, job_id, "status", data)
-        self._notify()
 
-    def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for_change(self, job_id: str, status: str, timeout: float) -> dict[str, Any] | None:
-        """The job once its status is no longer ``status``, or after ``timeout`` seconds
-        (a long poll: the backend answers the moment a job ends)."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                job = self.get(job_id)
-                remaining = deadline - time.monotonic()
-                if job is None or job["status"] != status or remaining <= 0:
-                    return job
-                self._changed.wait(min(remaining, 1.0))
-
-    def request_cancel(self, job_id: str) -> dict[str, Any] | None:
-        """Mark a job cancelled (queued: at once; running: the pool stops it)."""
-        with self._tx() as db:
-            rows = list(db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)))
-            if not rows:
-                return None
-            status = rows[0]["status"]
-            if status == "queued":
-                db.execute(
-                    "UPDATE jobs SET status = 'cancelled', cancel_requested = 1,"
-                    " finished_at = ?, updated_at = ?, error = ? WHERE id = ?",
-                    (time.time(), time.time(), "cancelled before it started", job_id),
-                )
-                self._add_event(db, job_id, "status", {"status": "cancelled"})
-            elif status == "running":
-                db.execute(
-                    "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
-                    (time.time(), job_id),
-                )
-                self._add_event(db, job_id, "cancel_requested", {})
-        self._notify()
-        return self.get(job_id)
-
-    def queued(self) -> list[str]:
-        rows = self._query("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at")
-        return [row["id"] for row in rows]
-
-    def requeue_running(self) -> list[str]:
-        """At start-up: jobs a stopped backend left running go back to the queue."""
-        with self._tx() as db:
-            rows = [
-                row["id"]
-                for row in db.execute(
-                    "SELECT id FROM jobs WHERE status = 'running' ORDER BY created_at"
-                )
-            ]
-            for job_id in rows:
-                db.execute(
-                    "UPDATE jobs SET status = 'queued', updated_at = ? WHERE id = ?",
-                    (time.time(), job_id),
-                )
-                self._add_event(
-                    db, job_id, "status", {"status": "queued", "reason": "backend restarted"}
-                )
-        return rows
-
-    # -- events --------------------------------------------------------------------------
-
-    def _add_event(self, db: sqlite3.Connection, job_id: str, kind: str, data: Any) -> int:
-        row = db.execute(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)
-        ).fetchone()
-        seq = int(row[0])
-        db.execute(
-            "INSERT INTO events (job_id, seq, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
-            (job_id, seq, time.time(), kind, json.dumps(data, default=str)),
-        )
-        return seq
-
-    def add_event(self, job_id: str, kind: str, data: Any, **job_fields: Any) -> int:
-        """Append an event (and update job fields in the same transaction)."""
-        with self._tx() as db:
-            if job_fields:
-                job_fields["updated_at"] = time.time()
-                names = ", ".join(f"{name} = ?" for name in job_fields)
-                db.execute(
-                    f"UPDATE jobs SET {names} WHERE id = ?",  # noqa: S608 - names are ours
-                    (*job_fields.values(), job_id),
-                )
-            return self._add_event(db, job_id, kind, data)
-
-    def events(self, job_id: str, *, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
-        rows = self._query(
-            "SELECT seq, ts, kind, data FROM events WHERE job_id = ? AND seq > ?"
-            " ORDER BY seq LIMIT ?",
-            (job_id, after, limit),
-        )
-        return [
-            {
-                "seq": row["seq"],
-                "ts": row["ts"],
-                "kind": row["kind"],
-                "data": json.loads(row["data"]),
-            }
-            for row in rows
-        ]
+def request_hash(body: Any) -> str:
+    """The fingerprint of a submission (what an Idempotency-Key is bound to)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()

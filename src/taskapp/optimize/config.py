@@ -20,10 +20,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.seeds import SeedsLike
+
+if TYPE_CHECKING:
+    from taskapp.optimize.resolved import ResolvedRun
 
 __all__ = ["OptimizeConfig"]
 
@@ -95,6 +98,21 @@ class OptimizeConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> OptimizeConfig:
         """The inverse of :meth:`to_dict` (unknown names are a :class:`ConfigurationError`)."""
         return cls().replace(**dict(data))
+
+    def resolve(self) -> ResolvedRun:
+        """Validate this config and derive what a run needs: the seed lists, the reflection
+        model as a callable, the template, the output ``Path`` and, with ``resume``, the
+        previous run (:class:`~taskapp.optimize.resolved.ResolvedRun`; a
+        :class:`ConfigurationError` naming the bad setting otherwise).
+
+        >>> run = OptimizeConfig(train_seeds="0-9", val_seeds="10-14", budget=50,
+        ...                      reflection_lm="stand-in").resolve()
+        >>> run.train[:3], len(run.val), run.config.budget
+        ([0, 1, 2], 5, 50)
+        """
+        from taskapp.optimize.resolved import resolve
+
+        return resolve(self)
 
     def build_reflection_lm(self) -> Callable[[Any], Any] | None:
         """The reflection model as a callable (a mapping becomes an ``OpenAICompatLM``)."""

@@ -1,7 +1,7 @@
 """After a run: gepa's state turned into an :class:`OptimizeResult`, and the saved history.
 
-``_build_result`` reads the candidates, scores and Pareto front off gepa's state;
-``_read_history`` reads ``history.jsonl`` back for ``--resume`` (skipping a line a hard
+``build_result`` reads the candidates, scores and Pareto front off gepa's state;
+``read_history`` reads ``history.jsonl`` back for ``--resume`` (skipping a line a hard
 kill cut short).
 """
 
@@ -12,20 +12,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from taskapp.optimize.resolved import HISTORY_FILE, _Settings
+from taskapp.optimize.resolved import HISTORY_FILE, ResolvedRun
 from taskapp.optimize.result import OptimizeResult
 
 
-def _best_idx(state: Any) -> int:
+def best_idx(state: Any) -> int:
     scores = list(state.program_full_scores_val_set)
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
-def _build_result(
+def build_result(
     gepa: Any,
     state: Any,
     *,
-    settings: _Settings,
+    run: ResolvedRun,
     seed_candidate: dict[str, str],
     status: str,
     error: str | None,
@@ -38,10 +38,12 @@ def _build_result(
     gepa_result: Any,
 ) -> OptimizeResult:
     scores = list(state.program_full_scores_val_set)
-    best = _best_idx(state)
+    best = best_idx(state)
     best_candidate = dict(state.program_candidates[best])
     key = (
-        settings.prompt_key if settings.prompt_key in best_candidate else next(iter(best_candidate))
+        run.config.prompt_key
+        if run.config.prompt_key in best_candidate
+        else next(iter(best_candidate))
     )
     candidates = [
         {
@@ -58,7 +60,7 @@ def _build_result(
     raw = None
     if gepa_result is None:
         with contextlib.suppress(Exception):
-            gepa_result = gepa.GEPAResult.from_state(state, seed=settings.seed)
+            gepa_result = gepa.GEPAResult.from_state(state, seed=run.config.seed)
     if gepa_result is not None:
         with contextlib.suppress(Exception):
             raw = gepa_result.to_dict()
@@ -79,22 +81,22 @@ def _build_result(
         },
         pareto_front={int(k): sorted(v) for k, v in state.program_at_pareto_front_valset.items()},
         metric_calls=int(state.total_num_evals),
-        budget=settings.budget,
+        budget=run.config.budget,
         iterations=max(0, int(state.i) + 1),
         stopped_by=stopped_by,
         elapsed_s=round(elapsed, 3),
-        train_seeds=settings.train,
-        val_seeds=settings.val,
-        test_seeds=settings.test,
+        train_seeds=run.train,
+        val_seeds=run.val,
+        test_seeds=run.test,
         reflection=reflection,
         rollouts=rollouts,
-        config=settings.public(),
+        config=run.public(),
         error=error,
         raw=raw,
     )
 
 
-def _read_history(folder: Path | None) -> list[dict[str, Any]]:
+def read_history(folder: Path | None) -> list[dict[str, Any]]:
     if folder is None:
         return []
     path = folder / HISTORY_FILE

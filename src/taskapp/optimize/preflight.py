@@ -1,7 +1,7 @@
 """Before a run: the task app's health, its advertised prompts and its seeds.
 
-``_check_health`` waits for ``GET /health`` and reads ``GET /info``; ``advertised_prompts``
-finds the default prompt(s) there; ``_check_seeds`` refuses seeds outside the task set
+``check_health`` waits for ``GET /health`` and reads ``GET /info``; ``advertised_prompts``
+finds the default prompt(s) there; ``check_seeds`` refuses seeds outside the task set
 ``GET /task_info`` describes.
 """
 
@@ -9,19 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskapp.core.client import WORKER_TOKEN_HEADER, TaskAppClient
+from taskapp.core.endpoint import Endpoint
 from taskapp.core.errors import (
     ApiKeyRejectedError,
     ConfigurationError,
     HealthCheckError,
     TaskAppRequestError,
 )
-from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.seeds import format_seeds, known_seeds
 from taskapp.optimize.errors import TaskAppUnavailableError
-from taskapp.optimize.resolved import _Settings
-from taskapp.optimize.target import Endpoint
+from taskapp.optimize.resolved import ResolvedRun
 
 logger = get_logger("taskapp.optimize")
 
@@ -72,17 +70,10 @@ def task_name(info: Any) -> str | None:
     return None
 
 
-def _check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
+def check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
     """/health then /info; returns the info (empty when /info is not a JSON object)."""
     try:
-        wait_healthy(
-            endpoint.url,
-            api_key=endpoint.api_key,
-            headers={WORKER_TOKEN_HEADER: endpoint.worker_token} if endpoint.worker_token else None,
-            timeout=timeout,
-            what="the task app",
-            error=TaskAppUnavailableError,
-        )
+        endpoint.wait_healthy(timeout, what="the task app", error=TaskAppUnavailableError)
     except ApiKeyRejectedError as exc:
         raise TaskAppUnavailableError(
             f"{exc.message} For a URL target, set ENVIRONMENT_API_KEY (or --api-key-env) to "
@@ -91,28 +82,21 @@ def _check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
     except HealthCheckError as exc:
         raise TaskAppUnavailableError(exc.message) from exc
     try:
-        with TaskAppClient(
-            endpoint.url, endpoint.api_key, worker_token=endpoint.worker_token, timeout=timeout
-        ) as client:
+        with endpoint.client(timeout=timeout) as client:
             return client.info()
     except TaskAppRequestError as exc:
         logger.info("GET /info failed (%s); continuing without it", exc)
         return {}
 
 
-def _check_seeds(endpoint: Endpoint, settings: _Settings) -> None:
+def check_seeds(endpoint: Endpoint, run: ResolvedRun) -> None:
     """Refuse seeds outside the task set when ``GET /task_info`` says which seeds exist.
 
     Without this, train seeds the task app rejects (HTTP 422) would burn the whole budget
     on failed minibatches and the run would "succeed" with the baseline.
     """
     try:
-        with TaskAppClient(
-            endpoint.url,
-            endpoint.api_key,
-            worker_token=endpoint.worker_token,
-            timeout=settings.health_timeout,
-        ) as client:
+        with endpoint.client(timeout=run.config.health_timeout) as client:
             body = client.task_info()
     except TaskAppRequestError as exc:
         logger.info("GET /task_info failed (%s); seeds not checked", exc)
@@ -122,9 +106,9 @@ def _check_seeds(endpoint: Endpoint, settings: _Settings) -> None:
         return
     problems = []
     for name, seeds in (
-        ("train_seeds", settings.train),
-        ("val_seeds", settings.val),
-        ("test_seeds", settings.test or []),
+        ("train_seeds", run.train),
+        ("val_seeds", run.val),
+        ("test_seeds", run.test or []),
     ):
         outside = [seed for seed in seeds if seed not in known]
         if outside:

@@ -1,9 +1,11 @@
-"""The validated inputs of one optimization run, and the checks of its output directory.
+"""An :class:`OptimizeConfig` resolved for one run, and the checks of its output directory.
 
-``_settings(config)`` turns an :class:`OptimizeConfig` into :class:`_Settings` (or a
-:class:`ConfigurationError`, before any I/O but reading ``--out``): seeds, budget, prompt,
-reflection model, output dir. With ``resume`` it reads the previous run's ``run.json``
-(and ``result.json``) for the seeds and seed prompt it used and the rollouts it spent.
+``OptimizeConfig.resolve()`` (:func:`resolve`) validates the config (a
+:class:`ConfigurationError` before any I/O but reading ``--out``) and returns a
+:class:`ResolvedRun`: the validated config plus only what is *derived* from it (the seed
+lists, the reflection model as a callable, the reflection template, the output ``Path``
+and the previous run's ``run.json`` when resuming). The settings themselves are read from
+``ResolvedRun.config``, never copied (uvicorn's ``Config.load()``).
 """
 
 from __future__ import annotations
@@ -13,77 +15,118 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.secrets import redact
 from taskapp.core.seeds import parse_seeds
-from taskapp.optimize.config import OptimizeConfig
 from taskapp.optimize.lm import REFLECTION_TEMPLATE, describe_lm
+
+if TYPE_CHECKING:
+    from taskapp.optimize.config import OptimizeConfig
+
+__all__ = ["HISTORY_FILE", "RUN_FILE", "SELECTIONS", "STATE_DIR", "ResolvedRun", "resolve"]
 
 STATE_DIR = "gepa"
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.jsonl"
 SELECTIONS = ("pareto", "current_best", "epsilon_greedy", "top_k_pareto")
+MAX_CONCURRENCY = 256
 
 
-@dataclasses.dataclass
-class _Settings:
-    """Validated inputs of one run."""
+@dataclasses.dataclass(frozen=True)
+class ResolvedRun:
+    """One run's validated config and what is derived from it."""
 
-    seed_prompt: str | dict[str, str] | None
+    #: the validated config: mappings as dicts, numbers as floats, and with ``resume`` the
+    #: previous run's seed prompt when none was given
+    config: OptimizeConfig
     train: list[int]
     val: list[int]
     test: list[int] | None
     reflection_lm: Callable[[Any], Any]
-    policy: dict[str, Any]
-    policy_name: str | None
-    env_config: dict[str, Any]
-    env_name: str | None
-    prompt_key: str
-    budget: int
-    minibatch_size: int
-    concurrency: int
-    patience: int | None
-    timeout_s: float | None
-    perfect_score: float
-    seed: int
-    selection: str
     template: str
-    rollout_timeout: float
-    health_timeout: float
-    max_reflection_failures: int
     output_dir: Path | None
-    resume: bool
+    #: the previous run's run.json (and result.json's metric_calls) when resuming, else {}
+    previous: dict[str, Any]
 
     @property
     def iteration_cost(self) -> int:
         """The most rollouts one gepa iteration can use: parent + child minibatch + val."""
-        return 2 * self.minibatch_size + len(self.val)
+        return 2 * self.config.minibatch_size + len(self.val)
 
     def minimum_budget(self) -> int:
         return len(self.val) + self.iteration_cost
 
     def public(self) -> dict[str, Any]:
         """The resolved configuration, JSON-able, without key material."""
+        c = self.config
         return {
-            "prompt_key": self.prompt_key,
-            "budget": self.budget,
-            "minibatch_size": self.minibatch_size,
-            "concurrency": self.concurrency,
-            "patience": self.patience,
-            "timeout_s": self.timeout_s,
-            "perfect_score": self.perfect_score,
-            "seed": self.seed,
-            "selection": self.selection,
-            "policy": json.loads(redact(json.dumps(self.policy, default=str))),
-            "policy_name": self.policy_name,
-            "env_config": json.loads(redact(json.dumps(self.env_config, default=str))),
-            "env_name": self.env_name,
+            "prompt_key": c.prompt_key,
+            "budget": c.budget,
+            "minibatch_size": c.minibatch_size,
+            "concurrency": c.max_concurrency,
+            "patience": c.patience,
+            "timeout_s": c.timeout_s,
+            "perfect_score": c.perfect_score,
+            "seed": c.seed,
+            "selection": c.selection,
+            "policy": json.loads(redact(json.dumps(c.policy, default=str))),
+            "policy_name": c.policy_name,
+            "env_config": json.loads(redact(json.dumps(c.env_config, default=str))),
+            "env_name": c.env_name,
             "reflection_lm": describe_lm(self.reflection_lm),
-            "rollout_timeout": self.rollout_timeout,
+            "rollout_timeout": c.rollout_timeout,
             "custom_template": self.template != REFLECTION_TEMPLATE,
         }
+
+
+def resolve(config: OptimizeConfig) -> ResolvedRun:
+    """Validate ``config`` and derive what a run needs (see :class:`ResolvedRun`)."""
+    output_dir = Path(config.output_dir).expanduser() if config.output_dir is not None else None
+    if config.resume and output_dir is None:
+        raise ConfigurationError("resume=True needs output_dir (the run to continue)")
+    previous = _previous_run(output_dir) if config.resume and output_dir is not None else {}
+    config = _with_previous(config, previous)
+    train = parse_seeds(config.train_seeds, what="train_seeds")
+    val = parse_seeds(config.val_seeds, what="val_seeds")
+    test = None
+    if config.test_seeds is not None:
+        test = parse_seeds(config.test_seeds, what="test_seeds")
+    lm = config.build_reflection_lm()
+    if lm is None:
+        raise ConfigurationError(
+            "no reflection model: pass reflection_lm=OpenAICompatLM(model=...) (any "
+            "OpenAI-compatible server) or reflection_lm=StandInReflectionLM() (offline stand-in)"
+        )
+    run = ResolvedRun(
+        config=_validated(config),
+        train=train,
+        val=val,
+        test=test,
+        reflection_lm=lm,
+        template=_template(config.reflection_prompt_template),
+        output_dir=output_dir,
+        previous=previous,
+    )
+    _check_sizes(run)
+    _check_output_dir(run)
+    if previous:
+        _check_budget_left(run)
+    return run
+
+
+def _with_previous(config: OptimizeConfig, previous: Mapping[str, Any]) -> OptimizeConfig:
+    """--resume continues with the seeds and seed prompt in run.json unless others are given."""
+    changes: dict[str, Any] = {}
+    for name in ("train_seeds", "val_seeds"):
+        if _unset(getattr(config, name)) and isinstance(previous.get(name), list):
+            changes[name] = previous[name]
+    if config.test_seeds is None and isinstance(previous.get("test_seeds"), list):
+        changes["test_seeds"] = previous["test_seeds"] or None
+    if config.seed_prompt is None and isinstance(previous.get("seed_candidate"), dict):
+        changes["seed_prompt"] = previous["seed_candidate"]
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def _positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
@@ -92,131 +135,96 @@ def _positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
     return value
 
 
-def _settings(config: OptimizeConfig) -> _Settings:
-    kw = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
-    output_dir = Path(kw["output_dir"]).expanduser() if kw["output_dir"] is not None else None
-    if kw["resume"] and output_dir is None:
-        raise ConfigurationError("resume=True needs output_dir (the run to continue)")
-    previous: dict[str, Any] = {}
-    if kw["resume"] and output_dir is not None:
-        previous = _previous_run(output_dir)
-        # --resume continues with the seeds stored in run.json unless others are given
-        for name in ("train_seeds", "val_seeds"):
-            if _unset(kw[name]) and isinstance(previous.get(name), list):
-                kw[name] = previous[name]
-        if kw["test_seeds"] is None and isinstance(previous.get("test_seeds"), list):
-            kw["test_seeds"] = previous["test_seeds"] or None
-    train = parse_seeds(kw["train_seeds"], what="train_seeds")
-    val = parse_seeds(kw["val_seeds"], what="val_seeds")
-    test = (
-        parse_seeds(kw["test_seeds"], what="test_seeds") if kw["test_seeds"] is not None else None
-    )
-    lm = config.build_reflection_lm()
-    if lm is None:
+def _positive_number(value: Any, name: str) -> float:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _seed_prompt(prompt: Any) -> str | dict[str, str] | None:
+    if prompt is None:
+        return None
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ConfigurationError("seed_prompt is empty")
+        return prompt
+    if not isinstance(prompt, Mapping):
         raise ConfigurationError(
-            "no reflection model: pass reflection_lm=OpenAICompatLM(model=...) (any "
-            "OpenAI-compatible server) or reflection_lm=StandInReflectionLM() (offline stand-in)"
+            f"seed_prompt must be a string or a mapping, got {type(prompt).__name__}"
         )
-    if not callable(lm):
-        raise ConfigurationError(
-            f"reflection_lm must be callable (prompt -> text), got {type(lm).__name__}"
-        )
-    seed_prompt = kw["seed_prompt"]
-    if seed_prompt is None and isinstance(previous.get("seed_candidate"), dict):
-        seed_prompt = previous["seed_candidate"]  # --resume: the run's own seed prompt
-    if seed_prompt is not None:
-        if isinstance(seed_prompt, str):
-            if not seed_prompt.strip():
-                raise ConfigurationError("seed_prompt is empty")
-        elif isinstance(seed_prompt, Mapping):
-            if not seed_prompt or not all(
-                isinstance(k, str) and isinstance(v, str) and v.strip()
-                for k, v in seed_prompt.items()
-            ):
-                raise ConfigurationError(
-                    "seed_prompt as a mapping must map policy.config keys to non-empty texts"
-                )
-            seed_prompt = dict(seed_prompt)
-        else:
-            raise ConfigurationError(
-                f"seed_prompt must be a string or a mapping, got {type(seed_prompt).__name__}"
-            )
-    for name in ("policy", "env_config"):
-        if kw[name] is not None and not isinstance(kw[name], Mapping):
-            raise ConfigurationError(f"{name} must be a mapping (a JSON object)")
-    prompt_key = kw["prompt_key"]
-    if not isinstance(prompt_key, str) or not prompt_key:
-        raise ConfigurationError("prompt_key must be a non-empty string")
-    patience = kw["patience"]
-    if patience is not None:
-        patience = _positive_int(patience, "patience")
-    timeout_s = kw["timeout_s"]
-    if timeout_s is not None and (
-        not isinstance(timeout_s, int | float) or not math.isfinite(timeout_s) or timeout_s <= 0
+    if not prompt or not all(
+        isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in prompt.items()
     ):
-        raise ConfigurationError(f"timeout_s must be a positive number, got {timeout_s!r}")
-    perfect = kw["perfect_score"]
+        raise ConfigurationError(
+            "seed_prompt as a mapping must map policy.config keys to non-empty texts"
+        )
+    return dict(prompt)
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigurationError(f"{name} must be a mapping (a JSON object)")
+    return dict(value or {})
+
+
+def _validated(config: OptimizeConfig) -> OptimizeConfig:
+    """``config`` checked field by field, with mappings as dicts and numbers as floats."""
+    if not isinstance(config.prompt_key, str) or not config.prompt_key:
+        raise ConfigurationError("prompt_key must be a non-empty string")
+    perfect = config.perfect_score
     if not isinstance(perfect, int | float) or not math.isfinite(perfect):
         raise ConfigurationError(f"perfect_score must be a finite number, got {perfect!r}")
-    selection = kw["selection"]
-    if selection not in SELECTIONS:
+    if config.selection not in SELECTIONS:
         raise ConfigurationError(f"selection must be one of {', '.join(SELECTIONS)}")
-    template = kw["reflection_prompt_template"] or REFLECTION_TEMPLATE
+    patience = config.patience
+    timeout_s = config.timeout_s
+    return dataclasses.replace(
+        config,
+        seed_prompt=_seed_prompt(config.seed_prompt),
+        policy=_mapping(config.policy, "policy"),
+        env_config=_mapping(config.env_config, "env_config"),
+        budget=_positive_int(config.budget, "budget"),
+        minibatch_size=_positive_int(config.minibatch_size, "minibatch_size"),
+        max_concurrency=_positive_int(config.max_concurrency, "max_concurrency"),
+        patience=_positive_int(patience, "patience") if patience is not None else None,
+        timeout_s=_positive_number(timeout_s, "timeout_s") if timeout_s is not None else None,
+        perfect_score=float(perfect),
+        seed=_positive_int(config.seed, "seed", minimum=0),
+        rollout_timeout=_positive_number(config.rollout_timeout, "rollout_timeout"),
+        health_timeout=_positive_number(config.health_timeout, "health_timeout"),
+        max_reflection_failures=_positive_int(
+            config.max_reflection_failures, "max_reflection_failures"
+        ),
+        resume=bool(config.resume),
+    )
+
+
+def _template(template: str | None) -> str:
+    template = template or REFLECTION_TEMPLATE
     missing = [p for p in ("<curr_param>", "<side_info>") if p not in template]
     if missing:
         raise ConfigurationError(
             f"the reflection prompt template lacks {' and '.join(missing)}: gepa puts the "
             "current prompt and the examples there"
         )
-    for name in ("rollout_timeout", "health_timeout"):
-        value = kw[name]
-        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
-    settings = _Settings(
-        seed_prompt=seed_prompt,
-        train=train,
-        val=val,
-        test=test,
-        reflection_lm=lm,
-        policy=dict(kw["policy"] or {}),
-        policy_name=kw["policy_name"],
-        env_config=dict(kw["env_config"] or {}),
-        env_name=kw["env_name"],
-        prompt_key=prompt_key,
-        budget=_positive_int(kw["budget"], "budget"),
-        minibatch_size=_positive_int(kw["minibatch_size"], "minibatch_size"),
-        concurrency=_positive_int(kw["max_concurrency"], "max_concurrency"),
-        patience=patience,
-        timeout_s=float(timeout_s) if timeout_s is not None else None,
-        perfect_score=float(perfect),
-        seed=_positive_int(kw["seed"], "seed", minimum=0),
-        selection=selection,
-        template=template,
-        rollout_timeout=float(kw["rollout_timeout"]),
-        health_timeout=float(kw["health_timeout"]),
-        max_reflection_failures=_positive_int(
-            kw["max_reflection_failures"], "max_reflection_failures"
-        ),
-        output_dir=output_dir,
-        resume=bool(kw["resume"]),
-    )
-    if settings.concurrency > 256:
-        raise ConfigurationError("max_concurrency must be at most 256")
-    if settings.minibatch_size > len(train):
+    return template
+
+
+def _check_sizes(run: ResolvedRun) -> None:
+    c = run.config
+    if c.max_concurrency > MAX_CONCURRENCY:
+        raise ConfigurationError(f"max_concurrency must be at most {MAX_CONCURRENCY}")
+    if c.minibatch_size > len(run.train):
         raise ConfigurationError(
-            f"minibatch_size {settings.minibatch_size} is larger than the {len(train)} train seeds"
+            f"minibatch_size {c.minibatch_size} is larger than the {len(run.train)} train seeds"
         )
-    if settings.budget < settings.minimum_budget():
+    if c.budget < run.minimum_budget():
         raise ConfigurationError(
-            f"budget {settings.budget} is too small: the baseline takes {len(val)} rollouts "
-            f"(one per val seed) and one iteration up to {settings.iteration_cost} "
-            f"(2 x minibatch {settings.minibatch_size} + {len(val)} val seeds); use "
-            f"--budget {settings.minimum_budget()} or more, or fewer val seeds"
+            f"budget {c.budget} is too small: the baseline takes {len(run.val)} rollouts "
+            f"(one per val seed) and one iteration up to {run.iteration_cost} "
+            f"(2 x minibatch {c.minibatch_size} + {len(run.val)} val seeds); use "
+            f"--budget {run.minimum_budget()} or more, or fewer val seeds"
         )
-    _check_output_dir(settings)
-    if previous:
-        _check_budget_left(settings, previous)
-    return settings
 
 
 def _unset(seeds: Any) -> bool:
@@ -242,28 +250,29 @@ def _previous_run(folder: Path) -> dict[str, Any]:
     return previous
 
 
-def _check_budget_left(settings: _Settings, previous: Mapping[str, Any]) -> None:
+def _check_budget_left(run: ResolvedRun) -> None:
     """Resuming with a budget the previous runs already spent would do nothing: say so."""
-    used = previous.get("metric_calls")
+    settings = run.config
+    used = run.previous.get("metric_calls")
     if not isinstance(used, int):
         return
-    if settings.budget - used < settings.iteration_cost:
+    if settings.budget - used < run.iteration_cost:
         raise ConfigurationError(
-            f"the run in {str(settings.output_dir)!r} already used {used} of its "
+            f"the run in {str(run.output_dir)!r} already used {used} of its "
             f"{settings.budget} rollouts, and one more iteration needs up to "
-            f"{settings.iteration_cost}: the budget is a total over all runs in that "
-            f"directory, so pass --budget {used + settings.iteration_cost} or more to continue"
+            f"{run.iteration_cost}: the budget is a total over all runs in that "
+            f"directory, so pass --budget {used + run.iteration_cost} or more to continue"
         )
 
 
-def _check_output_dir(settings: _Settings) -> None:
-    folder = settings.output_dir
+def _check_output_dir(run: ResolvedRun) -> None:
+    folder = run.output_dir
     if folder is None:
         return
     if folder.exists() and not folder.is_dir():
         raise ConfigurationError(f"output dir {str(folder)!r} is a file")
     has_run = (folder / RUN_FILE).exists()
-    if settings.resume:
+    if run.config.resume:
         if not has_run:
             raise ConfigurationError(
                 f"nothing to resume in {str(folder)!r} (no {RUN_FILE}); drop --resume to "

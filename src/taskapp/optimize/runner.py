@@ -4,22 +4,24 @@ Order of work, each step releasing what the previous ones started when it fails:
 
     validate     seeds, budget, prompt, reflection model, output dir (no I/O yet)
     import gepa  GepaNotInstalledError when missing
-    target       URL, or start the task app in-process (open_target)
+    target       URL, or start the task app in-process (core.endpoint.open_endpoint)
     health       GET /health (TaskAppUnavailableError when down or the key is rejected)
     info         GET /info: the advertised default prompt when none is given
     optimize     gepa.optimize with TaskAppAdapter + our stopper, logger and callback
     test         baseline and best on the test seeds (not counted in the budget)
     save         result.json, best prompt, history.jsonl, score curve (output_dir)
 
-The steps live in sibling modules: ``resolve`` (validate), ``preflight`` (health, info,
-seeds), ``stopsignals`` (Ctrl-C / SIGTERM), ``progress`` (gepa callback, logger, stopper)
-and ``outcome`` (the result from gepa's state); this module runs them in order.
+The steps live in sibling modules: ``resolved`` (validate: ``OptimizeConfig.resolve()``),
+``preflight`` (health, info, seeds), ``stopsignals`` (Ctrl-C / SIGTERM), ``progress`` (gepa
+callback, logger, stopper) and ``gepa_state`` (the result from gepa's state); this module
+runs them in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import json
 import signal
@@ -30,6 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from taskapp.core.endpoint import Endpoint, is_url, open_endpoint
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.importing import install_command
 from taskapp.core.logs import get_logger
@@ -41,19 +44,13 @@ from taskapp.optimize.errors import (
     OptimizeError,
     ReflectionModelError,
 )
-from taskapp.optimize.gepa_state import _best_idx, _build_result, _read_history
+from taskapp.optimize.gepa_state import best_idx, build_result, read_history
 from taskapp.optimize.lm import ReflectionRecorder
-from taskapp.optimize.preflight import (
-    _check_health,
-    _check_seeds,
-    advertised_prompts,
-    task_name,
-)
+from taskapp.optimize.preflight import advertised_prompts, check_health, check_seeds, task_name
 from taskapp.optimize.progress import GepaLogger, JsonlWriter, ProgressTracker, RunStopper
-from taskapp.optimize.resolved import HISTORY_FILE, RUN_FILE, STATE_DIR, _Settings, _settings
+from taskapp.optimize.resolved import HISTORY_FILE, RUN_FILE, STATE_DIR, ResolvedRun
 from taskapp.optimize.result import OptimizeResult
-from taskapp.optimize.stopsignals import _first_signal_stops
-from taskapp.optimize.target import Endpoint, open_target
+from taskapp.optimize.stopsignals import first_signal_stops
 
 __all__ = ["advertised_prompts", "import_gepa", "run", "run_async", "run_config"]
 
@@ -104,6 +101,8 @@ def run(
     rollout_timeout: float = 300.0,
     health_timeout: float = 30.0,
     max_reflection_failures: int = 3,
+    start: Mapping[str, Any] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> OptimizeResult:
     """Optimize a prompt with GEPA against a task app's ``POST /rollout``; return the result.
 
@@ -113,7 +112,11 @@ def run(
     >>> result.baseline_score, result.best_score                       # doctest: +SKIP
 
     * ``target``: a URL, an InProcessTaskApp, a TaskAppConfig, an ASGI app, a ``.py``
-      path, ``"module:attr"`` or a bundled example name (see :mod:`.target`).
+      path, ``"module:attr"`` or a name in ``aliases`` (``taskapp.examples.BUNDLED``
+      names the bundled examples): :func:`taskapp.core.endpoint.open_endpoint`, the
+      resolution :func:`taskapp.evaluate` uses too (same key, same ``start=`` options).
+    * ``start``: :class:`~taskapp.InProcessTaskApp` keyword arguments for a target
+      started here (``tunnel_mode``, ``server``, ``port``, ...), as for ``evaluate``.
     * ``seed_prompt``: the starting prompt, sent as ``policy.config[prompt_key]``; a
       mapping optimizes several ``policy.config`` keys at once. None: the default the
       task app advertises in ``/info`` (``prompts`` or ``default_prompt``).
@@ -138,34 +141,16 @@ def run(
     rollouts failing) and :class:`ReflectionModelError` (the model failed every time);
     the last two carry the partial ``result`` (saved when ``output_dir`` is set).
     """
-    config = OptimizeConfig(
-        seed_prompt=dict(seed_prompt) if isinstance(seed_prompt, Mapping) else seed_prompt,
-        train_seeds=train_seeds,
-        val_seeds=val_seeds,
-        test_seeds=test_seeds,
-        reflection_lm=reflection_lm,
-        policy=dict(policy) if policy is not None else None,
-        budget=budget,
-        policy_name=policy_name,
-        env_config=dict(env_config) if env_config is not None else None,
-        env_name=env_name,
-        prompt_key=prompt_key,
-        minibatch_size=minibatch_size,
-        max_concurrency=max_concurrency,
-        patience=patience,
-        timeout_s=timeout_s,
-        perfect_score=perfect_score,
-        seed=seed,
-        selection=selection,
-        reflection_prompt_template=reflection_prompt_template,
-        rollout_timeout=rollout_timeout,
-        health_timeout=health_timeout,
-        max_reflection_failures=max_reflection_failures,
-        output_dir=output_dir,
-        resume=resume,
-    )
+    given = locals()  # the parameters are OptimizeConfig's fields (a test keeps them so)
+    config = OptimizeConfig(**{f.name: given[f.name] for f in dataclasses.fields(OptimizeConfig)})
     return run_config(
-        target, config, api_key=api_key, on_progress=on_progress, stop_event=stop_event
+        target,
+        config,
+        api_key=api_key,
+        on_progress=on_progress,
+        stop_event=stop_event,
+        start=start,
+        aliases=aliases,
     )
 
 
@@ -177,21 +162,24 @@ def run_config(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     stop_event: threading.Event | None = None,
     worker_token: str | None = None,
+    start: Mapping[str, Any] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> OptimizeResult:
     """:func:`run` with the run described by one :class:`OptimizeConfig`.
 
     ``worker_token``: for a URL behind a taskapp relay, the lease's worker token (sent in
-    the relay's worker-token header with every request).
+    the relay's worker-token header with every request). ``start`` and ``aliases``: as
+    for :func:`run` (:func:`taskapp.core.endpoint.open_endpoint`).
     """
     from taskapp.core.blocking import call_blocking, in_running_loop
 
-    settings = _settings(config)
+    resolved = config.resolve()
     gepa = import_gepa()
     if in_running_loop():
         # A Jupyter cell: run on a helper thread (as `with InProcessTaskApp` and
         # taskapp.evaluate do). Safe for a task app taskapp starts (it has its own loop);
         # a task app at a URL might be served on this very loop, which then cannot answer.
-        if isinstance(target, str) and target.startswith(("http://", "https://")):
+        if is_url(target):
             logger.warning(
                 "taskapp.optimize.run() blocks this thread's running event loop while it "
                 "runs; if the task app at %s is served on that loop it cannot answer. Use "
@@ -201,31 +189,40 @@ def run_config(
         return call_blocking(
             _run_config,
             target,
-            settings,
+            resolved,
             gepa,
             api_key,
             on_progress,
             stop_event,
             worker_token,
+            start,
+            aliases,
             name="taskapp-optimize",
         )
-    return _run_config(target, settings, gepa, api_key, on_progress, stop_event, worker_token)
+    return _run_config(
+        target, resolved, gepa, api_key, on_progress, stop_event, worker_token, start, aliases
+    )
 
 
 def _run_config(
     target: Any,
-    settings: _Settings,
+    resolved: ResolvedRun,
     gepa: Any,
     api_key: str | None,
     on_progress: Callable[[dict[str, Any]], None] | None,
     stop_event: threading.Event | None,
     worker_token: str | None = None,
+    start: Mapping[str, Any] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> OptimizeResult:
     event = stop_event if stop_event is not None else threading.Event()
-    with open_target(target, api_key=api_key, worker_token=worker_token) as endpoint:
-        info = _check_health(endpoint, settings.health_timeout)
-        _check_seeds(endpoint, settings)
-        return _Run(settings, gepa, endpoint, info, event, on_progress).execute()
+    opened = open_endpoint(
+        target, api_key=api_key, worker_token=worker_token, aliases=aliases, start=start
+    )
+    with opened as endpoint:
+        info = check_health(endpoint, resolved.config.health_timeout)
+        check_seeds(endpoint, resolved)
+        return _Run(resolved, gepa, endpoint, info, event, on_progress).execute()
 
 
 async def run_async(target: Any, *args: Any, **kwargs: Any) -> OptimizeResult:
@@ -253,14 +250,15 @@ class _Run:
 
     def __init__(
         self,
-        settings: _Settings,
+        resolved: ResolvedRun,
         gepa: Any,
         endpoint: Endpoint,
         info: dict[str, Any],
         stop_event: threading.Event,
         on_progress: Callable[[dict[str, Any]], None] | None,
     ) -> None:
-        self.s = settings
+        self.r = resolved
+        self.c = resolved.config
         self.gepa = gepa
         self.endpoint = endpoint
         self.info = info
@@ -274,9 +272,9 @@ class _Run:
     # -- setup -------------------------------------------------------------------------
 
     def _seed_candidate(self) -> dict[str, str]:
-        prompt = self.s.seed_prompt
+        prompt = self.c.seed_prompt
         if prompt is None:
-            advertised = advertised_prompts(self.info, self.s.prompt_key)
+            advertised = advertised_prompts(self.info, self.c.prompt_key)
             if not advertised:
                 raise ConfigurationError(
                     f"no seed prompt: pass one (--prompt / --prompt-file), or let the task "
@@ -286,19 +284,19 @@ class _Run:
             logger.info("using the prompt(s) advertised in /info: %s", ", ".join(advertised))
             return advertised
         if isinstance(prompt, str):
-            return {self.s.prompt_key: prompt}
+            return {self.c.prompt_key: prompt}
         return dict(prompt)
 
     def _load_previous(self, seed_candidate: dict[str, str]) -> dict[str, Any]:
-        folder = self.s.output_dir
+        folder = self.r.output_dir
         assert folder is not None
         try:
             previous = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigurationError(f"cannot read {folder / RUN_FILE}: {exc}") from exc
         for key, mine in (
-            ("train_seeds", self.s.train),
-            ("val_seeds", self.s.val),
+            ("train_seeds", self.r.train),
+            ("val_seeds", self.r.val),
             ("seed_candidate", seed_candidate),
         ):
             if previous.get(key) != mine:
@@ -309,17 +307,17 @@ class _Run:
         return dict(previous)
 
     def _write_run_file(self, seed_candidate: dict[str, str], **extra: Any) -> None:
-        folder = self.s.output_dir
+        folder = self.r.output_dir
         if folder is None:
             return
         folder.mkdir(parents=True, exist_ok=True)
         data = {
             **self.previous,
-            "train_seeds": self.s.train,
-            "val_seeds": self.s.val,
+            "train_seeds": self.r.train,
+            "val_seeds": self.r.val,
             "seed_candidate": seed_candidate,
             "target": self.endpoint.label if not self.endpoint.started_here else None,
-            "config": self.s.public(),
+            "config": self.r.public(),
             **extra,
         }
         self.previous = data
@@ -329,23 +327,23 @@ class _Run:
 
     # -- the run -----------------------------------------------------------------------
 
-    def execute(self) -> OptimizeResult:
-        s = self.s
+    def execute(self) -> OptimizeResult:  # noqa: C901, PLR0915 -- complexity 16 and 63 statements before issue 21; split when next changed
+        r, c = self.r, self.c
         seed_candidate = self._seed_candidate()
         history: list[dict[str, Any]] = []
         elapsed_before = 0.0
-        if s.resume:
+        if c.resume:
             self.previous = self._load_previous(seed_candidate)
-            history = _read_history(s.output_dir)
+            history = read_history(r.output_dir)
             elapsed_before = float(self.previous.get("elapsed_s") or 0.0)
         # A new run writes nothing until its baseline is scored: a run that cannot start
         # leaves --out as it was, so the next attempt needs no --resume.
 
-        recorder = ReflectionRecorder(s.reflection_lm)
+        recorder = ReflectionRecorder(r.reflection_lm)
         sinks: list[Callable[[dict[str, Any]], None]] = []
         writer: JsonlWriter | None = None
-        if s.output_dir is not None:
-            writer = JsonlWriter(s.output_dir / HISTORY_FILE, truncate=not s.resume)
+        if r.output_dir is not None:
+            writer = JsonlWriter(r.output_dir / HISTORY_FILE, truncate=not c.resume)
             sinks.append(writer)
 
         def remember_baseline(event: dict[str, Any]) -> None:
@@ -358,42 +356,43 @@ class _Run:
             with contextlib.suppress(Exception):  # a label for the job list, not history
                 self.on_progress({"event": "started", "task": task_name(self.info)})
         tracker = ProgressTracker(
-            budget=s.budget,
+            budget=c.budget,
             history=history,
             sinks=sinks,
-            resuming=s.resume,
+            resuming=c.resume,
             elapsed_before=elapsed_before,
         )
         stopper = RunStopper(
-            budget=s.budget,
-            iteration_cost=s.iteration_cost,
-            patience=s.patience,
-            timeout_s=s.timeout_s,
+            budget=c.budget,
+            iteration_cost=r.iteration_cost,
+            patience=c.patience,
+            timeout_s=c.timeout_s,
             stop_event=self.stop_event,
             recorder=recorder,
-            max_reflection_failures=s.max_reflection_failures,
+            max_reflection_failures=c.max_reflection_failures,
             tracker=tracker,
         )
         adapter = TaskAppAdapter(
             self.endpoint.url,
             api_key=self.endpoint.api_key,
             seed_candidate=seed_candidate,
-            policy_config=s.policy,
-            policy_name=s.policy_name,
-            env_config=s.env_config,
-            env_name=s.env_name,
-            concurrency=s.concurrency,
-            timeout=s.rollout_timeout,
+            policy_config=c.policy,
+            policy_name=c.policy_name,
+            env_config=c.env_config,
+            env_name=c.env_name,
+            concurrency=c.max_concurrency,
+            timeout=c.rollout_timeout,
             run_tag=f"opt-{uuid.uuid4().hex[:8]}",
             worker_token=self.endpoint.worker_token,
+            headers=self.endpoint.headers,
         )
         baseline_scores = self.previous.get("baseline_val_scores")
-        if s.resume and isinstance(baseline_scores, dict) and baseline_scores:
-            scores = [float(baseline_scores.get(str(seed), 0.0)) for seed in s.val]
-            adapter.preloaded[(candidate_key(seed_candidate), tuple(s.val))] = (
+        if c.resume and isinstance(baseline_scores, dict) and baseline_scores:
+            scores = [float(baseline_scores.get(str(seed), 0.0)) for seed in r.val]
+            adapter.preloaded[(candidate_key(seed_candidate), tuple(r.val))] = (
                 self.gepa.EvaluationBatch(
                     outputs=[
-                        {"seed": seed, "score": sc} for seed, sc in zip(s.val, scores, strict=True)
+                        {"seed": seed, "score": sc} for seed, sc in zip(r.val, scores, strict=True)
                     ],
                     scores=scores,
                 )
@@ -401,26 +400,26 @@ class _Run:
         status, error, failure = "succeeded", None, None
         gepa_result: Any = None
         try:
-            with _first_signal_stops(self.stop_event, self.caught):
+            with first_signal_stops(self.stop_event, self.caught):
                 try:
                     gepa_result = self.gepa.optimize(
                         seed_candidate=seed_candidate,
-                        trainset=SeedLoader(s.train),
-                        valset=SeedLoader(s.val),
+                        trainset=SeedLoader(r.train),
+                        valset=SeedLoader(r.val),
                         adapter=adapter,
                         reflection_lm=recorder,
-                        candidate_selection_strategy=s.selection,
+                        candidate_selection_strategy=c.selection,
                         skip_perfect_score=True,
-                        perfect_score=s.perfect_score,
-                        reflection_minibatch_size=s.minibatch_size,
-                        reflection_prompt_template=s.template,
+                        perfect_score=c.perfect_score,
+                        reflection_minibatch_size=c.minibatch_size,
+                        reflection_prompt_template=r.template,
                         stop_callbacks=[stopper],
                         logger=GepaLogger(),
-                        run_dir=str(s.output_dir / STATE_DIR) if s.output_dir else None,
+                        run_dir=str(r.output_dir / STATE_DIR) if r.output_dir else None,
                         callbacks=[tracker],
                         track_best_outputs=False,
                         display_progress_bar=False,
-                        seed=s.seed,
+                        seed=c.seed,
                         raise_on_exception=True,
                     )
                 except OptimizeError as exc:
@@ -445,7 +444,7 @@ class _Run:
                         )
                         failure = ReflectionModelError(error)
             test_scores = None
-            if status == "succeeded" and s.test is not None and tracker.state is not None:
+            if status == "succeeded" and r.test is not None and tracker.state is not None:
                 test_scores = self._test_scores(adapter, tracker.state, seed_candidate)
             result = self._finish(
                 tracker,
@@ -472,8 +471,8 @@ class _Run:
     def _test_scores(
         self, adapter: TaskAppAdapter, state: Any, seed_candidate: dict[str, str]
     ) -> dict[str, float]:
-        test = self.s.test or []
-        best = _best_idx(state)
+        test = self.r.test or []
+        best = best_idx(state)
         best_candidate = state.program_candidates[best]
         pairs = [(seed_candidate, seed) for seed in test]
         if best != 0:
@@ -509,14 +508,14 @@ class _Run:
                 "status": status,
                 "metric_calls": int(state.total_num_evals),
                 "best_score": tracker.best_score(),
-                "budget": self.s.budget,
+                "budget": self.c.budget,
                 "signal": signal.Signals(self.caught[0]).name if self.caught else None,
             }
         )
-        result = _build_result(
+        result = build_result(
             self.gepa,
             state,
-            settings=self.s,
+            run=self.r,
             seed_candidate=seed_candidate,
             status=status,
             error=error,
@@ -532,12 +531,12 @@ class _Run:
             },
             gepa_result=gepa_result,
         )
-        if self.s.output_dir is not None:
+        if self.r.output_dir is not None:
             self._write_run_file(seed_candidate, elapsed_s=result.elapsed_s, status=status)
-            result.save(self.s.output_dir)
+            result.save(self.r.output_dir)
             if gepa_result is not None:
                 with contextlib.suppress(Exception):  # a nice-to-have view
-                    (self.s.output_dir / "candidate_tree.html").write_text(
+                    (self.r.output_dir / "candidate_tree.html").write_text(
                         gepa_result.candidate_tree_html(), encoding="utf-8"
                     )
         return result

@@ -18,7 +18,7 @@ STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def _first_signal_stops(event: threading.Event, caught: list[int]) -> Iterator[None]:
+def first_signal_stops(event: threading.Event, caught: list[int]) -> Iterator[None]:
     """On the main thread: the first Ctrl-C or SIGTERM sets ``event`` (and is appended to
     ``caught``); a second one goes to the previous handler (abort, as before).
 

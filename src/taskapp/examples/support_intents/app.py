@@ -297,5 +297,6 @@ def build_config(api_key_envs: Iterable[str] | None = None) -> TaskAppConfig:
         describe_taskset=task.describe_taskset,
         provide_task_instances=task.provide_task_instances,
         rollout=task.rollout,
+        prompts={"prompt": DEFAULT_PROMPT},  # what an optimizer may change (GET /program)
         shutdown_hooks=(task.aclose,),
     )

@@ -549,7 +549,9 @@
       $("best-prompt").textContent = ""; $("diff").innerHTML = "";
       return;
     }
-    const note = best.final ? `(candidate #${best.idx}, the result)` : best.seedOnly ? "(no improvement yet: the seed prompt)" : `(candidate #${best.idx}, ${fmt(best.score)}, so far)`;
+    const status = data.job ? data.job.status : "";
+    const ended = TERMINAL.has(status) ? `, the best before it ${status === "failed" ? "failed" : "was " + status}` : ", so far";
+    const note = best.final ? `(candidate #${best.idx}, the result)` : best.seedOnly ? `(no improvement${TERMINAL.has(status) ? "" : " yet"}: the seed prompt)` : `(candidate #${best.idx}, ${fmt(best.score)}${ended})`;
     setText($("best-note"), note);
     const text = showTexts(best.texts);
     const pane = $("best-prompt");

@@ -8,6 +8,7 @@ package that imports them.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -16,7 +17,7 @@ import re
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -33,11 +34,14 @@ __all__ = [
     "SignalFlag",
     "Target",
     "UsageError",
+    "add_dataclass_options",
     "add_key_arguments",
     "add_start_arguments",
     "cli_words",
+    "dataclass_kwargs",
     "load_json_argument",
     "parse_key_values",
+    "parse_size",
     "resolve_api_key",
     "resolve_target",
     "start_kwargs",
@@ -473,3 +477,136 @@ class SignalFlag:
         tb: TracebackType | None,
     ) -> None:
         self._capture.__exit__(exc_type, exc, tb)
+
+
+# -- options built from a settings dataclass --------------------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``512MiB`` -> 536870912, ``200MB`` -> 200000000, ``65536`` -> 65536."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 65536, 64KiB, 100MB)")
+    number, unit, binary = match.groups()
+    power = "kmgt".find(unit.lower()) + 1 if unit else 0
+    base = 1024 if binary else 1000
+    return int(float(number) * base**power)
+
+
+def format_size(size: int) -> str:
+    """The inverse of :func:`parse_size` for a round size: 104857600 -> ``100MiB``."""
+    for base, suffix in ((1024, "iB"), (1000, "B")):
+        for power in (4, 3, 2, 1):
+            if size and size % base**power == 0:
+                return f"{size // base**power}{'KMGT'[power - 1]}{suffix}"
+    return str(size)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def option_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
+    """The fields of a settings dataclass that are command-line options (declared with
+    :func:`taskapp.core.options.setting`)."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def option_flag(field: dataclasses.Field[Any]) -> str:
+    return str(field.metadata.get("flag") or "--" + field.name.replace("_", "-"))
+
+
+def _dest(field: dataclasses.Field[Any]) -> str:
+    return option_flag(field).lstrip("-").replace("-", "_")
+
+
+def _converter(field: dataclasses.Field[Any]) -> tuple[Callable[[str], Any], str | None]:
+    kind, default = field.metadata.get("kind"), field.default
+    if kind == "size":
+        return parse_size, "SIZE"
+    if kind == "seconds":
+        return (positive_int if isinstance(default, int) else positive_seconds), "SECONDS"
+    if kind == "count":
+        return positive_int, "N"
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        return type(default), None
+    return str, None
+
+
+def _shown_default(field: dataclasses.Field[Any]) -> str | None:
+    default = field.default
+    if default is dataclasses.MISSING or not field.metadata.get("show_default", True):
+        return None
+    if default is None or default is False or default in ((), ""):
+        return None
+    if field.metadata.get("kind") == "size":
+        return format_size(default)
+    if isinstance(default, float):
+        return f"{default:g}"
+    if isinstance(default, tuple | list):
+        return ",".join(map(str, default))
+    return str(default)
+
+
+def add_dataclass_options(
+    containers: Mapping[str | None, Any], cls: type[Any], *, defaults: bool = True
+) -> None:
+    """Add an option for every field of ``cls`` declared with ``setting(...)`` (but the
+    ``custom`` ones, which the command adds itself) to the container of its ``group``
+    (``containers[None]``: the parser itself). The help text is the field's, with its
+    default appended. ``defaults=False``: an option not given is None, so values from
+    another layer (a TOML file) survive; :func:`dataclass_kwargs` leaves it out."""
+    for field in option_fields(cls):
+        meta = field.metadata
+        if meta["custom"]:
+            continue
+        container = containers[meta["group"]]
+        help_text = meta["help"]
+        shown = _shown_default(field)
+        if shown is not None:
+            help_text += f" (default {shown})"
+        if isinstance(field.default, bool):
+            container.add_argument(
+                option_flag(field), action="store_true", default=field.default, help=help_text
+            )
+            continue
+        convert, metavar = _converter(field)
+        container.add_argument(
+            option_flag(field),
+            type=convert,
+            default=field.default if defaults else None,
+            metavar=meta["metavar"] or metavar,
+            choices=meta["choices"],
+            help=help_text,
+        )
+
+
+def dataclass_kwargs(args: argparse.Namespace, cls: type[Any]) -> dict[str, Any]:
+    """The values of ``cls``'s generated options that ``args`` holds (None: not given), by
+    field name, ready for ``cls(**...)`` or ``config.replace(**...)``."""
+    values = {}
+    for field in option_fields(cls):
+        if field.metadata["custom"]:
+            continue
+        value = getattr(args, _dest(field))
+        if value is not None:
+            values[field.name] = value
+    return values

@@ -17,6 +17,11 @@ in the browser) and ``/health`` do not::
     GET    /api/jobs/{id}/events?after=&limit=   paged history, by sequence number
     GET    /api/jobs/{id}/events/stream?after=   the same as server-sent events, until done
     GET    /api/jobs/{id}/result        best prompt, seed prompt, scores, candidates, history
+    GET    /api/jobs/{id}/seeds         the candidate x seed score matrix (fixed / broke)
+    GET    /api/stream?since=           every job's changes as server-sent events
+
+The page (:mod:`.page`) is served at ``/``, ``/jobs``, ``/jobs/{id}`` and ``/compare``,
+its script and style sheet at ``/static/{name}``.
 
 The API is stateless over its :class:`~taskapp.jobs.store.JobStore`: any number of API
 processes may serve one PostgreSQL store, with or without local workers.
@@ -42,7 +47,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request  # module level: FastAPI resolves annotations here
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -242,10 +247,18 @@ class BackendApi:
             raise ApiError(404, "not_found", f"no job {job_id[:80]!r}")
         return job
 
-    async def page(self) -> HTMLResponse:
-        from taskapp.jobs.page import PAGE_HTML
+    async def page(self, request: Request) -> HTMLResponse:
+        from taskapp.jobs.page import page_html
 
-        return HTMLResponse(PAGE_HTML)
+        return HTMLResponse(page_html(_actions(request.app)), headers=_NO_STORE)
+
+    async def static(self, name: str) -> Response:
+        from taskapp.jobs.page import asset
+
+        found = asset(name)
+        if found is None:
+            raise ApiError(404, "not_found", f"no file {name!r} under /static/")
+        return Response(found[0], media_type=found[1], headers=_NO_STORE)
 
     async def health(self) -> dict[str, Any]:
         pool = self.pool
@@ -286,6 +299,8 @@ class BackendApi:
             check_json(config, what="the job's config")
         except ConfigurationError as exc:
             raise ApiError(400, "configuration_error", exc.message) from None
+        from taskapp.jobs.views import job_labels
+
         register_secret(key)
         register_secret(token)
         for value in secret_values(config):
@@ -298,6 +313,7 @@ class BackendApi:
             warnings=spec.warnings,
             idempotency_key=idempotency_key,
             request_hash=request_hash(body) if idempotency_key is not None else None,
+            labels=job_labels(config, body.get("config_name")),
         )
         if self.pool is not None:
             self.pool.notify()
@@ -426,6 +442,58 @@ class BackendApi:
 
     # -- control -------------------------------------------------------------------------
 
+    async def changes(self, request: Request, since: float = 0.0) -> StreamingResponse:
+        """Every job's changes (``event: job``, the job as data), from ``since`` on (an
+        ``updated_at`` value; 0: every job first). The page's list follows this stream."""
+        self.authorize(request)
+        if not math.isfinite(since):
+            raise BadInput(f"since must be a finite number, got {since}")
+        key_id = self._key_id(request)
+        self.limits.acquire(key_id)
+        return _HeldStream(
+            self._changes(request, since),
+            lambda: self.limits.release(key_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _changes(self, request: Request, since: float) -> AsyncIterator[str]:
+        # Writers stamp updated_at just before their transaction commits, so a change can
+        # become visible with a stamp older than one already sent: look back a little
+        # and skip what was sent already.
+        sent: dict[str, float] = {}
+        cursor = since
+        quiet = 0.0
+        while True:
+            generation = self.hub.generation
+            rows = await asyncio.to_thread(
+                self.store.changed_since, cursor - _LOOK_BACK_S, limit=_CHANGES_PAGE
+            )
+            for job in rows:
+                if sent.get(job["id"]) == job["updated_at"]:
+                    continue
+                sent[job["id"]] = job["updated_at"]
+                yield f"event: job\ndata: {json.dumps(job, default=str)}\n\n"
+                quiet = 0.0
+            if rows:
+                cursor = max(cursor, rows[-1]["updated_at"])
+                sent = {k: v for k, v in sent.items() if v > cursor - _LOOK_BACK_S}
+            if quiet >= _KEEP_ALIVE_S:
+                yield ": keep-alive\n\n"
+                quiet = 0.0
+            # woken by any change made here; other processes' changes within a second
+            started = time.monotonic()
+            await self.hub.wait_any(generation, within=FALLBACK)
+            quiet += time.monotonic() - started
+
+    def seeds(self, request: Request, job_id: str) -> dict[str, Any]:
+        from taskapp.jobs.views import seed_matrix
+
+        self.authorize(request)
+        self.job_or_404(job_id)
+        events = self.store.events(job_id, limit=100_000)
+        return {"job_id": job_id, **seed_matrix(events, self.store.result(job_id))}
+
     def control(self, action: str) -> Any:
         """The handler of ``POST /api/jobs/{id}/<action>``."""
 
@@ -490,6 +558,25 @@ def _decode_body(raw: bytes) -> dict[str, Any]:
         ):
             raise BadInput(f"{name} must be a string of at most {_MAX_FIELD} characters")
     return body
+
+
+_NO_STORE = {"Cache-Control": "no-cache"}
+_LOOK_BACK_S = 2.0
+_CHANGES_PAGE = 5000
+_KEEP_ALIVE_S = 15.0
+
+
+def _actions(app: Any) -> list[str]:
+    """The job actions this app serves: ``POST /api/jobs/{job_id}/NAME`` routes, and
+    ``delete`` for ``DELETE /api/jobs/{job_id}``."""
+    found: list[str] = []
+    for route in app.routes:
+        path, methods = getattr(route, "path", ""), getattr(route, "methods", None) or set()
+        if path == "/api/jobs/{job_id}" and "DELETE" in methods:
+            found.append("delete")
+        elif path.startswith("/api/jobs/{job_id}/") and "POST" in methods:
+            found.append(path.rsplit("/", 1)[1])
+    return found
 
 
 def _submission(body: dict[str, Any]) -> tuple[Any, str, str | None, str | None]:
@@ -582,7 +669,10 @@ def create_backend_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    app.add_api_route("/", api.page, methods=["GET"], response_class=HTMLResponse)
+    for path in ("/", "/jobs", "/jobs/{job_id}", "/compare"):
+        app.add_api_route(path, api.page, methods=["GET"], response_class=HTMLResponse)
+    app.add_api_route("/static/{name}", api.static, methods=["GET"])
+    app.add_api_route("/api/stream", api.changes, methods=["GET"])
     app.add_api_route("/health", api.health, methods=["GET"])
     app.add_api_route(
         "/api/jobs", api.submit, methods=["POST"], status_code=201, openapi_extra=_SUBMIT_SCHEMA
@@ -595,6 +685,7 @@ def create_backend_app(
         app.add_api_route(f"/api/jobs/{{job_id}}/{action}", api.control(action), methods=["POST"])
     app.add_api_route("/api/jobs/{job_id}", api.delete, methods=["DELETE"])
     app.add_api_route("/api/jobs/{job_id}/result", api.result, methods=["GET"])
+    app.add_api_route("/api/jobs/{job_id}/seeds", api.seeds, methods=["GET"])
     guarded = Guard(app, key_ok=api.key_ok, max_body=max_body)
     guarded.api = app  # type: ignore[attr-defined]
     guarded.backend = api  # type: ignore[attr-defined]

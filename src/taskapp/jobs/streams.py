@@ -36,6 +36,7 @@ class ChangeHub:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._any: set[asyncio.Future[None]] = set()  # waiting for a change to any job
         self.generation = 0  # bumped (on the loop) by every change
 
     def notify(self, job_id: str) -> None:
@@ -48,7 +49,8 @@ class ChangeHub:
 
     def _wake(self, job_id: str) -> None:
         self.generation += 1
-        for future in self._waiters.pop(job_id, set()):
+        woken, self._any = self._any, set()
+        for future in (*self._waiters.pop(job_id, set()), *woken):
             if not future.done():
                 future.set_result(None)
 
@@ -70,6 +72,21 @@ class ChangeHub:
             waiters.discard(future)
             if not waiters and self._waiters.get(job_id) is waiters:
                 del self._waiters[job_id]
+
+    async def wait_any(self, since: int, *, within: float) -> None:
+        """Like :meth:`wait`, for a change to any job."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        if self.generation != since:
+            return
+        future: asyncio.Future[None] = loop.create_future()
+        self._any.add(future)
+        try:
+            await asyncio.wait_for(future, within)
+        except TimeoutError:
+            pass
+        finally:
+            self._any.discard(future)
 
     def attach(self) -> None:
         """Bind to the running loop (so notifications before the first wait count)."""

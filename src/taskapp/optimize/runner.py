@@ -46,7 +46,7 @@ from taskapp.optimize.errors import (
 )
 from taskapp.optimize.gepa_state import best_idx, build_result, read_history
 from taskapp.optimize.lm import ReflectionRecorder
-from taskapp.optimize.preflight import advertised_prompts, check_health, check_seeds
+from taskapp.optimize.preflight import advertised_prompts, check_health, check_seeds, task_name
 from taskapp.optimize.progress import GepaLogger, JsonlWriter, ProgressTracker, RunStopper
 from taskapp.optimize.resolved import HISTORY_FILE, RUN_FILE, STATE_DIR, ResolvedRun
 from taskapp.optimize.result import OptimizeResult
@@ -279,9 +279,11 @@ class _Run:
                 raise ConfigurationError(
                     f"no seed prompt: pass one (--prompt / --prompt-file), or let the task "
                     f"app at {self.endpoint.label} advertise its default in /info "
-                    "(task_metadata.prompts or default_prompt; see docs/optimize.md)"
+                    "(task_metadata.prompts or default_prompt) or serve synth-containers' "
+                    "GET /program (see docs/optimize.md)"
                 )
-            logger.info("using the prompt(s) advertised in /info: %s", ", ".join(advertised))
+            where = "GET /program" if self.info.get("program") else "/info"
+            logger.info("using the prompt(s) advertised in %s: %s", where, ", ".join(advertised))
             return advertised
         if isinstance(prompt, str):
             return {self.c.prompt_key: prompt}
@@ -353,6 +355,8 @@ class _Run:
         sinks.append(remember_baseline)
         if self.on_progress is not None:
             sinks.append(self.on_progress)
+            with contextlib.suppress(Exception):  # a label for the job list, not history
+                self.on_progress({"event": "started", "task": task_name(self.info)})
         tracker = ProgressTracker(
             budget=c.budget,
             history=history,
@@ -382,6 +386,7 @@ class _Run:
             timeout=c.rollout_timeout,
             run_tag=f"opt-{uuid.uuid4().hex[:8]}",
             worker_token=self.endpoint.worker_token,
+            send_candidate=bool(self.info.get("program")),
             headers=self.endpoint.headers,
         )
         baseline_scores = self.previous.get("baseline_val_scores")

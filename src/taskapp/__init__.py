@@ -12,7 +12,7 @@ handler, no environment change, no plugin loading).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taskapp._version import __version__
 
@@ -108,4 +108,43 @@ _LAZY: dict[str, str] = {
 __all__ = ["__version__", "hookimpl", *_LAZY, *_ERRORS]
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY, __all__)
+_lazy_getattr, __dir__ = lazy_exports(__name__, _LAZY, __all__)
+
+
+def __getattr__(name: str) -> Any:
+    value = _lazy_getattr(name)
+    if name in ("evaluate", "aevaluate"):
+        value = globals()[name] = _knowing_the_bundled_examples(value)
+    return value
+
+
+def _knowing_the_bundled_examples(function: Any) -> Any:
+    """``function`` with ``aliases=`` defaulting to the bundled examples, so that
+    ``taskapp.evaluate("support-intents")`` works as ``taskapp eval support-intents`` does.
+
+    The top-level face passes the names; :mod:`taskapp.evaluation` and the layers below
+    take them from their caller and never import :mod:`taskapp.examples`.
+    """
+    import functools
+    import inspect
+
+    def with_aliases(kwargs: dict[str, Any]) -> dict[str, Any]:
+        if kwargs.get("aliases") is None:
+            from taskapp.examples import BUNDLED
+
+            kwargs["aliases"] = BUNDLED
+        return kwargs
+
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def awaited(*args: Any, **kwargs: Any) -> Any:
+            return await function(*args, **with_aliases(kwargs))
+
+        return awaited
+
+    @functools.wraps(function)
+    def called(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **with_aliases(kwargs))
+
+    return called

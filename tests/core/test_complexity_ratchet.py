@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "taskapp"
 
 #: Today's exemptions: issue 21 set 25 C901 + 13 PLR0915, then split relay/server/rest.py's
-#: build_router and optimize/resolved.py's _settings. Lower these, never raise them.
-CEILING = {"C901": 23, "PLR0915": 11}
+#: build_router and optimize/resolved.py's _settings, then core/serving.py's server class.
+#: Lower these, never raise them.
+CEILING = {"C901": 22, "PLR0915": 11}
 
 _NOQA = re.compile(r"#\s*noqa:\s*([A-Z0-9, ]+?)(?:\s+--\s*(.*))?$")
 

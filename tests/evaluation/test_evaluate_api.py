@@ -36,7 +36,7 @@ def test_evaluate_a_bundled_example_by_name_starts_and_stops_it() -> None:
     port = free_port()
     seen: list[RolloutOutcome] = []
     result = taskapp.evaluate(
-        "support-intents", seeds="0-19", concurrency=4, port=port, on_result=seen.append
+        "support-intents", seeds="0-19", concurrency=4, start={"port": port}, on_result=seen.append
     )
     assert isinstance(result, EvaluationResult)
     assert result.ok and result.failures == []
@@ -115,8 +115,8 @@ def test_errors_are_typed_and_say_what_to_do(example: InProcessTaskApp) -> None:
         taskapp.evaluate(url, split="dev", api_key=KEY)
     with pytest.raises(ConfigurationError, match="either seeds or split"):
         taskapp.evaluate(url, seeds="0", split="test", api_key=KEY)
-    with pytest.raises(ConfigurationError, match="server, port start the app"):
-        taskapp.evaluate(url, server="subprocess", port=9, api_key=KEY)
+    with pytest.raises(ConfigurationError, match=r"start options \(port, server\) start a target"):
+        taskapp.evaluate(url, start={"server": "subprocess", "port": 9}, api_key=KEY)
     with pytest.raises(ConfigurationError, match="concurrency must be an integer >= 1"):
         taskapp.evaluate(url, concurrency=0)
     with pytest.raises(ConfigurationError, match="unknown target 'no-such-target'"):

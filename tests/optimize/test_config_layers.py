@@ -18,7 +18,8 @@ from taskapp import ConfigurationError
 from taskapp.optimize import OptimizeConfig, run
 from taskapp.optimize.resolved import ResolvedRun
 
-NOT_A_SETTING = {"target", "api_key", "on_progress", "stop_event"}
+# where and how to reach the task app (taskapp.core.endpoint), and how to report: not the run
+NOT_A_SETTING = {"target", "api_key", "start", "aliases", "on_progress", "stop_event"}
 FIELDS = {f.name: f for f in dataclasses.fields(OptimizeConfig)}
 
 

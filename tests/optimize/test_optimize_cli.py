@@ -218,7 +218,7 @@ def test_ctrl_c_saves_the_partial_result(tmp_path: Path, signum: int, status: in
         ([TOY, "--stand-in", *SEEDS, "--budget", "100", "--policy-config", "[1]"], "JSON object"),
         ([TOY, "--stand-in", *SEEDS, "--budget", "100", "--resume"], "--out"),
         (["no/such/app.py", "--stand-in", *SEEDS, "--budget", "100"], "no such file"),
-        ([TOY, "--stand-in", *SEEDS, "--budget", "100", "--timeout", "nan"], "timeout_s must be"),
+        ([TOY, "--stand-in", *SEEDS, "--budget", "100", "--timeout", "nan"], "positive number"),
         (
             [TOY, *SEEDS, "--budget", "100", "--reflection-model", "m", *NAN_TEMPERATURE],
             "temperature must be a number",

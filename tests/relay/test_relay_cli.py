@@ -148,7 +148,7 @@ def _serve_parser() -> Any:
 def test_relay_serve_help_gives_every_limit_flag_a_default_and_a_unit() -> None:
     import re
 
-    from taskapp.cli.relay import parse_size
+    from taskapp.cli._common import parse_size
 
     serve = _serve_parser()
     groups = {group.title: group for group in serve._action_groups}

@@ -8,6 +8,7 @@ package that imports them.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -16,7 +17,7 @@ import re
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -33,12 +34,14 @@ __all__ = [
     "SignalFlag",
     "Target",
     "UsageError",
+    "add_dataclass_options",
     "add_key_arguments",
     "add_start_arguments",
     "cli_words",
-    "ephemeral_port",
+    "dataclass_kwargs",
     "load_json_argument",
     "parse_key_values",
+    "parse_size",
     "resolve_api_key",
     "resolve_target",
     "start_kwargs",
@@ -89,26 +92,26 @@ class Target:
 
 
 def resolve_target(target: str) -> Target:
-    """Turn TARGET into InProcessTaskApp arguments, or raise UsageError saying why not."""
+    """Turn TARGET into InProcessTaskApp arguments, or raise UsageError saying why not.
+
+    The CLI is where the bundled example names come in (``aliases``): the library below
+    (:mod:`taskapp.core.endpoint`, ``evaluate``, ``optimize.run``) takes them from its
+    caller and never imports :mod:`taskapp.examples`.
+    """
     from taskapp.core.errors import ConfigurationError, TaskAppFileNotFoundError
     from taskapp.core.loading import target_kwargs
-    from taskapp.examples import BUNDLED
 
     try:
-        return Target(target_kwargs(target, aliases=BUNDLED), target)
+        return Target(target_kwargs(target, aliases=bundled_aliases()), target)
     except (ConfigurationError, TaskAppFileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
 
 
-def ephemeral_port() -> int:
-    """A port nobody is likely to use, for an app that is only ours for this run.
+def bundled_aliases() -> dict[str, str]:
+    """The bundled example names (``support-intents``) -> their import strings."""
+    from taskapp.examples import BUNDLED
 
-    (The lifecycle pre-binds it and moves to the next one if it was taken meanwhile.)
-    """
-    from taskapp.core.ports import free_loopback_port
-
-    port = free_loopback_port()
-    return port if 1024 <= port <= 65000 else 8114
+    return dict(BUNDLED)
 
 
 # -- start options (serve, eval, optimize) ------------------------------------------------
@@ -188,7 +191,9 @@ def start_kwargs(args: Any, *, default_port: int | None = None) -> dict[str, Any
         raise UsageError(f"--port must be from 0 to 65535, got {args.port}")
     port = args.port if args.port is not None else default_port
     if port is None or port == 0:
-        port = ephemeral_port()
+        from taskapp.core.endpoint import free_app_port
+
+        port = free_app_port()
     tunnel_options = parse_key_values(args.tunnel_option, option="--tunnel-option")
     server_options = parse_key_values(args.server_option, option="--server-option")
     return {
@@ -334,7 +339,11 @@ def worker_token_headers(args: Any) -> dict[str, str]:
 
 
 def resolve_api_key(args: Any, *, warn_argv: bool = True) -> ApiKey:
-    """The key from --api-key, --api-key-env NAME, or ENVIRONMENT_API_KEY (in that order)."""
+    """The key from --api-key, --api-key-env NAME, or the user's ENVIRONMENT_API_KEY (in
+    that order; a key lent to a running app is never the user's, see
+    :func:`taskapp.core.env_keys.environment_api_key`). What the command does without
+    one is :func:`taskapp.core.endpoint.open_endpoint`'s: a URL gets no key, an app started
+    here a fresh one."""
     if getattr(args, "api_key", None):
         register_secret(args.api_key)
         if warn_argv:
@@ -352,10 +361,12 @@ def resolve_api_key(args: Any, *, warn_argv: bool = True) -> ApiKey:
             )
         register_secret(value)
         return ApiKey(value, f"${env_name}")
-    value = os.environ.get("ENVIRONMENT_API_KEY", "")
-    if value:
-        register_secret(value)
-        return ApiKey(value, "$ENVIRONMENT_API_KEY")
+    from taskapp.core.env_keys import environment_api_key
+
+    env_value = environment_api_key()
+    if env_value:
+        register_secret(env_value)
+        return ApiKey(env_value, "$ENVIRONMENT_API_KEY")
     return ApiKey(None, "none")
 
 
@@ -466,3 +477,136 @@ class SignalFlag:
         tb: TracebackType | None,
     ) -> None:
         self._capture.__exit__(exc_type, exc, tb)
+
+
+# -- options built from a settings dataclass --------------------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``512MiB`` -> 536870912, ``200MB`` -> 200000000, ``65536`` -> 65536."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 65536, 64KiB, 100MB)")
+    number, unit, binary = match.groups()
+    power = "kmgt".find(unit.lower()) + 1 if unit else 0
+    base = 1024 if binary else 1000
+    return int(float(number) * base**power)
+
+
+def format_size(size: int) -> str:
+    """The inverse of :func:`parse_size` for a round size: 104857600 -> ``100MiB``."""
+    for base, suffix in ((1024, "iB"), (1000, "B")):
+        for power in (4, 3, 2, 1):
+            if size and size % base**power == 0:
+                return f"{size // base**power}{'KMGT'[power - 1]}{suffix}"
+    return str(size)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def option_fields(cls: type[Any]) -> list[dataclasses.Field[Any]]:
+    """The fields of a settings dataclass that are command-line options (declared with
+    :func:`taskapp.core.options.setting`)."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def option_flag(field: dataclasses.Field[Any]) -> str:
+    return str(field.metadata.get("flag") or "--" + field.name.replace("_", "-"))
+
+
+def _dest(field: dataclasses.Field[Any]) -> str:
+    return option_flag(field).lstrip("-").replace("-", "_")
+
+
+def _converter(field: dataclasses.Field[Any]) -> tuple[Callable[[str], Any], str | None]:
+    kind, default = field.metadata.get("kind"), field.default
+    if kind == "size":
+        return parse_size, "SIZE"
+    if kind == "seconds":
+        return (positive_int if isinstance(default, int) else positive_seconds), "SECONDS"
+    if kind == "count":
+        return positive_int, "N"
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        return type(default), None
+    return str, None
+
+
+def _shown_default(field: dataclasses.Field[Any]) -> str | None:
+    default = field.default
+    if default is dataclasses.MISSING or not field.metadata.get("show_default", True):
+        return None
+    if default is None or default is False or default in ((), ""):
+        return None
+    if field.metadata.get("kind") == "size":
+        return format_size(default)
+    if isinstance(default, float):
+        return f"{default:g}"
+    if isinstance(default, tuple | list):
+        return ",".join(map(str, default))
+    return str(default)
+
+
+def add_dataclass_options(
+    containers: Mapping[str | None, Any], cls: type[Any], *, defaults: bool = True
+) -> None:
+    """Add an option for every field of ``cls`` declared with ``setting(...)`` (but the
+    ``custom`` ones, which the command adds itself) to the container of its ``group``
+    (``containers[None]``: the parser itself). The help text is the field's, with its
+    default appended. ``defaults=False``: an option not given is None, so values from
+    another layer (a TOML file) survive; :func:`dataclass_kwargs` leaves it out."""
+    for field in option_fields(cls):
+        meta = field.metadata
+        if meta["custom"]:
+            continue
+        container = containers[meta["group"]]
+        help_text = meta["help"]
+        shown = _shown_default(field)
+        if shown is not None:
+            help_text += f" (default {shown})"
+        if isinstance(field.default, bool):
+            container.add_argument(
+                option_flag(field), action="store_true", default=field.default, help=help_text
+            )
+            continue
+        convert, metavar = _converter(field)
+        container.add_argument(
+            option_flag(field),
+            type=convert,
+            default=field.default if defaults else None,
+            metavar=meta["metavar"] or metavar,
+            choices=meta["choices"],
+            help=help_text,
+        )
+
+
+def dataclass_kwargs(args: argparse.Namespace, cls: type[Any]) -> dict[str, Any]:
+    """The values of ``cls``'s generated options that ``args`` holds (None: not given), by
+    field name, ready for ``cls(**...)`` or ``config.replace(**...)``."""
+    values = {}
+    for field in option_fields(cls):
+        if field.metadata["custom"]:
+            continue
+        value = getattr(args, _dest(field))
+        if value is not None:
+            values[field.name] = value
+    return values

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskapp.cli._common import (
     EXIT_FAILED,
@@ -38,6 +38,9 @@ from taskapp.cli._common import (
 )
 from taskapp.core.secrets import fingerprint
 from taskapp.core.seeds import parse_seeds
+
+if TYPE_CHECKING:
+    from taskapp.core.endpoint import Endpoint
 
 EPILOG = """examples:
   taskapp eval support-intents                         the bundled example, its test split
@@ -125,6 +128,7 @@ class _Interrupt:
 
 def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 13 and 52 statements before issue 21; split when next changed
     from taskapp.core.client import normalize_url
+    from taskapp.core.endpoint import endpoint_of
     from taskapp.evaluation import EvaluationResult
 
     if args.url and args.target:
@@ -154,12 +158,12 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 1
     with SignalFlag(interrupt) as flag:
         if target is None:
             try:
-                url = normalize_url(args.url, what="--url")
+                normalize_url(args.url, what="--url")
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
-            state = EvaluationResult(args.url, url, args.concurrency, policy_config)
-            token = worker_token(args)
-            _evaluate(state, key.value, token, {}, args, requested, interrupt)
+            endpoint = endpoint_of(args.url, api_key=key.value, worker_token=worker_token(args))
+            state = EvaluationResult(args.url, endpoint.url, args.concurrency, policy_config)
+            _evaluate(state, endpoint, args, requested, interrupt)
         else:
             from taskapp.core.lifecycle import InProcessTaskApp
 
@@ -170,14 +174,15 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 1
             stderr(f"eval: starting {target.label} ...")
             _start_off_main_thread(task_app)
             try:
-                url = task_app.url or task_app.local_url
-                headers = dict(task_app.tunnel.headers) if task_app.tunnel else {}
+                endpoint = endpoint_of(task_app)
                 stderr(
-                    f"eval: {target.label} is serving at {url} "
+                    f"eval: {target.label} is serving at {endpoint.url} "
                     f"(API key {fingerprint(task_app.api_key)})"
                 )
-                state = EvaluationResult(target.label, url, args.concurrency, policy_config)
-                _evaluate(state, task_app.api_key, None, headers, args, requested, interrupt)
+                state = EvaluationResult(
+                    target.label, endpoint.url, args.concurrency, policy_config
+                )
+                _evaluate(state, endpoint, args, requested, interrupt)
             finally:
                 if flag.signum is not None and not args.verbose:
                     _quiet_server_logs()
@@ -223,14 +228,11 @@ def _quiet_server_logs() -> None:
 
 def _evaluate(
     state: Any,
-    api_key: str | None,
-    token: str | None,
-    headers: dict[str, str],
+    endpoint: Endpoint,
     args: argparse.Namespace,
     requested: list[int] | None,
     interrupt: _Interrupt,
 ) -> None:
-    from taskapp.core.client import AsyncTaskAppClient
     from taskapp.evaluation import EvaluationPlanError, run_evaluation
 
     progress: _Progress | None = None
@@ -244,13 +246,8 @@ def _evaluate(
         interrupt.loop = asyncio.get_running_loop()
         interrupt.task = asyncio.current_task()
         try:
-            async with AsyncTaskAppClient(
-                state.url,
-                api_key,
-                worker_token=token,
-                timeout=args.rollout_timeout,
-                headers=headers,
-                limit=args.concurrency,
+            async with endpoint.async_client(
+                timeout=args.rollout_timeout, limit=args.concurrency
             ) as client:
                 await run_evaluation(
                     state,

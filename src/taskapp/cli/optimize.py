@@ -67,58 +67,25 @@ def add_parser(subparsers: Any) -> None:
         metavar="TOML",
         help="a Synth [prompt_learning] TOML (see docs/jobs.md); flags override its values",
     )
-    group = parser.add_argument_group("prompt")
-    source = group.add_mutually_exclusive_group()
+    from taskapp.cli._common import add_dataclass_options
+    from taskapp.optimize.config import OUTPUT, PROMPT, REFLECTION, SEEDS, TASK_APP, OptimizeConfig
+
+    groups: dict[str | None, Any] = {None: parser}
+    for title in (PROMPT, SEEDS, REFLECTION, TASK_APP, OUTPUT):
+        groups[title] = parser.add_argument_group(title)
+    # the options whose values this command reads in its own way (files, JSON, a model
+    # name); the rest are declared once, on OptimizeConfig
+    source = groups[PROMPT].add_mutually_exclusive_group()
     source.add_argument("--prompt", help="the seed prompt (default: what /info advertises)")
     source.add_argument("--prompt-file", type=Path, help="read the seed prompt from a file")
-    group.add_argument(
-        "--prompt-key",
-        help="the policy.config key the prompt travels in (default: prompt)",
-    )
-    group = parser.add_argument_group("seeds and budget")
-    group.add_argument(
-        "--train-seeds",
-        help="e.g. 0-29: reflection minibatches (required unless --config or --resume)",
-    )
-    group.add_argument(
-        "--val-seeds",
-        help="e.g. 30-79: candidate selection (required unless --config or --resume)",
-    )
-    group.add_argument("--test-seeds", help="held out: baseline and best scored after the run")
-    group.add_argument(
-        "--budget",
-        type=int,
-        help="the most rollouts to use, baseline included (required unless --config)",
-    )
-    group.add_argument("--minibatch", type=int, help="train seeds per reflection (3)")
-    group.add_argument("--concurrency", type=int, help="rollouts in flight (8)")
-    group.add_argument(
-        "--patience",
-        type=int,
-        help="stop after N iterations without a better score (20; 0: never)",
-    )
-    group.add_argument(
-        "--timeout",
-        type=float,
-        metavar="SECONDS",
-        help="time limit of the whole run, in seconds: stop after the current step (default: "
-        "none). Not per rollout: that is --rollout-timeout",
-    )
-    group.add_argument("--perfect-score", type=float, help="the best possible rollout score (1.0)")
-    group.add_argument("--seed", type=int, help="random seed of the optimizer (0)")
-    group.add_argument(
-        "--selection",
-        choices=("pareto", "current_best", "epsilon_greedy", "top_k_pareto"),
-        help="how the next parent candidate is chosen (pareto)",
-    )
-    group = parser.add_argument_group("reflection model")
-    which = group.add_mutually_exclusive_group()
+    which = groups[REFLECTION].add_mutually_exclusive_group()
     which.add_argument("--reflection-model", help="an OpenAI-compatible chat model name")
     which.add_argument(
         "--stand-in",
         action="store_true",
         help="the deterministic offline stand-in instead of a model (tests, demos)",
     )
+    group = groups[REFLECTION]
     group.add_argument(
         "--reflection-base-url",
         help="OpenAI-compatible base URL ending in /v1 (default: $OPENAI_BASE_URL or OpenAI)",
@@ -127,36 +94,39 @@ def add_parser(subparsers: Any) -> None:
         "--reflection-api-key-env",
         default="OPENAI_API_KEY",
         metavar="VAR",
-        help="environment variable holding the model's API key (OPENAI_API_KEY)",
+        help="environment variable holding the model's API key (default OPENAI_API_KEY)",
     )
-    group.add_argument("--reflection-temperature", type=float, default=0.7)
-    group.add_argument("--reflection-max-tokens", type=int, default=2048)
+    group.add_argument(
+        "--reflection-temperature",
+        type=float,
+        default=0.7,
+        help="sampling temperature of the reflection model (default 0.7)",
+    )
+    group.add_argument(
+        "--reflection-max-tokens",
+        type=int,
+        default=2048,
+        help="the most tokens one reflection may answer with (default 2048)",
+    )
     group.add_argument(
         "--reflection-template",
         type=Path,
         help="a reflection prompt file with <curr_param> and <side_info>",
     )
-    group = parser.add_argument_group("task app")
+    group = groups[TASK_APP]
     group.add_argument(
         "--policy-config",
         help="JSON object (or @file) merged into every rollout's policy.config",
     )
-    group.add_argument("--policy-name", help="policy.policy_name of every rollout")
     group.add_argument("--env-config", help="JSON object (or @file) sent as env.config")
     add_key_arguments(group, what="the key of a URL target")
-    group.add_argument(
-        "--rollout-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="time limit of one rollout request, in seconds (default 300), as in taskapp eval",
-    )
-    group = parser.add_argument_group("output")
+    group = groups[OUTPUT]
     group.add_argument(
         "--out", type=Path, help="output directory (default: optimize-runs/<target>-<time>)"
     )
-    group.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     group.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    add_dataclass_options(groups, OptimizeConfig, defaults=False)
     add_start_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -189,7 +159,7 @@ def _default_out(target: str) -> Path:
 
 def _config(args: argparse.Namespace) -> tuple[Any, Any]:  # noqa: C901 -- complexity 15 before issue 21; split when next changed
     """(OptimizeConfig, PromptLearningSpec or None): --config's values, then the flags."""
-    from taskapp.cli._common import UsageError, stderr
+    from taskapp.cli._common import UsageError, dataclass_kwargs, stderr
     from taskapp.optimize.config import OptimizeConfig
     from taskapp.optimize.prompt_learning import load_prompt_learning
 
@@ -216,28 +186,15 @@ def _config(args: argparse.Namespace) -> tuple[Any, Any]:  # noqa: C901 -- compl
             )
     elif args.budget is None:
         raise UsageError("--budget required (the total over all runs in --out)")
-    changes: dict[str, Any] = {}
+    changes = dataclass_kwargs(args, OptimizeConfig)
     for field, value in (
-        ("train_seeds", args.train_seeds),
-        ("val_seeds", args.val_seeds),
-        ("test_seeds", args.test_seeds),
-        ("budget", args.budget),
-        ("minibatch_size", args.minibatch),
-        ("max_concurrency", args.concurrency),
-        ("timeout_s", args.timeout),
-        ("perfect_score", args.perfect_score),
-        ("seed", args.seed),
-        ("selection", args.selection),
-        ("prompt_key", args.prompt_key),
-        ("rollout_timeout", args.rollout_timeout),
         ("policy", _json_object(args.policy_config, "--policy-config")),
         ("env_config", _json_object(args.env_config, "--env-config")),
-        ("policy_name", args.policy_name),
     ):
         if value is not None:
             changes[field] = value
-    if args.patience is not None:
-        changes["patience"] = args.patience or None
+    if changes.get("patience") == 0:
+        changes["patience"] = None  # --patience 0: never
     if args.prompt is not None:
         changes["seed_prompt"] = args.prompt
     if args.prompt_file is not None:
@@ -272,6 +229,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 1
         raise UsageError("--resume needs --out DIR (the run to continue)")
     config, spec = _config(args)
     from taskapp.cli._common import (
+        bundled_aliases,
         resolve_api_key,
         resolve_target,
         start_kwargs,
@@ -281,8 +239,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 1
     target: Any = args.target or (spec.task_app_url if spec is not None else None)
     if target is None:
         raise UsageError("TARGET required (or a --config whose task_app_url names one)")
-    api_key = None
-    if target.startswith(("http://", "https://")):
+    from taskapp.core.endpoint import is_url
+
+    start: dict[str, Any] | None = None
+    if is_url(target):
         # --health-timeout also bounds the wait for a URL's /health here.
         refused = started_with_options(args, allowed=("--health-timeout",))
         if refused:
@@ -294,12 +254,12 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 1
             api_key = resolve_api_key(args).value
         health_timeout = args.health_timeout or 30.0
     else:
-        from taskapp.core.lifecycle import InProcessTaskApp
-
-        # An app of our own for this run: a free port, not the default 8114 of serve.
-        options = start_kwargs(args)
-        health_timeout = options["health_check_timeout"]
-        target = InProcessTaskApp(**resolve_target(target).kwargs, **options)
+        resolve_target(target)  # a bad TARGET is a usage error, before anything starts
+        # An app of our own for this run: a free port, not the default 8114 of serve; its
+        # key as for `taskapp eval` (--api-key-env, $ENVIRONMENT_API_KEY, else a fresh one).
+        start = start_kwargs(args)
+        health_timeout = start["health_check_timeout"]
+        api_key = resolve_api_key(args).value
     out = args.out
     if out is None:
         out = _default_out(args.target or (args.config.stem if args.config else "run"))
@@ -323,7 +283,14 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 1
     elif not args.quiet:
         printer = ConsolePrinter(sys.stderr)
     try:
-        result = run_config(target, config, api_key=api_key, on_progress=printer)
+        result = run_config(
+            target,
+            config,
+            api_key=api_key,
+            on_progress=printer,
+            start=start,
+            aliases=bundled_aliases(),
+        )
     except GepaNotInstalledError as exc:
         raise UsageError(exc.message) from None
     except TaskAppUnavailableError as exc:

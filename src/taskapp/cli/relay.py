@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,39 +19,6 @@ Put TLS in front (Caddy or nginx, see docs/relay.md) or pass --ssl-certfile/--ss
 Clients use: InProcessTaskApp(..., tunnel_mode="synthtunnel",
   tunnel_options={"relay_url": "https://relay.example.com", "admin_token_file": "..."})
 """
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``512MiB`` -> 536870912, ``200MB`` -> 200000000, ``65536`` -> 65536."""
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 65536, 64KiB, 100MB)")
-    number, unit, binary = match.groups()
-    power = "kmgt".find(unit.lower()) + 1 if unit else 0
-    base = 1024 if binary else 1000
-    return int(float(number) * base**power)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def _protocols(text: str) -> tuple[int, ...]:
@@ -82,8 +48,9 @@ def add_parser(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8787, help="port (default 8787; 0: any)")
+    from taskapp.cli._common import add_dataclass_options
+    from taskapp.relay.server.settings import RelaySettings
+
     serve.add_argument(
         "--public-url",
         help="the URL clients and agents reach this relay at (default http://HOST:PORT)",
@@ -107,126 +74,7 @@ def add_parser(subparsers: Any) -> None:
     serve.add_argument(
         "--protocols",
         type=_protocols,
-        default=(2, 1),
         help="protocol versions offered to agents: 1, 2 or 1,2 (default 1,2; v2 is preferred)",
-    )
-    limits = serve.add_argument_group(
-        "limits",
-        "sizes take bytes or a unit (65536, 64KiB, 100MB, 1GiB); times are in seconds;\n"
-        "each line gives the default and what a caller gets beyond the limit",
-    )
-    limits.add_argument(
-        "--max-leases",
-        type=_positive_int,
-        default=100,
-        metavar="N",
-        help="leases alive at once, all admin tokens together (default 100; 429 beyond)",
-    )
-    limits.add_argument(
-        "--max-inflight",
-        type=_positive_int,
-        default=128,
-        metavar="N",
-        help="public requests in flight per lease (default 128; 503 beyond)",
-    )
-    limits.add_argument(
-        "--max-request-bytes",
-        type=parse_size,
-        default=100 * 1024**2,
-        metavar="SIZE",
-        help="largest public request body (default 100MiB; 413 beyond)",
-    )
-    limits.add_argument(
-        "--max-response-bytes",
-        type=parse_size,
-        default=200_000_000,
-        metavar="SIZE",
-        help="largest response body relayed; also bounds one v1 agent message, up to 64MiB "
-        "(default 200MB; the response is cut off beyond)",
-    )
-    limits.add_argument(
-        "--max-header-bytes",
-        type=parse_size,
-        default=64 * 1024,
-        metavar="SIZE",
-        help="total size of a public request's headers (default 64KiB; 431 beyond)",
-    )
-    limits.add_argument(
-        "--default-ttl",
-        type=_positive_int,
-        default=3600,
-        metavar="SECONDS",
-        help="lifetime of a lease whose creator asks for none, seconds (default 3600)",
-    )
-    limits.add_argument(
-        "--max-ttl",
-        type=_positive_int,
-        default=86400,
-        metavar="SECONDS",
-        help="longest lease lifetime granted, seconds; longer requests are cut to it "
-        "(default 86400)",
-    )
-    limits.add_argument(
-        "--max-deadline",
-        type=_positive_float,
-        default=600.0,
-        metavar="SECONDS",
-        help="longest a public request may take, seconds (default 600; 504 beyond)",
-    )
-    limits.add_argument(
-        "--stall-timeout",
-        type=_positive_float,
-        default=120.0,
-        metavar="SECONDS",
-        help="longest silence from the task app within one request, seconds "
-        "(default 120; 504 beyond)",
-    )
-    limits.add_argument(
-        "--memory-budget",
-        type=parse_size,
-        default=512 * 1024**2,
-        metavar="SIZE",
-        help="response bytes the relay may buffer for slow callers, all leases together "
-        "(default 512MiB; 503 for new requests beyond)",
-    )
-    limits.add_argument(
-        "--stream-window",
-        type=parse_size,
-        default=2 * 1024**2,
-        metavar="SIZE",
-        help="v2 flow-control window per request: bytes in flight before the receiver "
-        "acknowledges (default 2MiB; at least 64KiB)",
-    )
-    limits.add_argument(
-        "--conn-window",
-        type=parse_size,
-        default=32 * 1024**2,
-        metavar="SIZE",
-        help="v2 flow-control window per agent connection, all requests together "
-        "(default 32MiB; at least --stream-window)",
-    )
-    limits.add_argument(
-        "--max-frame-bytes",
-        type=parse_size,
-        default=64 * 1024,
-        metavar="SIZE",
-        help="largest body chunk per frame: v2 frames above it close the agent (1008); "
-        "REQ_BODY to v1 agents is split to it (default 64KiB; 1KiB-256KiB)",
-    )
-    limits.add_argument(
-        "--reattach-grace",
-        type=_positive_float,
-        default=120.0,
-        metavar="SECONDS",
-        help="how long a lease waits for its agent to reconnect before it is removed, "
-        "seconds (default 120)",
-    )
-    limits.add_argument(
-        "--drain-timeout",
-        type=_positive_float,
-        default=10.0,
-        metavar="SECONDS",
-        help="on SIGTERM/SIGINT, how long in-flight requests may finish, seconds (default 10)",
     )
     serve.add_argument(
         "--trusted-proxy",
@@ -234,8 +82,13 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="address whose X-Forwarded-For is trusted (repeatable; default 127.0.0.1)",
     )
-    serve.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
-    serve.add_argument("--ssl-keyfile", help="the private key of --ssl-certfile (PEM)")
+    limits = serve.add_argument_group(
+        "limits",
+        "sizes take bytes or a unit (65536, 64KiB, 100MB, 1GiB); times are in seconds;\n"
+        "each line gives the default and what a caller gets beyond the limit",
+    )
+    # --host, --port, the limits and --ssl-*: declared once, on RelaySettings
+    add_dataclass_options({None: serve, "limits": limits}, RelaySettings)
     serve.add_argument("--no-access-log", action="store_true", help="no per-request log lines")
     serve.set_defaults(relay_run=run_serve)
 
@@ -261,6 +114,7 @@ def run_token(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from taskapp.cli._common import dataclass_kwargs
     from taskapp.core.errors import ConfigurationError, PortError
     from taskapp.core.ports import listen_tcp
     from taskapp.relay.server.run import RelayServer
@@ -279,31 +133,17 @@ def run_serve(args: argparse.Namespace) -> int:
     host_in_url = f"[{args.host}]" if ":" in args.host else args.host
     scheme = "https" if args.ssl_certfile else "http"
     try:
+        options = dataclass_kwargs(args, RelaySettings)
+        options["port"] = port  # the port bound (0 asks for any)
+        if args.protocols is not None:
+            options["protocols"] = args.protocols
+        if args.trusted_proxy:
+            options["trusted_proxies"] = tuple(args.trusted_proxy)
         settings = RelaySettings(
             public_url=args.public_url or f"{scheme}://{host_in_url}:{port}",
             admin_tokens=tokens,
-            host=args.host,
-            port=port,
-            protocols=args.protocols,
-            max_leases=args.max_leases,
-            max_inflight=args.max_inflight,
-            max_request_bytes=args.max_request_bytes,
-            max_response_bytes=args.max_response_bytes,
-            max_header_bytes=args.max_header_bytes,
-            default_ttl=args.default_ttl,
-            max_ttl=args.max_ttl,
-            max_deadline=args.max_deadline,
-            stall_timeout=args.stall_timeout,
-            memory_budget=args.memory_budget,
-            stream_window=args.stream_window,
-            conn_window=args.conn_window,
-            max_frame_bytes=args.max_frame_bytes,
-            reattach_grace=args.reattach_grace,
-            drain_timeout=args.drain_timeout,
             state_file=args.state_file,
-            trusted_proxies=tuple(args.trusted_proxy or ("127.0.0.1",)),
-            ssl_certfile=args.ssl_certfile,
-            ssl_keyfile=args.ssl_keyfile,
+            **options,
         )
     except ConfigurationError:
         sock.close()

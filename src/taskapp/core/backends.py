@@ -51,7 +51,7 @@ __all__ = [
     "TunnelContext",
 ]
 
-TargetKind = Literal["app", "config", "config_factory", "path", "import_string"]
+TargetKind = Literal["app", "config", "config_factory", "path", "import_string", "named"]
 
 # Any ASGI 3 application. Kept as Any to avoid importing starlette on the discovery path.
 ASGIApp = Any
@@ -64,7 +64,9 @@ class AppTarget:
     ``kind`` says which constructor argument it came from: ``app`` (an ASGI object),
     ``config`` (a TaskAppConfig), ``config_factory`` (a callable), ``path`` (an existing
     file or folder: the builtin loader takes ``.py`` files, a plugin may claim others) or
-    ``import_string`` (``"package.module:attr"``). ``api_key`` is the key the
+    ``import_string`` (``"package.module:attr"``) or ``named`` (``FILE@NAME`` or
+    ``package/name``, see :func:`taskapp.core.importing.looks_like_named_target`: only
+    loader plugins take it). ``api_key`` is the key the
     instance will present; a loader that builds the app from a TaskAppConfig gives the app
     that key through its own configuration.
     """
@@ -74,7 +76,7 @@ class AppTarget:
     api_key: str
 
     def describe(self) -> str:
-        if self.kind in ("path", "import_string"):
+        if self.kind in ("path", "import_string", "named"):
             return f"{self.kind} {str(self.value)!r}"
         name = getattr(self.value, "__qualname__", None) or type(self.value).__name__
         return f"{self.kind} {name}"

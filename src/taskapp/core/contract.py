@@ -17,7 +17,6 @@ and never contains key material.
 from __future__ import annotations
 
 import inspect
-import os
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from taskapp.core import containers
 from taskapp.core.config import TaskAppConfig
-from taskapp.core.env_keys import environment_api_key, lent_keys
+from taskapp.core.env_keys import environment_api_key, environment_api_key_aliases
 from taskapp.core.errors import error_body
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import constant_time_in, register_secret
@@ -291,11 +290,7 @@ def alias_keys_from_env() -> list[str]:
 
     Accepted next to the host's key too: they add keys, they never replace one.
     """
-    aliases = os.environ.get("ENVIRONMENT_API_KEY_ALIASES", "")
-    lent = lent_keys()  # keys taskapp lent to a running synth-ai app are not the user's
-    return [
-        part.strip() for part in aliases.split(",") if part.strip() and part.strip() not in lent
-    ]
+    return environment_api_key_aliases()  # keys lent to a running synth-ai app left out
 
 
 async def call_user(func: Callable[..., Any], *args: Any, abandon_on_cancel: bool = False) -> Any:

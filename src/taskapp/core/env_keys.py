@@ -29,6 +29,7 @@ __all__ = [
     "KEY_VARIABLE",
     "Loan",
     "environment_api_key",
+    "environment_api_key_aliases",
     "give_back",
     "lend",
     "lent_keys",
@@ -117,6 +118,13 @@ def environment_api_key() -> str | None:
     if not value or value in lent_keys():
         return None
     return value
+
+
+def environment_api_key_aliases() -> list[str]:
+    """The user's extra keys in the comma-separated ``ENVIRONMENT_API_KEY_ALIASES`` (lent
+    keys left out; may be empty)."""
+    lent = lent_keys()
+    return [alias for alias in _aliases() if alias not in lent]
 
 
 def without_lent_keys(environ: Mapping[str, str]) -> dict[str, str]:

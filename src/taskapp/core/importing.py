@@ -37,9 +37,12 @@ __all__ = [
     "install_command",
     "lazy_exports",
     "looks_like_import_string",
+    "looks_like_named_target",
 ]
 
 _IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_NAME_IN_FILE = re.compile(r"^(?P<file>.+)@(?P<name>[A-Za-z_][\w.-]*)$")
+_REGISTERED_NAME = re.compile(r"^(?P<package>[A-Za-z_][\w]*)/(?P<name>[A-Za-z_][\w.-]*)$")
 
 
 def looks_like_import_string(text: str) -> bool:
@@ -49,6 +52,31 @@ def looks_like_import_string(text: str) -> bool:
     (True, False)
     """
     return bool(_IMPORT_STRING.match(text))
+
+
+def looks_like_named_target(text: str) -> bool:
+    """A target only a loader plugin reads: ``FILE@NAME`` (one of several named things in
+    an existing FILE, Inspect's ``evals.py@my_task``) or ``package/name`` (a name an
+    importable package registers, ``inspect_evals/gsm8k``). The builtin loaders take
+    neither; :mod:`taskapp.plugins.loaders.inspect` takes both for Inspect AI tasks.
+
+    >>> looks_like_named_target("json/decoder"), looks_like_named_target("no_such_pkg/x")
+    (True, False)
+    >>> looks_like_named_target("missing.py@task"), looks_like_named_target("app.py")
+    (False, False)
+    """
+    if Path(text).exists():
+        return False
+    in_file = _NAME_IN_FILE.match(text)
+    if in_file is not None:
+        return Path(in_file.group("file")).expanduser().is_file()
+    registered = _REGISTERED_NAME.match(text)
+    if registered is None:
+        return False
+    try:
+        return importlib.util.find_spec(registered.group("package")) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def import_string_for(obj: Any) -> str | None:

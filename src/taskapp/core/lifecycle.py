@@ -289,6 +289,7 @@ class InProcessTaskApp:
     def _path_target(self, task_app_path: str | os.PathLike[str]) -> AppTarget:
         """``task_app_path=``: any existing file goes to the loaders (the builtin one takes
         ``.py`` files, a plugin may claim others); ``"module:attr"`` is an import string."""
+        from taskapp.core.importing import looks_like_named_target
         from taskapp.core.loading import did_you_mean_file, looks_like_import_string
 
         text = os.fspath(task_app_path)
@@ -297,6 +298,9 @@ class InProcessTaskApp:
             if looks_like_import_string(text):
                 # "pkg.mod:attr" passed as a path: it is an import string (what app= takes).
                 return AppTarget(kind="import_string", value=text, api_key=self.api_key)
+            if looks_like_named_target(text):
+                # "evals.py@my_task", "inspect_evals/gsm8k": for a loader plugin
+                return AppTarget(kind="named", value=text, api_key=self.api_key)
             raise TaskAppFileNotFoundError(
                 f"task_app_path {str(path)!r} does not exist.{did_you_mean_file(text)}"
             )

@@ -27,6 +27,7 @@ from taskapp.core.importing import (
     import_from_string,
     import_string_for,
     looks_like_import_string,
+    looks_like_named_target,
 )
 
 __all__ = [
@@ -239,6 +240,8 @@ def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dic
         alias = aliases.get(spec.strip().lower().replace("_", "-"))
         if alias is not None:
             return {"app": alias}
+    if looks_like_named_target(spec):
+        return {"task_app_path": spec}  # FILE@NAME, package/name: for a loader plugin
     path = Path(spec).expanduser()
     if spec.endswith(".py") or path.is_file():
         # Any existing file: the loaders decide whether they can run it (the builtin one
@@ -268,6 +271,12 @@ def target_kwargs(spec: Any, *, aliases: Mapping[str, str] | None = None) -> dic
     if not hint and aliases:
         close = difflib.get_close_matches(spec.lower().replace("_", "-"), list(aliases), n=1)
         hint = f" Did you mean {close[0]}?" if close else ""
+    if not aliases:
+        hint += (
+            " (A bundled example's name, such as support-intents, is known to the CLI and "
+            "taskapp.evaluate; elsewhere pass aliases=taskapp.examples.BUNDLED or the "
+            "example's build_config.)"
+        )
     raise ConfigurationError(
         f"unknown target {spec!r}: expected {names}the path of a file (a .py file, or one an "
         f"installed loader plugin takes), or a 'package.module:attr' import string.{hint}"

@@ -5,6 +5,11 @@ user's plain dict into it, rejecting unknown keys (listing the known ones) and v
 the wrong type. Kept to the standard library so that validating options never imports
 pydantic.
 
+:func:`setting` declares a settings field once, with its default and the help text (and
+the option's name and kind) that ``taskapp``'s command line builds its options from
+(``cli/_common.add_dataclass_options``), as tox's ``add_config(keys, default, desc)`` and
+datasette's ``Setting(name, default, help)`` do.
+
 >>> @dataclasses.dataclass(frozen=True)
 ... class Options:
 ...     workers: int = 1
@@ -23,9 +28,48 @@ from typing import Any, Literal, TypeVar
 
 from taskapp.core.errors import ConfigurationError
 
-__all__ = ["NoOptions", "parse_options"]
+__all__ = ["NoOptions", "SettingKind", "parse_options", "setting"]
 
 T = TypeVar("T")
+
+#: How a command line reads a setting's value: ``size`` (bytes or 64KiB, 100MB...),
+#: ``seconds`` (a positive number), ``count`` (a positive whole number); None: by the type
+#: of the default (int, float, str, bool as a switch).
+SettingKind = Literal["size", "seconds", "count"] | None
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    group: str | None = None,
+    kind: SettingKind = None,
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    show_default: bool = True,
+    custom: bool = False,
+) -> Any:
+    """A dataclass field described once: ``default``, ``help`` and its command-line option.
+
+    ``flag`` (default ``--field-name``), ``group`` (the option group's title), ``kind``,
+    ``metavar`` and ``choices`` shape the option; ``custom=True`` means the command adds
+    that option itself (a value it parses in its own way) and only its name is declared
+    here. The default is not written in ``help``: the command line appends it.
+    """
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "help": help,
+            "flag": flag,
+            "group": group,
+            "kind": kind,
+            "metavar": metavar,
+            "choices": choices,
+            "show_default": show_default,
+            "custom": custom,
+        },
+    )
 
 
 @dataclasses.dataclass(frozen=True)

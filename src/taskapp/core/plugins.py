@@ -61,7 +61,11 @@ from taskapp.core.errors import (
     TaskAppError,
     UnknownBackendError,
 )
-from taskapp.core.importing import looks_like_import_string
+from taskapp.core.importing import (
+    install_command,
+    looks_like_import_string,
+    looks_like_named_target,
+)
 from taskapp.core.logs import get_logger
 
 __all__ = [
@@ -86,6 +90,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "taskapp.plugins.loaders.path",
     "taskapp.plugins.loaders.import_string",
     "taskapp.plugins.loaders.synth_ai",
+    "taskapp.plugins.loaders.inspect",
     "taskapp.plugins.servers.thread",
     "taskapp.plugins.servers.subprocess",
     "taskapp.plugins.servers.ray",
@@ -446,6 +451,13 @@ class PluginRegistry:
             hint = " Plugins that failed to load: " + "; ".join(f.describe() for f in self.failures)
         if target.kind == "path":
             raise AppLoadError(self.unclaimed_path_message(Path(target.value)) + hint)
+        if target.kind == "named":
+            installed = ", ".join(self.third_party_loaders()) or "none"
+            raise AppLoadError(
+                f"no loader takes {str(target.value)!r}: FILE@NAME and package/name targets "
+                "are read by loader plugins (Inspect AI tasks: "
+                f"{install_command('inspect')}); installed loader plugins: {installed}.{hint}"
+            )
         raise AppLoadError(f"no loader accepts {target.describe()}.{hint}")
 
     def third_party_loaders(self) -> list[str]:
@@ -587,11 +599,12 @@ def load_target_string(target: str, *, api_key: str) -> LoadedApp:
     the parent loaded. A path may be any file a loader claims (``.py`` for the builtin one,
     ``*.qa.json`` for a plugin's).
     """
-    kind: TargetKind = (
-        "import_string"
-        if looks_like_import_string(target) and not Path(target).exists()
-        else "path"
-    )
+    kind: TargetKind = "path"
+    if not Path(target).exists():
+        if looks_like_import_string(target):
+            kind = "import_string"
+        elif looks_like_named_target(target):
+            kind = "named"
     value: Any = Path(target) if kind == "path" else target
     return get_registry().load_app(AppTarget(kind=kind, value=value, api_key=api_key))
 

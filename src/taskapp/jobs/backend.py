@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError
@@ -63,30 +60,6 @@ def read_api_key(path: Path | None, *, env: Mapping[str, str] | None = None) -> 
     return key
 
 
-@contextlib.contextmanager
-def _stop_on_signals(server: Any) -> Iterator[None]:
-    """SIGINT/SIGTERM end the server loop (a second one: at once), and the backend then
-    stops its jobs cleanly. (uvicorn's own handling re-raises the signal afterwards,
-    which would end the process before the jobs are stopped.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if server.should_exit:
-            server.force_exit = True
-        server.should_exit = True
-
-    for signum in previous:
-        signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        for signum, before in previous.items():
-            signal.signal(signum, before)
-
-
 def default_runs_dir(store: Any, runs_dir: str | Path | None) -> Path:
     """Where a pool's scratch run directories go: ``runs_dir``, else beside a SQLite file
     (``DB.runs/``), else a per-user temporary folder (the checkpoints live in the store)."""
@@ -121,9 +94,8 @@ def serve(
     """Run the backend until SIGINT/SIGTERM (blocking). ``db``: a SQLite path or a
     ``postgresql://`` URL; ``workers=0``: the API only (``taskapp backend worker``
     processes run the jobs)."""
-    import uvicorn
-
     from taskapp.core.ports import listen_tcp, url_host
+    from taskapp.core.serving import fast_exit_server_class, uvicorn_config
     from taskapp.jobs.pool import JobPool
     from taskapp.jobs.service import create_backend_app
     from taskapp.jobs.store import open_store
@@ -142,9 +114,13 @@ def serve(
     )  # fmt: skip
     try:
         app = create_backend_app(store, pool, api_key)
-        server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        )
+        server = fast_exit_server_class()(uvicorn_config(app, log_level="warning", lifespan="off"))
+        # SIGINT/SIGTERM end the server loop (a second one: at once); the backend then
+        # stops its jobs cleanly below (uvicorn's own handling would re-raise the signal
+        # afterwards and end the process before the jobs are stopped).
+        server.on_signal = lambda signum: server.request_exit()
+        if on_ready is not None:
+            server.on_started = lambda: on_ready(url)
         # Import the optimizer (GEPA, the runner) now, not when the first job arrives.
         threading.Thread(target=_warm_up, name="taskapp-jobs-warm-up", daemon=True).start()
         resumed = pool.start()
@@ -154,15 +130,6 @@ def serve(
                 file=sys.stderr,
                 flush=True,
             )
-        original_startup = server.startup
-
-        async def startup(sockets: list[socket.socket] | None = None) -> None:
-            await original_startup(sockets=sockets)
-            if on_ready is not None:
-                on_ready(url)
-
-        server.startup = startup  # type: ignore[method-assign]
-        server.capture_signals = lambda: _stop_on_signals(server)  # type: ignore[method-assign]
         server.run(sockets=[sock])
     finally:
         pool.stop()

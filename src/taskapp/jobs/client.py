@@ -80,15 +80,15 @@ class PromptLearningResult:
 
 
 def _task_app_of(task_app_url: Any) -> tuple[str | None, str | None, str | None]:
-    """(url, key, worker token) of a URL string or a running ``InProcessTaskApp``."""
+    """(url, key, worker token) of a URL string or a running ``InProcessTaskApp``: only
+    what the app itself says (the key's fallbacks are :meth:`PromptLearningSpec.task_app_key`'s);
+    the one resolution is :func:`taskapp.core.endpoint.endpoint_of`."""
     if task_app_url is None or isinstance(task_app_url, str):
         return task_app_url, None, None
-    url = getattr(task_app_url, "url", None)
-    if not isinstance(url, str):
-        raise ConfigurationError(
-            "task_app_url must be a URL or a running InProcessTaskApp (start it first)"
-        )
-    return url, task_app_url.api_key, getattr(task_app_url, "task_app_worker_token", None)
+    from taskapp.core.endpoint import endpoint_of
+
+    endpoint = endpoint_of(task_app_url)
+    return endpoint.url, endpoint.api_key, endpoint.worker_token
 
 
 class PromptLearningJob:
@@ -161,8 +161,8 @@ class PromptLearningJob:
         task_app_worker_token: str | None,
         overrides: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
-        from taskapp.jobs.service import is_relay_url
         from taskapp.optimize.prompt_learning import parse_prompt_learning
+        from taskapp.relay.protocol import is_ingress_url
 
         path = config_path or self.config_path
         if path is None:
@@ -184,7 +184,7 @@ class PromptLearningJob:
             )
         key = spec.task_app_key(task_app_api_key or self.task_app_api_key or app_key)
         token = task_app_worker_token or self.task_app_worker_token or app_token
-        if is_relay_url(url) and not token:
+        if is_ingress_url(url) and not token:
             raise ConfigurationError(
                 f"{url} is a taskapp relay URL: callers need the lease's worker token. Pass "
                 "task_app_worker_token=, or pass the running InProcessTaskApp("

@@ -42,17 +42,11 @@ from taskapp.jobs.store import (
     StoreError,
     request_hash,
 )
+from taskapp.relay.protocol import is_ingress_url
 
-__all__ = ["RELAY_PATH", "ApiError", "BackendApi", "create_backend_app", "is_relay_url"]
+__all__ = ["ApiError", "BackendApi", "create_backend_app"]
 
 logger = get_logger("taskapp.jobs")
-
-#: a taskapp relay's public lease URL ends in /s/rt_<route>
-RELAY_PATH = re.compile(r"/s/rt_[A-Za-z0-9_-]+/?$")
-
-
-def is_relay_url(url: str) -> bool:
-    return bool(RELAY_PATH.search(url.split("?", 1)[0]))
 
 
 class ApiError(Exception):
@@ -314,7 +308,7 @@ def _submission(body: dict[str, Any]) -> tuple[Any, str, str | None, str | None]
     if not key and spec.task_app_api_key:
         key = spec.task_app_key()
     token = body.get("task_app_worker_token") or None
-    if is_relay_url(url) and not token:
+    if is_ingress_url(url) and not token:
         raise ConfigurationError(
             f"{url} is a taskapp relay URL: it needs the lease's worker token "
             "(task_app_worker_token)"

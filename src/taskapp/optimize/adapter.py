@@ -161,6 +161,7 @@ class TaskAppAdapter:
         run_tag: str = "opt",
         transport: Any = None,
         worker_token: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
@@ -178,6 +179,7 @@ class TaskAppAdapter:
             api_key,
             worker_token=worker_token,
             timeout=timeout,
+            headers=headers,
             limit=concurrency,
             transport=(
                 HttpxTransport(

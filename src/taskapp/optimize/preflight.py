@@ -9,19 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskapp.core.client import WORKER_TOKEN_HEADER, TaskAppClient
+from taskapp.core.endpoint import Endpoint
 from taskapp.core.errors import (
     ApiKeyRejectedError,
     ConfigurationError,
     HealthCheckError,
     TaskAppRequestError,
 )
-from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.seeds import format_seeds, known_seeds
 from taskapp.optimize.errors import TaskAppUnavailableError
 from taskapp.optimize.resolved import ResolvedRun
-from taskapp.optimize.target import Endpoint
 
 logger = get_logger("taskapp.optimize")
 
@@ -57,14 +55,7 @@ def advertised_prompts(info: Any, prompt_key: str = "prompt") -> dict[str, str]:
 def check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
     """/health then /info; returns the info (empty when /info is not a JSON object)."""
     try:
-        wait_healthy(
-            endpoint.url,
-            api_key=endpoint.api_key,
-            headers={WORKER_TOKEN_HEADER: endpoint.worker_token} if endpoint.worker_token else None,
-            timeout=timeout,
-            what="the task app",
-            error=TaskAppUnavailableError,
-        )
+        endpoint.wait_healthy(timeout, what="the task app", error=TaskAppUnavailableError)
     except ApiKeyRejectedError as exc:
         raise TaskAppUnavailableError(
             f"{exc.message} For a URL target, set ENVIRONMENT_API_KEY (or --api-key-env) to "
@@ -73,9 +64,7 @@ def check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
     except HealthCheckError as exc:
         raise TaskAppUnavailableError(exc.message) from exc
     try:
-        with TaskAppClient(
-            endpoint.url, endpoint.api_key, worker_token=endpoint.worker_token, timeout=timeout
-        ) as client:
+        with endpoint.client(timeout=timeout) as client:
             return client.info()
     except TaskAppRequestError as exc:
         logger.info("GET /info failed (%s); continuing without it", exc)
@@ -89,12 +78,7 @@ def check_seeds(endpoint: Endpoint, run: ResolvedRun) -> None:
     on failed minibatches and the run would "succeed" with the baseline.
     """
     try:
-        with TaskAppClient(
-            endpoint.url,
-            endpoint.api_key,
-            worker_token=endpoint.worker_token,
-            timeout=run.config.health_timeout,
-        ) as client:
+        with endpoint.client(timeout=run.config.health_timeout) as client:
             body = client.task_info()
     except TaskAppRequestError as exc:
         logger.info("GET /task_info failed (%s); seeds not checked", exc)

@@ -121,13 +121,16 @@ class PromptLearningSpec:
 
     def task_app_key(self, explicit: str | None = None) -> str | None:
         """The task app's key: ``explicit``, else the file's ``task_app_api_key`` (with
-        ``${ENV}`` expansion), else ``$ENVIRONMENT_API_KEY``, else None."""
+        ``${ENV}`` expansion), else the user's ``$ENVIRONMENT_API_KEY`` (never a key lent
+        to a running app: :func:`taskapp.core.env_keys.environment_api_key`), else None."""
         if explicit:
             return explicit
         if self.task_app_api_key:
             what = f"{self.source}: prompt_learning.task_app_api_key"
             return expand_env(self.task_app_api_key, what=what) or None
-        return os.environ.get("ENVIRONMENT_API_KEY") or None
+        from taskapp.core.env_keys import environment_api_key
+
+        return environment_api_key()
 
 
 def expand_env(value: str, *, what: str, environ: Mapping[str, str] | None = None) -> str:

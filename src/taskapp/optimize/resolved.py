@@ -25,12 +25,11 @@ from taskapp.optimize.lm import REFLECTION_TEMPLATE, describe_lm
 if TYPE_CHECKING:
     from taskapp.optimize.config import OptimizeConfig
 
-__all__ = ["HISTORY_FILE", "RUN_FILE", "SELECTIONS", "STATE_DIR", "ResolvedRun", "resolve"]
+__all__ = ["HISTORY_FILE", "RUN_FILE", "STATE_DIR", "ResolvedRun", "resolve"]
 
 STATE_DIR = "gepa"
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.jsonl"
-SELECTIONS = ("pareto", "current_best", "epsilon_greedy", "top_k_pareto")
 MAX_CONCURRENCY = 256
 
 
@@ -174,8 +173,9 @@ def _validated(config: OptimizeConfig) -> OptimizeConfig:
     perfect = config.perfect_score
     if not isinstance(perfect, int | float) or not math.isfinite(perfect):
         raise ConfigurationError(f"perfect_score must be a finite number, got {perfect!r}")
-    if config.selection not in SELECTIONS:
-        raise ConfigurationError(f"selection must be one of {', '.join(SELECTIONS)}")
+    selections = _declared(config, "selection")["choices"]  # declared once, on the field
+    if config.selection not in selections:
+        raise ConfigurationError(f"selection must be one of {', '.join(selections)}")
     patience = config.patience
     timeout_s = config.timeout_s
     return dataclasses.replace(
@@ -197,6 +197,11 @@ def _validated(config: OptimizeConfig) -> OptimizeConfig:
         ),
         resume=bool(config.resume),
     )
+
+
+def _declared(config: OptimizeConfig, name: str) -> Mapping[str, Any]:
+    """What ``OptimizeConfig`` declares about field ``name`` (help, flag, choices...)."""
+    return next(f.metadata for f in dataclasses.fields(config) if f.name == name)
 
 
 def _template(template: str | None) -> str:

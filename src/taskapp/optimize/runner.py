@@ -4,7 +4,7 @@ Order of work, each step releasing what the previous ones started when it fails:
 
     validate     seeds, budget, prompt, reflection model, output dir (no I/O yet)
     import gepa  GepaNotInstalledError when missing
-    target       URL, or start the task app in-process (open_target)
+    target       URL, or start the task app in-process (core.endpoint.open_endpoint)
     health       GET /health (TaskAppUnavailableError when down or the key is rejected)
     info         GET /info: the advertised default prompt when none is given
     optimize     gepa.optimize with TaskAppAdapter + our stopper, logger and callback
@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from taskapp.core.endpoint import Endpoint, is_url, open_endpoint
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.importing import install_command
 from taskapp.core.logs import get_logger
@@ -50,7 +51,6 @@ from taskapp.optimize.progress import GepaLogger, JsonlWriter, ProgressTracker, 
 from taskapp.optimize.resolved import HISTORY_FILE, RUN_FILE, STATE_DIR, ResolvedRun
 from taskapp.optimize.result import OptimizeResult
 from taskapp.optimize.stopsignals import first_signal_stops
-from taskapp.optimize.target import Endpoint, open_target
 
 __all__ = ["advertised_prompts", "import_gepa", "run", "run_async", "run_config"]
 
@@ -101,6 +101,8 @@ def run(
     rollout_timeout: float = 300.0,
     health_timeout: float = 30.0,
     max_reflection_failures: int = 3,
+    start: Mapping[str, Any] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> OptimizeResult:
     """Optimize a prompt with GEPA against a task app's ``POST /rollout``; return the result.
 
@@ -110,7 +112,11 @@ def run(
     >>> result.baseline_score, result.best_score                       # doctest: +SKIP
 
     * ``target``: a URL, an InProcessTaskApp, a TaskAppConfig, an ASGI app, a ``.py``
-      path, ``"module:attr"`` or a bundled example name (see :mod:`.target`).
+      path, ``"module:attr"`` or a name in ``aliases`` (``taskapp.examples.BUNDLED``
+      names the bundled examples): :func:`taskapp.core.endpoint.open_endpoint`, the
+      resolution :func:`taskapp.evaluate` uses too (same key, same ``start=`` options).
+    * ``start``: :class:`~taskapp.InProcessTaskApp` keyword arguments for a target
+      started here (``tunnel_mode``, ``server``, ``port``, ...), as for ``evaluate``.
     * ``seed_prompt``: the starting prompt, sent as ``policy.config[prompt_key]``; a
       mapping optimizes several ``policy.config`` keys at once. None: the default the
       task app advertises in ``/info`` (``prompts`` or ``default_prompt``).
@@ -138,7 +144,13 @@ def run(
     given = locals()  # the parameters are OptimizeConfig's fields (a test keeps them so)
     config = OptimizeConfig(**{f.name: given[f.name] for f in dataclasses.fields(OptimizeConfig)})
     return run_config(
-        target, config, api_key=api_key, on_progress=on_progress, stop_event=stop_event
+        target,
+        config,
+        api_key=api_key,
+        on_progress=on_progress,
+        stop_event=stop_event,
+        start=start,
+        aliases=aliases,
     )
 
 
@@ -150,11 +162,14 @@ def run_config(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     stop_event: threading.Event | None = None,
     worker_token: str | None = None,
+    start: Mapping[str, Any] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> OptimizeResult:
     """:func:`run` with the run described by one :class:`OptimizeConfig`.
 
     ``worker_token``: for a URL behind a taskapp relay, the lease's worker token (sent in
-    the relay's worker-token header with every request).
+    the relay's worker-token header with every request). ``start`` and ``aliases``: as
+    for :func:`run` (:func:`taskapp.core.endpoint.open_endpoint`).
     """
     from taskapp.core.blocking import call_blocking, in_running_loop
 
@@ -164,7 +179,7 @@ def run_config(
         # A Jupyter cell: run on a helper thread (as `with InProcessTaskApp` and
         # taskapp.evaluate do). Safe for a task app taskapp starts (it has its own loop);
         # a task app at a URL might be served on this very loop, which then cannot answer.
-        if isinstance(target, str) and target.startswith(("http://", "https://")):
+        if is_url(target):
             logger.warning(
                 "taskapp.optimize.run() blocks this thread's running event loop while it "
                 "runs; if the task app at %s is served on that loop it cannot answer. Use "
@@ -180,9 +195,13 @@ def run_config(
             on_progress,
             stop_event,
             worker_token,
+            start,
+            aliases,
             name="taskapp-optimize",
         )
-    return _run_config(target, resolved, gepa, api_key, on_progress, stop_event, worker_token)
+    return _run_config(
+        target, resolved, gepa, api_key, on_progress, stop_event, worker_token, start, aliases
+    )
 
 
 def _run_config(
@@ -193,9 +212,14 @@ def _run_config(
     on_progress: Callable[[dict[str, Any]], None] | None,
     stop_event: threading.Event | None,
     worker_token: str | None = None,
+    start: Mapping[str, Any] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> OptimizeResult:
     event = stop_event if stop_event is not None else threading.Event()
-    with open_target(target, api_key=api_key, worker_token=worker_token) as endpoint:
+    opened = open_endpoint(
+        target, api_key=api_key, worker_token=worker_token, aliases=aliases, start=start
+    )
+    with opened as endpoint:
         info = check_health(endpoint, resolved.config.health_timeout)
         check_seeds(endpoint, resolved)
         return _Run(resolved, gepa, endpoint, info, event, on_progress).execute()
@@ -358,6 +382,7 @@ class _Run:
             timeout=c.rollout_timeout,
             run_tag=f"opt-{uuid.uuid4().hex[:8]}",
             worker_token=self.endpoint.worker_token,
+            headers=self.endpoint.headers,
         )
         baseline_scores = self.previous.get("baseline_val_scores")
         if c.resume and isinstance(baseline_scores, dict) and baseline_scores:

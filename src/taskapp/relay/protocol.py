@@ -64,6 +64,7 @@ __all__ = [
     "encode_data",
     "encode_text",
     "encode_window_update",
+    "is_ingress_url",
     "negotiate_version",
     "status_for_error",
     "token_hash",
@@ -77,6 +78,7 @@ LEASES_PATH: Final = API_PREFIX + "/leases"
 AGENT_PATH: Final = API_PREFIX + "/agent"
 #: Public ingress: ``/s/rt_<route_token>/<path>`` (the original shape; SDKs detect it).
 INGRESS_PREFIX: Final = "/s/rt_"
+_INGRESS_URL = re.compile(re.escape(INGRESS_PREFIX) + r"[A-Za-z0-9_-]+/?$")
 
 WORKER_TOKEN_HEADER: Final = "x-synthtunnel-worker-token"  # noqa: S105 - a header name
 LEASE_ID_HEADER: Final = "x-synthtunnel-lease-id"
@@ -157,6 +159,16 @@ class FrameError(TunnelProtocolError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, backend="relay")
+
+
+def is_ingress_url(url: str) -> bool:
+    """Whether ``url`` is a relay lease's public URL (``.../s/rt_<route>``, optionally with
+    a trailing slash or a query): callers then need the lease's worker token.
+
+    >>> is_ingress_url("https://relay.example/s/rt_Ab-9_x/"), is_ingress_url("http://x/s/y")
+    (True, False)
+    """
+    return bool(_INGRESS_URL.search(url.split("?", 1)[0]))
 
 
 def status_for_error(code: str) -> int:

@@ -23,20 +23,15 @@ def _target(
     url: Any, api_key: str | None, worker_token: str | None
 ) -> tuple[str, str | None, str | None]:
     """``url`` may be a running :class:`~taskapp.InProcessTaskApp`: its URL, key and worker
-    token are then used unless given."""
-    if isinstance(url, str):
-        return url, api_key, worker_token
+    token are then used unless given. For a URL the key defaults to the user's
+    ``$ENVIRONMENT_API_KEY``, as for every verb (:func:`taskapp.core.endpoint.endpoint_of`)."""
+    from taskapp.core.endpoint import endpoint_of
     from taskapp.core.lifecycle import InProcessTaskApp
 
-    if isinstance(url, InProcessTaskApp):
-        if url.url is None or not url.running:
-            raise ValueError("the InProcessTaskApp is not running: start it (or use with)")
-        return (
-            url.url,
-            api_key if api_key is not None else url.api_key,
-            worker_token if worker_token is not None else url.task_app_worker_token,
-        )
-    raise TypeError(f"url must be a URL string or a running InProcessTaskApp, got {url!r}")
+    if not isinstance(url, str | InProcessTaskApp):
+        raise TypeError(f"url must be a URL string or a running InProcessTaskApp, got {url!r}")
+    endpoint = endpoint_of(url, api_key=api_key, worker_token=worker_token)
+    return endpoint.url, endpoint.api_key, endpoint.worker_token
 
 
 def check_task_app_contract(

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from taskapp.core.errors import ConfigurationError
+from taskapp.core.options import setting
 from taskapp.relay import protocol as p
 
 __all__ = [
@@ -34,6 +35,9 @@ V1_MESSAGE_CAP = 64 * 1024 * 1024
 
 # -- settings and admin tokens -----------------------------------------------------------
 
+#: the option group ``taskapp relay serve --help`` shows the limits in
+LIMITS = "limits"
+
 
 @dataclasses.dataclass(frozen=True)
 class AdminToken:
@@ -45,41 +49,122 @@ class AdminToken:
 
 @dataclasses.dataclass(frozen=True)
 class RelaySettings:
-    """Everything ``taskapp relay serve`` configures. Sizes in bytes, times in seconds."""
+    """Everything ``taskapp relay serve`` configures. Sizes in bytes, times in seconds.
 
-    public_url: str
-    admin_tokens: tuple[AdminToken, ...]
-    host: str = "127.0.0.1"
-    port: int = 8787
-    protocols: tuple[int, ...] = p.SUPPORTED_VERSIONS
-    max_leases: int = 100
-    max_inflight: int = 128
-    max_request_bytes: int = 100 * 1024 * 1024
-    max_response_bytes: int = 200_000_000
-    max_header_bytes: int = 64 * 1024
+    Each option of ``taskapp relay serve`` is declared here once, with its default and help
+    (:func:`~taskapp.core.options.setting`); the command line is built from it. Fields
+    without ``setting(...)`` are tuning knobs for embedding and tests, not options.
+    """
+
+    # required; the command line computes them (--public-url's default, --admin-token-file)
+    public_url: str = setting(dataclasses.MISSING, "", custom=True)
+    admin_tokens: tuple[AdminToken, ...] = setting(
+        dataclasses.MISSING, "", flag="--admin-token-file", custom=True
+    )
+    host: str = setting("127.0.0.1", "bind address")
+    port: int = setting(8787, "port; 0: any free port")
+    protocols: tuple[int, ...] = setting(p.SUPPORTED_VERSIONS, "", custom=True)
+    max_leases: int = setting(
+        100,
+        "leases alive at once, all admin tokens together; 429 beyond",
+        group=LIMITS,
+        kind="count",
+    )
+    max_inflight: int = setting(
+        128, "public requests in flight per lease; 503 beyond", group=LIMITS, kind="count"
+    )
+    max_request_bytes: int = setting(
+        100 * 1024 * 1024, "largest public request body; 413 beyond", group=LIMITS, kind="size"
+    )
+    max_response_bytes: int = setting(
+        200_000_000,
+        "largest response body relayed (cut off beyond); also bounds one v1 agent message, "
+        "up to 64MiB",
+        group=LIMITS,
+        kind="size",
+    )
+    max_header_bytes: int = setting(
+        64 * 1024, "total size of a public request's headers; 431 beyond", group=LIMITS, kind="size"
+    )
     max_headers: int = 100
-    default_ttl: int = 3600
-    max_ttl: int = 86400
-    max_deadline: float = 600.0
-    stall_timeout: float = 120.0
-    memory_budget: int = 512 * 1024 * 1024
-    stream_window: int = p.DEFAULT_STREAM_WINDOW
-    conn_window: int = p.DEFAULT_CONN_WINDOW
-    max_frame_bytes: int = p.DEFAULT_FRAME_BYTES
+    default_ttl: int = setting(
+        3600,
+        "lifetime of a lease whose creator asks for none, seconds",
+        group=LIMITS,
+        kind="seconds",
+    )
+    max_ttl: int = setting(
+        86400,
+        "longest lease lifetime granted, seconds; longer requests are cut to it",
+        group=LIMITS,
+        kind="seconds",
+    )
+    max_deadline: float = setting(
+        600.0,
+        "longest a public request may take, seconds; 504 beyond",
+        group=LIMITS,
+        kind="seconds",
+    )
+    stall_timeout: float = setting(
+        120.0,
+        "longest silence from the task app within one request, seconds; 504 beyond",
+        group=LIMITS,
+        kind="seconds",
+    )
+    memory_budget: int = setting(
+        512 * 1024 * 1024,
+        "response bytes the relay may buffer for slow callers, all leases together; 503 for "
+        "new requests beyond",
+        group=LIMITS,
+        kind="size",
+    )
+    stream_window: int = setting(
+        p.DEFAULT_STREAM_WINDOW,
+        "v2 flow-control window per request: bytes in flight before the receiver "
+        "acknowledges; at least 64KiB",
+        group=LIMITS,
+        kind="size",
+    )
+    conn_window: int = setting(
+        p.DEFAULT_CONN_WINDOW,
+        "v2 flow-control window per agent connection, all requests together; at least "
+        "--stream-window",
+        group=LIMITS,
+        kind="size",
+    )
+    max_frame_bytes: int = setting(
+        p.DEFAULT_FRAME_BYTES,
+        "largest body chunk per frame: v2 frames above it close the agent (1008); REQ_BODY "
+        "to v1 agents is split to it; 1KiB-256KiB",
+        group=LIMITS,
+        kind="size",
+    )
     #: v1 has no flow control: above this many buffered bytes for one stream the relay
     #: stops reading that agent's WebSocket (bounded memory, head-of-line blocking).
     v1_stream_buffer: int = 4 * 1024 * 1024
-    reattach_grace: float = 120.0
+    reattach_grace: float = setting(
+        120.0,
+        "how long a lease waits for its agent to reconnect before it is removed, seconds",
+        group=LIMITS,
+        kind="seconds",
+    )
     worker_token_grace: float = 60.0
     attach_timeout: float = 10.0
-    drain_timeout: float = 10.0
+    drain_timeout: float = setting(
+        10.0,
+        "on SIGTERM/SIGINT, how long in-flight requests may finish, seconds",
+        group=LIMITS,
+        kind="seconds",
+    )
     sweep_interval: float = 1.0
-    state_file: Path | None = None
+    state_file: Path | None = setting(None, "", custom=True)
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
-    trusted_proxies: tuple[str, ...] = ("127.0.0.1",)
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
+    trusted_proxies: tuple[str, ...] = setting(
+        ("127.0.0.1",), "", flag="--trusted-proxy", custom=True
+    )
+    ssl_certfile: str | None = setting(None, "serve HTTPS with this certificate (PEM)")
+    ssl_keyfile: str | None = setting(None, "the private key of --ssl-certfile (PEM)")
     retry_after: int = 1
 
     def __post_init__(self) -> None:

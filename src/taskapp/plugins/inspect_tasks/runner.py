@@ -1,0 +1,236 @@
+"""Run rollouts through Inspect's own ``eval_async``, several at a time.
+
+Every rollout runs the task's solver chain and scorers on one sample inside Inspect's
+``eval_async`` (the machinery ``inspect eval`` uses), so its score is the one
+``inspect eval`` gives. Inspect allows one ``eval_async`` at a time per process, so
+rollouts that arrive while one runs wait and go together into the next call: one Inspect
+task per (candidate prompt, model), each with the samples of its waiting rollouts, all
+run concurrently by Inspect. A rollout arriving when nothing runs starts at once.
+
+Logs: Inspect writes an eval log per call. Unless a ``log_dir`` is given, it goes to an
+in-memory filesystem and is deleted as soon as the samples are read, so no file is left
+per rollout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import dataclasses
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from taskapp.core.logs import get_logger
+from taskapp.core.secrets import redact
+from taskapp.plugins.inspect_tasks.tasks import LoadedTask, _message
+
+__all__ = ["EvalRunner", "RolloutFailure"]
+
+logger = get_logger("taskapp.inspect")
+
+#: At most this many rollouts go into one eval_async call.
+MAX_BATCH = 256
+_CONCURRENT_EVAL = "Multiple concurrent calls to eval_async"
+
+
+class RolloutFailure(Exception):
+    """A rollout Inspect could not finish (model error, solver error); the message is
+    the provider's or Inspect's, with registered secrets redacted."""
+
+
+@dataclasses.dataclass
+class _Job:
+    index: int
+    sample_id: Any
+    prompt: str | None
+    model: Any  # inspect_ai.model.Model
+    future: asyncio.Future[Any]
+
+
+class EvalRunner:
+    """Batches rollouts of one loaded task into ``eval_async`` calls (one event loop)."""
+
+    def __init__(self, loaded: LoadedTask, *, log_dir: str | None = None) -> None:
+        self.loaded = loaded
+        self.samples: Sequence[Any] = with_ids(loaded.task.dataset)
+        self.log_dir = log_dir
+        self._memory_dir = f"memory://taskapp-inspect/{uuid.uuid4().hex}"
+        self._queue: list[_Job] = []
+        self._worker: asyncio.Task[None] | None = None
+        self.calls = 0  # eval_async calls made (tests, benchmarks)
+
+    async def run(self, index: int, prompt: str | None, model: Any) -> Any:
+        """The ``EvalSample`` of sample ``index`` run with ``prompt`` on ``model``."""
+        loop = asyncio.get_running_loop()
+        job = _Job(index, self.samples[index].id, prompt, model, loop.create_future())
+        self._queue.append(job)
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        return await job.future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            try:
+                await self._run_batch(batch)
+            except BaseException as exc:
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(RolloutFailure(_failure_text(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        from inspect_ai import eval_async
+
+        groups = _group(batch)
+        tasks = [self._task_for(group) for group in groups]
+        log_dir = self.log_dir or self._memory_dir
+        _quiet_display()
+        while True:
+            try:
+                logs = await eval_async(
+                    tasks,
+                    log_dir=log_dir,
+                    log_samples=True,
+                    log_realtime=False,
+                    score_display=False,
+                    fail_on_error=False,
+                    max_tasks=len(tasks),
+                    max_samples=len(batch),
+                )
+                break
+            except RuntimeError as exc:
+                if _CONCURRENT_EVAL not in str(exc):
+                    raise
+                await asyncio.sleep(0.01)  # another eval_async in this process (not ours)
+        self.calls += 1
+        for group, log in zip(groups, logs, strict=True):
+            self._settle(group, log)
+            if self.log_dir is None:
+                _forget(log)
+
+    def _task_for(self, group: list[_Job]) -> Any:
+        from inspect_ai import task_with
+        from inspect_ai._eval.task.constants import TASK_RUN_DIR_ATTR
+
+        first = group[0]
+        task = copy.copy(self.loaded.task)
+        task_with(
+            task,
+            dataset=[self.samples[job.index] for job in group],
+            solver=self._solver(first.prompt),
+            model=first.model,
+            epochs=1,
+        )
+        # Inspect changes the working directory to the run dir while it sets a task up;
+        # the current one makes that a no-op (the host process's cwd never moves).
+        setattr(task, TASK_RUN_DIR_ATTR, os.getcwd())
+        return task
+
+    def _solver(self, prompt: str | None) -> Any:
+        from inspect_ai.solver import chain, prompt_template, system_message
+        from inspect_ai.solver._chain import unroll
+
+        solvers = unroll(self.loaded.task.solver)
+        if prompt is None:
+            return chain(*solvers)
+        declared = self.loaded.prompt
+        if declared.kind == "system_message":
+            solvers[declared.index] = system_message(prompt, **declared.params)
+        elif declared.kind == "prompt_template":
+            solvers[declared.index] = prompt_template(prompt, **declared.params)
+        else:
+            solvers.insert(0, candidate_system_message(prompt))
+        return chain(*solvers)
+
+    @staticmethod
+    def _settle(group: list[_Job], log: Any) -> None:  # one Inspect task's log
+        by_id: dict[Any, list[Any]] = {}
+        for sample in log.samples or []:
+            by_id.setdefault(sample.id, []).append(sample)
+        problem = log.error.message if log.error is not None else f"eval status {log.status}"
+        for job in group:
+            if job.future.done():
+                continue
+            found = by_id.get(job.sample_id)
+            if found:
+                job.future.set_result(found.pop(0))
+            else:
+                job.future.set_exception(RolloutFailure(redact(_one_line(problem))))
+
+
+def with_ids(dataset: Any) -> list[Any]:
+    """The samples in the dataset's order; one without an id gets its position + 1, the
+    id ``inspect eval`` gives it (so results and logs match by id)."""
+    samples = list(dataset)
+    return [
+        sample if sample.id is not None else sample.model_copy(update={"id": n + 1})
+        for n, sample in enumerate(samples)
+    ]
+
+
+def candidate_system_message(prompt: str) -> Any:
+    """A solver putting ``prompt`` in front of the conversation as a system message, as
+    written (no ``{placeholder}`` formatting, unlike Inspect's ``system_message``)."""
+    from inspect_ai.model import ChatMessageSystem
+    from inspect_ai.solver import Generate, TaskState, solver
+    from inspect_ai.solver._util import append_system_message
+
+    @solver(name="taskapp_candidate_prompt")
+    def candidate() -> Any:
+        async def solve(state: TaskState, generate: Generate) -> TaskState:
+            append_system_message(state.messages, ChatMessageSystem(content=prompt))
+            return state
+
+        return solve
+
+    return candidate()
+
+
+def _group(batch: list[_Job]) -> list[list[_Job]]:
+    """One group per (prompt, model); a sample asked for twice goes into a second group
+    (sample ids are unique within an Inspect task)."""
+    groups: list[list[_Job]] = []
+    seen: list[tuple[str | None, str, set[int]]] = []
+    for job in batch:
+        name = str(job.model)
+        for (prompt, model, indexes), group in zip(seen, groups, strict=True):
+            if prompt == job.prompt and model == name and job.index not in indexes:
+                indexes.add(job.index)
+                group.append(job)
+                break
+        else:
+            seen.append((job.prompt, name, {job.index}))
+            groups.append([job])
+    return groups
+
+
+def _forget(log: Any) -> None:
+    """Delete an in-memory eval log (its samples are read)."""
+    location = getattr(log, "location", None)
+    if not location or not str(location).startswith("memory://"):
+        return
+    with contextlib.suppress(Exception):
+        import fsspec  # type: ignore[import-untyped]
+
+        fsspec.filesystem("memory").rm(str(location))
+
+
+def _quiet_display() -> None:
+    """Inspect's console display off, unless the process chose one (INSPECT_DISPLAY)."""
+    import inspect_ai.util._display as display
+
+    if getattr(display, "_display_type", None) is None and not os.environ.get("INSPECT_DISPLAY"):
+        display.init_display_type("none")
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _failure_text(exc: BaseException) -> str:
+    return redact(_one_line(_message(exc)))

@@ -1,0 +1,66 @@
+"""Helpers for tests/inspect: the fixture task file and the real `inspect eval` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EVALS = REPO / "tests" / "fixtures" / "inspect" / "evals.py"
+EXAMPLE = REPO / "examples" / "inspect_intents.py"
+
+inspect_ai = pytest.importorskip("inspect_ai", reason="Inspect AI is not installed (.[inspect])")
+
+
+def target(name: str) -> str:
+    return f"{EVALS}@{name}"
+
+
+def inspect_cli() -> str:
+    found = shutil.which("inspect", path=str(Path(sys.executable).parent))
+    assert found, "the inspect command of inspect-ai is not installed next to this Python"
+    return found
+
+
+def run_inspect_eval(spec: str, model: str, log_dir: Path, *extra: str) -> dict[Any, float]:
+    """Run the real ``inspect eval`` CLI and return {sample id: score as a float}."""
+    env = {**os.environ, "INSPECT_DISPLAY": "none"}
+    proc = subprocess.run(
+        [
+            inspect_cli(),
+            "eval",
+            spec,
+            "--model",
+            model,
+            "--log-dir",
+            str(log_dir),
+            "--log-format",
+            "json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=str(log_dir),
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    logs = sorted(log_dir.glob("*.json"))
+    assert len(logs) == 1, logs
+    data = json.loads(logs[0].read_text())
+    assert data["status"] == "success", data.get("error")
+    from inspect_ai.scorer import value_to_float
+
+    to_float = value_to_float()
+    scores: dict[Any, float] = {}
+    for sample in data["samples"]:
+        first = next(iter(sample["scores"].values()))
+        scores[sample["id"]] = to_float(first["value"])
+    return scores

@@ -29,38 +29,38 @@ def inspect_cli() -> str:
     return found
 
 
-def run_inspect_eval(spec: str, model: str, log_dir: Path, *extra: str) -> dict[Any, float]:
-    """Run the real ``inspect eval`` CLI and return {sample id: score as a float}."""
+def run_inspect_eval(specs: list[str], model: str, log_dir: Path) -> dict[str, dict[Any, float]]:
+    """Run the real ``inspect eval`` CLI on ``specs``; {task name: {sample id: score}}, the
+    score being the first scorer's value as Inspect's metrics read it."""
+    from inspect_ai.scorer import value_to_float
+
     env = {**os.environ, "INSPECT_DISPLAY": "none"}
     proc = subprocess.run(
         [
             inspect_cli(),
             "eval",
-            spec,
+            *specs,
             "--model",
             model,
             "--log-dir",
             str(log_dir),
             "--log-format",
             "json",
-            *extra,
         ],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
         env=env,
         cwd=str(log_dir),
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    logs = sorted(log_dir.glob("*.json"))
-    assert len(logs) == 1, logs
-    data = json.loads(logs[0].read_text())
-    assert data["status"] == "success", data.get("error")
-    from inspect_ai.scorer import value_to_float
-
     to_float = value_to_float()
-    scores: dict[Any, float] = {}
-    for sample in data["samples"]:
-        first = next(iter(sample["scores"].values()))
-        scores[sample["id"]] = to_float(first["value"])
-    return scores
+    found: dict[str, dict[Any, float]] = {}
+    for log in sorted(log_dir.glob("*.json")):
+        data = json.loads(log.read_text())
+        assert data["status"] == "success", data.get("error")
+        scores = found.setdefault(data["eval"]["task"], {})
+        for sample in data["samples"]:
+            first = next(iter(sample["scores"].values()))
+            scores[sample["id"]] = to_float(first["value"])
+    return found

@@ -13,6 +13,7 @@ import pytest
 
 from taskapp import InProcessTaskApp, evaluate
 from taskapp.core.errors import AppLoadError, TaskAppError
+from taskapp.testing.helpers import free_port
 from tests.inspect._helpers import EVALS, EXAMPLE, REPO, target
 
 
@@ -47,12 +48,12 @@ def test_without_inspect_the_error_says_how_to_install_it() -> None:
         from taskapp import InProcessTaskApp
         from taskapp.core.errors import AppLoadError
         try:
-            with InProcessTaskApp(task_app_path={str(EVALS) + "@intents_match"!r}):
+            with InProcessTaskApp(task_app_path={str(EVALS) + "@intents_match"!r}, port={free_port()}):
                 pass
         except AppLoadError as exc:
             print("ERR", exc)
         # everything else still works without Inspect
-        with InProcessTaskApp(task_app_path="examples/support_intents_app.py") as app:
+        with InProcessTaskApp(task_app_path="examples/support_intents_app.py", port={free_port()}) as app:
             print("OK", app.url)
         """
     )
@@ -63,7 +64,7 @@ def test_without_inspect_the_error_says_how_to_install_it() -> None:
 
 
 def test_task_info_describes_the_dataset() -> None:
-    with InProcessTaskApp(task_app_path=target("intents_choice")) as app:
+    with InProcessTaskApp(task_app_path=target("intents_choice"), port=free_port()) as app:
         headers = {"X-API-Key": app.api_key}
         info = httpx.get(f"{app.url}/task_info", headers=headers, timeout=30).json()
         one = httpx.get(f"{app.url}/task_info", params={"seed": 2}, headers=headers, timeout=30)
@@ -111,7 +112,7 @@ def test_registry_spelling_of_an_installed_package() -> None:
 
 def test_unknown_task_lists_the_tasks_in_the_file() -> None:
     with pytest.raises(AppLoadError) as info:
-        InProcessTaskApp(task_app_path=f"{EVALS}@intent_match").start()
+        InProcessTaskApp(task_app_path=f"{EVALS}@intent_match", port=free_port()).start()
     message = str(info.value)
     assert "no Inspect task 'intent_match'" in message
     assert "intents_match" in message and "intents_graded" in message
@@ -120,15 +121,15 @@ def test_unknown_task_lists_the_tasks_in_the_file() -> None:
 
 def test_unknown_registered_task_lists_the_package_tasks() -> None:
     with pytest.raises(AppLoadError, match=r"no Inspect task 'taskapp/nope'.*taskapp/intents"):
-        InProcessTaskApp(task_app_path="taskapp/nope").start()
+        InProcessTaskApp(task_app_path="taskapp/nope", port=free_port()).start()
 
 
 def test_sandbox_tasks_say_so_at_load() -> None:
     with pytest.raises(AppLoadError, match="needs a 'k8s' sandbox"):
-        InProcessTaskApp(task_app_path=target("needs_cluster")).start()
+        InProcessTaskApp(task_app_path=target("needs_cluster"), port=free_port()).start()
     if shutil.which("docker") is None:
         with pytest.raises(AppLoadError, match="'docker' command is not installed"):
-            InProcessTaskApp(task_app_path=target("needs_docker")).start()
+            InProcessTaskApp(task_app_path=target("needs_docker"), port=free_port()).start()
 
 
 def test_cli_serve_spelling_reaches_the_loader(tmp_path: Path) -> None:
@@ -155,7 +156,7 @@ def test_model_without_its_package_or_key_is_a_failed_rollout_saying_so(
 
 
 def test_request_cannot_choose_keys_or_endpoints() -> None:
-    with InProcessTaskApp(task_app_path=target("no_prompt")) as app:
+    with InProcessTaskApp(task_app_path=target("no_prompt"), port=free_port()) as app:
         answer = httpx.post(
             f"{app.url}/rollout",
             headers={"X-API-Key": app.api_key},

@@ -56,6 +56,7 @@ def test_check_json_output(server: Served) -> None:
         "GET /health without key",
         "GET /info",
         "GET /task_info",
+        "GET /metadata",
         "error envelope",
         "key not echoed",
     ]

@@ -74,7 +74,8 @@ def test_a_malformed_answer_says_which_field_is_missing_or_wrong() -> None:
     assert missing.status == "invalid_response" and missing.score is None
     assert missing.error == (
         "the rollout response has no score: none of metrics.outcome_score, "
-        "reward_info.outcome_reward, metrics.mean_return is present (its fields: metrics)"
+        "reward_info.outcome_reward, metrics.outcome_reward, metrics.mean_return is present "
+        "(its fields: metrics)"
     )
     wrong = RolloutOutcome.from_answer(
         answer({"metrics": {"outcome_score": None}}), seed=0, run_id="r"

@@ -41,13 +41,14 @@ def test_check_the_bundled_example_with_rollouts(example: InProcessTaskApp) -> N
         "GET /health without key",
         "GET /info",
         "GET /task_info",
+        "GET /metadata",
         "POST /rollout seed 0",
         "POST /rollout seed 1",
         "POST /rollout seed 2",
         "error envelope",
         "key not echoed",
     ]
-    rollout = report.checks[5]
+    rollout = report.checks[6]
     assert rollout.detail.startswith("score ") and "metrics.outcome_score" in rollout.detail
     text = report.format()
     assert text.splitlines()[-1] == "task app OK"

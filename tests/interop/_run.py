@@ -19,12 +19,13 @@ def run_json(
     home: Path,
     env: dict[str, str] | None = None,
     timeout: float = 120,
+    argv: list[str] | None = None,
 ) -> Any:
     """Run ``code`` with ``python`` (this checkout's taskapp importable); the last line of
     its stdout is JSON. A failure shows the child's stderr."""
     home.mkdir(parents=True, exist_ok=True)
     result = run_child(
-        [str(python), "-c", textwrap.dedent(code)],
+        [str(python), "-c", textwrap.dedent(code), *(argv or [])],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -187,13 +187,25 @@ class _Checker:
         if isinstance(root, str):
             return self.checks
         health = self._get("/health")
+        if _container_health(health) and not self.checks[-1].ok and root.status == 404:
+            self.checks[-1] = CheckResult(
+                "GET /", True, "no root route (a synth-containers target)", 404
+            )
         self.checks.append(self._judge_health(health))
         if isinstance(health, str) or health.status in _STOPPING or is_key_rejection(health):
             return self.checks
         if self.client.api_key:
             self.checks.append(self._without_key())
         for path, judge in (("/info", _judge_info), ("/task_info", _judge_task_info)):
-            self.checks.append(judge(self._get(path)))
+            result = judge(self._get(path))
+            if path == "/task_info" and not result.ok and result.status == 200:
+                # a synth-containers container describes its tasks at GET /taskset
+                container = _judge_taskset(self._get("/taskset"))
+                result = container if container.ok else result
+            self.checks.append(result)
+        metadata = self._get("/metadata")
+        if not isinstance(metadata, str) and metadata.status == 200:
+            self.checks.append(_judge_metadata(metadata))
         for seed in self.seeds:
             self.checks.append(self._rollout(seed))
         self.checks.append(self._envelope())
@@ -207,7 +219,13 @@ class _Checker:
         if isinstance(answer, str):
             return CheckResult(name, False, answer)
         status, body, ms = answer.status, answer.body, answer.elapsed_s * 1000
-        if status == 200 and isinstance(body, dict) and body.get("healthy") is True:
+        if (
+            status == 200
+            and isinstance(body, dict)
+            and (
+                body.get("healthy") is True or body.get("status") == "ok"  # synth-containers'
+            )
+        ):
             accepted = "key accepted" if self.client.api_key else "no key needed"
             return CheckResult(name, True, f"healthy, {accepted}", status, ms)
         if is_key_rejection(answer):
@@ -318,9 +336,9 @@ class _Checker:
         started = time.perf_counter()
         try:
             # Through request(), not rollout(): the answer is kept for "key not echoed".
-            answer = self.client.request(
-                "POST", "/rollout", json_body=rollout_request(seed, run_id=run_id)
-            )
+            body = rollout_request(seed, run_id=run_id)
+            answer = self.client.request("POST", "/rollout", json_body=body)
+            answer = self.client.settle(answer, body, started)  # a container's async answer
         except TransportError as exc:
             outcome = RolloutOutcome.from_transport_error(
                 exc, seed=seed, run_id=run_id, latency_s=time.perf_counter() - started
@@ -441,6 +459,13 @@ def _judge_info(answer: Answer | str) -> CheckResult:
         return failure or CheckResult(name, False, str(answer))
     body, ms = answer.body, answer.elapsed_s * 1000
     service = body.get("service") if isinstance(body, dict) else None
+    runtime = body.get("runtime") if isinstance(body, dict) else None
+    if not isinstance(service, dict) and isinstance(runtime, dict):
+        label = runtime.get("name") or runtime.get("runtime_id")
+        return CheckResult(name, True, f"synth-containers container {label!r}", 200, ms)
+    if not isinstance(service, dict) and isinstance(body, dict) and body.get("target_id"):
+        label = body["target_id"]
+        return CheckResult(name, True, f"synth-containers target {label!r}", 200, ms)
     if not isinstance(service, dict):
         return CheckResult(name, False, "answered 200 but without a 'service' object", 200, ms)
     found = service.get("task")
@@ -470,6 +495,47 @@ def _judge_task_info(answer: Answer | str) -> CheckResult:
     else:
         described = "task set described"
     return CheckResult(name, True, described, 200, ms)
+
+
+def _container_health(answer: Answer | str) -> bool:
+    """``GET /health`` answered the way a synth-containers app does (``{"status": "ok"}``)."""
+    return (
+        not isinstance(answer, str)
+        and answer.status == 200
+        and isinstance(answer.body, dict)
+        and answer.body.get("status") == "ok"
+    )
+
+
+def _judge_taskset(answer: Answer | str) -> CheckResult:
+    """A synth-containers container's ``GET /taskset`` (when ``/task_info`` has no taskset)."""
+    name = "GET /taskset"
+    failure = _generic_failure(name, answer)
+    if failure is not None or isinstance(answer, str):
+        return failure or CheckResult(name, False, str(answer))
+    body, ms = answer.body, answer.elapsed_s * 1000
+    if not isinstance(body, dict):
+        return CheckResult(name, False, "answered 200 but not with an object", 200, ms)
+    splits = body.get("splits")
+    names = list(splits) if isinstance(splits, dict | list) else []
+    described = "splits " + ", ".join(map(str, names)) if names else "task set described"
+    return CheckResult(name, True, f"{described} (synth-containers)", 200, ms)
+
+
+def _judge_metadata(answer: Answer) -> CheckResult:
+    """``GET /metadata``: which synth-containers optimizer contracts the app advertises."""
+    name = "GET /metadata"
+    body, ms = answer.body, answer.elapsed_s * 1000
+    inner = body.get("metadata") if isinstance(body, dict) else None
+    contracts = inner.get("optimizer_contracts") if isinstance(inner, dict) else None
+    gepa = contracts.get("gepa") if isinstance(contracts, dict) else None
+    if isinstance(gepa, dict):
+        detail = (
+            f"GEPA-ready container ({gepa.get('version')}, program {gepa.get('program_route')})"
+        )
+    else:
+        detail = "synth-containers metadata, no GEPA contract (no mutable prompts declared)"
+    return CheckResult(name, True, detail, 200, ms)
 
 
 def _short(body: Any) -> str:

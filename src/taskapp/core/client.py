@@ -85,8 +85,14 @@ WORKER_TOKEN_HEADER = "X-SynthTunnel-Worker-Token"  # noqa: S105 - a header name
 SCORE_FIELDS: tuple[tuple[str, str], ...] = (
     ("metrics", "outcome_score"),
     ("reward_info", "outcome_reward"),
+    ("metrics", "outcome_reward"),  # synth-ai 0.4.x
     ("metrics", "mean_return"),
 )
+
+#: ``success_status`` spellings of a rollout that ran: taskapp's and synth-containers'
+SUCCESS_SPELLINGS = frozenset({"success", "succeeded", "completed"})
+#: a synth-containers async answer still on its way: poll ``GET /rollouts/{id}``
+PENDING_STATUSES = frozenset({"running", "queued", "pending"})
 
 #: ``success_status`` values of a rollout that ran; anything else is a failed rollout.
 _SUCCESS = "success"
@@ -247,28 +253,18 @@ class RolloutOutcome:
                 200,
                 error=f"the rollout response is {kind}, not a JSON object",
             )
-        score: float | None = None
-        field: str | None = None
-        wrong: list[str] = []
-        for group, name in SCORE_FIELDS:
-            container = payload.get(group)
-            if not isinstance(container, dict) or name not in container:
-                continue
-            value = _number(container[name])
-            if value is None or not math.isfinite(value):
-                shown = _short(json.dumps(container[name], default=str), 40)
-                wrong.append(f"{group}.{name} is {shown}, not a number")
-                continue
-            score, field = value, f"{group}.{name}"
-            break
+        score, field, wrong = _read_score(payload)
         details: dict[str, Any] = {}
         for group in ("reward_info", "metrics"):
             container = payload.get(group)
             found = container.get("details") if isinstance(container, dict) else None
             if isinstance(found, dict):
                 details.update(found)
+        _container_details(payload, details)
         verdict = payload.get("success_status")
         verdict = verdict if isinstance(verdict, str) and verdict else None
+        if verdict in SUCCESS_SPELLINGS:
+            verdict = _SUCCESS
         if score is None:
             expected = ", ".join(f"{group}.{name}" for group, name in SCORE_FIELDS)
             problem = "; ".join(wrong) if wrong else f"none of {expected} is present"
@@ -479,10 +475,11 @@ class TaskAppClient(_ClientBase):
         """``GET /health``; raises ApiKeyRejectedError, TaskAppRequestError, TransportError."""
         answer = self.request("GET", "/health")
         body = self._raise_for(answer, "GET /health")
-        if not (isinstance(body, dict) and body.get("healthy") is True):
+        if not _healthy(body):
             raise TaskAppRequestError(
                 f"GET /health at {self.base_url} answered 200 without "
-                f'{{"healthy": true}}: {_short(body, 100)}'
+                f'{{"healthy": true}} (or synth-containers\' {{"status": "ok"}}): '
+                f"{_short(body, 100)}"
             )
 
     def info(self) -> dict[str, Any]:
@@ -497,6 +494,24 @@ class TaskAppClient(_ClientBase):
         seed, a list for several."""
         path = self._task_info_path(seed)
         return self._raise_for(self.request("GET", path), f"GET {path}")
+
+    def settle(
+        self, answer: Answer, request: Mapping[str, Any], started: float | None = None
+    ) -> Answer:
+        """``answer`` itself, or, when a synth-containers app answered ``POST /rollout``
+        asynchronously (``status: running`` and a ``rollout_id``), its final answer from
+        ``GET /rollouts/{id}`` (polled until done or the request's ``safety.max_time_s``)."""
+        pending = _pending_rollout(answer)
+        if pending is None:
+            return answer
+        deadline = (time.perf_counter() if started is None else started) + _poll_budget(request)
+        delay = 0.01
+        while pending is not None and time.perf_counter() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            answer = self.request("GET", f"/rollouts/{pending}")
+            pending = _pending_rollout(answer, pending)
+        return answer
 
     def rollout(
         self,
@@ -515,6 +530,7 @@ class TaskAppClient(_ClientBase):
             answer = self.transport.request(
                 "POST", "/rollout", headers=self._post_headers, body=payload
             )
+            answer = self.settle(answer, request, started)
         except TransportError as exc:
             return RolloutOutcome.from_transport_error(
                 exc, seed=seed, run_id=run_id, latency_s=time.perf_counter() - started
@@ -575,10 +591,11 @@ class AsyncTaskAppClient(_ClientBase):
     async def health(self) -> None:
         answer = await self.request("GET", "/health")
         body = self._raise_for(answer, "GET /health")
-        if not (isinstance(body, dict) and body.get("healthy") is True):
+        if not _healthy(body):
             raise TaskAppRequestError(
                 f"GET /health at {self.base_url} answered 200 without "
-                f'{{"healthy": true}}: {_short(body, 100)}'
+                f'{{"healthy": true}} (or synth-containers\' {{"status": "ok"}}): '
+                f"{_short(body, 100)}"
             )
 
     async def info(self) -> dict[str, Any]:
@@ -590,6 +607,24 @@ class AsyncTaskAppClient(_ClientBase):
     async def task_info(self, seed: int | Sequence[int] | None = None) -> Any:
         path = self._task_info_path(seed)
         return self._raise_for(await self.request("GET", path), f"GET {path}")
+
+    async def container_taskset(self) -> dict[str, Any] | None:
+        """A synth-containers container's task set as taskapp reads one (``{"splits":
+        {name: {"seeds": [...]}}}``): ``GET /taskset``, and ``POST /taskset/tasks`` per split
+        when it lists no seeds. None when the app serves neither or its task ids are not
+        seeds."""
+        answer = await self.request("GET", "/taskset")
+        names = _taskset_split_names(answer)
+        if names is None:
+            return _seeds_taskset(answer.body) if answer.status == 200 else None
+        splits: dict[str, Any] = {}
+        for name in names:
+            tasks = await self.request("POST", "/taskset/tasks", json_body={"split": name})
+            seeds = _task_ids_as_seeds(tasks)
+            if seeds is None:
+                return None
+            splits[name] = {"seeds": seeds}
+        return {"splits": splits} if splits else None
 
     async def rollout(
         self,
@@ -605,6 +640,17 @@ class AsyncTaskAppClient(_ClientBase):
             answer = await self.transport.request(
                 "POST", "/rollout", headers=self._post_headers, body=payload
             )
+            pending = _pending_rollout(answer)
+            if pending is not None:  # a synth-containers app answered async: poll it
+                import asyncio
+
+                deadline = started + _poll_budget(request)
+                delay = 0.01
+                while pending is not None and time.perf_counter() < deadline:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    answer = await self.request("GET", f"/rollouts/{pending}")
+                    pending = _pending_rollout(answer, pending)
         except TransportError as exc:
             return RolloutOutcome.from_transport_error(
                 exc, seed=seed, run_id=run_id, latency_s=time.perf_counter() - started
@@ -612,6 +658,98 @@ class AsyncTaskAppClient(_ClientBase):
         return RolloutOutcome.from_answer(
             answer, seed=seed, run_id=run_id, latency_s=time.perf_counter() - started
         )
+
+
+def _container_details(payload: Mapping[str, Any], details: dict[str, Any]) -> None:
+    """synth-containers' ``actionable_side_info`` (its feedback for a reflective proposer)
+    and ``summary.output`` into ``details``, under what the app did not set itself."""
+    side = payload.get("actionable_side_info")
+    if isinstance(side, dict):
+        for key, value in side.items():
+            details.setdefault(str(key), value)
+    summary = payload.get("summary")
+    if isinstance(summary, dict) and "output" in summary:
+        details.setdefault("output", summary["output"])
+
+
+def _read_score(payload: Mapping[str, Any]) -> tuple[float | None, str | None, list[str]]:
+    """(score, the field it came from, problems with fields that were not numbers): the
+    first of :data:`SCORE_FIELDS`, else a synth-containers bundled target's ``reward``."""
+    wrong: list[str] = []
+    for group, name in SCORE_FIELDS:
+        container = payload.get(group)
+        if not isinstance(container, dict) or name not in container:
+            continue
+        value = _number(container[name])
+        if value is None or not math.isfinite(value):
+            shown = _short(json.dumps(container[name], default=str), 40)
+            wrong.append(f"{group}.{name} is {shown}, not a number")
+            continue
+        return value, f"{group}.{name}", wrong
+    value = _number(payload.get("reward"))
+    if not wrong and value is not None and math.isfinite(value):
+        return value, "reward", wrong
+    return None, None, wrong
+
+
+def _seeds_taskset(body: Any) -> dict[str, Any] | None:
+    """A ``GET /taskset`` answer that already lists seeds per split (or a size), as is."""
+    from taskapp.core.seeds import known_seeds
+
+    if isinstance(body, dict) and known_seeds(body) is not None:
+        return body
+    inner = body.get("taskset") if isinstance(body, dict) else None
+    if isinstance(inner, dict) and known_seeds(inner) is not None:
+        return inner
+    return None
+
+
+def _taskset_split_names(answer: Answer) -> list[str] | None:
+    """The split names of a ``GET /taskset`` answer that lists no seeds, else None."""
+    if answer.status != 200 or _seeds_taskset(answer.body) is not None:
+        return None
+    body = answer.body
+    splits = body.get("splits") if isinstance(body, dict) else None
+    if isinstance(splits, list) and all(isinstance(name, str) for name in splits):
+        return list(splits)[:50]
+    if isinstance(splits, dict):
+        return [str(name) for name in splits][:50]
+    return None
+
+
+def _task_ids_as_seeds(answer: Answer) -> list[int] | None:
+    body = answer.body
+    ids = body.get("task_ids") if answer.status == 200 and isinstance(body, dict) else None
+    if not isinstance(ids, list):
+        return None
+    seeds = [int(i) for i in ids if isinstance(i, str | int) and str(i).isdigit()]
+    return seeds if len(seeds) == len(ids) else None
+
+
+def _healthy(body: Any) -> bool:
+    """``{"healthy": true}`` (taskapp, synth-ai) or ``{"status": "ok"}`` (synth-containers)."""
+    return isinstance(body, dict) and (body.get("healthy") is True or body.get("status") == "ok")
+
+
+def _pending_rollout(answer: Answer, rollout_id: str | None = None) -> str | None:
+    """The id to poll when ``answer`` is a synth-containers async answer still running
+    (``status`` running/queued, a ``rollout_id``, no score yet), else None."""
+    body = answer.body
+    if answer.status != 200 or not isinstance(body, dict):
+        return None
+    if body.get("status") not in PENDING_STATUSES:
+        return None
+    found = body.get("rollout_id") or rollout_id
+    if not isinstance(found, str) or not found or "/" in found or len(found) > 200:
+        return None
+    return urllib.parse.quote(found, safe="")
+
+
+def _poll_budget(request: Mapping[str, Any]) -> float:
+    """How long to poll an async answer: the request's ``safety.max_time_s`` (600 s)."""
+    safety = request.get("safety")
+    limit = safety.get("max_time_s") if isinstance(safety, Mapping) else None
+    return float(limit) if isinstance(limit, int | float) and limit > 0 else 600.0
 
 
 def _short(value: Any, limit: int) -> str:

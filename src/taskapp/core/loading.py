@@ -45,7 +45,16 @@ __all__ = [
 ]
 
 APP_ATTRIBUTES = ("app", "application")
-FACTORY_ATTRIBUTES = ("create_app", "build_app", "make_app", "get_app", "app_factory")
+#: ``fastapi_app`` first: synth-ai's own loaders (0.2.24 - 0.7.3) prefer it to ``build_config``
+#: in its example files, which define both
+FACTORY_ATTRIBUTES = (
+    "fastapi_app",
+    "create_app",
+    "build_app",
+    "make_app",
+    "get_app",
+    "app_factory",
+)
 CONFIG_ATTRIBUTES = ("build_config", "create_config", "get_config", "config", "task_app_config")
 
 
@@ -89,6 +98,10 @@ def materialize(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
         from taskapp.core.contract import alias_keys_from_env, create_task_app
 
         return create_task_app(obj, api_keys=[api_key, *alias_keys_from_env()]), obj
+    containers = _containers_loader()
+    if containers.is_container(obj) or containers.is_container_app(obj):
+        # synth-containers' Container (or its app): behind taskapp's key check
+        return containers.build_app(obj, api_key=api_key, origin=origin), None
     synth_ai = _synth_ai_loader()
     if synth_ai.is_synth_ai_object(obj) or synth_ai.is_synth_ai_app(obj):
         # synth-ai's configs and apps: built and hosted the way synth-ai does it
@@ -103,7 +116,8 @@ def materialize(obj: Any, *, api_key: str, origin: str) -> tuple[Any, TaskAppCon
         return obj, config if isinstance(config, TaskAppConfig) else None
     raise AppLoadError(
         f"{origin} gave a {_full_name(obj)}, which is neither an ASGI app (e.g. FastAPI) nor "
-        "a taskapp.TaskAppConfig (nor a synth-ai TaskAppConfig). Return "
+        "a taskapp.TaskAppConfig (nor a synth-ai TaskAppConfig or synth-containers "
+        "Container). Return "
         "taskapp.TaskAppConfig(...) or create_task_app(config), or pass the app itself"
     )
 
@@ -120,9 +134,21 @@ def _synth_ai_loader() -> Any:
     return synth_ai
 
 
+def _containers_loader() -> Any:
+    """The synth-containers hosting mechanics (they never import synth-containers)."""
+    from taskapp.core import synth_containers
+
+    return synth_containers
+
+
 def _is_config(obj: Any) -> bool:
-    """A taskapp TaskAppConfig or a synth-ai one."""
-    return isinstance(obj, TaskAppConfig) or bool(_synth_ai_loader().is_synth_ai_config(obj))
+    """A taskapp TaskAppConfig, a synth-ai one, or a synth-containers Container (each
+    describes an app taskapp builds)."""
+    return (
+        isinstance(obj, TaskAppConfig)
+        or bool(_synth_ai_loader().is_synth_ai_config(obj))
+        or bool(_containers_loader().is_container(obj))
+    )
 
 
 def release_key(app: Any, api_key: str) -> None:
@@ -166,6 +192,15 @@ def app_from_module(
         if _is_factory(obj):
             result = call_factory(obj, f"{origin}:{attr}()")
             return materialize(result, api_key=api_key, origin=f"{origin}:{attr}()")
+    found = [
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and _containers_loader().is_container(value)
+    ]
+    if len(found) == 1:  # a file defining one Container under any name
+        return materialize(
+            getattr(module, found[0]), api_key=api_key, origin=f"{origin}:{found[0]}"
+        )
     tried = ", ".join(APP_ATTRIBUTES + FACTORY_ATTRIBUTES + CONFIG_ATTRIBUTES)
     raise AppLoadError(
         f"found no task app in {origin}: looked for an ASGI app or TaskAppConfig named "

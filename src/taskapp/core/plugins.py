@@ -90,6 +90,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "taskapp.plugins.loaders.path",
     "taskapp.plugins.loaders.import_string",
     "taskapp.plugins.loaders.synth_ai",
+    "taskapp.plugins.loaders.synth_containers",
     "taskapp.plugins.loaders.inspect",
     "taskapp.plugins.servers.thread",
     "taskapp.plugins.servers.subprocess",

@@ -37,8 +37,11 @@ async def read_taskset(client: AsyncTaskAppClient) -> Any:
         ) from None
     taskset = body.get("taskset") if isinstance(body, dict) else None
     if taskset is None:
+        taskset = await client.container_taskset()  # a synth-containers container's
+    if taskset is None:
         raise TaskAppRequestError(
-            f"{url} does not look like a task app: GET /task_info has no 'taskset' field"
+            f"{url} does not look like a task app: GET /task_info has no 'taskset' field "
+            "(nor does it serve synth-containers' GET /taskset)"
         )
     return taskset
 

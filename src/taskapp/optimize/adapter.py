@@ -9,7 +9,8 @@ flattens several (candidate, seeds) pairs into the one pool.
 Conventions (docs/optimize.md, "The contract conventions"):
 
 * every component of a candidate is a key of ``policy.config``: a single prompt travels
-  as ``policy.config["prompt"]``, merged over the user's policy config;
+  as ``policy.config["prompt"]``, merged over the user's policy config (and, for a target
+  serving synth-containers' ``GET /program``, also as the request's ``candidate``);
 * ``metrics.details.feedback`` is the text GEPA reflects on; ``details.input`` /
   ``predicted`` / ``expected`` (or common synonyms) fill the other fields of a record.
 
@@ -161,9 +162,12 @@ class TaskAppAdapter:
         run_tag: str = "opt",
         transport: Any = None,
         worker_token: str | None = None,
+        send_candidate: bool = False,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        #: also send the candidate as synth-containers' ``candidate`` (a target with /program)
+        self.send_candidate = send_candidate
         self.api_key = api_key
         self.policy_config = dict(policy_config or {})
         self.policy_name = policy_name
@@ -275,6 +279,8 @@ class TaskAppAdapter:
             env_name=self.env_name,
             policy_name=self.policy_name,
         )
+        if self.send_candidate:
+            body["candidate"] = dict(candidate)
         result = self._post(body, seed)
         with self._lock:
             self.rollouts_sent += 1
@@ -291,6 +297,7 @@ class TaskAppAdapter:
             answer: Answer | None = None
             try:
                 answer = self._client.request("POST", "/rollout", json_body=body)
+                answer = self._client.settle(answer, body, started)  # a container's async answer
             except ClientTimeout as exc:
                 return Rollout(seed, 0.0, error=f"timed out: {exc}")
             except TransportError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from taskapp.core.client import TransportError
 from taskapp.core.endpoint import Endpoint
 from taskapp.core.errors import (
     ApiKeyRejectedError,
@@ -27,12 +28,20 @@ logger = get_logger("taskapp.optimize")
 def advertised_prompts(info: Any, prompt_key: str = "prompt") -> dict[str, str]:
     """The optimizable prompts a task app advertises in ``GET /info``, with defaults.
 
-    Looked up, first found wins, in ``prompts`` (a mapping of policy.config key to
-    default text) or ``default_prompt`` (the text of ``prompt_key``) at the top level,
-    in ``task_info.task_metadata`` and in ``dataset`` (what ``describe_taskset`` returns).
+    Looked up, first found wins, in the seed candidate of synth-containers' ``GET
+    /program`` (``info["program"]``, read by :func:`check_health`), in ``prompts`` (a
+    mapping of policy.config key to default text) or ``default_prompt`` (the text of
+    ``prompt_key``) at the top level, in ``task_info.task_metadata`` and in ``dataset``
+    (what ``describe_taskset`` returns).
     """
     if not isinstance(info, dict):
         return {}
+    program = info.get("program")  # synth-containers' GET /program, when the app serves it
+    seed = program.get("seed_candidate") if isinstance(program, dict) else None
+    if isinstance(seed, dict):
+        found = {str(k): v for k, v in seed.items() if isinstance(v, str) and v.strip()}
+        if found:
+            return found
     places: list[Any] = [info]
     task_info = info.get("task_info")
     if isinstance(task_info, dict):
@@ -53,7 +62,8 @@ def advertised_prompts(info: Any, prompt_key: str = "prompt") -> dict[str, str]:
 
 
 def check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
-    """/health then /info; returns the info (empty when /info is not a JSON object)."""
+    """/health then /info (with synth-containers' ``GET /program`` under ``"program"`` when
+    the app serves one); returns the info (empty when /info is not a JSON object)."""
     try:
         endpoint.wait_healthy(timeout, what="the task app", error=TaskAppUnavailableError)
     except ApiKeyRejectedError as exc:
@@ -65,8 +75,12 @@ def check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
         raise TaskAppUnavailableError(exc.message) from exc
     try:
         with endpoint.client(timeout=timeout) as client:
-            return client.info()
-    except TaskAppRequestError as exc:
+            info = client.info()
+            program = client.request("GET", "/program")  # a synth-containers prompt program
+            if program.status == 200 and isinstance(program.body, dict):
+                info = {**info, "program": program.body}
+            return info
+    except (TaskAppRequestError, TransportError) as exc:
         logger.info("GET /info failed (%s); continuing without it", exc)
         return {}
 

@@ -279,9 +279,11 @@ class _Run:
                 raise ConfigurationError(
                     f"no seed prompt: pass one (--prompt / --prompt-file), or let the task "
                     f"app at {self.endpoint.label} advertise its default in /info "
-                    "(task_metadata.prompts or default_prompt; see docs/optimize.md)"
+                    "(task_metadata.prompts or default_prompt) or serve synth-containers' "
+                    "GET /program (see docs/optimize.md)"
                 )
-            logger.info("using the prompt(s) advertised in /info: %s", ", ".join(advertised))
+            where = "GET /program" if self.info.get("program") else "/info"
+            logger.info("using the prompt(s) advertised in %s: %s", where, ", ".join(advertised))
             return advertised
         if isinstance(prompt, str):
             return {self.c.prompt_key: prompt}
@@ -382,6 +384,7 @@ class _Run:
             timeout=c.rollout_timeout,
             run_tag=f"opt-{uuid.uuid4().hex[:8]}",
             worker_token=self.endpoint.worker_token,
+            send_candidate=bool(self.info.get("program")),
             headers=self.endpoint.headers,
         )
         baseline_scores = self.previous.get("baseline_val_scores")

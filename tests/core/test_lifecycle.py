@@ -911,7 +911,8 @@ def test_server_dying_during_the_health_check_fails_at_once(port: int) -> None:
         # Stand-in for a server that dies after startup: end the uvicorn thread.
         server = holder["task_app"].server
         assert isinstance(server, ThreadServer)
-        server._server.request_exit()
+        assert server._serving is not None
+        server._serving.server.request_exit()
         return JSONResponse({"healthy": False}, status_code=503)
 
     holder["task_app"] = InProcessTaskApp(app=app, port=port, health_check_timeout=30)

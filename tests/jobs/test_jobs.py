@@ -466,8 +466,10 @@ def test_page_shows_a_job_to_the_end_in_chromium(
             seen = {row.locator(".status").inner_text()}
             page.locator(f'tr.job[data-id="{job_id}"] .status-succeeded').wait_for(timeout=60_000)
             seen.add("succeeded")
-            page.locator("#candidates tbody tr").first.wait_for(timeout=10_000)
             assert page.url == f"{shared.url}/"  # the key left the address bar
+            row.locator("td.id a").click()  # the job's own page (tests/jobs/test_page.py: more)
+            page.wait_for_url(f"{shared.url}/jobs/{job_id}")
+            page.locator("#candidates tbody tr").first.wait_for(timeout=10_000)
             assert page.locator("#d-status").inner_text() == "succeeded"
             assert page.locator("#curve polyline.best").count() == 1
             assert page.locator("#curve line.baseline").count() == 1

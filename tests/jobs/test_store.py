@@ -75,9 +75,10 @@ def test_a_database_of_the_previous_taskapp_is_migrated(db: str) -> None:
     _old_schema(db)
     store = _open(db)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3  # 3: job labels (the jobs page)
         job = store.get("pl_old0000000000")
         assert job is not None and job["status"] == "succeeded" and job["metric_calls"] == 12
+        assert job["labels"] == {}
         # its events go on numbering where they were
         assert store.add_event("pl_old0000000000", "note", {}) == 3
         assert [e["seq"] for e in store.events("pl_old0000000000")] == [1, 2, 3]

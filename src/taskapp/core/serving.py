@@ -204,14 +204,15 @@ class ServingThread:
         self.sock = sock
         self.started = False
         self.error: BaseException | None = None
-        self._ready = threading.Event()
+        #: set once the server serves or its thread ended, whichever comes first
+        self.ready = threading.Event()
         previous = server.on_started
 
         def on_started() -> None:
             if previous is not None:
                 previous()
             self.started = True
-            self._ready.set()
+            self.ready.set()
 
         server.on_started = on_started
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -219,7 +220,7 @@ class ServingThread:
     def wait_started(self, timeout: float) -> bool:
         """Wait until the server serves (True), its thread ended first (False, see
         ``error``) or ``timeout`` seconds passed (False, still starting)."""
-        self._ready.wait(timeout)
+        self.ready.wait(timeout)
         return self.started
 
     def stop(self, grace: float) -> bool:
@@ -248,7 +249,7 @@ class ServingThread:
             if self.started:
                 logger.error("uvicorn thread ended with %r", exc)
         finally:
-            self._ready.set()
+            self.ready.set()
 
     async def _serve(self) -> None:
         server = self.server

@@ -349,6 +349,9 @@ class JobPool:
         """One progress event of the run: recorded with the job's scores (and, at an
         iteration boundary, the checkpoint). Never raises: a database that is away
         keeps the event for later, a lost lease stops the run."""
+        if event.get("event") == "started" and event.get("task"):
+            with contextlib.suppress(StoreError):  # a label for the list
+                self.store.set_labels(run.job_id, {"task": str(event["task"])})
         fields: dict[str, Any] = {}
         if event.get("best_score") is not None:
             fields["best_score"] = event["best_score"]

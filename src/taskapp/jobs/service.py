@@ -12,6 +12,11 @@ Every ``/api`` route needs ``Authorization: Bearer <key>`` (compared in constant
     GET    /api/jobs/{id}/events?after=&limit=   paged history, by sequence number
     GET    /api/jobs/{id}/events/stream?after=   the same as server-sent events, until done
     GET    /api/jobs/{id}/result        best prompt, seed prompt, scores, candidates, history
+    GET    /api/jobs/{id}/seeds         the candidate x seed score matrix (fixed / broke)
+    GET    /api/stream?since=           every job's changes as server-sent events
+
+The page (:mod:`.page`) is served at ``/``, ``/jobs``, ``/jobs/{id}`` and ``/compare``,
+its script and style sheet at ``/static/{name}``.
 
 The API is stateless over its :class:`~taskapp.jobs.store.JobStore`: any number of API
 processes may serve one PostgreSQL store, with or without local workers. Errors are
@@ -29,7 +34,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request  # module level: FastAPI resolves annotations here
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.logs import get_logger
@@ -124,10 +129,18 @@ class BackendApi:
             raise ApiError(404, "not_found", f"no job {job_id!r}")
         return job
 
-    async def page(self) -> HTMLResponse:
-        from taskapp.jobs.page import PAGE_HTML
+    async def page(self, request: Request) -> HTMLResponse:
+        from taskapp.jobs.page import page_html
 
-        return HTMLResponse(PAGE_HTML)
+        return HTMLResponse(page_html(_actions(request.app)), headers=_NO_STORE)
+
+    async def static(self, name: str) -> Response:
+        from taskapp.jobs.page import asset
+
+        found = asset(name)
+        if found is None:
+            raise ApiError(404, "not_found", f"no file {name!r} under /static/")
+        return Response(found[0], media_type=found[1], headers=_NO_STORE)
 
     async def health(self) -> dict[str, Any]:
         pool = self.pool
@@ -151,16 +164,20 @@ class BackendApi:
             spec, url, key, token = _submission(body)
         except ConfigurationError as exc:
             raise ApiError(400, "configuration_error", exc.message) from None
+        from taskapp.jobs.views import job_labels
+
         register_secret(key)
         register_secret(token)
+        config = spec.config.to_dict()
         job_id, created = self.store.create(
-            spec.config.to_dict(),
+            config,
             task_app_url=url.rstrip("/"),
             task_app_key=key or None,
             worker_token=token,
             warnings=spec.warnings,
             idempotency_key=idempotency_key,
             request_hash=request_hash(body) if idempotency_key is not None else None,
+            labels=job_labels(config, body.get("config_name")),
         )
         if self.pool is not None:
             self.pool.notify()
@@ -257,6 +274,52 @@ class BackendApi:
             yield ": keep-alive\n\n"
             await asyncio.sleep(0.25)
 
+    async def changes(self, request: Request, since: float = 0.0) -> StreamingResponse:
+        """Every job's changes (``event: job``, the job as data), from ``since`` on (an
+        ``updated_at`` value; 0: every job first). The page's list follows this stream."""
+        self.authorize(request)
+        return StreamingResponse(
+            self._changes(request, since),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _changes(self, request: Request, since: float) -> AsyncIterator[str]:
+        # Writers stamp updated_at just before their transaction commits, so a change can
+        # become visible with a stamp older than one already sent: look back a little
+        # and skip what was sent already.
+        sent: dict[str, float] = {}
+        cursor = since
+        quiet = 0.0
+        while True:
+            rows = await asyncio.to_thread(
+                self.store.changed_since, cursor - _LOOK_BACK_S, limit=_CHANGES_PAGE
+            )
+            for job in rows:
+                if sent.get(job["id"]) == job["updated_at"]:
+                    continue
+                sent[job["id"]] = job["updated_at"]
+                yield f"event: job\ndata: {json.dumps(job, default=str)}\n\n"
+                quiet = 0.0
+            if rows:
+                cursor = max(cursor, rows[-1]["updated_at"])
+                sent = {k: v for k, v in sent.items() if v > cursor - _LOOK_BACK_S}
+            if await request.is_disconnected():
+                return
+            if quiet >= _KEEP_ALIVE_S:
+                yield ": keep-alive\n\n"
+                quiet = 0.0
+            await asyncio.sleep(_POLL_S)
+            quiet += _POLL_S
+
+    def seeds(self, request: Request, job_id: str) -> dict[str, Any]:
+        from taskapp.jobs.views import seed_matrix
+
+        self.authorize(request)
+        self.job_or_404(job_id)
+        events = self.store.events(job_id, limit=100_000)
+        return {"job_id": job_id, **seed_matrix(events, self.store.result(job_id))}
+
     def control(self, action: str) -> Any:
         """The handler of ``POST /api/jobs/{id}/<action>``."""
 
@@ -285,6 +348,26 @@ class BackendApi:
         self.authorize(request)
         job = self.job_or_404(job_id)
         return {"job": job, "result": self.store.result(job_id)}
+
+
+_NO_STORE = {"Cache-Control": "no-cache"}
+_LOOK_BACK_S = 2.0
+_CHANGES_PAGE = 5000
+_POLL_S = 0.1
+_KEEP_ALIVE_S = 15.0
+
+
+def _actions(app: Any) -> list[str]:
+    """The job actions this app serves: ``POST /api/jobs/{job_id}/NAME`` routes, and
+    ``delete`` for ``DELETE /api/jobs/{job_id}``."""
+    found: list[str] = []
+    for route in app.routes:
+        path, methods = getattr(route, "path", ""), getattr(route, "methods", None) or set()
+        if path == "/api/jobs/{job_id}" and "DELETE" in methods:
+            found.append("delete")
+        elif path.startswith("/api/jobs/{job_id}/") and "POST" in methods:
+            found.append(path.rsplit("/", 1)[1])
+    return found
 
 
 def _submission(body: dict[str, Any]) -> tuple[Any, str, str | None, str | None]:
@@ -327,7 +410,10 @@ def create_backend_app(store: JobStore, pool: JobPool | None, api_key: str) -> A
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(StoreConflictError, _conflict)
-    app.add_api_route("/", api.page, methods=["GET"], response_class=HTMLResponse)
+    for path in ("/", "/jobs", "/jobs/{job_id}", "/compare"):
+        app.add_api_route(path, api.page, methods=["GET"], response_class=HTMLResponse)
+    app.add_api_route("/static/{name}", api.static, methods=["GET"])
+    app.add_api_route("/api/stream", api.changes, methods=["GET"])
     app.add_api_route("/health", api.health, methods=["GET"])
     app.add_api_route("/api/jobs", api.submit, methods=["POST"], status_code=201)
     app.add_api_route("/api/jobs", api.list_jobs, methods=["GET"])
@@ -338,4 +424,5 @@ def create_backend_app(store: JobStore, pool: JobPool | None, api_key: str) -> A
         app.add_api_route(f"/api/jobs/{{job_id}}/{action}", api.control(action), methods=["POST"])
     app.add_api_route("/api/jobs/{job_id}", api.delete, methods=["DELETE"])
     app.add_api_route("/api/jobs/{job_id}/result", api.result, methods=["GET"])
+    app.add_api_route("/api/jobs/{job_id}/seeds", api.seeds, methods=["GET"])
     return app

@@ -122,6 +122,10 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (job_id, name)
         )""",
     ],
+    [  # the jobs page: a job's labels (JSON), and changes by time (GET /api/stream)
+        "ALTER TABLE jobs ADD COLUMN labels TEXT",
+        "CREATE INDEX IF NOT EXISTS jobs_updated ON jobs (updated_at)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -146,6 +150,9 @@ PUBLIC_FIELDS = (
     "finished_at",
     "first_rollout_at",
 )
+#: what the list shows beside the id: the config's file name, the task, the models
+LABELS = ("config_name", "task", "model", "reflection_model")
+
 _WRITABLE = frozenset(PUBLIC_FIELDS) - {"id", "created_at"} | {"result"}
 
 _SECRET_NAME = re.compile(r"api[_-]?key|token|secret|password|authorization", re.I)
@@ -170,6 +177,15 @@ def _public(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     return value
+
+
+def _labels(labels: dict[str, Any]) -> dict[str, str]:
+    """The known, non-empty labels as short strings (secrets redacted)."""
+    return {
+        name: redact(str(value))[:200]
+        for name, value in labels.items()
+        if name in LABELS and value not in (None, "")
+    }
 
 
 class StoreError(TaskAppError):
@@ -320,20 +336,21 @@ class JobStore:
         warnings: list[str],
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> tuple[str, bool]:
         """(job id, created): with an ``idempotency_key`` already used for the same
         ``request_hash``, the earlier job and False; for another body,
-        :class:`StoreConflictError`."""
+        :class:`StoreConflictError`. ``labels``: names in :data:`LABELS` (the list's)."""
         try:
             return self._create(config, task_app_url, task_app_key, worker_token, warnings,
-                                idempotency_key, request_hash)  # fmt: skip
+                                idempotency_key, request_hash, labels)  # fmt: skip
         except StoreError:
             if idempotency_key is None:
                 raise
             # two submissions with one key at once: the second insert breaks the unique
             # index; the first one's job is the answer
             return self._create(config, task_app_url, task_app_key, worker_token, warnings,
-                                idempotency_key, request_hash)  # fmt: skip
+                                idempotency_key, request_hash, labels)  # fmt: skip
 
     def _create(
         self,
@@ -344,8 +361,10 @@ class JobStore:
         warnings: list[str],
         idempotency_key: str | None,
         request_hash: str | None,
+        labels: dict[str, str] | None = None,
     ) -> tuple[str, bool]:
         job_id = "pl_" + uuid.uuid4().hex[:16]
+        shown = _labels(labels or {})
         now = _now()
         with self._tx() as tx:
             if idempotency_key is not None:
@@ -362,8 +381,8 @@ class JobStore:
                     return str(rows[0]["id"]), False
             tx.execute(
                 "INSERT INTO jobs (id, created_at, updated_at, status, config, task_app_url,"
-                " task_app_key, worker_token, budget, idempotency_key, request_hash)"
-                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                " task_app_key, worker_token, budget, idempotency_key, request_hash, labels)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     now,
@@ -375,9 +394,10 @@ class JobStore:
                     config.get("budget"),
                     idempotency_key,
                     request_hash,
+                    json.dumps(shown),
                 ),
             )
-            self._add_event(tx, job_id, "submitted", {"task_app_url": task_app_url})
+            self._add_event(tx, job_id, "submitted", {"task_app_url": task_app_url, **shown})
             for warning in warnings:
                 self._add_event(tx, job_id, "warning", {"message": warning})
         self._notify()
@@ -456,12 +476,33 @@ class JobStore:
         config = json.loads(row["config"])
         job["config"] = config if secrets else _public(config)  # the job runs with the stored
         job["has_result"] = row["result"] is not None
+        job["labels"] = json.loads(row.get("labels") or "{}")
         if secrets:
             job["task_app_key"] = row["task_app_key"]
             job["worker_token"] = row["worker_token"]
             register_secret(row["task_app_key"])
             register_secret(row["worker_token"])
         return job
+
+    def set_labels(self, job_id: str, labels: dict[str, str]) -> None:
+        """Merge ``labels`` (names in :data:`LABELS`) into the job's labels."""
+        with self._tx() as tx:
+            rows = tx.execute("SELECT labels FROM jobs WHERE id = ?", (job_id,))
+            if not rows:
+                return
+            merged = {**json.loads(rows[0]["labels"] or "{}"), **_labels(labels)}
+            tx.execute(
+                "UPDATE jobs SET labels = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(merged), _now(), job_id),
+            )
+
+    def changed_since(self, since: float, *, limit: int = 500) -> list[dict[str, Any]]:
+        """Jobs updated after ``since`` (an ``updated_at`` value), oldest change first."""
+        rows = self._query(
+            "SELECT * FROM jobs WHERE updated_at > ? ORDER BY updated_at, id LIMIT ?",
+            (since, limit),
+        )
+        return [self._row(row) for row in rows]
 
     def result(self, job_id: str) -> dict[str, Any] | None:
         rows = self._query("SELECT result FROM jobs WHERE id = ?", (job_id,))

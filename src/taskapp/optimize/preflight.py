@@ -61,6 +61,24 @@ def advertised_prompts(info: Any, prompt_key: str = "prompt") -> dict[str, str]:
     return {}
 
 
+def task_name(info: Any) -> str | None:
+    """The task's name from ``GET /info`` (``service.name``, else a task's name or id).
+
+    >>> task_name({"service": {"app_id": "toy", "name": "Toy keywords"}})
+    'Toy keywords'
+    """
+    if not isinstance(info, dict):
+        return None
+    service = info.get("service")
+    service = service if isinstance(service, dict) else {}
+    task = service.get("task", info.get("task"))
+    task = task if isinstance(task, dict) else {}
+    for value in (service.get("name"), service.get("app_id"), task.get("name"), task.get("id")):
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
 def check_health(endpoint: Endpoint, timeout: float) -> dict[str, Any]:
     """/health then /info (with synth-containers' ``GET /program`` under ``"program"`` when
     the app serves one); returns the info (empty when /info is not a JSON object)."""

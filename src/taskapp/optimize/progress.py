@@ -3,7 +3,8 @@
 Events (``history`` entries, ``on_progress`` payloads and ``history.jsonl`` lines)::
 
     {"event": "baseline",  "iteration": 0, "metric_calls": 30, "score": 0.4, "best_score": 0.4, ...}
-    {"event": "candidate", "iteration": 3, "candidate": 1, "score": 0.5, "parents": [0], ...}
+    {"event": "candidate", "iteration": 3, "candidate": 1, "score": 0.5, "parents": [0],
+     "val_scores": {"100": 1.0, ...}, "texts": {"prompt": "..."} (a new best only), ...}
     {"event": "iteration", "iteration": 3, "metric_calls": 66, "best_score": 0.5,
      "accepted": true, "skipped": null, ...}
     {"event": "stopped",   "reason": "budget", "metric_calls": 198, "best_score": 0.77, ...}
@@ -104,20 +105,25 @@ class ProgressTracker:
                     "best_score": score,
                     "budget": self.budget,
                     "val_scores": {str(k): float(v) for k, v in event["scores_by_val_id"].items()},
+                    "texts": dict(event.get("candidate") or {}),
                 }
             )
             return
-        self.emit(
-            {
-                "event": "candidate",
-                "iteration": iteration,
-                "candidate": int(event["candidate_idx"]),
-                "parents": [p for p in event.get("parent_ids", []) if p is not None],
-                "metric_calls": self.metric_calls,
-                "score": score,
-                "is_best": bool(event.get("is_best_program")),
-            }
-        )
+        is_best = bool(event.get("is_best_program"))
+        candidate: dict[str, Any] = {
+            "event": "candidate",
+            "iteration": iteration,
+            "candidate": int(event["candidate_idx"]),
+            "parents": [p for p in event.get("parent_ids", []) if p is not None],
+            "metric_calls": self.metric_calls,
+            "score": score,
+            "is_best": is_best,
+            # per seed: what the jobs page's seed matrix shows while the run goes on
+            "val_scores": {str(k): float(v) for k, v in event["scores_by_val_id"].items()},
+        }
+        if is_best:  # the current best prompt, visible before the run ends
+            candidate["texts"] = dict(event.get("candidate") or {})
+        self.emit(candidate)
         self._iteration_notes.setdefault("new_candidates", []).append(int(event["candidate_idx"]))
 
     def on_budget_updated(self, event: Any) -> None:

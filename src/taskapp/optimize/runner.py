@@ -46,7 +46,7 @@ from taskapp.optimize.errors import (
 )
 from taskapp.optimize.gepa_state import best_idx, build_result, read_history
 from taskapp.optimize.lm import ReflectionRecorder
-from taskapp.optimize.preflight import advertised_prompts, check_health, check_seeds
+from taskapp.optimize.preflight import advertised_prompts, check_health, check_seeds, task_name
 from taskapp.optimize.progress import GepaLogger, JsonlWriter, ProgressTracker, RunStopper
 from taskapp.optimize.resolved import HISTORY_FILE, RUN_FILE, STATE_DIR, ResolvedRun
 from taskapp.optimize.result import OptimizeResult
@@ -355,6 +355,8 @@ class _Run:
         sinks.append(remember_baseline)
         if self.on_progress is not None:
             sinks.append(self.on_progress)
+            with contextlib.suppress(Exception):  # a label for the job list, not history
+                self.on_progress({"event": "started", "task": task_name(self.info)})
         tracker = ProgressTracker(
             budget=c.budget,
             history=history,

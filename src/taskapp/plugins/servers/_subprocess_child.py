@@ -88,10 +88,13 @@ def worker_app() -> Any:
 
 
 def _config(app: Any, options: dict[str, Any], **extra: Any) -> Any:
-    import uvicorn
+    from taskapp.core.serving import uvicorn_config
 
-    config = uvicorn.Config(
+    # Unloaded: uvicorn's supervisor pickles it to the workers. This process runs one
+    # server, so uvicorn's own (process-wide) access_log switch is the right one here.
+    config = uvicorn_config(
         app,
+        load=False,
         log_level=options.get("log_level", "info"),
         access_log=bool(options.get("access_log", False)),
         lifespan="auto",
@@ -103,7 +106,7 @@ def _config(app: Any, options: dict[str, Any], **extra: Any) -> Any:
         **extra,
     )
     # Typed int in uvicorn; keep the precise value.
-    config.timeout_graceful_shutdown = float(options.get("graceful_timeout", 5.0))  # type: ignore[assignment]
+    config.timeout_graceful_shutdown = float(options.get("graceful_timeout", 5.0))
     return config
 
 

@@ -10,17 +10,20 @@ import dataclasses
 import logging
 import os
 import re
-import signal
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError, ServerStartError
 from taskapp.core.importing import install_command
 from taskapp.core.ports import listen_tcp
-from taskapp.core.serving import fast_exit_server_class, without_access_log
+from taskapp.core.serving import (
+    ServingThread,
+    fast_exit_server_class,
+    serve_in_thread,
+    uvicorn_config,
+)
 from taskapp.relay.server.app import RelayApp, create_relay_app
 from taskapp.relay.server.settings import RelaySettings
 
@@ -58,8 +61,6 @@ def _install_log_redaction() -> None:
 
 
 def _uvicorn_config(app: RelayApp, settings: RelaySettings, **overrides: Any) -> Any:
-    import uvicorn
-
     try:
         import websockets  # noqa: F401
     except ImportError:
@@ -78,9 +79,8 @@ def _uvicorn_config(app: RelayApp, settings: RelaySettings, **overrides: Any) ->
         "forwarded_allow_ips": list(settings.trusted_proxies),
         "lifespan": "on",
         "log_config": None,
-        # True here, switched off for this server's protocol only in RelayServer:
+        # Off for this server's protocol only (core/serving.uvicorn_config): uvicorn's
         # access_log=False would empty the process-wide "uvicorn.access" logger.
-        "access_log": True,
         "timeout_keep_alive": 5,
         "timeout_graceful_shutdown": settings.drain_timeout,
         "ssl_certfile": settings.ssl_certfile,
@@ -88,7 +88,7 @@ def _uvicorn_config(app: RelayApp, settings: RelaySettings, **overrides: Any) ->
         "h11_max_incomplete_event_size": settings.max_header_bytes + 1024,
     }
     options.update(overrides)
-    return uvicorn.Config(app, **options)
+    return uvicorn_config(app, **options)
 
 
 def _with_tcp_proto(sock: socket.socket) -> socket.socket:
@@ -116,37 +116,20 @@ class RelayServer:
         self._own_sock = self.sock is not sock  # a duplicate we made: ours to close
         _install_log_redaction()
         config = _uvicorn_config(self.app, settings)
-        config.load()
-        config.http_protocol_class = without_access_log(config.http_protocol_class)
-        relay = self
-
-        # taskapp's one uvicorn Server (core/serving.py), with the relay's signal handling:
-        # the first SIGTERM/SIGINT drains, a second exits at once.
-        class _Server(fast_exit_server_class()):  # type: ignore[misc]
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                if threading.current_thread() is not threading.main_thread():
-                    yield
-                    return
-                handled = (signal.SIGINT, signal.SIGTERM)
-                previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-                try:
-                    yield
-                finally:
-                    for sig, handler in previous.items():
-                        signal.signal(sig, handler)
-
-            def handle_exit(self, sig: int, frame: Any) -> None:
-                relay.request_stop()
-
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # taskapp's one uvicorn Server (core/serving.py); its on_signal hook gives the
+        # relay's signal handling: the first SIGTERM/SIGINT drains, a second exits at once.
+        self.server = fast_exit_server_class()(config)
+        self.server.on_signal = lambda signum: self.request_stop()
         self._stopping = False
         self.started = threading.Event()
-        self.server = _Server(config)
         self.server.on_started = self.started.set
 
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        loop: asyncio.AbstractEventLoop | None = self.server._loop
+        return loop
+
     async def serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
         try:
             await self.server.serve(sockets=[self.sock] if self.sock is not None else None)
         finally:
@@ -193,13 +176,21 @@ class RunningRelay:
     """A relay serving in a background thread (see :func:`start_relay_thread`)."""
 
     server: RelayServer
-    thread: threading.Thread
+    serving: ServingThread
     url: str
-    errors: list[BaseException]
 
     @property
     def app(self) -> RelayApp:
         return self.server.app
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self.serving.thread
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """What ended the serving thread (empty while it serves)."""
+        return [self.serving.error] if self.serving.error is not None else []
 
     def stop(self, timeout: float = 15.0, *, drain: bool = False) -> None:
         if drain:
@@ -210,6 +201,8 @@ class RunningRelay:
         if self.thread.is_alive():
             self.server.server.force_exit = True
             self.thread.join(5)
+        if not self.thread.is_alive():
+            self.serving.sock.close()
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the relay's event loop and return its result (for tests)."""
@@ -239,26 +232,14 @@ def start_relay_thread(settings: RelaySettings, *, timeout: float = 10.0) -> Run
     else:
         settings = dataclasses.replace(settings, port=port)
     server = RelayServer(settings, sock=sock)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            server.run()
-        except BaseException as exc:  # SystemExit(3) from uvicorn on startup failure
-            errors.append(exc)
-        finally:
-            sock.close()
-
-    thread = threading.Thread(target=run, name=f"taskapp-relay-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started.is_set():
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.server.request_exit()
-            thread.join(5)
-            raise ServerStartError(
-                f"the relay did not start on {url} within {timeout:g}s"
-                + (f": {errors[0]!r}" if errors else "")
-            )
-        server.started.wait(0.01)
-    return RunningRelay(server=server, thread=thread, url=url, errors=errors)
+    serving = serve_in_thread(
+        server.server.config, sock, name=f"taskapp-relay-{port}", server=server.server
+    )
+    if not serving.wait_started(timeout):
+        serving.stop(5.0)
+        sock.close()
+        raise ServerStartError(
+            f"the relay did not start on {url} within {timeout:g}s"
+            + (f": {serving.error!r}" if serving.error is not None else "")
+        )
+    return RunningRelay(server=server, serving=serving, url=url)

@@ -26,6 +26,7 @@ def test_hooks_found() -> None:
                 "app_loaded",
                 "before_shutdown",
                 "load_app",
+                "register_commands",
                 "register_servers",
                 "register_tunnels",
                 "server_started",

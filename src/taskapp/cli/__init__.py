@@ -44,6 +44,7 @@ __all__ = [
     "UsageError",
     "build_parser",
     "main",
+    "needs_plugin_commands",
 ]
 
 #: Command modules, in the order ``--help`` lists them.
@@ -72,7 +73,9 @@ exit status: 0 success, 1 the job failed, 2 usage error, 130 interrupted (Ctrl-C
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, plugin_commands: bool = False) -> argparse.ArgumentParser:
+    """The ``taskapp`` parser: the builtin commands, then, with ``plugin_commands``, the
+    commands plugins add (hook ``register_commands``; loading the plugins for it)."""
     parser = argparse.ArgumentParser(
         prog="taskapp",
         description=(
@@ -93,7 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         module = importlib.import_module(f"taskapp.cli.{name}")
         module.add_parser(subparsers)
+    if plugin_commands:
+        from taskapp.core.plugins import get_registry
+
+        get_registry().add_commands(subparsers)
     return parser
+
+
+def needs_plugin_commands(argv: Sequence[str]) -> bool:
+    """Whether parsing ``argv`` needs the plugins' commands: for ``taskapp``'s own help and
+    usage (which list them) and for a command that is not a builtin one. A builtin
+    command never loads a plugin to parse its arguments, so its ``--help`` stays fast."""
+    for arg in argv:
+        if arg == "--version":
+            return False
+        if not arg.startswith("-"):
+            return arg not in COMMANDS
+    return True
 
 
 def configure_logging(verbose: int, log_json: bool) -> None:
@@ -134,7 +153,8 @@ def _print_error(text: str, log_json: bool, *, traceback: str | None = None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(plugin_commands=needs_plugin_commands(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -11,6 +11,7 @@ event hooks through one typed method each (:class:`taskapp.core.plugins.HookEven
 Phases, in the order they fire during ``InProcessTaskApp`` start and stop::
 
     discovery   register_servers, register_tunnels        (once per plugin manager)
+    (cli)       register_commands                         (when ``taskapp`` needs them)
     load        load_app                                  (first non-None result wins)
     events      app_loaded -> server_started -> tunnel_opened -> task_app_started
                 url_changed                               (whenever a tunnel's URL changes)
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
+
     from taskapp.core._types import TaskAppLike
     from taskapp.core.backends import AppTarget, LoadedApp, ServerRunner, Tunnel, TunnelBackend
 
@@ -59,6 +62,20 @@ def register_tunnels(register: RegisterTunnel) -> None:
 
     The class's ``name`` is the value users pass as ``tunnel_backend=`` (or
     ``tunnel_mode=``). Called once, when the plugin manager is first needed.
+    """
+
+
+@hookspec
+def register_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add commands to ``taskapp``: ``subparsers.add_parser(NAME, help=...)`` per command,
+    its options, and ``set_defaults(run=FUNCTION)``, where ``FUNCTION(args)`` returns the
+    exit status (``int``), as the builtin commands do (datasette's ``register_commands``).
+
+    Called after the builtin commands are added, and only when ``taskapp`` needs the
+    plugins' commands: its own ``--help`` and usage, or a command that is not a builtin
+    one (so ``taskapp serve ...`` never imports a plugin to parse its arguments). A name
+    already taken (by a builtin command or another plugin) is refused: that plugin's
+    failure is logged and listed by ``taskapp plugins``; every other command still works.
     """
 
 

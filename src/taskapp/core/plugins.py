@@ -38,7 +38,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -67,6 +67,9 @@ from taskapp.core.importing import (
     looks_like_named_target,
 )
 from taskapp.core.logs import get_logger
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = [
     "DEFAULT_PLUGINS",
@@ -428,6 +431,40 @@ class PluginRegistry:
 
     # -- typed hook facade -------------------------------------------------------------
 
+    def add_commands(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        """Let every plugin add its ``taskapp`` commands (hook ``register_commands``).
+
+        Each plugin is called on its own: one that fails (a name already taken, an
+        exception) is recorded as a failure naming it, and the others' commands and the
+        builtin ones still work. A command without ``run`` answers with an error naming
+        its plugin.
+        """
+        for impl in reversed(self.pm.hook.register_commands.get_hookimpls()):
+            before = set(subparsers.choices)
+            try:
+                self._call("register_commands", impl, {"subparsers": subparsers})
+            except Exception as exc:
+                dist, version = self.distributions.get(impl.plugin_name, (None, None))
+                self.failures.append(
+                    PluginFailure(
+                        name=impl.plugin_name,
+                        distribution=dist,
+                        version=version,
+                        error=f"register_commands: {_short_error(exc)}",
+                        traceback="".join(traceback.format_exception(exc)),
+                    )
+                )
+                logger.warning(
+                    "taskapp: plugin %r could not add its commands (%s); the other commands work",
+                    impl.plugin_name,
+                    _short_error(exc),
+                )
+            for name in sorted(set(subparsers.choices) - before):
+                parser = subparsers.choices[name]
+                parser.set_defaults(plugin=impl.plugin_name)
+                if parser.get_default("run") is None:
+                    parser.set_defaults(run=_no_run(impl.plugin_name, name))
+
     def load_app(self, target: AppTarget) -> LoadedApp:
         """Ask the loaders, third-party first, to load ``target``."""
         for impl in reversed(self.pm.hook.load_app.get_hookimpls()):
@@ -552,6 +589,16 @@ class PluginRegistry:
                 }
             )
         return rows
+
+
+def _no_run(plugin: str, command: str) -> Callable[[Any], int]:
+    def run(args: Any) -> int:
+        raise PluginError(
+            f"plugin {plugin!r} added the command {command!r} without a run function "
+            "(parser.set_defaults(run=FUNCTION)); report it to the plugin's authors"
+        )
+
+    return run
 
 
 def _describe_plugin(plugin: object) -> str:

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers import run_child
+
 __all__ = [
     "CONTAINERS",
     "IMPORTS",
@@ -81,6 +83,33 @@ VERSIONS: dict[str, tuple[str, ...]] = {
         "pydantic-settings",
         *_AIOHTTP,
     ),
+    # Gen C's first shape (metrics.outcome_reward, no reward_info): synth_ai.sdk.task pulls
+    # in what 0.3.9's does (found the same way)
+    "0.4.12": (
+        "libsql",
+        "sqlalchemy",
+        "modal",
+        "mcp<2",
+        "celery",
+        "kombu",
+        "amqp",
+        "vine",
+        "billiard",
+        "tzlocal",
+        "tomli_w",
+        "pynacl",
+        "grpclib",
+        "synchronicity",
+        "h2",
+        "hyperframe",
+        "hpack",
+        "httpx_sse",
+        "sse_starlette",
+        "python-dotenv",
+        "protobuf",
+        "pydantic-settings",
+        *_AIOHTTP,
+    ),
     # the Rust agent ships in the wheel (synth_ai_py, manylinux abi3)
     "0.9.11": (),
     # the lease REST client
@@ -103,6 +132,11 @@ IMPORTS: dict[str, str] = {
     "0.3.9": (
         "from synth_ai.sdk.task.contracts import RolloutRequest; "
         "from synth_ai.sdk.task.client import TaskAppClient"
+    ),
+    "0.4.12": (
+        "from synth_ai.sdk.task.server import TaskAppConfig, create_task_app; "
+        "from synth_ai.sdk.task.client import TaskAppClient; "
+        "from synth_ai.sdk.task.contracts import RolloutMetrics, RolloutResponse"
     ),
     "0.9.11": (
         "import synth_ai_py; "
@@ -193,7 +227,7 @@ def _provider_site_packages() -> list[str]:
 def _lend_site_packages(python: Path) -> None:
     """Make the provider's packages importable in the venv, after the venv's own (a .pth
     file appends them to sys.path, so synth-ai's pinned extras still win)."""
-    found = subprocess.run(
+    found = run_child(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
         text=True,
@@ -216,7 +250,7 @@ def build(version: str) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     base = Path(sys.base_prefix) / "bin" / "python3"
     interpreter = str(base if base.exists() else sys.executable)
-    subprocess.run(
+    run_child(
         [interpreter, "-m", "venv", str(root)],
         check=True,
         capture_output=True,
@@ -226,9 +260,7 @@ def build(version: str) -> Path:
     _lend_site_packages(python)
     packages = [requirement(version), *VERSIONS[version]]
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
-    result = subprocess.run(
-        [*pip, *packages], capture_output=True, text=True, timeout=600, check=False
-    )
+    result = run_child([*pip, *packages], capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         lines = (result.stderr or result.stdout).strip().splitlines()
@@ -238,7 +270,7 @@ def build(version: str) -> Path:
         )
     scratch = root / "home"
     scratch.mkdir(exist_ok=True)
-    check = subprocess.run(
+    check = run_child(
         [str(python), "-c", IMPORTS[version]],
         capture_output=True,
         text=True,

@@ -40,7 +40,7 @@ def run_worker(
     ``llm_endpoints``: the reflection-model endpoints this host may call with its own
     keys (:func:`taskapp.jobs.llm.parse_llm_endpoints`)."""
     from taskapp.core.errors import ConfigurationError
-    from taskapp.jobs.backend import default_runs_dir
+    from taskapp.jobs.backend import _warm_up, default_runs_dir
     from taskapp.jobs.pool import JobPool
     from taskapp.jobs.store import open_store
 
@@ -53,6 +53,7 @@ def run_worker(
 
     os.umask(0o077)  # this process's files (run directories) are private
     store = open_store(db)
+    _warm_up()  # import the optimizer (GEPA) before the first claim, not during it
     try:
         pool = JobPool(
             store,

@@ -38,7 +38,9 @@ def test_jobs_cli_steers_a_job_over_http_and_with_db(
     try:
         http = ("--backend-url", serve.url)
         direct = ("--db", db)
-        submitted = jobs("submit", str(config), "--task-app-url", toy_app.url, *http, app=toy_app)
+        submitted = jobs(
+            "submit", str(config), "--task-app-url", str(toy_app.url), *http, app=toy_app
+        )
         assert submitted.returncode == 0, submitted.stderr
         job_id = submitted.stdout.strip()
         serve.wait_for(job_id, lambda j: j["status"] == "running" and j["metric_calls"] > 0)
@@ -58,7 +60,9 @@ def test_jobs_cli_steers_a_job_over_http_and_with_db(
         assert logs.returncode == 0 and f"job {job_id}: succeeded" in logs.stderr
         assert "baseline" in logs.stdout
         # a second job submitted with --db (no backend key involved), then cancelled
-        other = jobs("submit", str(config), "--task-app-url", toy_app.url, *direct, app=toy_app)
+        other = jobs(
+            "submit", str(config), "--task-app-url", str(toy_app.url), *direct, app=toy_app
+        )
         assert other.returncode == 0, other.stderr
         other_id = other.stdout.strip()
         assert jobs("cancel", other_id, *direct, app=toy_app).returncode == 0

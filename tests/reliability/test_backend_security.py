@@ -413,3 +413,61 @@ def test_24_4_long_polls_and_streams_do_not_starve_other_clients(tmp_path: Path)
             timeout=10,
         ) as stream:
             assert stream.status_code == 200
+
+
+# -- 24.8: clients wait through a backend restart; the best prompt so far is shown -------
+
+
+def test_24_8_clients_reconnect_through_a_backend_restart(tmp_path: Path) -> None:
+    import threading
+
+    from taskapp import PromptLearningJob
+
+    task = ToyTask(latency=0.05)
+    with InProcessTaskApp(config=task.config(), port=0, api_key="toy-key-123456") as app:
+        db = tmp_path / "jobs.sqlite3"
+        first = Backend(db).start()
+        port = first.host_port[1]
+        job = first.submit(
+            config_toml=toy_toml(budget=120), task_app_url=app.url, task_app_api_key=app.api_key
+        )
+        job_id = job.json()["id"]
+        client = PromptLearningJob(first.url, KEY, reconnect_for=60)
+        outcome: dict[str, Any] = {}
+
+        def poll() -> None:
+            try:
+                outcome["result"] = client.poll_until_complete_sync(job_id, interval=1.0)
+            except Exception as exc:
+                outcome["error"] = exc
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        env = backend_env(TASKAPP_BACKEND_URL=first.url)
+        follow = subprocess.Popen(
+            [TASKAPP, "jobs", "logs", job_id, "--follow"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        first.wait_for(job_id, ("running",))
+        time.sleep(1.0)
+        # the best prompt so far, while the job runs
+        shown = first.request("GET", f"/api/jobs/{job_id}/result").json()
+        assert "best_so_far" in shown
+        first.stop()
+        time.sleep(3.0)  # clients find no backend for a while
+        second = Backend(db, port=port).start()
+        try:
+            poller.join(120)
+            _, err = follow.communicate(timeout=120)
+            assert "error" not in outcome, outcome.get("error")
+            assert outcome["result"].status in ("succeeded", "failed", "cancelled")
+            assert follow.returncode == 0, err
+            assert "reconnecting" in err, err
+        finally:
+            if follow.poll() is None:
+                follow.kill()
+            second.stop()

@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from taskapp.core.processes import guarded_popen
+
 # The testing kit taskapp ships (docs/testing.md): its helpers are the ones these tests use.
 from taskapp.testing.helpers import assert_released as kit_assert_released
 from taskapp.testing.helpers import free_port, port_is_free, wait_until
@@ -40,13 +42,55 @@ __all__ = [
     "new_venv",
     "port_is_free",
     "read_line_with",
+    "run_child",
     "run_script",
     "server_stack",
+    "start_child",
     "start_script",
     "taskapp_threads",
     "venv_with_distributions",
     "wait_until",
 ]
+
+
+# --- child processes: every child a test starts dies with the test process -------------
+# A killed test run (CI timeout, SIGKILL, Ctrl-C) must leave nothing behind, so tests
+# start children only through these two (tests/core/test_killed_test_run.py checks that
+# no test module calls subprocess.Popen/run itself). They fork through taskapp's own orphan
+# guard (taskapp.core.processes.guarded_popen: a death signal on Linux).
+
+
+def start_child(args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen(args, **kwargs)``; the child is SIGKILLed if this process dies."""
+    return guarded_popen(args, **kwargs)
+
+
+def run_child(
+    args: Any,
+    *,
+    input: Any = None,
+    capture_output: bool = False,
+    timeout: float | None = None,
+    check: bool = False,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run`` through :func:`start_child` (same arguments, same result)."""
+    if input is not None:
+        kwargs["stdin"] = subprocess.PIPE
+    if capture_output:
+        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+    with start_child(args, **kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(input, timeout=timeout)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        code = process.poll()
+        assert code is not None
+    if check and code:
+        raise subprocess.CalledProcessError(code, process.args, output=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(process.args, code, stdout, stderr)
 
 
 def server_stack() -> str:
@@ -122,7 +166,7 @@ def run_script(
     code: str, *, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter and return the completed process."""
-    return subprocess.run(
+    return run_child(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
@@ -137,7 +181,7 @@ def start_script(
 ) -> subprocess.Popen[str]:
     script = tmp_path / "child_script.py"
     script.write_text(textwrap.dedent(code))
-    return subprocess.Popen(
+    return start_child(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -177,7 +221,7 @@ def read_line_with(proc: subprocess.Popen[str], prefix: str, timeout: float = 30
 
 
 def _pip(*args: str, timeout: float = 300) -> None:
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
         capture_output=True,
         text=True,
@@ -211,7 +255,7 @@ def install_wheels(python: Path, *wheels: Path) -> None:
 
 
 def _purelib(python: Path) -> Path:
-    found = subprocess.run(
+    found = run_child(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
         text=True,
@@ -224,7 +268,7 @@ def _purelib(python: Path) -> Path:
 def new_venv(root: Path, *, taskapp_from_checkout: bool = True) -> Path:
     """A venv at ``root`` (no pip) that sees this environment's packages after its own, and
     this checkout's taskapp first when ``taskapp_from_checkout``; returns its python."""
-    subprocess.run(
+    run_child(
         [sys.executable, "-m", "venv", "--without-pip", str(root)],
         capture_output=True,
         timeout=120,

@@ -27,7 +27,7 @@ from typing import Any, Self
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from tests.helpers import free_port
+from tests.helpers import free_port, run_child, start_child
 
 TASKAPP = shutil.which("taskapp") or ""
 KEY = "test-key-0123456789abcdef"
@@ -51,7 +51,7 @@ def taskapp(
     *args: str, timeout: float = 45.0, cwd: str | Path | None = None, **env_extra: str
 ) -> subprocess.CompletedProcess[str]:
     assert TASKAPP, "the taskapp console script is not installed (pip install -e .)"
-    return subprocess.run(
+    return run_child(
         [TASKAPP, *args],
         capture_output=True,
         text=True,
@@ -103,7 +103,7 @@ class Served:
     ) -> None:
         assert TASKAPP
         self.port = port or free_port()
-        self.proc = subprocess.Popen(
+        self.proc = start_child(
             [TASKAPP, "serve", *args, "--port", str(self.port)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

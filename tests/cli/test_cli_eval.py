@@ -31,6 +31,7 @@ from tests.cli._cli_helpers import (
     served,
     taskapp,
 )
+from tests.helpers import start_child
 
 TEST_SEEDS = list(range(3, 400, 4))
 
@@ -231,7 +232,7 @@ def test_eval_the_standalone_example_file_scores_like_the_bundled_one() -> None:
 def test_progress_bar_on_a_terminal(server: Served) -> None:
     main, secondary = pty.openpty()
     try:
-        proc = subprocess.Popen(
+        proc = start_child(
             [TASKAPP, "eval", "--url", server.url, "--seeds", "0-49"],
             stdout=subprocess.PIPE,
             stderr=secondary,
@@ -461,7 +462,7 @@ def test_ctrl_c_stops_cleanly_and_prints_what_finished(
         """,
     )
     out = tmp_path / "partial.json"
-    proc = subprocess.Popen(
+    proc = start_child(
         [TASKAPP, "eval", str(path), "--concurrency", "2", "--json", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -11,7 +11,7 @@ import pytest
 
 from taskapp import InProcessTaskApp
 from taskapp.examples.support_intents import build_config
-from tests.helpers import free_port
+from tests.helpers import free_port, run_child
 from tests.relay._relay_helpers import ADMIN, running_relay
 
 
@@ -30,7 +30,7 @@ def relayed() -> Iterator[InProcessTaskApp]:
 
 def taskapp_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k != "TASKAPP_WORKER_TOKEN"}
-    return subprocess.run(
+    return run_child(
         ["taskapp", *args],
         capture_output=True,
         text=True,

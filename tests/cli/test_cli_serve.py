@@ -19,6 +19,7 @@ from tests.cli._cli_helpers import (
     served,
     taskapp,
 )
+from tests.helpers import start_child
 
 
 def health(url: str, key: str | None) -> int:
@@ -187,7 +188,7 @@ def test_port_zero_means_any_free_port() -> None:
 
     from tests.cli._cli_helpers import TASKAPP, env
 
-    proc = subprocess.Popen(
+    proc = start_child(
         [TASKAPP, "serve", "support-intents", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -22,7 +22,7 @@ from taskapp import ConfigurationError, InProcessTaskApp, TunnelBinaryMissingErr
 from taskapp.cli._common import cli_words
 from taskapp.plugins.tunnels.cloudflare import CloudflaredExitedError
 from tests.cli._cli_helpers import TASKAPP, env
-from tests.helpers import free_port, minimal_app, port_is_free
+from tests.helpers import free_port, minimal_app, port_is_free, run_child
 
 MARKED_APP = """\
 from pathlib import Path
@@ -44,7 +44,7 @@ def test_cli_quick_tunnel_without_cloudflared_fails_before_loading_the_app(
     empty.mkdir()
     child_env = env(PATH=str(empty))
     child_env.pop("TASKAPP_CLOUDFLARED", None)
-    result = subprocess.run(
+    result = run_child(
         [TASKAPP, "-v", "serve", str(app), "--tunnel", "quick", "--port", str(free_port())],
         capture_output=True,
         text=True,

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import start_child
+
 
 @dataclasses.dataclass(frozen=True)
 class ProcInfo:
@@ -99,7 +101,7 @@ def start_script(
     """Run ``code`` as a script in a fresh interpreter (stdout piped, stderr to a file)."""
     path.write_text(code)
     err = path.with_suffix(".stderr")
-    return subprocess.Popen(
+    return start_child(
         [sys.executable, str(path)],
         stdout=subprocess.PIPE,
         stderr=err.open("w"),

@@ -9,10 +9,11 @@ and the docs that name it.
 from __future__ import annotations
 
 import importlib
-import subprocess
 import sys
 
 import pytest
+
+from tests.helpers import run_child
 
 EXPORTED: dict[str, list[str]] = {
     "taskapp": [
@@ -168,7 +169,7 @@ def test_lazy_names_are_imported_on_first_use() -> None:
         "assert 'taskapp.optimize.result' in sys.modules\n"
         "assert 'OptimizeResult' in vars(taskapp.optimize)\n"  # cached after the first use
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    run_child([sys.executable, "-c", code], check=True, timeout=60)
 
 
 @pytest.mark.parametrize(

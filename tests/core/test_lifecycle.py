@@ -42,6 +42,7 @@ from tests.helpers import (
     free_port,
     minimal_app,
     port_is_free,
+    start_child,
     taskapp_threads,
 )
 
@@ -261,7 +262,7 @@ while True:
 
 
 def test_listener_in_child_is_asked_to_stop(port: int, caplog: pytest.LogCaptureFixture) -> None:
-    child = subprocess.Popen(
+    child = start_child(
         [sys.executable, "-c", LISTENER_CHILD, str(port)], stdout=subprocess.PIPE, text=True
     )
     try:
@@ -753,7 +754,7 @@ def test_listener_ignoring_sigterm_gets_sigkill_after_the_grace(
 ) -> None:
     from taskapp.core.ports import bind_listener
 
-    child = subprocess.Popen(
+    child = start_child(
         [sys.executable, "-c", STUBBORN_LISTENER, str(port)], stdout=subprocess.PIPE, text=True
     )
     try:

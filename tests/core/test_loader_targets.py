@@ -22,7 +22,7 @@ from taskapp import AppLoadError, ConfigurationError, InProcessTaskApp, TaskAppF
 from taskapp.core.backends import Tunnel, TunnelBackend, TunnelContext
 from taskapp.core.plugins import get_registry
 from tests.cli._cli_helpers import taskapp as run_taskapp
-from tests.helpers import FIXTURES, free_port, minimal_app, venv_with_distributions
+from tests.helpers import FIXTURES, free_port, minimal_app, run_child, venv_with_distributions
 
 FIXTURE = FIXTURES / "plugins" / "taskapp-qa-loader"
 QA = {
@@ -56,7 +56,7 @@ def run_in(python: Path, *args: str, cwd: Path | None = None) -> subprocess.Comp
         for k, v in os.environ.items()
         if not k.startswith("TASKAPP_") and k != "ENVIRONMENT_API_KEY"
     }
-    return subprocess.run(
+    return run_child(
         [str(python), *args],
         capture_output=True,
         text=True,

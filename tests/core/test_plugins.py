@@ -25,7 +25,7 @@ from taskapp.core.backends import AppTarget, LoadedApp, TunnelBackend, TunnelCon
 from taskapp.core.plugins import PluginRegistry, get_registry
 from taskapp.plugins.servers.thread import ThreadServer
 from tests.helpers import FIXTURES as TEST_FIXTURES
-from tests.helpers import free_port, minimal_app, venv_with_distributions, wait_until
+from tests.helpers import free_port, minimal_app, run_child, venv_with_distributions, wait_until
 
 FIXTURES = TEST_FIXTURES / "plugins"
 DISTRIBUTIONS = (
@@ -50,7 +50,7 @@ def run_in(
 ) -> subprocess.CompletedProcess[str]:
     argv = [str(python), *(["-c", textwrap.dedent(code)] if code else ["-m", "taskapp", *args])]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKAPP_")}
-    return subprocess.run(
+    return run_child(
         argv, capture_output=True, text=True, timeout=60, env={**clean, **(env or {})}, check=False
     )
 

@@ -25,7 +25,7 @@ from tests.core._process_helpers import (
     stderr_of,
     still_running,
 )
-from tests.helpers import wait_until
+from tests.helpers import run_child, start_child, wait_until
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="checks children through Linux /proc"
@@ -478,7 +478,7 @@ def _run_parent(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[str], int, 
     script = tmp_path / f"parent_{mode}.py"
     script.write_text(PARENT_SCRIPT)
     err = script.with_suffix(".stderr")
-    parent = subprocess.Popen(
+    parent = start_child(
         [PY, str(script), mode], stdout=subprocess.PIPE, stderr=err.open("w"), text=True
     )
     info = read_json_line(parent, 30, script)
@@ -545,7 +545,7 @@ def test_wrapper_refuses_to_run_when_its_parent_is_not_the_expected_one(tmp_path
     marker = tmp_path / "ran"
     read_end, write_end = os.pipe()
     try:
-        result = subprocess.run(
+        result = run_child(
             [
                 PY,
                 "-I",

@@ -8,7 +8,6 @@ not started: construction resolves the name and fails fast on what is missing.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import httpx
@@ -18,7 +17,7 @@ from taskapp import InProcessTaskApp
 from taskapp.core.errors import TaskAppError
 from taskapp.core.lifecycle import MODE_ALIASES, resolve_tunnel_name
 from taskapp.core.plugins import get_registry
-from tests.helpers import REPO, demo_config
+from tests.helpers import REPO, demo_config, run_child
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +101,7 @@ def test_preconfigured_starts_with_the_environment_url(monkeypatch: pytest.Monke
 def test_cli_serve_reads_synth_tunnel_mode() -> None:
     """``taskapp serve`` without --tunnel takes SYNTH_TUNNEL_MODE; an unknown one is named."""
     env = {"SYNTH_TUNNEL_MODE": "no_such_tunnel", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, "-m", "taskapp", "serve", "support-intents", "--port", "0"],
         cwd=REPO,
         env={**env, "HOME": str(REPO)},

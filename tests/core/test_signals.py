@@ -17,6 +17,7 @@ from tests.helpers import (
     minimal_app,
     port_is_free,
     read_line_with,
+    run_child,
     run_script,
     start_script,
     wait_until,
@@ -168,7 +169,7 @@ def test_import_changes_nothing_global() -> None:
 
 
 def test_python_dash_m_taskapp_works() -> None:
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, "-m", "taskapp", "--version"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-import subprocess
 import sys
 import types
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from fastapi.responses import JSONResponse
 from taskapp import InProcessTaskApp
 from taskapp.core import env_keys
 from taskapp.core.errors import AppLoadError, ConfigurationError, TaskAppError
-from tests.helpers import REPO, demo_config
+from tests.helpers import REPO, demo_config, run_child
 
 STANDIN = "synth_ai.standin_server"
 KEY_VARIABLES = ("ENVIRONMENT_API_KEY", "ENVIRONMENT_API_KEY_ALIASES", "DEV_ENVIRONMENT_API_KEY")
@@ -206,7 +205,7 @@ def test_taskapp_never_imports_synth_ai() -> None:
         "assert not [m for m in sys.modules if m.split('.')[0] == 'synth_ai'], 'imported'\n"
         "print('clean')\n"
     )
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_child
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIPPED_PAGES = {"python_api.md"}  # tests/docs/test_python_api_docs.py runs those
@@ -115,7 +117,7 @@ def test_snippet(snippet: Snippet, tmp_path: Path) -> None:
     # Run in a scratch folder (snippets may write files) that sees the repository's
     # examples/ under the same relative path.
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, "-c", snippet.previous + snippet.code],
         capture_output=True,
         text=True,
@@ -132,7 +134,7 @@ def run_under_pytest(snippet: Snippet, tmp_path: Path) -> None:
     (tmp_path / "test_snippet.py").write_text(snippet.code, encoding="utf-8")
     env = child_env()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / snippet.argument), env["PYTHONPATH"]])
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_snippet.py"],
         capture_output=True,
         text=True,
@@ -182,7 +184,7 @@ def test_excerpted_files_run(path: str) -> None:
         "    r = httpx.get(t.url + '/task_info', headers={'X-API-Key': t.api_key})\n"
         "    assert r.status_code == 200, r.text\n"
     )
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
@@ -236,7 +238,7 @@ def test_docs_install_extras_the_way_that_works_from_a_clone() -> None:
 
 def test_timeout_help_says_per_rollout_or_whole_run() -> None:
     def help_of(command: str) -> str:
-        return subprocess.run(
+        return run_child(
             [sys.executable, "-m", "taskapp", command, "--help"],
             capture_output=True,
             text=True,

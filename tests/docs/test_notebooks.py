@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 
 from taskapp import AppLoadError, InProcessTaskApp
 from taskapp.optimize import StandInReflectionLM, run
-from tests.helpers import free_port, minimal_app, port_is_free
+from tests.helpers import free_port, minimal_app, port_is_free, run_child
 from tests.optimize._optimize_helpers import ToyTask
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "docs" / "notebook.ipynb"
@@ -81,7 +80,7 @@ def test_optimize_run_inside_a_running_event_loop(caplog: pytest.LogCaptureFixtu
 def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A kernel spec for this interpreter (which has taskapp), in a temporary prefix."""
     prefix = tmp_path_factory.mktemp("jupyter")
-    subprocess.run(
+    run_child(
         [
             sys.executable,
             "-m",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_child
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "python_api.md"
 SNIPPETS = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
@@ -19,7 +20,7 @@ def test_the_doc_has_snippets() -> None:
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_snippet_runs(index: int, tmp_path: Path) -> None:
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, "-c", SNIPPETS[index]],
         capture_output=True,
         text=True,

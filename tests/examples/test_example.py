@@ -7,7 +7,6 @@ server is :class:`ChatStandIn`, a stand-in (no model can run here).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import zipfile
 from collections import Counter
@@ -23,6 +22,7 @@ from taskapp.examples import BUNDLED, resolve
 from taskapp.examples.support_intents import DEFAULT_PROMPT, LABELS, build_config, load_examples
 from taskapp.examples.support_intents.policy import normalize_answer, offline_predict
 from tests.cli._cli_helpers import BETTER_PROMPT_FILE, EXAMPLES_DIR, ChatStandIn
+from tests.helpers import run_child
 
 BETTER_PROMPT = json.loads(BETTER_PROMPT_FILE.read_text())["prompt"]
 
@@ -262,7 +262,7 @@ def test_standalone_example_matches_the_bundled_one() -> None:
 
 def test_wheel_ships_the_data_file(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    subprocess.run(
+    run_child(
         [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
         cwd=root,
         check=True,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import run_child
 
 REPO = Path(__file__).resolve().parents[2]
 EVALS = REPO / "tests" / "fixtures" / "inspect" / "evals.py"
@@ -35,7 +36,7 @@ def run_inspect_eval(specs: list[str], model: str, log_dir: Path) -> dict[str, d
     from inspect_ai.scorer import value_to_float
 
     env = {**os.environ, "INSPECT_DISPLAY": "none"}
-    proc = subprocess.run(
+    proc = run_child(
         [
             inspect_cli(),
             "eval",

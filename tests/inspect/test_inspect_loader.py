@@ -14,11 +14,12 @@ import pytest
 from taskapp import InProcessTaskApp, evaluate
 from taskapp.core.errors import AppLoadError, TaskAppError
 from taskapp.testing.helpers import free_port
+from tests.helpers import run_child
 from tests.inspect._helpers import EVALS, EXAMPLE, REPO, target
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run_child(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
@@ -134,7 +135,7 @@ def test_sandbox_tasks_say_so_at_load() -> None:
 
 def test_cli_serve_spelling_reaches_the_loader(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "taskapp"
-    proc = subprocess.run(
+    proc = run_child(
         [str(exe), "eval", f"{EVALS}@missing_task", "--seeds", "0"],
         capture_output=True,
         text=True,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import textwrap
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import run_child
 from tests.interop._venvs import child_env
 
 
@@ -24,7 +24,7 @@ def run_json(
     """Run ``code`` with ``python`` (this checkout's taskapp importable); the last line of
     its stdout is JSON. A failure shows the child's stderr."""
     home.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
+    result = run_child(
         [str(python), "-c", textwrap.dedent(code), *(argv or [])],
         capture_output=True,
         text=True,

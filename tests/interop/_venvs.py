@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers import run_child
+
 __all__ = [
     "CONTAINERS",
     "IMPORTS",
@@ -193,7 +195,7 @@ def _provider_site_packages() -> list[str]:
 def _lend_site_packages(python: Path) -> None:
     """Make the provider's packages importable in the venv, after the venv's own (a .pth
     file appends them to sys.path, so synth-ai's pinned extras still win)."""
-    found = subprocess.run(
+    found = run_child(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
         text=True,
@@ -216,7 +218,7 @@ def build(version: str) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     base = Path(sys.base_prefix) / "bin" / "python3"
     interpreter = str(base if base.exists() else sys.executable)
-    subprocess.run(
+    run_child(
         [interpreter, "-m", "venv", str(root)],
         check=True,
         capture_output=True,
@@ -226,9 +228,7 @@ def build(version: str) -> Path:
     _lend_site_packages(python)
     packages = [requirement(version), *VERSIONS[version]]
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
-    result = subprocess.run(
-        [*pip, *packages], capture_output=True, text=True, timeout=600, check=False
-    )
+    result = run_child([*pip, *packages], capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         lines = (result.stderr or result.stdout).strip().splitlines()
@@ -238,7 +238,7 @@ def build(version: str) -> Path:
         )
     scratch = root / "home"
     scratch.mkdir(exist_ok=True)
-    check = subprocess.run(
+    check = run_child(
         [str(python), "-c", IMPORTS[version]],
         capture_output=True,
         text=True,

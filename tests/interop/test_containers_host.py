@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_child, start_child
 from tests.interop._run import run_json
 from tests.interop._venvs import CONTAINERS, child_env, python_for
 
@@ -156,7 +157,7 @@ def test_taskapp_serve_and_eval_url_with_a_container(
     env = {**child_env(tmp_path), "CONTAINER_KEY": "serve-container-key-0123456789"}
     env["ENVIRONMENT_API_KEY"] = env["CONTAINER_KEY"]
     bindir = str(python_containers.parent)
-    serve = subprocess.Popen(
+    serve = start_child(
         [str(python_containers), "-m", "taskapp", "serve", str(FIXTURE), "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
@@ -167,7 +168,7 @@ def test_taskapp_serve_and_eval_url_with_a_container(
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, serve)
-        result = subprocess.run(
+        result = run_child(
             [
                 str(python_containers),
                 "-m",
@@ -222,7 +223,7 @@ def test_taskapp_reads_synth_containers_bundled_target(
     from taskapp.testing.helpers import free_port
 
     port = free_port()
-    target = subprocess.Popen(
+    target = start_child(
         [
             str(python_containers),
             "-m",

@@ -26,7 +26,7 @@ from fastapi.responses import Response
 
 from taskapp import InProcessTaskApp, RolloutRequest
 from taskapp.core.client import WORKER_TOKEN_HEADER, AsyncTaskAppClient
-from tests.helpers import demo_config
+from tests.helpers import demo_config, start_child
 from tests.interop._venvs import child_env, python_for
 from tests.relay._relay_helpers import ADMIN, RelayProcess, token_file
 
@@ -98,7 +98,7 @@ def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             "APP_KEY": APP_KEY,
             "RELAY": relay_url,
         }
-        agent = subprocess.Popen(
+        agent = start_child(
             [str(python), "-c", textwrap.dedent(AGENT)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.cli._cli_helpers import taskapp
+from tests.helpers import run_child, start_child
 from tests.interop._run import run_json
 from tests.interop._venvs import child_env, python_for
 
@@ -204,7 +205,7 @@ def hosted_url(
 ) -> Iterator[str]:
     home = tmp_path_factory.mktemp("serve-home")
     env = {**child_env(home), "APP_DIR": str(app_dir), "INTEROP_KEY": KEY}
-    child = subprocess.Popen(
+    child = start_child(
         [str(python_073), "-c", textwrap.dedent(SERVE)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -300,7 +301,7 @@ def test_taskapp_eval_of_a_synth_ai_073_file(
     """``taskapp eval app.py`` loads the file on a worker thread; synth-ai 0.7.3 installs
     signal handlers when imported, which fails off the main thread unless taskapp lets it."""
     report_path = tmp_path / "report.json"
-    result = subprocess.run(
+    result = run_child(
         [str(python_073), "-m", "taskapp", "eval", str(app_dir / "synth_073_config_only.py"),
          "--seeds", "0-3", "--json", str(report_path)],
         capture_output=True, text=True, timeout=120, env=child_env(tmp_path), cwd=tmp_path,
@@ -323,7 +324,7 @@ def test_taskapp_serve_of_a_synth_ai_073_file_stops_on_sigterm(
     exit); loaded by ``taskapp serve`` they must not replace taskapp's."""
     import signal
 
-    child = subprocess.Popen(
+    child = start_child(
         [str(python_073), "-m", "taskapp", "serve", str(app_dir / "synth_073_config_only.py"),
          "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,

@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from tests.helpers import start_child
+
 TASKAPP = shutil.which("taskapp") or ""
 KEY = "backend-test-key-0123456789"
 
@@ -64,7 +66,7 @@ class Proc:
         self.lines: list[str] = []
         self.url = ""
         self._ready = threading.Event()
-        self.proc = subprocess.Popen(
+        self.proc = start_child(
             args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
             text=True, env=child_env(), cwd=cwd,
         )  # fmt: skip

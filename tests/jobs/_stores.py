@@ -8,7 +8,6 @@ CI must run the job tests against both stores.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+from tests.helpers import run_child
 
 POSTGRES_ENV = "TASKAPP_TEST_POSTGRES_URL"
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +76,7 @@ class Cluster:
         self.url = self._run("start")
 
     def _run(self, command: str) -> str:
-        done = subprocess.run(
+        done = run_child(
             ["bash", str(PG_THROWAWAY), command, str(self.dir)],
             capture_output=True,
             text=True,
@@ -94,6 +95,6 @@ class Cluster:
     def destroy(self) -> None:
         import shutil
 
-        subprocess.run(["bash", str(PG_THROWAWAY), "stop", str(self.dir)],
+        run_child(["bash", str(PG_THROWAWAY), "stop", str(self.dir)],
                        capture_output=True, timeout=60, check=False)  # fmt: skip
         shutil.rmtree(self.dir, ignore_errors=True)

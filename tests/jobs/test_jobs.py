@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from taskapp import ConfigurationError, InProcessTaskApp, PromptLearningJob
+from tests.helpers import run_child, start_child
 from tests.optimize._optimize_helpers import SEED_PROMPT, ToyTask
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +79,7 @@ class Backend:
     def start(self, *extra: str, expect_ready: bool = True) -> Backend:
         assert TASKAPP, "the taskapp console script is not installed (pip install -e .)"
         self.output = []
-        self.proc = subprocess.Popen(
+        self.proc = start_child(
             [TASKAPP, "backend", "serve", "--port", "0", "--db", str(self.db), *extra],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -173,7 +174,7 @@ def toy_config(tmp_path: Path, budget: int = 150, extra: str = "") -> Path:
 
 
 def taskapp_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run_child(
         [TASKAPP, *args],
         capture_output=True,
         text=True,
@@ -188,7 +189,7 @@ def taskapp_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[
 
 
 def test_seed_example_runs_and_survives_a_restart(backend: Backend) -> None:
-    done = subprocess.run(
+    done = run_child(
         [sys.executable, str(REPO / "examples" / "prompt_learning_job.py")],
         capture_output=True,
         text=True,
@@ -421,7 +422,7 @@ def test_key_file_must_be_private(tmp_path: Path) -> None:
     key_file = tmp_path / "backend.key"
     key_file.write_text(KEY + "\n")
     key_file.chmod(0o644)
-    done = subprocess.run(
+    done = run_child(
         [TASKAPP, "backend", "serve", "--port", "0", "--db", str(tmp_path / "j.db"),
          "--api-key-file", str(key_file)],
         capture_output=True, text=True, timeout=30, env=child_env(), check=False,

@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import Request  # module level: FastAPI resolves the handler's annotation here
 
 from taskapp import TaskAppConfig
-from tests.helpers import REPO
+from tests.helpers import REPO, run_child
 
 TASKAPP = shutil.which("taskapp") or ""
 
@@ -229,7 +229,7 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def taskapp(*args: str, timeout: float = 45, **env: str) -> subprocess.CompletedProcess[str]:
     assert TASKAPP, "the taskapp console script is not installed (pip install -e .)"
-    return subprocess.run(
+    return run_child(
         [TASKAPP, *args],
         capture_output=True,
         text=True,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from taskapp import InProcessTaskApp
+from tests.helpers import run_child, start_child
 from tests.optimize._optimize_helpers import REPO, TASKAPP, child_env, fake_openai_app, taskapp
 
 TOY = "tests.optimize._optimize_helpers:toy_app_config"
@@ -146,7 +147,7 @@ def test_reflection_model_failing_every_time_exits_4(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_saves_the_partial_result(tmp_path: Path, signum: int, status: int) -> None:
     out = tmp_path / "run"
-    proc = subprocess.Popen(
+    proc = start_child(
         [
             TASKAPP,
             "optimize",
@@ -246,7 +247,7 @@ def test_missing_gepa_is_explained() -> None:
         f"sys.exit(main(['optimize', {TOY!r}, '--stand-in', '--train-seeds', '0-9',"
         " '--val-seeds', '10-19', '--budget', '100']))\n"
     )
-    done = subprocess.run(
+    done = run_child(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,

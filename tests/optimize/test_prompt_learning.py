@@ -7,7 +7,6 @@ stand-in reflection model).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from taskapp import ConfigurationError
 from taskapp.optimize.config import OptimizeConfig
 from taskapp.optimize.prompt_learning import load_prompt_learning, parse_prompt_learning
+from tests.helpers import run_child
 from tests.optimize._optimize_helpers import taskapp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -221,7 +221,7 @@ def test_plugins_say_which_extra_a_backend_needs() -> None:
         "from taskapp.cli import main\n"
         "raise SystemExit(main(['plugins', '--all']))\n"
     )
-    done = subprocess.run(
+    done = run_child(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr

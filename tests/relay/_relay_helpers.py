@@ -22,6 +22,7 @@ import httpx
 from taskapp.relay import protocol as p
 from taskapp.relay.server.run import RunningRelay, start_relay_thread
 from taskapp.relay.server.settings import AdminToken, RelaySettings
+from tests.helpers import start_child
 
 ADMIN = "admin-relay-token-for-tests-0123456789"
 OTHER_ADMIN = "another-admin-token-abcdefghijklmnop"
@@ -408,7 +409,7 @@ class RelayProcess:
 
         environ = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         environ.update(env or {})
-        self.proc = subprocess.Popen(
+        self.proc = start_child(
             [
                 sys.executable,
                 "-m",

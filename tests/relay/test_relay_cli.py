@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from taskapp import InProcessTaskApp
-from tests.helpers import free_port, port_is_free
+from tests.helpers import free_port, port_is_free, run_child, start_child
 from tests.helpers import wait_until as wait_for
 from tests.relay._relay_helpers import (
     ADMIN,
@@ -27,7 +27,7 @@ ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run_child(
         [sys.executable, "-m", "taskapp", *args],
         capture_output=True,
         text=True,
@@ -102,7 +102,7 @@ def test_a_sigkilled_task_app_leaves_nothing_behind(tmp_path: Path) -> None:
                 """
             )
         )
-        child = subprocess.Popen(
+        child = start_child(
             [sys.executable, str(script)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -190,7 +190,7 @@ def test_serve_refuses_a_state_file_it_cannot_write_naming_it(tmp_path: Path) ->
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     command = [sys.executable, "-m", "taskapp", "relay", "serve", "--port", "0"]
-    result = subprocess.run(
+    result = run_child(
         [*command, "--state-file", str(blocker / "state.json")],
         capture_output=True,
         text=True,

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from tests.helpers import run_child
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -167,7 +168,7 @@ def _run_child(tmp_path: Path, conc: int, per_conn: int, idle: float) -> dict[st
     env["PYTHONPATH"] = os.pathsep.join(
         [str(_plain_stack_dir(tmp_path)), str(REPO / "src"), str(REPO)]
     )
-    proc = subprocess.run(
+    proc = run_child(
         [sys.executable, str(script), str(conc), str(per_conn), str(idle)],
         cwd=REPO,
         env=env,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ import pytest
 
 from taskapp import InProcessTaskApp
 from taskapp.core.errors import ConfigurationError, ServerStartError
-from tests.helpers import free_port, port_is_free, wait_until
+from tests.helpers import free_port, port_is_free, run_child, wait_until
 from tests.servers._ray_helpers import (
     APP_SOURCE,
     CONFIG,
@@ -142,7 +141,7 @@ except taskapp.ConfigurationError:
     pass  # the extra is not installed: still no import
 print("ray imported:", "ray" in sys.modules)
 """
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,

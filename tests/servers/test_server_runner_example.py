@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import socket
-import subprocess
 import sys
 import types
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from taskapp import InProcessTaskApp
 from taskapp.core.plugins import get_registry
 from taskapp.core.ports import listener_closer
 from taskapp.plugins.servers.thread import ThreadServer
-from tests.helpers import free_port, minimal_app, port_is_free
+from tests.helpers import free_port, minimal_app, port_is_free, run_child
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "writing_plugins.md"
 
@@ -69,7 +68,7 @@ def test_documented_server_runner_serves_and_releases_everything(
 def test_documented_server_runner_runs_as_a_script(tmp_path: Path) -> None:
     script = tmp_path / "plain_uvicorn_runner.py"
     script.write_text(example_source())
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr

@@ -27,7 +27,7 @@ from tests.core._process_helpers import (
     stderr_of,
     still_running,
 )
-from tests.helpers import free_port, port_is_free, wait_until
+from tests.helpers import free_port, port_is_free, start_child, wait_until
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="checks children through Linux /proc"
@@ -275,7 +275,7 @@ def test_stop_is_bounded_with_a_hanging_request_and_frees_the_port(app_file: Pat
     try:
         assert task_app.server is not None
         (pid,) = task_app.server.pids
-        client = subprocess.Popen(
+        client = start_child(
             [sys.executable, "-c", f"import httpx; httpx.get('{task_app.local_url}/slow')"],
             stderr=subprocess.DEVNULL,
         )
@@ -340,7 +340,7 @@ def _start_parent(
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent(PARENT))
     port = free_port()
-    parent = subprocess.Popen(
+    parent = start_child(
         [sys.executable, str(script), str(app_file), str(workers), str(port)],
         stdout=subprocess.PIPE,
         stderr=script.with_suffix(".stderr").open("w"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ from taskapp.testing import (
     registered_plugin,
     wait_until,
 )
-from tests.helpers import demo_config
+from tests.helpers import demo_config, run_child, start_child
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "kit-test-key-0123456789abcdef"
@@ -64,7 +63,7 @@ def test_import_taskapp_imports_neither_the_kit_nor_pytest() -> None:
         "import sys, taskapp\n"
         "print(sorted(m for m in sys.modules if m == 'pytest' or m.startswith('taskapp.testing')))\n"
     )
-    out = subprocess.run(
+    out = run_child(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert out.strip() == "[]"
@@ -77,7 +76,7 @@ def test_loading_the_plugin_is_cheap() -> None:
         "heavy = [m for m in ('fastapi', 'uvicorn', 'httpx', 'starlette') if m in sys.modules]\n"
         "print(heavy)\n"
     )
-    out = subprocess.run(
+    out = run_child(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert out.strip() == "[]"
@@ -380,7 +379,7 @@ def test_leak_check_names_threads_and_children() -> None:
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait, name="my-worker", daemon=True)
     thread.start()
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    child = start_child([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         problems = leaks.problems()
         assert "thread 'my-worker' still running" in problems
@@ -406,7 +405,7 @@ def test_leak_check_fixture_is_opt_in(tmp_path: Path) -> None:
         "    taskapp_leak_check.timeout = 0.3\n"
         "    threading.Thread(target=stop.wait, name='left-b', daemon=True).start()\n"
     )
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
         capture_output=True,
         text=True,
@@ -426,7 +425,7 @@ def test_leak_check_fixture_is_opt_in(tmp_path: Path) -> None:
 
 def test_docs_examples_pass(tmp_path: Path) -> None:
     examples = REPO / "docs" / "examples" / "testing"
-    result = subprocess.run(
+    result = run_child(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(examples)],
         capture_output=True,
         text=True,

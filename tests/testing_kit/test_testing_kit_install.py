@@ -22,13 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, build_wheels, install_wheels, new_venv
+from tests.helpers import REPO, build_wheels, install_wheels, new_venv, run_child
 
 
 def _run(argv: list[str], *, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return run_child(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 class FreshVenv:

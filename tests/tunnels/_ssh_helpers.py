@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from taskapp.testing.helpers import pid_alive
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, run_child, start_child, wait_until
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
@@ -108,7 +108,7 @@ def is_listening(port: int) -> bool:
 
 
 def keygen(path: Path, comment: str = "taskapp-test") -> Path:
-    subprocess.run(
+    run_child(
         [SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
         check=True,
         stdin=subprocess.DEVNULL,
@@ -201,7 +201,7 @@ class SSHServer:
     def _spawn(self, timeout: float) -> bool:
         self.log = []
         ready = threading.Event()
-        proc = subprocess.Popen(
+        proc = start_child(
             [SSHD, "-D", "-e", "-f", str(self.config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

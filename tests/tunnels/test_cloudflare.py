@@ -47,7 +47,15 @@ from taskapp.plugins.tunnels.cloudflare import (
     _Watcher,
     find_cloudflared,
 )
-from tests.helpers import assert_released, demo_config, free_port, port_is_free, wait_until
+from tests.helpers import (
+    assert_released,
+    demo_config,
+    free_port,
+    port_is_free,
+    run_child,
+    start_child,
+    wait_until,
+)
 from tests.tunnels._cloudflare_helpers import (
     STANDIN,
     Standin,
@@ -117,7 +125,7 @@ def test_import_is_cheap() -> None:
         "heavy = [m for m in ('httpx', 'fastapi', 'uvicorn', 'starlette') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+    run_child([sys.executable, "-c", code], check=True, timeout=30)
 
 
 # -- quick: happy path ---------------------------------------------------------------------
@@ -396,7 +404,7 @@ def test_parent_sigkill_leaves_no_cloudflared(standin: Standin, tmp_path: Path) 
         "print('PID', app.tunnel.pids[0], flush=True)\n"
         "time.sleep(60)\n" % free_port()
     )
-    parent = subprocess.Popen(
+    parent = start_child(
         [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:

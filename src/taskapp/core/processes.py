@@ -37,6 +37,8 @@ Guarantees:
   name them in ``secrets=`` so they are redacted from every line this module hands out;
   an argv containing one (or any registered secret) is refused.
 * **Errors carry the redacted tail** of the child's output in ``log_tail``.
+* **A plain Popen, guarded:** :func:`guarded_popen` gives callers that need their own pipes
+  (test harnesses) a :class:`subprocess.Popen` with the same orphan guard.
 * **Last resort:** an ``atexit`` hook closes every child still registered (see
   :func:`live_processes`). A default SIGTERM of this process skips ``atexit``; the death
   signal still applies.
@@ -59,7 +61,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from taskapp.core.errors import ProcessError, ProcessTimeoutError
 from taskapp.core.jobthread import JobThread
@@ -72,6 +74,7 @@ __all__ = [
     "Stream",
     "close_all",
     "describe_returncode",
+    "guarded_popen",
     "live_processes",
     "spawn",
 ]
@@ -576,22 +579,7 @@ def spawn(  # noqa: C901, PLR0915 -- complexity 14 and 61 statements before issu
     mode = _resolve_guard(guard)
 
     err_read, err_write = os.pipe()
-    watch_fd = _watch_read_end() if mode == "pipe" else -1
-    fds = [err_write, *pass_fds] + ([watch_fd] if watch_fd >= 0 else [])
-    wrapper = [
-        sys.executable,
-        "-I",
-        "-S",
-        _GUARD_SCRIPT,
-        mode,
-        str(os.getpid()),
-        str(int(signal.SIGKILL if death_signal is None else death_signal)),
-        str(err_write),
-        str(watch_fd),
-        executable,
-        "--",
-        *args,
-    ]
+    wrapper, fds = _wrap(mode, death_signal, err_write, executable, args, pass_fds)
 
     def start() -> ManagedProcess:
         # Runs on the spawner thread: fork, then register at once, so that a caller
@@ -666,6 +654,97 @@ def spawn(  # noqa: C901, PLR0915 -- complexity 14 and 61 statements before issu
         " ".join(proc.argv),
     )
     return proc
+
+
+def _wrap(
+    mode: Literal["pdeathsig", "pipe", "none"],
+    death_signal: int | None,
+    err_write: int,
+    executable: str,
+    args: Sequence[str],
+    pass_fds: Sequence[int],
+) -> tuple[list[str], list[int]]:
+    """The exec guard's command line around ``args``, and the descriptors it inherits."""
+    watch_fd = _watch_read_end() if mode == "pipe" else -1
+    fds = [err_write, *pass_fds] + ([watch_fd] if watch_fd >= 0 else [])
+    wrapper = [
+        sys.executable,
+        "-I",
+        "-S",
+        _GUARD_SCRIPT,
+        mode,
+        str(os.getpid()),
+        str(int(signal.SIGKILL if death_signal is None else death_signal)),
+        str(err_write),
+        str(watch_fd),
+        executable,
+        "--",
+        *args,
+    ]
+    return wrapper, fds
+
+
+def guarded_popen(
+    args: Sequence[str],
+    *,
+    death_signal: int | None = None,
+    guard: GuardMode = "auto",
+    **popen_kwargs: Any,
+) -> subprocess.Popen[Any]:
+    """``subprocess.Popen(args, **popen_kwargs)`` whose child dies with this process.
+
+    The same orphan guard as :func:`spawn` (the exec wrapper's death signal on Linux, the
+    watchdog pipe elsewhere; forked by the ``taskapp-spawner`` thread), for callers that
+    need a plain :class:`subprocess.Popen` (their own pipes, ``communicate``): test
+    harnesses above all, whose children must not outlive a killed test run. The pid is the
+    program's (the wrapper execs it). A program that cannot be executed raises the
+    ``OSError`` :class:`subprocess.Popen` would (``FileNotFoundError`` for a missing one).
+    Unlike :func:`spawn`, nothing is registered, redacted or closed at exit: the caller
+    owns the child.
+    """
+    if os.name == "nt":
+        raise ProcessError("guarded_popen() supports Linux and macOS only")
+    if isinstance(args, (str, bytes)) or popen_kwargs.get("shell") or "executable" in popen_kwargs:
+        raise ProcessError("guarded_popen() takes an argv list (no shell=, no executable=)")
+    argv = [os.fspath(a) for a in args]
+    env = popen_kwargs.get("env")
+    try:
+        executable = _resolve_program(
+            argv[0], os.environ if env is None else env, popen_kwargs.get("cwd")
+        )
+    except ProcessError as exc:  # what subprocess.Popen raises for a missing program
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0]) from exc
+    mode = _resolve_guard(guard)
+    if mode == "pipe":
+        popen_kwargs["start_new_session"] = True  # the watchdog kills the child's group
+    err_read, err_write = os.pipe()
+    wrapper, fds = _wrap(
+        mode, death_signal, err_write, executable, argv, popen_kwargs.pop("pass_fds", ())
+    )
+
+    def start() -> subprocess.Popen[Any]:
+        try:
+            return subprocess.Popen(wrapper, pass_fds=fds, close_fds=True, **popen_kwargs)
+        finally:
+            os.close(err_write)
+
+    try:
+        popen = _get_spawner().submit(start).result()
+        failure = _read_exec_status(err_read)
+    finally:
+        os.close(err_read)
+    if failure is not None:
+        with contextlib.suppress(OSError):
+            popen.kill()
+        popen.wait()
+        for stream in (popen.stdin, popen.stdout, popen.stderr):
+            if stream is not None:
+                stream.close()
+        kind, code, message = failure
+        if code == errno.ENOENT:
+            raise FileNotFoundError(code, message, argv[0])
+        raise OSError(code, f"{kind}: {message}")
+    return popen
 
 
 def _read_exec_status(fd: int) -> tuple[str, int, str] | None:

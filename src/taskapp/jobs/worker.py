@@ -35,7 +35,7 @@ def run_worker(
 ) -> None:
     """Claim and run jobs until SIGINT/SIGTERM (or ``stop`` is set); blocking."""
     from taskapp.core.errors import ConfigurationError
-    from taskapp.jobs.backend import default_runs_dir
+    from taskapp.jobs.backend import _warm_up, default_runs_dir
     from taskapp.jobs.pool import JobPool
     from taskapp.jobs.store import open_store
 
@@ -47,6 +47,7 @@ def run_worker(
         done.set()
 
     store = open_store(db)
+    _warm_up()  # import the optimizer (GEPA) before the first claim, not during it
     try:
         pool = JobPool(
             store,

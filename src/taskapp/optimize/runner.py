@@ -51,6 +51,7 @@ from taskapp.optimize.progress import GepaLogger, JsonlWriter, ProgressTracker, 
 from taskapp.optimize.resolved import HISTORY_FILE, RUN_FILE, STATE_DIR, ResolvedRun
 from taskapp.optimize.result import OptimizeResult
 from taskapp.optimize.stopsignals import first_signal_stops
+from taskapp.optimize.tree import candidate_tree_html
 
 __all__ = ["advertised_prompts", "import_gepa", "run", "run_async", "run_config"]
 
@@ -537,9 +538,11 @@ class _Run:
         if self.r.output_dir is not None:
             self._write_run_file(seed_candidate, elapsed_s=result.elapsed_s, status=status)
             result.save(self.r.output_dir)
-            if gepa_result is not None:
-                with contextlib.suppress(Exception):  # a nice-to-have view
-                    (self.r.output_dir / "candidate_tree.html").write_text(
-                        gepa_result.candidate_tree_html(), encoding="utf-8"
-                    )
+            # ours, not gepa's candidate_tree_html(): that one loads its renderer from a
+            # CDN and is blank offline
+            (self.r.output_dir / "candidate_tree.html").write_text(
+                candidate_tree_html(result.candidates, best_idx=result.best_idx,
+                                    title=f"candidates ({status})"),
+                encoding="utf-8",
+            )  # fmt: skip
         return result

@@ -4,10 +4,12 @@ steer jobs of ``taskapp backend serve``."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,14 +185,33 @@ def run_submit(args: argparse.Namespace) -> int:
 
     backend = _Backend(args)
     client = PromptLearningJob(backend.url, backend.headers["Authorization"][7:])
-    job_id = client.submit_sync(
-        args.config, task_app_url=args.task_app_url, idempotency_key=args.idempotency_key
-    )
+    from taskapp.cli._common import stderr
+
+    with _quiet_client_log():
+        job_id = client.submit_sync(
+            args.config, task_app_url=args.task_app_url, idempotency_key=args.idempotency_key
+        )
+    for warning in client.warnings:
+        stderr(f"taskapp jobs submit: warning: {args.config}: {warning}")
     if args.json:
         print(json.dumps({"id": job_id}))
     else:
         print(job_id)
     return 0
+
+
+@contextlib.contextmanager
+def _quiet_client_log() -> Iterator[None]:
+    """The CLI prints the config's warnings itself (once, in its own words)."""
+    import logging
+
+    log = logging.getLogger("taskapp.jobs")
+    previous = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(previous)
 
 
 _PENDING = {

@@ -549,7 +549,7 @@ def test_submit_says_a_config_typo_before_the_job_runs(
     finally:
         client.control_sync("cancel", job_id)
     cli = taskapp_cli(
-        "jobs", "submit", str(typo_config(tmp_path)), "--task-app-url", app.url,
+        "jobs", "submit", str(typo_config(tmp_path)), "--task-app-url", str(app.url),
         "--backend-url", shared.url,
     )  # fmt: skip
     assert cli.returncode == 0, cli.stderr

@@ -184,6 +184,8 @@ class PromptLearningJob:
         #: seconds the waiting calls (poll_until_complete) keep reconnecting to a backend
         #: that went away (a restart), before they give up
         self.reconnect_for = reconnect_for
+        #: The config's warnings at the last submit (unknown keys, with a "did you mean").
+        self.warnings: list[str] = []
         self.job_id: str | None = None
 
     def __repr__(self) -> str:  # never the key
@@ -239,6 +241,11 @@ class PromptLearningJob:
             ) from None
         merged = {**self.overrides, **(overrides or {})}
         spec = parse_prompt_learning(text, source=str(file), overrides=merged)  # errors here
+        # Typos and ignored keys ("did you mean ...?") are said here, before the job runs,
+        # not only in its events; also kept in ``self.warnings``.
+        self.warnings = list(spec.warnings)
+        for warning in spec.warnings:
+            logger.warning("%s: %s", file, warning)
         url, app_key, app_token = _task_app_of(task_app_url or self.task_app_url)
         url = url or spec.task_app_url
         if not url:

@@ -423,13 +423,13 @@ def test_24_8_clients_reconnect_through_a_backend_restart(tmp_path: Path) -> Non
 
     from taskapp import PromptLearningJob
 
-    task = ToyTask(latency=0.05)
+    task = ToyTask(latency=0.1)  # the job runs well past the restart
     with InProcessTaskApp(config=task.config(), port=0, api_key="toy-key-123456") as app:
         db = tmp_path / "jobs.sqlite3"
         first = Backend(db).start()
         port = first.host_port[1]
         job = first.submit(
-            config_toml=toy_toml(budget=120), task_app_url=app.url, task_app_api_key=app.api_key
+            config_toml=toy_toml(budget=300), task_app_url=app.url, task_app_api_key=app.api_key
         )
         job_id = job.json()["id"]
         client = PromptLearningJob(first.url, KEY, reconnect_for=60)
@@ -454,6 +454,7 @@ def test_24_8_clients_reconnect_through_a_backend_restart(tmp_path: Path) -> Non
         )
         first.wait_for(job_id, ("running",))
         time.sleep(1.0)
+        assert first.request("GET", f"/api/jobs/{job_id}").json()["status"] == "running"
         # the best prompt so far, while the job runs
         shown = first.request("GET", f"/api/jobs/{job_id}/result").json()
         assert "best_so_far" in shown

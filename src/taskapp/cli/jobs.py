@@ -104,12 +104,12 @@ class _Backend:
     def request(self, method: str, path: str, **kw: Any) -> Any:
         import httpx
 
+        from taskapp.core.transport import http_client
         from taskapp.jobs.client import JobBackendError
 
         try:
-            response = httpx.request(
-                method, self.url + path, headers=self.headers, timeout=30, trust_env=False, **kw
-            )
+            with http_client(timeout=30, trust_env=False) as client:
+                response = client.request(method, self.url + path, headers=self.headers, **kw)
         except httpx.HTTPError as exc:
             raise JobBackendError(
                 f"cannot reach the job backend at {self.url} ({type(exc).__name__}); is "
@@ -288,14 +288,17 @@ def _follow(backend: _Backend, args: argparse.Namespace) -> int:
 
     bar = _Bar()
     status = None
+    from taskapp.core.transport import http_client
+
     try:
-        with httpx.stream(
-            "GET",
-            f"{backend.url}/api/jobs/{args.job_id}/events/stream",
-            headers=backend.headers,
-            timeout=httpx.Timeout(30, read=None),
-            trust_env=False,
-        ) as response:
+        with (
+            http_client(timeout=httpx.Timeout(30, read=None), trust_env=False) as client,
+            client.stream(
+                "GET",
+                f"{backend.url}/api/jobs/{args.job_id}/events/stream",
+                headers=backend.headers,
+            ) as response,
+        ):
             if response.status_code >= 400:
                 response.read()
                 backend_error = response.json().get("error", {}).get("message")

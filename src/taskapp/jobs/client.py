@@ -28,6 +28,7 @@ from typing import Any
 from taskapp.core.errors import ConfigurationError, TaskAppError
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import register_secret
+from taskapp.core.transport import async_http_client, http_client
 
 __all__ = [
     "JobBackendError",
@@ -305,7 +306,7 @@ class PromptLearningJob:
         import httpx
 
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
+            async with async_http_client(timeout=self.timeout, trust_env=False) as client:
                 response = await client.request(
                     method, self.backend_url + path, headers=self._headers, **kw
                 )
@@ -338,7 +339,7 @@ class PromptLearningJob:
         for attempt in range(SUBMIT_ATTEMPTS):
             last = attempt == SUBMIT_ATTEMPTS - 1
             try:
-                async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
+                async with async_http_client(timeout=self.timeout, trust_env=False) as client:
                     response = await client.post(
                         self.backend_url + "/api/jobs", headers=headers, json=body
                     )
@@ -455,7 +456,7 @@ class PromptLearningJob:
         import httpx
 
         try:
-            with httpx.Client(timeout=self.timeout, trust_env=False) as client:
+            with http_client(timeout=self.timeout, trust_env=False) as client:
                 response = client.request(
                     method, self.backend_url + path, headers=self._headers, **kw
                 )
@@ -483,7 +484,7 @@ class PromptLearningJob:
         for attempt in range(SUBMIT_ATTEMPTS):
             last = attempt == SUBMIT_ATTEMPTS - 1
             try:
-                with httpx.Client(timeout=self.timeout, trust_env=False) as client:
+                with http_client(timeout=self.timeout, trust_env=False) as client:
                     response = client.post(
                         self.backend_url + "/api/jobs", headers=headers, json=body
                     )

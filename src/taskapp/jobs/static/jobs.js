@@ -122,16 +122,23 @@
     for (const fn of listeners) fn(job);
     scheduleList();
   }
+  let listTotal = 0, listLoading = true;
   async function loadAll() {
-    let offset = 0, cursor = null;
+    // the first page small (it is what the list shows first), then the rest in big pages
+    let offset = 0, cursor = null, limit = PAGE_SIZE;
     for (;;) {
       const where = cursor ? "cursor=" + encodeURIComponent(cursor) : "offset=" + offset;
-      const data = await api(`/api/jobs?limit=${LIST_PAGE}&${where}`);
+      const data = await api(`/api/jobs?limit=${limit}&${where}`);
       for (const job of data.jobs) { jobs.set(job.id, job); since = Math.max(since, job.updated_at || 0); }
-      listReady = true; scheduleList();
-      if (data.next_cursor) { cursor = data.next_cursor; continue; }
-      if (cursor !== null || data.jobs.length < LIST_PAGE) return;
-      offset += data.jobs.length;
+      if (typeof data.total === "number") listTotal = data.total;
+      listReady = true;
+      const last = data.next_cursor ? false : cursor !== null || data.jobs.length < limit;
+      if (last) listLoading = false;
+      scheduleList();
+      if (last) return;
+      if (data.next_cursor) cursor = data.next_cursor;
+      else offset += data.jobs.length;
+      limit = LIST_PAGE;
     }
   }
   function followChanges() {
@@ -227,7 +234,9 @@
   }
   function renderList() {
     const rows = visibleJobs();
-    const pages = Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
+    const unfiltered = !listState.q && !listState.status;
+    const expected = listLoading && unfiltered ? Math.max(rows.length, listTotal) : rows.length;
+    const pages = Math.max(1, Math.ceil(expected / PAGE_SIZE));
     if (listState.page >= pages) listState.page = pages - 1;
     const first = listState.page * PAGE_SIZE;
     const shown = rows.slice(first, first + PAGE_SIZE);
@@ -239,11 +248,12 @@
       fillRow(tr, j);
       if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
     });
-    const total = jobs.size;
-    const filtered = rows.length === total ? "" : ` (${rows.length} match)`;
-    setText($("list-summary"), listReady
+    const total = listLoading ? Math.max(jobs.size, listTotal) : jobs.size;
+    const filtered = rows.length === jobs.size ? "" : ` (${rows.length} match)`;
+    const more = listLoading && listReady ? ` (loading ${Math.max(0, listTotal - jobs.size)} more…)` : "";
+    setText($("list-summary"), (listReady
       ? (total ? `${total} job${total === 1 ? "" : "s"}${filtered}` + (rows.length ? `; showing ${first + 1}–${first + shown.length}` : "; none match the filter") : "no jobs yet: submit one with PromptLearningJob or taskapp jobs")
-      : "loading…");
+      : "loading…") + more);
     setText($("page-info"), `page ${listState.page + 1} of ${pages}`);
     $("prev").disabled = listState.page === 0;
     $("next").disabled = listState.page >= pages - 1;

@@ -517,6 +517,7 @@ def test_named_token_file_transport(standin: Standin, port: int, tmp_path: Path)
     token = fake_token()
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
+    token_file.chmod(0o600)  # a secret file others can read is refused
     with named_app(standin, port, token_file=str(token_file), token_transport="file") as app:
         (pid,) = app.tunnel.pids if app.tunnel else (0,)
         argv = read_cmdline(pid)

@@ -62,11 +62,6 @@ def add_parser(subparsers: Any) -> None:
         "(default: the TASKAPP_RELAY_ADMIN_TOKEN environment variable)",
     )
     serve.add_argument(
-        "--insecure-permissions",
-        action="store_true",
-        help="accept an admin token file other users can read",
-    )
-    serve.add_argument(
         "--state-file",
         type=Path,
         help="keep leases (hashes only) in this file so a restart keeps URLs working",
@@ -120,9 +115,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from taskapp.relay.server.run import RelayServer
     from taskapp.relay.server.settings import RelaySettings, load_admin_tokens
 
-    tokens = load_admin_tokens(
-        args.admin_token_file, allow_insecure_permissions=args.insecure_permissions
-    )
+    tokens = load_admin_tokens(args.admin_token_file)
     try:
         sock = listen_tcp(args.host, args.port)
     except OSError as exc:

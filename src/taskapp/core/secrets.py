@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import secrets as _stdlib_secrets
+import stat
 import threading
 from collections.abc import Iterable
 
@@ -26,6 +28,7 @@ __all__ = [
     "contains_secret",
     "fingerprint",
     "generate_key",
+    "read_secret_file",
     "redact",
     "register_secret",
 ]
@@ -133,3 +136,37 @@ class RedactingFilter(logging.Filter):
 
 
 _FORMATTER = logging.Formatter()
+
+
+def read_secret_file(path: str | os.PathLike[str], *, what: str) -> str:
+    """The text of the secret file ``path`` (``~`` expanded), read under the one policy
+    for every secret taskapp reads from a file (the job backend's key, the relay's admin
+    tokens, a relay tunnel's token, a Cloudflare tunnel token): a file that group or others
+    may access is refused, with the ``chmod 600`` advice. ``what`` names the file in
+    messages ("the key file"). Raises :class:`~taskapp.ConfigurationError`; the contents
+    never appear in a message (callers parse and register them).
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".key") as handle:
+    ...     _ = handle.write("s3cret-value")
+    ...     handle.flush()
+    ...     os.chmod(handle.name, 0o600)
+    ...     read_secret_file(handle.name, what="the key file")
+    's3cret-value'
+    """
+    from taskapp.core.errors import ConfigurationError
+
+    file = os.path.expanduser(os.fspath(path))
+    try:
+        with open(file, encoding="utf-8") as handle:
+            mode = os.fstat(handle.fileno()).st_mode  # the file read, not a swapped path
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ConfigurationError(
+                    f"{what} {file!r} is accessible by other users (mode "
+                    f"{stat.S_IMODE(mode):04o}); run 'chmod 600 {file}'"
+                )
+            return handle.read()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {what} {file!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{what} {file!r} is not UTF-8 text") from None

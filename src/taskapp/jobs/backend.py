@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -19,7 +18,7 @@ from typing import Any
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.logs import get_logger
-from taskapp.core.secrets import register_secret
+from taskapp.core.secrets import read_secret_file, register_secret
 
 __all__ = ["API_KEY_ENV", "DEFAULT_DB", "default_runs_dir", "read_api_key", "serve"]
 
@@ -33,20 +32,8 @@ def read_api_key(path: Path | None, *, env: Mapping[str, str] | None = None) -> 
     """The backend key from ``path`` (mode 0600 required) or ``$TASKAPP_BACKEND_API_KEY``."""
     environ = os.environ if env is None else env
     if path is not None:
-        path = path.expanduser()
-        try:
-            st = path.stat()
-            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise ConfigurationError(
-                    f"the key file {str(path)!r} is accessible by other users (mode "
-                    f"{stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {path}'"
-                )
-            key = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read the key file {str(path)!r}: {exc.strerror}"
-            ) from None
-        origin = f"the key file {str(path)!r}"
+        key = read_secret_file(path, what="the key file").strip()
+        origin = f"the key file {str(path.expanduser())!r}"
     else:
         key = environ.get(API_KEY_ENV, "").strip()
         origin = f"${API_KEY_ENV}"

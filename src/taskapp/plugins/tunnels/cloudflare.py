@@ -67,7 +67,7 @@ from taskapp.core.errors import (
 from taskapp.core.hookspecs import RegisterTunnel, hookimpl
 from taskapp.core.ports import free_loopback_port
 from taskapp.core.process_tunnel import ProcessTunnel
-from taskapp.core.secrets import fingerprint, redact, register_secret
+from taskapp.core.secrets import fingerprint, read_secret_file, redact, register_secret
 
 if TYPE_CHECKING:
     from taskapp.core.processes import ManagedProcess
@@ -849,12 +849,7 @@ class NamedTunnel(_CloudflaredTunnel):
             return self.options.token.strip()
         if self.options.token_file is not None:
             path = Path(self.options.token_file).expanduser()
-            try:
-                token = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigurationError(
-                    f"cannot read the tunnel token file {str(path)!r}: {exc.strerror or exc}"
-                ) from None
+            token = read_secret_file(path, what="the tunnel token file").strip()
             if not token:
                 raise ConfigurationError(f"the tunnel token file {str(path)!r} is empty")
             return token

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import stat
 import threading
 import urllib.parse
 from collections.abc import Mapping
@@ -39,7 +38,7 @@ from taskapp.core.health import is_loopback_url
 from taskapp.core.hookspecs import RegisterTunnel, hookimpl
 from taskapp.core.importing import install_command
 from taskapp.core.logs import get_logger
-from taskapp.core.secrets import fingerprint, register_secret
+from taskapp.core.secrets import fingerprint, read_secret_file, register_secret
 
 __all__ = ["RelayOptions", "RelayTunnel", "SynthTunnel", "resolve_relay_credentials"]
 
@@ -91,16 +90,7 @@ class RelayOptions:
 
 
 def _read_token_file(path: Path) -> str:
-    path = path.expanduser()
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigurationError(
-            f"cannot read the relay admin token file {str(path)!r}: {exc.strerror}"
-        ) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        logger.warning("relay token file %s is readable by other users; chmod 600 it", path)
+    text = read_secret_file(path, what="the relay admin token file")
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -109,7 +99,9 @@ def _read_token_file(path: Path) -> str:
         token = rest.strip() if sep and name.isidentifier() else line
         register_secret(token)
         return token
-    raise ConfigurationError(f"the relay admin token file {str(path)!r} holds no token")
+    raise ConfigurationError(
+        f"the relay admin token file {str(path.expanduser())!r} holds no token"
+    )
 
 
 def resolve_relay_credentials(

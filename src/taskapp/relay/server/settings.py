@@ -9,13 +9,13 @@ import dataclasses
 import math
 import os
 import secrets
-import stat
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.options import setting
+from taskapp.core.secrets import read_secret_file
 from taskapp.relay import protocol as p
 
 __all__ = [
@@ -225,34 +225,20 @@ class RelaySettings:
 def load_admin_tokens(
     path: Path | None,
     *,
-    allow_insecure_permissions: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> tuple[AdminToken, ...]:
     """Read admin tokens from ``path`` (one per line, optional ``name:`` prefix, ``#``
     comments) or, without a path, from ``TASKAPP_RELAY_ADMIN_TOKEN``.
 
-    The file must not be readable by group or others (mode 0600) unless
-    ``allow_insecure_permissions``. Only hashes are returned.
+    The file must not be accessible by group or others (mode 0600): the one secret-file
+    policy, :func:`taskapp.core.secrets.read_secret_file`. Only hashes are returned.
     """
     environ = os.environ if env is None else env
     raw_lines: list[str]
     origin: str
     if path is not None:
-        path = path.expanduser()
-        try:
-            st = path.stat()
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read the admin token file {str(path)!r}: {exc.strerror}"
-            ) from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) and not allow_insecure_permissions:
-            raise ConfigurationError(
-                f"the admin token file {str(path)!r} is accessible by other users (mode "
-                f"{stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {path}' "
-                "(or pass --insecure-permissions)"
-            )
-        raw_lines = path.read_text(encoding="utf-8").splitlines()
-        origin = f"file {str(path)!r}"
+        raw_lines = read_secret_file(path, what="the admin token file").splitlines()
+        origin = f"file {str(path.expanduser())!r}"
     else:
         value = environ.get(ADMIN_TOKEN_ENV, "")
         raw_lines = [value] if value.strip() else []

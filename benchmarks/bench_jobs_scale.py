@@ -185,9 +185,7 @@ class Fleet:
             "lost": lost,
             "baseline_scored_twice": twice,
             "taken_over": retaken,
-            "claim_latency_ms_median": round(1000 * statistics.median(latency), 1)
-            if latency
-            else None,
+            "submit_to_claim_s_median": round(statistics.median(latency), 2) if latency else None,
         }
 
 

@@ -190,7 +190,7 @@ def test_normalize_keeps_a_given_status_and_unknown_fields() -> None:
     )
     assert answer == {
         "run_id": "t",
-        "metrics": {"outcome_score": 0.0, "details": {}},
+        "metrics": {"outcome_score": 0.0, "outcome_reward": 0.0, "details": {}},
         "reward_info": {"outcome_reward": 0.0, "details": {}},
         "success_status": "timeout",
         "trace_correlation_id": "t",

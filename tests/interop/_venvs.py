@@ -83,6 +83,33 @@ VERSIONS: dict[str, tuple[str, ...]] = {
         "pydantic-settings",
         *_AIOHTTP,
     ),
+    # Gen C's first shape (metrics.outcome_reward, no reward_info): synth_ai.sdk.task pulls
+    # in what 0.3.9's does (found the same way)
+    "0.4.12": (
+        "libsql",
+        "sqlalchemy",
+        "modal",
+        "mcp<2",
+        "celery",
+        "kombu",
+        "amqp",
+        "vine",
+        "billiard",
+        "tzlocal",
+        "tomli_w",
+        "pynacl",
+        "grpclib",
+        "synchronicity",
+        "h2",
+        "hyperframe",
+        "hpack",
+        "httpx_sse",
+        "sse_starlette",
+        "python-dotenv",
+        "protobuf",
+        "pydantic-settings",
+        *_AIOHTTP,
+    ),
     # the Rust agent ships in the wheel (synth_ai_py, manylinux abi3)
     "0.9.11": (),
     # the lease REST client
@@ -105,6 +132,11 @@ IMPORTS: dict[str, str] = {
     "0.3.9": (
         "from synth_ai.sdk.task.contracts import RolloutRequest; "
         "from synth_ai.sdk.task.client import TaskAppClient"
+    ),
+    "0.4.12": (
+        "from synth_ai.sdk.task.server import TaskAppConfig, create_task_app; "
+        "from synth_ai.sdk.task.client import TaskAppClient; "
+        "from synth_ai.sdk.task.contracts import RolloutMetrics, RolloutResponse"
     ),
     "0.9.11": (
         "import synth_ai_py; "

@@ -79,7 +79,8 @@ def test_pause_resume_stop_cancel_retry_delete(serve: Proc, toy_app: InProcessTa
     serve.wait_for(other, lambda j: j["metric_calls"] > 0)
     serve.api("POST", f"/api/jobs/{other}/cancel")
     cancelled = serve.wait_for(other, lambda j: j["status"] == "cancelled", timeout=30)
-    assert not cancelled["has_result"] and cancelled["error"] == "cancelled while running"
+    assert not cancelled["has_result"] and cancelled["error"] is None  # a cancel is no error
+    assert cancelled["status_reason"] == "cancelled on request while running"
     # not allowed in these states: 409 with the envelope
     refused = serve.api("POST", f"/api/jobs/{job_id}/pause", expect=409)
     assert refused["error"]["type"] == "conflict"

@@ -288,7 +288,8 @@ def test_cancel_stops_a_running_job_within_seconds(
         assert long_poll.result(timeout=15)["status"] == "cancelled"
     assert time.monotonic() - started < 10
     job = shared.api("GET", f"/api/jobs/{job_id}")
-    assert job["status"] == "cancelled" and job["error"] == "cancelled while running"
+    assert job["status"] == "cancelled" and job["error"] is None  # a cancel is no error
+    assert job["status_reason"] == "cancelled on request while running"
 
 
 def test_run_in_process_job(shared: Backend, tmp_path: Path) -> None:

@@ -115,7 +115,9 @@ def test_resume_takes_the_previous_run(tmp_path: Path) -> None:
     assert (resolved.train, resolved.val) == ([0, 1, 2, 3], [7, 8])
     assert resolved.config.seed_prompt == {"prompt": "Label it."}
     assert resolved.previous["metric_calls"] == 12
-    with pytest.raises(ConfigurationError, match="already used 12 of its 14 rollouts"):
+    with pytest.raises(
+        ConfigurationError, match="already used 12 rollouts; --budget 14 is the total"
+    ):
         OptimizeConfig(
             budget=14, reflection_lm="stand-in", output_dir=tmp_path, resume=True
         ).resolve()

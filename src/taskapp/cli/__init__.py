@@ -25,6 +25,7 @@ from taskapp.cli._common import (
     EXIT_USAGE,
     UsageError,
     cli_words,
+    print_error,
     user_traceback,
 )
 from taskapp.core.errors import (
@@ -132,26 +133,6 @@ def configure_logging(verbose: int, log_json: bool) -> None:
     uvicorn_logger.propagate = False
 
 
-def _print_error(text: str, log_json: bool, *, traceback: str | None = None) -> None:
-    """An error on stderr: plain text, or one JSON log object under ``--log-json``."""
-    from taskapp.core.secrets import redact
-
-    text = redact(text)
-    traceback = redact(traceback) if traceback else None
-    if not log_json:
-        if traceback:
-            print(traceback, file=sys.stderr)
-        print(text, file=sys.stderr, flush=True)
-        return
-    record = logging.LogRecord("taskapp.cli", logging.ERROR, "", 0, text, None, None)
-    line = JsonFormatter().format(record)
-    if traceback:
-        import json
-
-        line = json.dumps({**json.loads(line), "exception": traceback}, ensure_ascii=False)
-    print(line, file=sys.stderr, flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(plugin_commands=needs_plugin_commands(argv))
@@ -164,10 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except KeyboardInterrupt:
-        _print_error(f"{prefix}: interrupted", args.log_json)
+        print_error(f"{prefix}: interrupted", args.log_json)
         return EXIT_INTERRUPTED
     except (UsageError, ConfigurationError, FileNotFoundError) as exc:
-        _print_error(f"{prefix}: error: {cli_words(str(exc))}", args.log_json)
+        print_error(f"{prefix}: error: {cli_words(str(exc))}", args.log_json)
         return EXIT_USAGE
     except TaskAppError as exc:
         cause = exc.__cause__
@@ -180,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             shown = "".join(traceback.format_exception(cause)).rstrip()
-        _print_error(f"{prefix}: error: {cli_words(str(exc))}", args.log_json, traceback=shown)
+        print_error(f"{prefix}: error: {cli_words(str(exc))}", args.log_json, traceback=shown)
         return EXIT_FAILED
     except Exception as exc:  # a bug in taskapp: one line, the traceback only with -v
         shown = None
@@ -188,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             shown = traceback.format_exc().rstrip()
-        _print_error(
+        print_error(
             f"{prefix}: internal error: {type(exc).__name__}: {exc} "
             "(run with -v for the traceback, and please report it)",
             args.log_json,

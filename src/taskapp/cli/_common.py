@@ -42,6 +42,7 @@ __all__ = [
     "load_json_argument",
     "parse_key_values",
     "parse_size",
+    "print_error",
     "resolve_api_key",
     "resolve_target",
     "start_kwargs",
@@ -64,6 +65,27 @@ TARGET_HELP = (
     "a .py file (or another file an installed loader plugin takes, e.g. x.qa.json), a "
     "'package.module:attr' import string, or a bundled example name (support-intents)"
 )
+
+
+def print_error(text: str, log_json: bool, *, traceback: str | None = None) -> None:
+    """An error on stderr: plain text, or one JSON log object under ``--log-json``."""
+    import logging
+
+    from taskapp.core.logs import JsonFormatter
+    from taskapp.core.secrets import redact
+
+    text = redact(text)
+    traceback = redact(traceback) if traceback else None
+    if not log_json:
+        if traceback:
+            print(traceback, file=sys.stderr)
+        print(text, file=sys.stderr, flush=True)
+        return
+    record = logging.LogRecord("taskapp.cli", logging.ERROR, "", 0, text, None, None)
+    line = JsonFormatter().format(record)
+    if traceback:
+        line = json.dumps({**json.loads(line), "exception": traceback}, ensure_ascii=False)
+    print(line, file=sys.stderr, flush=True)
 
 
 def stderr(message: str) -> None:

@@ -25,7 +25,8 @@ EPILOG = """examples:
 
 The backend URL comes from --backend-url, else $TASKAPP_BACKEND_URL, else
 http://127.0.0.1:8000; the key from --api-key-file (mode 0600), else
-$TASKAPP_BACKEND_API_KEY.
+$TASKAPP_BACKEND_API_KEY. With --db PATH|URL the commands use the job database directly
+(no backend, no key): `taskapp jobs list --db postgresql://taskapp@db-host/taskapp`.
 """
 
 
@@ -43,6 +44,12 @@ def add_parser(subparsers: Any) -> None:
         "--api-key-file", type=Path, metavar="F", help="the backend key file (mode 0600)"
     )
     common.add_argument("--json", action="store_true", help="print JSON")
+    common.add_argument(
+        "--db",
+        metavar="PATH|URL",
+        help="use the job database directly instead of a backend's API (a SQLite file or "
+        "postgresql://...; no key needed)",
+    )
     commands = parser.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND")
     listing = commands.add_parser("list", parents=[common], help="the newest jobs")
     listing.add_argument("--limit", type=int, default=20, help="how many (20; 1..500)")
@@ -90,6 +97,10 @@ class _Backend:
         from taskapp.core.errors import ConfigurationError
         from taskapp.jobs.backend import read_api_key
 
+        self.direct: Any = None
+        if getattr(args, "db", None):
+            self._open_direct(args.db)
+            return
         self.url = (
             args.backend_url or os.environ.get("TASKAPP_BACKEND_URL") or "http://127.0.0.1:8000"
         ).rstrip("/")
@@ -101,15 +112,44 @@ class _Backend:
             raise UsageError(exc.message) from None
         self.headers = {"Authorization": f"Bearer {key}"}
 
+    def _open_direct(self, db: str) -> None:
+        """``--db``: the API served in this process over the database (no workers), with
+        a key that never leaves it."""
+        import secrets
+
+        from taskapp.jobs.service import create_backend_app
+        from taskapp.jobs.store import open_store
+
+        key = secrets.token_hex(24)
+        self.direct = create_backend_app(open_store(db), None, key)
+        self.url = "http://taskapp-db"
+        self.headers = {"Authorization": f"Bearer {key}"}
+
+    def _call_direct(self, method: str, path: str, **kw: Any) -> Any:
+        import asyncio
+
+        import httpx
+
+        async def call() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.direct)
+            async with httpx.AsyncClient(transport=transport, base_url=self.url) as client:
+                return await client.request(method, path, **kw)
+
+        return asyncio.run(call())
+
     def request(self, method: str, path: str, **kw: Any) -> Any:
         import httpx
 
         from taskapp.jobs.client import JobBackendError
 
+        headers = {**self.headers, **kw.pop("headers", {})}
         try:
-            response = httpx.request(
-                method, self.url + path, headers=self.headers, timeout=30, trust_env=False, **kw
-            )
+            if self.direct is not None:
+                response = self._call_direct(method, path, headers=headers, **kw)
+            else:
+                response = httpx.request(
+                    method, self.url + path, headers=headers, timeout=30, trust_env=False, **kw
+                )
         except httpx.HTTPError as exc:
             raise JobBackendError(
                 f"cannot reach the job backend at {self.url} ({type(exc).__name__}); is "
@@ -183,9 +223,18 @@ def run_submit(args: argparse.Namespace) -> int:
 
     backend = _Backend(args)
     client = PromptLearningJob(backend.url, backend.headers["Authorization"][7:])
-    job_id = client.submit_sync(
-        args.config, task_app_url=args.task_app_url, idempotency_key=args.idempotency_key
-    )
+    if backend.direct is not None:  # --db: straight into the database's queue
+        import uuid
+
+        body = client._body(args.config, args.task_app_url, None, None, None)
+        key = args.idempotency_key or uuid.uuid4().hex
+        job_id = str(
+            backend.request("POST", "/api/jobs", json=body, headers={"Idempotency-Key": key})["id"]
+        )
+    else:
+        job_id = client.submit_sync(
+            args.config, task_app_url=args.task_app_url, idempotency_key=args.idempotency_key
+        )
     if args.json:
         print(json.dumps({"id": job_id}))
     else:
@@ -281,9 +330,35 @@ def run_logs(args: argparse.Namespace) -> int:
     return _follow(backend, args)
 
 
+def _follow_direct(backend: _Backend, args: argparse.Namespace) -> int:
+    """``logs --follow --db``: read the events from the database until the job is done."""
+    bar = _Bar()
+    after, status = 0, None
+    try:
+        while True:
+            page = backend.request("GET", f"/api/jobs/{args.job_id}/events?after={after}")
+            for event in page["events"]:
+                if bar.tty and not args.json:
+                    bar.close()
+                print(json.dumps(event) if args.json else _line(event), flush=True)
+                bar.update(event)
+            after = page["next_after"]
+            if not page["events"] and page["status"] in ("succeeded", "failed", "cancelled"):
+                status = page["status"]
+                break
+            if not page["events"]:
+                time.sleep(0.5)
+    finally:
+        bar.close()
+    print(f"job {args.job_id}: {status}", file=sys.stderr)
+    return 0 if status in ("succeeded", "cancelled") else 1
+
+
 def _follow(backend: _Backend, args: argparse.Namespace) -> int:
     import httpx
 
+    if backend.direct is not None:
+        return _follow_direct(backend, args)
     from taskapp.jobs.client import JobBackendError
 
     bar = _Bar()

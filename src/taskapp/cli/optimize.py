@@ -337,11 +337,11 @@ def _stop_signal(result: Any) -> str | None:
 
 
 def _report_failure(exc: Any, out: Path, log_json: bool) -> None:
-    from taskapp.cli import _print_error
+    from taskapp.cli._common import print_error
 
-    _print_error(f"taskapp optimize: error: {exc}", log_json)
+    print_error(f"taskapp optimize: error: {exc}", log_json)
     if exc.result is not None:
-        _print_error(
+        print_error(
             f"taskapp optimize: the best found before the failure "
             f"({exc.result.best_score:.3f}, baseline {exc.result.baseline_score:.3f}) is "
             f"saved in {out}",

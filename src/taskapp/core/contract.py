@@ -120,6 +120,8 @@ class RolloutRequest(_Open):
 
 class RolloutMetrics(_Open):
     outcome_score: float
+    #: the same score where synth-ai 0.4.x's ``RolloutMetrics`` requires it
+    outcome_reward: float | None = None
     mean_return: float | None = None
     num_steps: int | None = None
     details: dict[str, Any] = Field(default_factory=dict)
@@ -140,9 +142,10 @@ SuccessStatus = Literal[
 
 class RolloutResponse(_Open):
     """A rollout's answer. A task app always sends it in the shape every client reads:
-    ``metrics.outcome_score`` (taskapp, synth-ai 0.3) and ``reward_info.outcome_reward``
-    (synth-ai 0.4+) carry the same score, with ``run_id``, ``trace_correlation_id`` and
-    ``success_status`` (see :func:`normalize_rollout_response`)."""
+    ``metrics.outcome_score`` (taskapp, synth-ai 0.3), ``metrics.outcome_reward`` (synth-ai
+    0.4.x) and ``reward_info.outcome_reward`` (synth-ai 0.5+) carry the same score, with
+    ``run_id``, ``trace_correlation_id`` and ``success_status`` (see
+    :func:`normalize_rollout_response`)."""
 
     run_id: str
     metrics: RolloutMetrics
@@ -748,15 +751,15 @@ def normalize_rollout_response(
 
     ``result`` may be a taskapp :class:`RolloutResponse`, a synth-ai response model
     (any pydantic model: 0.4+ ``reward_info``, 0.3 ``metrics.mean_return``) or a plain
-    dict of either shape. The answer carries the score in both
-    ``metrics.outcome_score`` and ``reward_info.outcome_reward``, ``run_id`` and
+    dict of either shape. The answer carries the score in ``metrics.outcome_score``,
+    ``metrics.outcome_reward`` and ``reward_info.outcome_reward``, ``run_id`` and
     ``trace_correlation_id`` (from ``request`` when missing) and ``success_status``
     (``"success"`` when missing), so taskapp's readers and synth-ai 0.3 - 0.7 clients
     all validate it. Unknown fields pass through.
 
     >>> normalize_rollout_response({"run_id": "r", "reward_info": {"outcome_reward": 1}})
     ... # doctest: +NORMALIZE_WHITESPACE
-    {'run_id': 'r', 'metrics': {'outcome_score': 1.0, 'details': {}},
+    {'run_id': 'r', 'metrics': {'outcome_score': 1.0, 'outcome_reward': 1.0, 'details': {}},
      'reward_info': {'outcome_reward': 1.0, 'details': {}}, 'success_status': 'success',
      'trace_correlation_id': 'r'}
 
@@ -774,6 +777,8 @@ def normalize_rollout_response(
             metrics = _mapping(payload.get("metrics"))
             if metrics.get("outcome_score") is None:
                 metrics["outcome_score"] = score
+            if metrics.get("outcome_reward") is None:
+                metrics["outcome_reward"] = score  # synth-ai 0.4.x clients read it there
             payload["metrics"] = metrics
             reward = _mapping(payload.get("reward_info"))
             if reward.get("outcome_reward") is None:

@@ -232,7 +232,9 @@ def endpoint_of(
     from taskapp.core.lifecycle import InProcessTaskApp
 
     if isinstance(target, InProcessTaskApp):
-        return _app_endpoint(target, api_key, worker_token, label=repr(target), started_here=False)
+        return _app_endpoint(
+            target, api_key, worker_token, label=_describe_running(target), started_here=False
+        )
     raise ConfigurationError(
         f"expected a task app URL or a running InProcessTaskApp, got {type(target).__name__}"
     )
@@ -246,8 +248,16 @@ def _describe(target: Any, task_app: InProcessTaskApp) -> str:
     kind, value = getattr(app_target, "kind", None), getattr(app_target, "value", None)
     if kind in ("path", "import_string") and value is not None:
         return str(value)
+    app_id = getattr(value, "app_id", None)
+    if kind is not None and isinstance(app_id, str) and app_id:
+        return f"{kind} {app_id!r}"  # a TaskAppConfig: its app_id, not its type
     describe = getattr(app_target, "describe", None)
-    return str(describe()) if callable(describe) else repr(task_app)
+    return str(describe()) if callable(describe) else f"task app at {task_app.url}"
+
+
+def _describe_running(task_app: InProcessTaskApp) -> str:
+    """A running app as a summary title: what it hosts and where, never its repr."""
+    return f"{_describe(None, task_app)} ({task_app.url})"
 
 
 def _plan(

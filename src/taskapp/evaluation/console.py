@@ -60,6 +60,10 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.1f} ms"
 
 
+#: ``metrics.details`` keys that hold a rollout's input, in the order they are looked for.
+_INPUT_KEYS = ("message", "question", "input", "prompt")
+
+
 def _print_worst(console: Any, result: EvaluationResult, count: int) -> None:
     """The lowest-scoring rollouts that ran, each with the app's explanation."""
     scored = [r for r in result.results if r.ok and r.score is not None]
@@ -74,9 +78,10 @@ def _print_worst(console: Any, result: EvaluationResult, count: int) -> None:
         if "predicted" in details or "expected" in details:
             head += f"  predicted {details.get('predicted')}, expected {details.get('expected')}"
         _line(console, head)
-        message = details.get("message")
-        if isinstance(message, str):
-            _line(console, f"      {json.dumps(message)}")
+        # The input the app scored: support-intents says "message", a QA task "question".
+        shown = next((details[k] for k in _INPUT_KEYS if isinstance(details.get(k), str)), None)
+        if shown is not None:
+            _line(console, f"      {json.dumps(shown)}")
         feedback = details.get("feedback")
         if feedback:
             _line(console, f"      {feedback}")

@@ -414,8 +414,8 @@ class JobPool:
     def _interrupted(self, run: _Run, result: Any) -> None:
         action = run.action
         if action == "cancel":
-            self._finish(run, "cancelled", None, "cancelled while running",
-                         reason="cancelled on request")  # fmt: skip
+            self._finish(run, "cancelled", None, None,  # a cancel is no error
+                         reason="cancelled on request while running")  # fmt: skip
         elif action == "stop":
             result.status = "succeeded"
             self._finish(run, "succeeded", result, None,

@@ -788,13 +788,14 @@ class _Control:
 
     def _cancel(self) -> None:
         if self.status in ("queued", "paused"):
-            error = (
-                "cancelled before it started"
+            # A cancel is the user's decision, not an error: the reason says when it came.
+            reason = (
+                "cancelled on request before it started"
                 if self.status == "queued"
-                else "cancelled while paused"
+                else "cancelled on request while paused"
             )
-            self.become("cancelled", "cancelled on request", finished_at=_now(),
-                        cancel_requested=1, error=error)  # fmt: skip
+            self.become("cancelled", reason, finished_at=_now(), cancel_requested=1,
+                        error=None)  # fmt: skip
         elif self.status == "running":
             self.request("cancel")
         # a finished job stays as it is: cancelling it again is no error

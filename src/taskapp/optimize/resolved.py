@@ -263,10 +263,10 @@ def _check_budget_left(run: ResolvedRun) -> None:
         return
     if settings.budget - used < run.iteration_cost:
         raise ConfigurationError(
-            f"the run in {str(run.output_dir)!r} already used {used} of its "
-            f"{settings.budget} rollouts, and one more iteration needs up to "
-            f"{run.iteration_cost}: the budget is a total over all runs in that "
-            f"directory, so pass --budget {used + run.iteration_cost} or more to continue"
+            f"the runs in {str(run.output_dir)!r} already used {used} rollouts; "
+            f"--budget {settings.budget} is the total over all runs in that directory and "
+            f"one more iteration needs up to {run.iteration_cost}, so pass --budget "
+            f"{used + run.iteration_cost} or more to continue"
         )
 
 

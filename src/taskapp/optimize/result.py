@@ -185,6 +185,10 @@ def candidate_points(history: Sequence[Mapping[str, Any]]) -> list[tuple[int, fl
     ]
 
 
+#: Width the legend allows per character of a label (font-size 12).
+LEGEND_CHAR_PX = 7
+
+
 def plot_svg(  # noqa: C901 -- complexity 16 before issue 21; split when next changed
     points: Sequence[tuple[int, float]],
     candidates: Sequence[tuple[int, float]],
@@ -292,9 +296,12 @@ def plot_svg(  # noqa: C901 -- complexity 16 before issue 21; split when next ch
                 "budget",
             )
         )
-    box_x, box_y = width - right - 190, top + 8
+    # Wide enough for the longest label (about 7 px a character at font-size 12: an
+    # overestimate for sans-serif, so no label ever runs out of the box).
+    box_w = 32 + LEGEND_CHAR_PX * max(len(label) for _, label in legend) + 8
+    box_x, box_y = width - right - 4 - box_w, top + 8
     parts.append(
-        f'<g class="legend"><rect x="{box_x}" y="{box_y}" width="186" '
+        f'<g class="legend"><rect x="{box_x}" y="{box_y}" width="{box_w}" '
         f'height="{16 * len(legend) + 8}" fill="white" fill-opacity="0.85" stroke="#ccc"/>'
     )
     for i, (mark, label) in enumerate(legend):

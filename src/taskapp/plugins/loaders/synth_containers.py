@@ -4,8 +4,8 @@
 factories, ``.py`` files and import strings returning or defining one reach the same
 mechanics through :func:`taskapp.core.loading.materialize` (see
 :mod:`taskapp.core.synth_containers`). synth-containers itself is never imported: a
-``Container`` only exists when the user's code imported it (``pip install
-'taskapp[containers]'``).
+``Container`` only exists when the user's code imported it (the ``containers`` extra
+installs it).
 """
 
 from __future__ import annotations

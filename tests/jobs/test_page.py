@@ -453,3 +453,40 @@ def test_unknown_job_and_static_files(world: World) -> None:
     with httpx.stream("GET", f"{url}/api/stream", trust_env=False) as response:
         assert response.status_code == 401  # the stream needs the key like every /api route
     assert time.monotonic() - started < 5
+
+
+def test_pause_resume_stop_retry_delete_from_the_page(tab: Tab, world: World) -> None:
+    api = world.backend.api
+    page = tab.open(f"/jobs/{world.ids['blocker']}")
+    page.locator("#d-status.status-running").wait_for()
+    page.locator('#actions button[data-action="pause"]').click()  # not destructive: no question
+    page.locator("#d-status.status-paused").wait_for(timeout=30_000)
+    assert api("GET", f"/api/jobs/{world.ids['blocker']}")["status"] == "paused"
+    page.locator('#actions button[data-action="resume"]').click()
+    expect(page.locator("#d-status")).to_have_text(re.compile("queued|running"))
+    # stop: the running job ends now, a success with its best prompt
+    running = api("GET", "/api/jobs?status=running&limit=1")["jobs"][0]["id"]
+    page.goto(f"{tab.url}/jobs/{running}")
+    page.locator("#d-status.status-running").wait_for()
+    page.locator('#actions button[data-action="stop"]').click()
+    expect(page.locator("#confirm-text")).to_contain_text("keep the best prompt")
+    page.locator("#confirm-yes").click()
+    page.locator("#d-status.status-succeeded").wait_for(timeout=30_000)
+    # retry: the failed job is queued again
+    page.goto(f"{tab.url}/jobs/{world.ids['failed']}")
+    page.locator("#d-status.status-failed").wait_for()
+    page.locator('#actions button[data-action="retry"]').click()
+    expect(page.locator("#events")).to_contain_text(
+        "retry of a failed job"
+    )  # live, from its events
+    # delete: asks first, then the job is gone and the list is shown
+    gone = world.bulk[0]  # cancelled in the fixture
+    page.goto(f"{tab.url}/jobs/{gone}")
+    page.locator("#d-status.status-cancelled").wait_for()
+    page.locator('#actions button[data-action="delete"]').click()
+    expect(page.locator("#confirm-text")).to_contain_text("cannot be undone")
+    page.locator("#confirm-yes").click()
+    page.wait_for_url(re.compile(r"/jobs$"))
+    expect(page.locator(f'tr.job[data-id="{gone}"]')).to_have_count(0)
+    with pytest.raises(httpx.HTTPStatusError, match="404"):
+        api("GET", f"/api/jobs/{gone}")

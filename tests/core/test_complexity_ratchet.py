@@ -2,13 +2,17 @@
 
 ruff's C901 (complexity 12) and PLR0915 (50 statements) have no per-file exemption for
 ``src/``; the functions that were bigger when the ratchet was set carry ``# noqa`` on their
-``def`` line with a reason. Their number may only go down: split one, then lower the
-ceiling here in the same commit.
+``def`` line with a reason that records their size ("complexity 17 and 60 statements at
+most"). Their number may only go down (split one, then lower the ceiling here in the same
+commit), and an exempt function may not grow past the size its reason records.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -16,9 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "taskapp"
 
 #: Today's exemptions: issue 21 set 25 C901 + 13 PLR0915, then split relay/server/rest.py's
-#: build_router and optimize/resolved.py's _settings, then core/serving.py's server class.
-#: Lower these, never raise them.
-CEILING = {"C901": 22, "PLR0915": 11}
+#: build_router and optimize/resolved.py's _settings, then core/serving.py's server class
+#: and cli/optimize.py's _config. Lower these, never raise them.
+CEILING = {"C901": 21, "PLR0915": 11}
 
 _NOQA = re.compile(r"#\s*noqa:\s*([A-Z0-9, ]+?)(?:\s+--\s*(.*))?$")
 
@@ -62,3 +66,44 @@ def test_the_ratchet_only_tightens() -> None:
             f"only {count} functions exempt from {code} now: lower CEILING[{code!r}] to "
             f"{count} in tests/core/test_complexity_ratchet.py so it stays there"
         )
+
+
+def measured() -> dict[tuple[str, int], dict[str, int]]:
+    """ruff's C901 / PLR0915 figures for every function over the limits, noqa ignored."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--select", "C901,PLR0915", "--ignore-noqa",
+         "--output-format", "json", "--exit-zero", str(SRC)],
+        capture_output=True, text=True, timeout=120, check=True, cwd=REPO,
+    )  # fmt: skip
+    sizes: dict[tuple[str, int], dict[str, int]] = {}
+    for finding in json.loads(done.stdout):
+        number = re.search(r"\((\d+) > ", finding["message"])
+        assert number, finding["message"]
+        where = (str(Path(finding["filename"]).resolve()), finding["location"]["row"])
+        sizes.setdefault(where, {})[finding["code"]] = int(number.group(1))
+    return sizes
+
+
+def test_exempt_functions_do_not_grow() -> None:
+    sizes = measured()
+    for path in sorted(SRC.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            match = _NOQA.search(line)
+            if match is None or not {"C901", "PLR0915"} & set(
+                match.group(1).replace(",", " ").split()
+            ):
+                continue
+            where = f"{path.relative_to(REPO)}:{number}"
+            reason = match.group(2) or ""
+            recorded = {
+                "C901": re.search(r"complexity (\d+)", reason),
+                "PLR0915": re.search(r"(\d+) statements", reason),
+            }
+            now = sizes.get((str(path.resolve()), number), {})
+            for code, found in recorded.items():
+                if code in now:
+                    assert found, f"{where}: the reason must record the {code} figure"
+                    assert now[code] <= int(found.group(1)), (
+                        f"{where}: grew to {now[code]} ({code}), past the {found.group(1)} its "
+                        "noqa records: split it (or, if you must, say so in the reason)"
+                    )

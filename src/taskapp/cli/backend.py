@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,12 @@ EPILOG = """examples:
   taskapp backend serve --db postgresql://taskapp@db-host/taskapp --workers 0 \\
       --api-key-file backend.key
   taskapp backend worker --db postgresql://taskapp@db-host/taskapp --workers 2
+  # the reflection model jobs may use with this host's own key (llm_provider = "openai")
+  taskapp backend serve --api-key-file backend.key \\
+      --llm-endpoint openai=https://api.openai.com/v1 --llm-key-env openai=OPENAI_API_KEY
+
+The backend never expands its own environment into a job: ${VAR} in a config is resolved
+by the client, and the backend's own model keys go only to the --llm-endpoint URLs.
 
 Jobs are submitted with PromptLearningJob (Python) or `taskapp jobs submit` and watched
 with `taskapp jobs` or the web page at the printed URL. A job running when its worker
@@ -55,6 +62,28 @@ def add_parser(subparsers: Any) -> None:
     serve.add_argument(
         "--workers", type=int, default=2, help="jobs run at once here (2; 0: the API only)"
     )
+    _llm_options(serve)
+    serve.add_argument(
+        "--max-streams",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="open event streams and long polls in all (1024; 503 past it)",
+    )
+    serve.add_argument(
+        "--max-streams-per-key",
+        type=int,
+        default=512,
+        metavar="N",
+        help="open event streams and long polls per key (512; 429 past it)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a client has to send its request headers (10)",
+    )
     serve.set_defaults(run=run_serve)
     worker = commands.add_parser(
         "worker",
@@ -68,6 +97,7 @@ def add_parser(subparsers: Any) -> None:
     )
     _db_options(worker)
     worker.add_argument("--workers", type=int, default=2, help="jobs run at once here (2)")
+    _llm_options(worker)
     worker.add_argument(
         "--worker-id", help="this worker's name in leases and events (default: host:pid:random)"
     )
@@ -94,6 +124,25 @@ def _db_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", type=Path, help="scratch run directories (default: see --db)")
 
 
+def _llm_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--llm-endpoint",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="an OpenAI-compatible endpoint jobs may use as their reflection model, by "
+        'llm_provider = "NAME" or llm_inference_url = URL (repeatable)',
+    )
+    parser.add_argument(
+        "--llm-key-env",
+        action="append",
+        default=[],
+        metavar="NAME=VAR",
+        help="the environment variable holding this host's own key for endpoint NAME "
+        "(read once at start; sent only to that endpoint's URL)",
+    )
+
+
 def _no_subcommand(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
@@ -102,6 +151,7 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from taskapp.cli._common import UsageError, stderr
     from taskapp.jobs.backend import read_api_key, serve
+    from taskapp.jobs.llm import parse_llm_endpoints
 
     if args.workers < 0:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
@@ -109,7 +159,13 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--lease-seconds must be >= 1, got {args.lease_seconds}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
+    if not 0 < args.header_timeout <= 3600:
+        raise UsageError(f"--header-timeout must be 0..3600 seconds, got {args.header_timeout}")
+    for name in ("max_streams", "max_streams_per_key"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     key = read_api_key(args.api_key_file)
+    endpoints = parse_llm_endpoints(args.llm_endpoint, args.llm_key_env, environ=os.environ)
 
     from taskapp.jobs.store import public_db_name
 
@@ -128,6 +184,10 @@ def run_serve(args: argparse.Namespace) -> int:
         on_ready=ready,
         lease_seconds=args.lease_seconds,
         runs_dir=args.runs_dir,
+        llm_endpoints=endpoints,
+        max_streams=args.max_streams,
+        max_streams_per_key=args.max_streams_per_key,
+        header_timeout=args.header_timeout,
     )
     stderr("taskapp backend: stopped (running jobs resume at the next start)")
     return 0
@@ -135,6 +195,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     from taskapp.cli._common import UsageError, stderr
+    from taskapp.jobs.llm import parse_llm_endpoints
     from taskapp.jobs.store import public_db_name
     from taskapp.jobs.worker import run_worker as work
 
@@ -142,6 +203,7 @@ def run_worker(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.lease_seconds < 1:
         raise UsageError(f"--lease-seconds must be >= 1, got {args.lease_seconds}")
+    endpoints = parse_llm_endpoints(args.llm_endpoint, args.llm_key_env, environ=os.environ)
 
     def ready(worker_id: str) -> None:
         stderr(
@@ -156,6 +218,7 @@ def run_worker(args: argparse.Namespace) -> int:
         worker_id=args.worker_id,
         runs_dir=args.runs_dir,
         on_ready=ready,
+        llm_endpoints=endpoints,
     )
     stderr("taskapp backend worker: stopped (its running jobs are queued for another worker)")
     return 0

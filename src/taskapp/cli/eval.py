@@ -126,7 +126,7 @@ class _Interrupt:
         loop.call_soon_threadsafe(task.cancel)
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 13 and 52 statements before issue 21; split when next changed
+def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 13 and 52 statements at most (issue 21 ratchet); split when next changed
     from taskapp.core.client import normalize_url
     from taskapp.core.endpoint import endpoint_of
     from taskapp.evaluation import EvaluationResult

@@ -157,9 +157,9 @@ def _default_out(target: str) -> Path:
     return Path("optimize-runs") / f"{name or 'run'}-{stamp}"
 
 
-def _config(args: argparse.Namespace) -> tuple[Any, Any]:  # noqa: C901 -- complexity 15 before issue 21; split when next changed
+def _config(args: argparse.Namespace) -> tuple[Any, Any]:
     """(OptimizeConfig, PromptLearningSpec or None): --config's values, then the flags."""
-    from taskapp.cli._common import UsageError, dataclass_kwargs, stderr
+    from taskapp.cli._common import UsageError, stderr
     from taskapp.optimize.config import OptimizeConfig
     from taskapp.optimize.prompt_learning import load_prompt_learning
 
@@ -170,22 +170,42 @@ def _config(args: argparse.Namespace) -> tuple[Any, Any]:  # noqa: C901 -- compl
         for warning in spec.warnings:
             stderr(f"taskapp optimize: warning: {spec.source}: {warning}")
         config = spec.config
-    elif not args.resume:
-        missing = [
-            flag
-            for flag, value in (
-                ("--train-seeds", args.train_seeds),
-                ("--val-seeds", args.val_seeds),
-                ("--budget", args.budget),
-            )
-            if value is None
-        ]
-        if missing:
-            raise UsageError(
-                f"{', '.join(missing)} required (or --config TOML, or --resume for a saved run)"
-            )
-    elif args.budget is None:
-        raise UsageError("--budget required (the total over all runs in --out)")
+    else:
+        _check_required(args)
+    config = config.replace(**_flag_changes(args))
+    if config.reflection_lm is None:
+        raise UsageError(
+            "choose a reflection model: --reflection-model NAME (any OpenAI-compatible "
+            "server) or --stand-in (the offline stand-in)"
+        )
+    return config, spec
+
+
+def _check_required(args: argparse.Namespace) -> None:
+    """Without --config: the seeds and budget (only the budget with --resume)."""
+    from taskapp.cli._common import UsageError
+
+    if args.resume:
+        if args.budget is None:
+            raise UsageError("--budget required (the total over all runs in --out)")
+        return
+    required = (
+        ("--train-seeds", args.train_seeds),
+        ("--val-seeds", args.val_seeds),
+        ("--budget", args.budget),
+    )
+    missing = [flag for flag, value in required if value is None]
+    if missing:
+        raise UsageError(
+            f"{', '.join(missing)} required (or --config TOML, or --resume for a saved run)"
+        )
+
+
+def _flag_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The OptimizeConfig fields the flags given set (a flag not given changes nothing)."""
+    from taskapp.cli._common import dataclass_kwargs
+    from taskapp.optimize.config import OptimizeConfig
+
     changes = dataclass_kwargs(args, OptimizeConfig)
     for field, value in (
         ("policy", _json_object(args.policy_config, "--policy-config")),
@@ -213,16 +233,10 @@ def _config(args: argparse.Namespace) -> tuple[Any, Any]:  # noqa: C901 -- compl
             "temperature": args.reflection_temperature,
             "max_tokens": args.reflection_max_tokens,
         }
-    config = config.replace(**changes)
-    if config.reflection_lm is None:
-        raise UsageError(
-            "choose a reflection model: --reflection-model NAME (any OpenAI-compatible "
-            "server) or --stand-in (the offline stand-in)"
-        )
-    return config, spec
+    return changes
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 16 and 59 statements before issue 21; split when next changed
+def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 16 and 60 statements at most (issue 21 ratchet); split when next changed
     from taskapp.cli._common import UsageError
 
     if args.resume and args.out is None:

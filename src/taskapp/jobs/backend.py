@@ -77,16 +77,31 @@ def serve(
     runs_dir: str | Path | None = None,
     on_ready: Callable[[str], None] | None = None,
     lease_seconds: float = 30.0,
+    llm_endpoints: Mapping[str, Any] | None = None,
+    max_streams: int = 1024,
+    max_streams_per_key: int = 512,
+    header_timeout: float = 10.0,
+    max_connections: int = 4096,
 ) -> None:
     """Run the backend until SIGINT/SIGTERM (blocking). ``db``: a SQLite path or a
     ``postgresql://`` URL; ``workers=0``: the API only (``taskapp backend worker``
-    processes run the jobs)."""
+    processes run the jobs).
+
+    ``llm_endpoints`` (from :func:`taskapp.jobs.llm.parse_llm_endpoints`): the reflection
+    model endpoints the backend may call with its own keys. ``max_streams`` /
+    ``max_streams_per_key``: open SSE streams and long polls (503 / 429 past them).
+    ``header_timeout``: seconds a client has to send its request headers.
+    ``max_connections``: connections and requests at once (uvicorn answers 503 past it).
+    """
+    from taskapp.core.header_timeout import header_timeout_protocol
     from taskapp.core.ports import listen_tcp, url_host
     from taskapp.core.serving import fast_exit_server_class, uvicorn_config
     from taskapp.jobs.pool import JobPool
     from taskapp.jobs.service import create_backend_app
     from taskapp.jobs.store import open_store
+    from taskapp.jobs.streams import HoldLimits
 
+    os.umask(0o077)  # this process's files (run directories, the database) are private
     store = open_store(db, owner=True)
     try:
         sock = listen_tcp(host, port)
@@ -97,11 +112,20 @@ def serve(
     store.describe_owner(f"serving on {url}")
     pool = JobPool(
         store, runs_dir=default_runs_dir(store, runs_dir), workers=workers,
-        lease_seconds=lease_seconds,
+        lease_seconds=lease_seconds, llm_endpoints=llm_endpoints,
     )  # fmt: skip
     try:
-        app = create_backend_app(store, pool, api_key)
-        server = fast_exit_server_class()(uvicorn_config(app, log_level="warning", lifespan="off"))
+        limits = HoldLimits(total=max_streams, per_key=max_streams_per_key)
+        app = create_backend_app(store, pool, api_key, limits=limits, llm_endpoints=llm_endpoints)
+        config = uvicorn_config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            http=header_timeout_protocol(header_timeout),
+            limit_concurrency=max_connections,
+            timeout_graceful_shutdown=2,
+        )
+        server = fast_exit_server_class()(config)
         # SIGINT/SIGTERM end the server loop (a second one: at once); the backend then
         # stops its jobs cleanly below (uvicorn's own handling would re-raise the signal
         # afterwards and end the process before the jobs are stopped).

@@ -91,6 +91,27 @@ def _task_app_of(task_app_url: Any) -> tuple[str | None, str | None, str | None]
     return endpoint.url, endpoint.api_key, endpoint.worker_token
 
 
+def _reflection_key(spec: Any) -> str | None:
+    """The reflection model's key, read HERE (the client's machine) from the config's
+    ``llm_api_key_env``: the backend never reads its own environment for a job."""
+    if not isinstance(spec, Mapping) or not spec.get("api_key_env"):
+        return None
+    value = os.environ.get(str(spec["api_key_env"]), "").strip() or None
+    register_secret(value)
+    return value
+
+
+def _error_message(data: Any) -> str | None:
+    """The message of an error answer: ``{"detail": {"error": {"code", "message"}}}``
+    (or the earlier ``{"error": {"type", "message"}}``)."""
+    if not isinstance(data, dict):
+        return None
+    detail = data.get("detail")
+    error = detail.get("error") if isinstance(detail, dict) else data.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message) if message else None
+
+
 class PromptLearningJob:
     """A client of ``taskapp backend serve`` for ``[prompt_learning]`` jobs."""
 
@@ -190,9 +211,10 @@ class PromptLearningJob:
                 "task_app_worker_token=, or pass the running InProcessTaskApp("
                 "tunnel_mode='synthtunnel') as task_app_url (its token is used)"
             )
+        reflection_key = _reflection_key(spec.config.reflection_lm)
         register_secret(key)
         register_secret(token)
-        return {
+        body = {
             "config_toml": text,
             "config_name": str(file),
             "overrides": merged,
@@ -200,6 +222,9 @@ class PromptLearningJob:
             "task_app_api_key": key,
             "task_app_worker_token": token,
         }
+        if reflection_key:
+            body["reflection_api_key"] = reflection_key
+        return body
 
     @staticmethod
     def _check(response: Any, what: str) -> dict[str, Any]:
@@ -208,8 +233,7 @@ class PromptLearningJob:
         except ValueError:
             data = {}
         if response.status_code >= 400:
-            error = data.get("error") if isinstance(data, dict) else None
-            message = error.get("message") if isinstance(error, dict) else response.text[:200]
+            message = _error_message(data) or response.text[:200]
             kind = ConfigurationError if response.status_code == 400 else JobBackendError
             raise kind(f"{what}: the backend answered {response.status_code}: {message}")
         if not isinstance(data, dict):

@@ -37,14 +37,16 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError, TaskAppError
 from taskapp.core.logs import get_logger
-from taskapp.core.secrets import redact
-from taskapp.jobs.store import JobStore, LeaseLostError, StoreError
+from taskapp.core.secrets import redact, register_secret
+from taskapp.jobs.llm import LlmEndpoint, build_reflection_lm
+from taskapp.jobs.store import JobStore, LeaseLostError, StoreError, secret_values
 
 __all__ = ["JobPool", "new_worker_id"]
 
@@ -132,12 +134,15 @@ class JobPool:
         lease_seconds: float = 30.0,
         worker_id: str | None = None,
         poll_seconds: float = 0.5,
+        llm_endpoints: Mapping[str, LlmEndpoint] | None = None,
     ) -> None:
         if workers < 0:
             raise ConfigurationError(f"workers must be >= 0, got {workers}")
         if lease_seconds < 1:
             raise ConfigurationError(f"lease_seconds must be >= 1, got {lease_seconds}")
         self.store = store
+        #: the reflection-model endpoints this host's operator configured (with keys)
+        self.llm_endpoints = dict(llm_endpoints or {})
         self.runs_dir = Path(runs_dir)
         self.workers = workers
         self.lease_seconds = float(lease_seconds)
@@ -158,6 +163,14 @@ class JobPool:
         resumed: list[str] = []
         if self.workers == 0:
             return resumed
+        try:  # scratch run directories hold the job's config: this user's only
+            self.runs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.runs_dir, 0o700)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot create the run directory {str(self.runs_dir)!r}: {exc.strerror} "
+                "(a read-only directory? pass --db PATH in a directory this user can write)"
+            ) from None
         try:
             resumed = self.store.requeue_running(
                 dead_owner=None if requeue_all else dead_local_owner
@@ -292,6 +305,13 @@ class JobPool:
         from taskapp.optimize.runner import run_config
 
         job_id = run.job_id
+        if job.get("row_error"):  # a damaged record fails once, saying what is wrong
+            self._set(run, "failed", error=str(job["error"]), finished_at=time.time())
+            return
+        # a restarted worker learns the job's secrets again: redacted by value in
+        # whatever the run reports
+        for value in (job["task_app_key"], job["worker_token"], *secret_values(job["config"])):
+            register_secret(value)
         run_dir = self.runs_dir / job_id
         resume = self._restore(job_id, run_dir, run)
         config = OptimizeConfig.from_dict(job["config"])
@@ -302,10 +322,14 @@ class JobPool:
         result: Any = None
         error: str | None = None
         try:
+            # the reflection model with the operator's or the client's key, never one
+            # read from this process's environment
+            lm = build_reflection_lm(config.reflection_lm, self.llm_endpoints)
             result = run_config(
                 job["task_app_url"],
-                config.replace(output_dir=run_dir, resume=resume),
-                api_key=job["task_app_key"],
+                config.replace(output_dir=run_dir, resume=resume, reflection_lm=lm),
+                # "" (not None): no key rather than this process's $ENVIRONMENT_API_KEY
+                api_key=job["task_app_key"] or "",
                 worker_token=job["worker_token"],
                 on_progress=lambda event: self._progress(run, run_dir, event),
                 stop_event=run.stop,

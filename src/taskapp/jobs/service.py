@@ -1,12 +1,17 @@
 """The job backend's HTTP API (FastAPI) and web page.
 
-Every ``/api`` route needs ``Authorization: Bearer <key>`` (compared in constant time);
-``/`` (the page, which asks for the key in the browser) and ``/health`` do not::
+Every ``/api`` route needs ``Authorization: Bearer <key>`` (compared in constant time,
+checked before the body is read: :mod:`.guard`); ``/`` (the page, which asks for the key
+in the browser) and ``/health`` do not::
 
-    POST   /api/jobs                    submit (header Idempotency-Key: the same key and
-                                        body give the same job, 200; another body, 409)
+    POST   /api/jobs                    submit: {config_toml, overrides, task_app_url,
+                                        task_app_api_key, task_app_worker_token,
+                                        reflection_api_key} (header Idempotency-Key: the
+                                        same key and body give the same job, 200; another
+                                        body, 409)
     GET    /api/jobs?status=&since=&until=&cursor=&limit=   newest first, next_cursor
-    GET    /api/jobs/{id}?wait=&status= status, scores, progress (long poll)
+    GET    /api/jobs/{id}?wait=&status= status, scores, progress (long poll: answers when
+                                        the status is no longer ``status``, or after wait s)
     POST   /api/jobs/{id}/pause|resume|stop|cancel|retry    the lifecycle controls
     DELETE /api/jobs/{id}               a finished job, with its events and checkpoint
     GET    /api/jobs/{id}/events?after=&limit=   paged history, by sequence number
@@ -19,9 +24,14 @@ The page (:mod:`.page`) is served at ``/``, ``/jobs``, ``/jobs/{id}`` and ``/com
 its script and style sheet at ``/static/{name}``.
 
 The API is stateless over its :class:`~taskapp.jobs.store.JobStore`: any number of API
-processes may serve one PostgreSQL store, with or without local workers. Errors are
-``{"error": {"type", "message"}}``; the task app's key and worker token are stored (to
-resume elsewhere) but never returned.
+processes may serve one PostgreSQL store, with or without local workers.
+
+Input is bounded (:mod:`.validation`) before anything is stored; long polls and streams
+wait on a :class:`~.streams.ChangeHub` (no thread each) and are capped
+(:class:`~.streams.HoldLimits`). Errors use the envelope of :func:`.guard.error_body`;
+the task app's key and worker token are stored (to resume after a restart) but never
+returned, and the backend never expands its own environment into a job (see docs/jobs.md,
+"Security model").
 """
 
 from __future__ import annotations
@@ -29,52 +39,128 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request  # module level: FastAPI resolves annotations here
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.core.logs import get_logger
-from taskapp.core.secrets import register_secret
+from taskapp.core.secrets import fingerprint, register_secret
+from taskapp.jobs.guard import Guard, error_body, error_headers
+from taskapp.jobs.llm import LlmEndpoint, bind_reflection_lm
 from taskapp.jobs.pool import JobPool
 from taskapp.jobs.store import (
+    STATUSES,
     TERMINAL,
     JobStore,
     StoreConflictError,
     StoreError,
     request_hash,
+    secret_values,
+)
+from taskapp.jobs.streams import Busy, ChangeHub, HoldLimits
+from taskapp.jobs.validation import (
+    MAX_BODY_BYTES,
+    MAX_INT,
+    BadInput,
+    bounded_int,
+    check_json,
+    check_toml_text,
+    scan_nesting,
 )
 from taskapp.relay.protocol import is_ingress_url
 
-__all__ = ["ApiError", "BackendApi", "create_backend_app"]
+__all__ = ["MAX_INT", "SUBMIT_FIELDS", "ApiError", "BackendApi", "create_backend_app"]
 
 logger = get_logger("taskapp.jobs")
 
+#: the fields of a submit body
+SUBMIT_FIELDS = (
+    "config_toml",
+    "config_name",
+    "overrides",
+    "task_app_url",
+    "task_app_api_key",
+    "task_app_worker_token",
+    "reflection_api_key",
+)
+_OVERRIDE_KEY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+){0,15}$")
+_MAX_FIELD = 8192  # a URL, a key, a token, a name
+MAX_WAIT = 60.0
+KEEP_ALIVE = 15.0  # seconds between SSE comments on a quiet stream
+FALLBACK = 1.0  # a waiter re-reads the store at least this often
+
 
 class ApiError(Exception):
-    """An error answer: ``{"error": {"type": kind, "message": message}}``."""
+    """An error answer in the envelope (:func:`.guard.error_body`)."""
 
     def __init__(self, status: int, kind: str, message: str) -> None:
         super().__init__(message)
         self.status, self.kind, self.message = status, kind, message
 
 
+def _json_error(status: int, code: str, message: str, **headers: Any) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status, headers=error_headers(**headers))
+
+
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse({"error": {"type": exc.kind, "message": exc.message}}, exc.status)
+    return _json_error(exc.status, exc.kind, exc.message)
+
+
+async def _bad_input(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BadInput)
+    return _json_error(exc.status, exc.code, exc.message)
+
+
+async def _busy(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Busy)
+    code = "too_many_streams" if exc.status == 429 else "busy"
+    return _json_error(exc.status, code, exc.message, retry_after=exc.retry_after)
 
 
 async def _store_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StoreError)
-    return JSONResponse({"error": {"type": "store_error", "message": exc.message}}, 503)
+    return _json_error(503, "store_error", exc.message, retry_after=10)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # where and what, never the input (it may hold a secret)
+    problems = [
+        f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg', 'invalid')}"
+        for error in exc.errors()[:5]
+    ]
+    return _json_error(422, "invalid_request", "; ".join(problems) or "invalid request")
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    message = {404: f"no route {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    return JSONResponse(
+        error_body(codes.get(exc.status_code, "http_error"), message),
+        exc.status_code,
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("internal error on %s: %s", request.url.path, type(exc).__name__)
+    return _json_error(500, "internal_error", "internal error (logged by the backend)")
 
 
 async def _conflict(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StoreConflictError)
-    return JSONResponse({"error": {"type": "conflict", "message": exc.message}}, 409)
+    return _json_error(409, "conflict", exc.message)
 
 
 #: an Idempotency-Key: 1-200 printable ASCII characters
@@ -88,9 +174,13 @@ def _timestamp(value: str | None, name: str) -> float | None:
     import datetime as dt
 
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds) or abs(seconds) > 1e11:
+            raise BadInput(f"{name}: Unix seconds within +-1e11, got {value[:40]!r}")
+        return seconds
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -102,31 +192,59 @@ def _timestamp(value: str | None, name: str) -> float | None:
     return parsed.timestamp()
 
 
+class _HeldStream(StreamingResponse):
+    """A streaming response that gives its :class:`HoldLimits` slot back however it
+    ends (done, client gone, server stopping)."""
+
+    def __init__(self, content: AsyncIterator[str], release: Any, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 class BackendApi:
     """The route handlers, over one store, pool and key."""
 
-    def __init__(self, store: JobStore, pool: JobPool | None, api_key: str) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        pool: JobPool | None,
+        api_key: str,
+        *,
+        limits: HoldLimits | None = None,
+        llm_endpoints: Mapping[str, LlmEndpoint] | None = None,
+    ) -> None:
         self.store = store
         self.pool = pool
         self._expected = api_key.encode()
+        self.limits = limits or HoldLimits()
+        self.llm_endpoints = dict(llm_endpoints or {})
+        self.hub = ChangeHub()
+        store.listeners.append(self.hub.notify)
+
+    def key_ok(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode("utf-8", "replace"), self._expected
+        )
 
     def authorize(self, request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self._expected
-        ):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "missing or wrong backend key: send Authorization: Bearer <key> (the key "
-                "of --api-key-file or $TASKAPP_BACKEND_API_KEY)",
-            )
+        if not self.key_ok(request.headers.get("authorization", "")):
+            raise ApiError(401, "unauthorized", "missing or wrong backend key")
+
+    @staticmethod
+    def _key_id(request: Request) -> str:
+        return fingerprint(request.headers.get("authorization", ""))
 
     def job_or_404(self, job_id: str) -> dict[str, Any]:
-        job = self.store.get(job_id)
+        job = self.store.get(job_id) if len(job_id) <= 200 else None
         if job is None:
-            raise ApiError(404, "not_found", f"no job {job_id!r}")
+            raise ApiError(404, "not_found", f"no job {job_id[:80]!r}")
         return job
 
     async def page(self, request: Request) -> HTMLResponse:
@@ -151,24 +269,42 @@ class BackendApi:
             "workers": pool.workers if pool is not None else 0,
         }
 
-    def submit(self, request: Request, body: dict[str, Any]) -> Any:
+    # -- submit --------------------------------------------------------------------------
+
+    async def submit(self, request: Request) -> JSONResponse:
         """A new job (201), or with an ``Idempotency-Key`` seen before for the same
         body, that job again (200); the same key with another body is a 409."""
-        self.authorize(request)
         idempotency_key = request.headers.get("idempotency-key")
         if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
             raise ApiError(
                 400, "bad_request", "Idempotency-Key: 1 to 200 printable ASCII characters"
             )
+        raw = await request.body()  # the Guard capped it (413 past MAX_BODY_BYTES)
+        body = _decode_body(raw)
+        job, created = await run_in_threadpool(self._submit, body, idempotency_key)
+        return JSONResponse(job, 201 if created else 200)
+
+    def _submit(
+        self, body: dict[str, Any], idempotency_key: str | None
+    ) -> tuple[dict[str, Any], bool]:
         try:
             spec, url, key, token = _submission(body)
+            reflection = bind_reflection_lm(
+                spec.config.reflection_lm,
+                spec.llm_provider,
+                self.llm_endpoints,
+                body.get("reflection_api_key"),
+            )
+            config = spec.config.replace(reflection_lm=reflection).to_dict()
+            check_json(config, what="the job's config")
         except ConfigurationError as exc:
             raise ApiError(400, "configuration_error", exc.message) from None
         from taskapp.jobs.views import job_labels
 
         register_secret(key)
         register_secret(token)
-        config = spec.config.to_dict()
+        for value in secret_values(config):
+            register_secret(value)
         job_id, created = self.store.create(
             config,
             task_app_url=url.rstrip("/"),
@@ -185,9 +321,11 @@ class BackendApi:
         job["warnings"] = spec.warnings
         if not created:
             logger.info("job %s: submitted again with its Idempotency-Key", job_id)
-            return JSONResponse(job, 200)
-        logger.info("job %s submitted for %s", job_id, url)
-        return job
+        else:
+            logger.info("job %s submitted for %s", job_id, url)
+        return job, created
+
+    # -- reads ---------------------------------------------------------------------------
 
     def list_jobs(
         self,
@@ -203,9 +341,13 @@ class BackendApi:
         Unix seconds or ISO 8601), and ``cursor``: the ``next_cursor`` of the page before
         (None on the last page)."""
         self.authorize(request)
-        if not 1 <= limit <= 500 or offset < 0:
-            raise ApiError(400, "bad_request", "limit must be 1..500 and offset >= 0")
+        limit = bounded_int(limit, name="limit", minimum=1, maximum=500)
+        offset = bounded_int(offset, name="offset")
         statuses = [s for s in (status or "").split(",") if s] or None
+        for one in statuses or ():
+            _check_status(one)
+        if cursor is not None and len(cursor) > 200:
+            raise BadInput("cursor: at most 200 characters (the next_cursor of a page)")
         start, end = _timestamp(since, "since"), _timestamp(until, "until")
         try:
             jobs = self.store.list_jobs(
@@ -223,23 +365,40 @@ class BackendApi:
             "next_cursor": self.store.next_cursor(jobs, limit),
         }
 
-    def get_job(
+    async def get_job(
         self, request: Request, job_id: str, wait: float = 0.0, status: str | None = None
     ) -> dict[str, Any]:
         """``?wait=S&status=running``: answer when the status is no longer ``running``,
-        or after S seconds (at most 60): a long poll."""
+        or after S seconds (at most 60): a long poll, holding no thread."""
         self.authorize(request)
-        job = self.job_or_404(job_id)
-        if wait > 0 and status is not None:
-            job = self.store.wait_for_change(job_id, status, min(wait, 60.0)) or job
-        return job
+        if not math.isfinite(wait) or wait < 0:
+            raise BadInput(f"wait must be a number of seconds >= 0, got {wait}")
+        _check_status(status)
+        job = await run_in_threadpool(self.job_or_404, job_id)
+        if wait <= 0 or status is None or job["status"] != status:
+            return job
+        key_id = self._key_id(request)
+        self.limits.acquire(key_id)
+        try:
+            deadline = time.monotonic() + min(wait, MAX_WAIT)
+            while True:
+                since = self.hub.generation
+                latest = await asyncio.to_thread(self.store.get, job_id)
+                remaining = deadline - time.monotonic()
+                if latest is None or latest["status"] != status or remaining <= 0:
+                    return latest or job
+                await self.hub.wait(job_id, since, within=min(remaining, FALLBACK))
+        finally:
+            self.limits.release(key_id)
 
     def events(
         self, request: Request, job_id: str, after: int = 0, limit: int = 500
     ) -> dict[str, Any]:
         self.authorize(request)
+        after = bounded_int(after, name="after")
+        limit = bounded_int(limit, name="limit", minimum=1, maximum=5000)
         job = self.job_or_404(job_id)
-        page = self.store.events(job_id, after=after, limit=max(1, min(limit, 5000)))
+        page = self.store.events(job_id, after=after, limit=limit)
         return {
             "events": page,
             "next_after": page[-1]["seq"] if page else after,
@@ -248,38 +407,52 @@ class BackendApi:
 
     async def stream(self, request: Request, job_id: str, after: int = 0) -> StreamingResponse:
         self.authorize(request)
-        self.job_or_404(job_id)
-        return StreamingResponse(
-            self._sse(request, job_id, after),
+        after = bounded_int(after, name="after")
+        await run_in_threadpool(self.job_or_404, job_id)
+        key_id = self._key_id(request)
+        self.limits.acquire(key_id)
+        return _HeldStream(
+            self._sse(job_id, after),
+            lambda: self.limits.release(key_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def _sse(self, request: Request, job_id: str, after: int) -> AsyncIterator[str]:
+    async def _sse(self, job_id: str, after: int) -> AsyncIterator[str]:
         last = after
+        quiet_since = time.monotonic()
         while True:
+            since = self.hub.generation
             page = await asyncio.to_thread(self.store.events, job_id, after=last, limit=500)
             for event in page:
-                last = event["seq"]
+                last = int(event["seq"])
                 yield f"id: {last}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
             if page:
+                quiet_since = time.monotonic()
                 continue
             job = await asyncio.to_thread(self.store.get, job_id)
             if job is None or job["status"] in TERMINAL:
                 end = json.dumps({"status": job and job["status"]})
                 yield f"event: end\ndata: {end}\n\n"
                 return
-            if await request.is_disconnected():
-                return
-            yield ": keep-alive\n\n"
-            await asyncio.sleep(0.25)
+            if time.monotonic() - quiet_since >= KEEP_ALIVE:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"
+            await self.hub.wait(job_id, since, within=FALLBACK)
+
+    # -- control -------------------------------------------------------------------------
 
     async def changes(self, request: Request, since: float = 0.0) -> StreamingResponse:
         """Every job's changes (``event: job``, the job as data), from ``since`` on (an
         ``updated_at`` value; 0: every job first). The page's list follows this stream."""
         self.authorize(request)
-        return StreamingResponse(
+        if not math.isfinite(since):
+            raise BadInput(f"since must be a finite number, got {since}")
+        key_id = self._key_id(request)
+        self.limits.acquire(key_id)
+        return _HeldStream(
             self._changes(request, since),
+            lambda: self.limits.release(key_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -292,6 +465,7 @@ class BackendApi:
         cursor = since
         quiet = 0.0
         while True:
+            generation = self.hub.generation
             rows = await asyncio.to_thread(
                 self.store.changed_since, cursor - _LOOK_BACK_S, limit=_CHANGES_PAGE
             )
@@ -304,13 +478,13 @@ class BackendApi:
             if rows:
                 cursor = max(cursor, rows[-1]["updated_at"])
                 sent = {k: v for k, v in sent.items() if v > cursor - _LOOK_BACK_S}
-            if await request.is_disconnected():
-                return
             if quiet >= _KEEP_ALIVE_S:
                 yield ": keep-alive\n\n"
                 quiet = 0.0
-            await asyncio.sleep(_POLL_S)
-            quiet += _POLL_S
+            # woken by any change made here; other processes' changes within a second
+            started = time.monotonic()
+            await self.hub.wait_any(generation, within=FALLBACK)
+            quiet += time.monotonic() - started
 
     def seeds(self, request: Request, job_id: str) -> dict[str, Any]:
         from taskapp.jobs.views import seed_matrix
@@ -325,9 +499,9 @@ class BackendApi:
 
         def handler(request: Request, job_id: str) -> dict[str, Any]:
             self.authorize(request)
-            job = self.store.control(job_id, action)
+            job = self.store.control(job_id, action) if len(job_id) <= 200 else None
             if job is None:
-                raise ApiError(404, "not_found", f"no job {job_id!r}")
+                raise ApiError(404, "not_found", f"no job {job_id[:80]!r}")
             if self.pool is not None:
                 self.pool.signal(job_id, action)
                 self.pool.notify()
@@ -339,8 +513,8 @@ class BackendApi:
 
     def delete(self, request: Request, job_id: str) -> dict[str, Any]:
         self.authorize(request)
-        if self.store.delete(job_id) is None:
-            raise ApiError(404, "not_found", f"no job {job_id!r}")
+        if len(job_id) > 200 or self.store.delete(job_id) is None:
+            raise ApiError(404, "not_found", f"no job {job_id[:80]!r}")
         logger.info("job %s deleted", job_id)
         return {"id": job_id, "deleted": True}
 
@@ -350,10 +524,45 @@ class BackendApi:
         return {"job": job, "result": self.store.result(job_id)}
 
 
+def _check_status(status: str | None) -> None:
+    if status is not None and status not in STATUSES:
+        raise BadInput(f"status must be one of {', '.join(STATUSES)}")
+
+
+def _decode_body(raw: bytes) -> dict[str, Any]:
+    """The submit body: JSON, bounded (depth, size, keys), an object of known fields."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput("the request body must be UTF-8 JSON") from None
+    scan_nesting(text, what="the request body")
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
+        raise BadInput("the request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadInput("the request body must be a JSON object")
+    check_json(body, what="body")
+    unknown = sorted(set(body) - set(SUBMIT_FIELDS))
+    if unknown:
+        raise BadInput(
+            f"unknown field(s) {', '.join(repr(u[:40]) for u in unknown[:5])}; known: "
+            + ", ".join(SUBMIT_FIELDS)
+        )
+    for name in SUBMIT_FIELDS[1:]:
+        value = body.get(name)
+        if (
+            name != "overrides"
+            and value is not None
+            and (not isinstance(value, str) or len(value) > _MAX_FIELD)
+        ):
+            raise BadInput(f"{name} must be a string of at most {_MAX_FIELD} characters")
+    return body
+
+
 _NO_STORE = {"Cache-Control": "no-cache"}
 _LOOK_BACK_S = 2.0
 _CHANGES_PAGE = 5000
-_POLL_S = 0.1
 _KEEP_ALIVE_S = 15.0
 
 
@@ -371,25 +580,36 @@ def _actions(app: Any) -> list[str]:
 
 
 def _submission(body: dict[str, Any]) -> tuple[Any, str, str | None, str | None]:
-    """(PromptLearningSpec, task app URL, key, worker token) of a submit request."""
-    from taskapp.optimize.prompt_learning import parse_prompt_learning
+    """(PromptLearningSpec, task app URL, key, worker token) of a submit request. Nothing
+    here reads the backend's environment: ``${VAR}`` is the client's to resolve."""
+    from taskapp.optimize.prompt_learning import NO_ENVIRONMENT, parse_prompt_learning
 
     text = body.get("config_toml")
     if not isinstance(text, str):
         raise ConfigurationError("config_toml (the TOML text) is required")
+    check_toml_text(text)
     overrides = body.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise ConfigurationError("overrides must be an object")
-    source = str(body.get("config_name") or "config")
-    spec = parse_prompt_learning(text, source=source, overrides=overrides)
+    for name in overrides:
+        if not _OVERRIDE_KEY.match(name):
+            raise ConfigurationError(
+                f"override {name[:80]!r}: keys are dotted names like 'gepa.rollout.budget'"
+            )
+    source = str(body.get("config_name") or "config")[:200]
+    spec = parse_prompt_learning(text, source=source, overrides=overrides, environ=NO_ENVIRONMENT)
     url = body.get("task_app_url") or spec.task_app_url
+    if not url and spec.task_app_url_template:
+        raise ConfigurationError(
+            f"prompt_learning.task_app_url {spec.task_app_url_template[:200]!r} names an "
+            "environment variable: the job backend never expands its own environment into "
+            "a job; send task_app_url (PromptLearningJob resolves ${VAR} on your machine)"
+        )
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ConfigurationError(
             "no task app URL: pass task_app_url, or set prompt_learning.task_app_url"
         )
-    key = body.get("task_app_api_key") or None
-    if not key and spec.task_app_api_key:
-        key = spec.task_app_key()
+    key = body.get("task_app_api_key") or spec.task_app_key(environ=NO_ENVIRONMENT)
     token = body.get("task_app_worker_token") or None
     if is_ingress_url(url) and not token:
         raise ConfigurationError(
@@ -399,23 +619,64 @@ def _submission(body: dict[str, Any]) -> tuple[Any, str, str | None, str | None]
     return spec, url, key, token
 
 
-def create_backend_app(store: JobStore, pool: JobPool | None, api_key: str) -> Any:
-    """The FastAPI app of ``taskapp backend serve`` over ``store`` and ``pool`` (None: an
-    API process without local workers)."""
+_SUBMIT_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["config_toml"],
+                    "properties": {
+                        "config_toml": {"type": "string"},
+                        "config_name": {"type": "string"},
+                        "overrides": {"type": "object"},
+                        "task_app_url": {"type": "string"},
+                        "task_app_api_key": {"type": "string"},
+                        "task_app_worker_token": {"type": "string"},
+                        "reflection_api_key": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def create_backend_app(
+    store: JobStore,
+    pool: JobPool | None,
+    api_key: str,
+    *,
+    limits: HoldLimits | None = None,
+    llm_endpoints: Mapping[str, LlmEndpoint] | None = None,
+    max_body: int = MAX_BODY_BYTES,
+) -> Any:
+    """The ASGI app of ``taskapp backend serve`` over ``store`` and ``pool``: the FastAPI
+    routes inside the :class:`~.guard.Guard` (key before body, body cap, headers). The
+    FastAPI app is the ``api`` attribute (``.api.openapi()`` is the schema). ``pool``
+    None: an API process without local workers."""
     if not api_key:
         raise ConfigurationError("the backend needs an API key")
     register_secret(api_key)
-    api = BackendApi(store, pool, api_key)
+    api = BackendApi(store, pool, api_key, limits=limits, llm_endpoints=llm_endpoints)
     app = FastAPI(title="taskapp job backend", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(BadInput, _bad_input)
+    app.add_exception_handler(Busy, _busy)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(StoreConflictError, _conflict)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
     for path in ("/", "/jobs", "/jobs/{job_id}", "/compare"):
         app.add_api_route(path, api.page, methods=["GET"], response_class=HTMLResponse)
     app.add_api_route("/static/{name}", api.static, methods=["GET"])
     app.add_api_route("/api/stream", api.changes, methods=["GET"])
     app.add_api_route("/health", api.health, methods=["GET"])
-    app.add_api_route("/api/jobs", api.submit, methods=["POST"], status_code=201)
+    app.add_api_route(
+        "/api/jobs", api.submit, methods=["POST"], status_code=201, openapi_extra=_SUBMIT_SCHEMA
+    )
     app.add_api_route("/api/jobs", api.list_jobs, methods=["GET"])
     app.add_api_route("/api/jobs/{job_id}", api.get_job, methods=["GET"])
     app.add_api_route("/api/jobs/{job_id}/events", api.events, methods=["GET"])
@@ -425,4 +686,7 @@ def create_backend_app(store: JobStore, pool: JobPool | None, api_key: str) -> A
     app.add_api_route("/api/jobs/{job_id}", api.delete, methods=["DELETE"])
     app.add_api_route("/api/jobs/{job_id}/result", api.result, methods=["GET"])
     app.add_api_route("/api/jobs/{job_id}/seeds", api.seeds, methods=["GET"])
-    return app
+    guarded = Guard(app, key_ok=api.key_ok, max_body=max_body)
+    guarded.api = app  # type: ignore[attr-defined]
+    guarded.backend = api  # type: ignore[attr-defined]
+    return guarded

@@ -39,12 +39,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from taskapp.core.errors import ConfigurationError, TaskAppError
 from taskapp.core.secrets import fingerprint, redact, register_secret
+from taskapp.jobs.validation import decode_stored
 
 __all__ = [
     "ACTIVE",
@@ -60,6 +61,7 @@ __all__ = [
     "is_postgres_url",
     "open_store",
     "public_db_name",
+    "secret_values",
 ]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -155,28 +157,64 @@ LABELS = ("config_name", "task", "model", "reflection_model")
 
 _WRITABLE = frozenset(PUBLIC_FIELDS) - {"id", "created_at"} | {"result"}
 
-_SECRET_NAME = re.compile(r"api[_-]?key|token|secret|password|authorization", re.I)
+_SECRET_NAME = re.compile(
+    r"api[_-]?key|token|secret|passw(or)?d|auth|cookie|credential|private[_-]?key|signature",
+    re.I,
+)
+_HEADERS = re.compile(r"headers?$", re.I)  # every value under a headers table is secret
+
+
+def _secret_name(key: Any) -> bool:
+    name = str(key)
+    return bool(_SECRET_NAME.search(name)) and not name.endswith("_env")  # a variable's name
+
+
+def secret_values(value: Any, *, under_secret: bool = False) -> list[str]:
+    """The string values of a stored config that are secrets by their name (a policy's
+    ``api_key``, any value of a ``headers`` table): registered with
+    :func:`~taskapp.core.secrets.register_secret` so they are redacted by value wherever
+    they appear (results, errors, logs), not only where the name is seen."""
+    found: list[str] = []
+    stack: list[tuple[Any, bool]] = [(value, under_secret)]
+    while stack:
+        item, secret = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                stack.append((v, secret or _secret_name(k) or bool(_HEADERS.search(str(k)))))
+        elif isinstance(item, list):
+            stack.extend((v, secret) for v in item)
+        elif secret and isinstance(item, str) and item:
+            found.append(item)
+    return found
 
 
 def _public(value: Any) -> Any:
-    """A job's config as the API shows it: values under secret-looking names (a policy's
-    ``api_key``) and registered secrets replaced by fingerprints. The job runs with the
-    stored values."""
+    """A job's config or result as the API shows it: values under secret-looking names
+    (a policy's ``api_key``, a custom auth header) and registered secrets (by value,
+    wherever they appear) replaced by fingerprints. The job runs with the stored values."""
     if isinstance(value, dict):
-        return {
-            k: f"[redacted {fingerprint(str(v))}]"
-            if _SECRET_NAME.search(str(k))
-            and not str(k).endswith("_env")  # the name of a variable, not a secret
-            and isinstance(v, str)
-            and v
-            else _public(v)
-            for k, v in value.items()
-        }
+        shown: dict[Any, Any] = {}
+        for k, v in value.items():
+            if _HEADERS.search(str(k)):
+                shown[k] = _public_headers(v)
+            elif _secret_name(k) and isinstance(v, str) and v:
+                shown[k] = f"[redacted {fingerprint(v)}]"
+            else:
+                shown[k] = _public(v)
+        return shown
     if isinstance(value, list):
         return [_public(v) for v in value]
     if isinstance(value, str):
         return redact(value)
     return value
+
+
+def _public_headers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _public_headers(v) for k, v in value.items()}
+    if isinstance(value, str) and value:
+        return f"[redacted {fingerprint(value)}]"
+    return _public(value)
 
 
 def _labels(labels: dict[str, Any]) -> dict[str, str]:
@@ -275,6 +313,9 @@ class JobStore:
 
     def __init__(self) -> None:
         self._changed = threading.Condition()  # a job's status changed here (long polls)
+        #: called with a job id after each change to it is committed here (the API's
+        #: ChangeHub); changes by other processes are seen by polling
+        self.listeners: list[Callable[[str], None]] = []
 
     # -- what a dialect provides ---------------------------------------------------------
 
@@ -400,7 +441,7 @@ class JobStore:
             self._add_event(tx, job_id, "submitted", {"task_app_url": task_app_url, **shown})
             for warning in warnings:
                 self._add_event(tx, job_id, "warning", {"message": warning})
-        self._notify()
+        self._notify(job_id)
         return job_id, True
 
     def get(self, job_id: str, *, secrets: bool = False) -> dict[str, Any] | None:
@@ -471,12 +512,33 @@ class JobStore:
         return int(rows[0]["n"])
 
     def _row(self, row: dict[str, Any], *, secrets: bool = False) -> dict[str, Any]:
-        job = {name: row.get(name) for name in PUBLIC_FIELDS}
+        """A job row as the API shows it (``secrets``: as a worker runs it). Whatever is
+        stored, this returns: a column that cannot be read becomes ``config: null`` and
+        a ``row_error`` saying so, never an exception for the whole list."""
+        job: dict[str, Any] = {}
+        problems: list[str] = []
+        for name in PUBLIC_FIELDS:
+            value = row.get(name)
+            if not (value is None or isinstance(value, str | int | float)):
+                problems.append(f"{name}: stored value of type {type(value).__name__}")
+                value = None
+            job[name] = value
         job["cancel_requested"] = bool(job["cancel_requested"])
-        config = json.loads(row["config"])
-        job["config"] = config if secrets else _public(config)  # the job runs with the stored
+        config, problem = decode_stored(row["config"], what="config")
+        if problem or not isinstance(config, dict):
+            problems.append(problem or "config: not an object")
+            config = None
+        # the job runs with the stored values; the API shows them redacted
+        job["config"] = config if secrets or config is None else _public(config)
         job["has_result"] = row["result"] is not None
-        job["labels"] = json.loads(row.get("labels") or "{}")
+        labels, problem = decode_stored(row.get("labels") or "{}", what="labels")
+        if problem or not isinstance(labels, dict):
+            problems.append(problem or "labels: not an object")
+            labels = {}
+        job["labels"] = labels
+        if problems:
+            job["row_error"] = "; ".join(problems)
+            job["error"] = job["error"] or f"this job's stored record is damaged ({problems[0]})"
         if secrets:
             job["task_app_key"] = row["task_app_key"]
             job["worker_token"] = row["worker_token"]
@@ -490,7 +552,8 @@ class JobStore:
             rows = tx.execute("SELECT labels FROM jobs WHERE id = ?", (job_id,))
             if not rows:
                 return
-            merged = {**json.loads(rows[0]["labels"] or "{}"), **_labels(labels)}
+            stored, _ = decode_stored(rows[0]["labels"] or "{}", what="labels")
+            merged = {**(stored if isinstance(stored, dict) else {}), **_labels(labels)}
             tx.execute(
                 "UPDATE jobs SET labels = ?, updated_at = ? WHERE id = ?",
                 (json.dumps(merged), _now(), job_id),
@@ -508,8 +571,10 @@ class JobStore:
         rows = self._query("SELECT result FROM jobs WHERE id = ?", (job_id,))
         if not rows or rows[0]["result"] is None:
             return None
-        value = _public(json.loads(rows[0]["result"]))  # the run's config holds secrets
-        return value if isinstance(value, dict) else None
+        value, problem = decode_stored(rows[0]["result"], what="result")
+        if problem:
+            return {"error": f"this job's stored result is damaged ({problem})"}
+        return _public(value) if isinstance(value, dict) else None  # the run's config: secrets
 
     @staticmethod
     def _assignments(fields: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -565,11 +630,14 @@ class JobStore:
             if fields.get("error"):
                 data["error"] = fields["error"]
             self._add_event(tx, job_id, "status", data)
-        self._notify()
+        self._notify(job_id)
 
-    def _notify(self) -> None:
+    def _notify(self, job_id: str | None = None) -> None:
         with self._changed:
             self._changed.notify_all()
+        if job_id is not None:
+            for listener in list(self.listeners):
+                listener(job_id)
 
     def wait_for_change(self, job_id: str, status: str, timeout: float) -> dict[str, Any] | None:
         """The job once its status is no longer ``status``, or after ``timeout`` seconds
@@ -598,7 +666,7 @@ class JobStore:
             if not rows:
                 return None
             _Control(self, tx, job_id, action, rows[0]).apply()
-        self._notify()
+        self._notify(job_id)
         return self.get(job_id)
 
     def _lock_row(self, sql: str) -> str:
@@ -651,7 +719,7 @@ class JobStore:
                 data["reason"] = f"the lease of {row['lease_owner']} ran out; taken over"
             self._add_event(tx, job_id, "status", data)
             job = tx.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
-        self._notify()
+        self._notify(job_id)
         return self._row(job, secrets=True) | {"_control": job["control"]}
 
     def renew(self, job_id: str, owner: str, lease_seconds: float) -> str | None:
@@ -732,7 +800,9 @@ class JobStore:
             if job_fields or owner is not None:
                 names, values = self._assignments(job_fields)
                 self._fenced(tx, f"UPDATE jobs SET {names} WHERE id = ?", [*values, job_id], owner)  # noqa: S608
-            return self._add_event(tx, job_id, kind, data)
+            seq = self._add_event(tx, job_id, kind, data)
+        self._notify(job_id)
+        return seq
 
     def events(self, job_id: str, *, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
         rows = self._query(
@@ -740,15 +810,14 @@ class JobStore:
             " ORDER BY seq LIMIT ?",
             (job_id, after, limit),
         )
-        return [
-            {
-                "seq": row["seq"],
-                "ts": row["ts"],
-                "kind": row["kind"],
-                "data": json.loads(row["data"]),
-            }
-            for row in rows
-        ]
+        page = []
+        for row in rows:
+            data, problem = decode_stored(row["data"], what="event data")
+            event = {"seq": row["seq"], "ts": row["ts"], "kind": str(row["kind"]), "data": data}
+            if problem:
+                event["row_error"] = problem
+            page.append(event)
+        return page
 
 
 class _Control:
@@ -848,6 +917,7 @@ class SqliteJobStore(JobStore):
         self.name = repr(str(self.path))
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
+        self._db_lock_fd: int | None = None
         if owner:
             self._take_lock()
         elif not self.path.exists():
@@ -883,9 +953,19 @@ class SqliteJobStore(JobStore):
         return self.path.with_name(self.path.name + ".lock")
 
     def _take_lock(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _private_file(self.lock_path)
-        fd = os.open(self.lock_path, os.O_RDWR)
+        """Two locks: ``<db>.lock`` (by path; it says who holds it) and the database
+        file itself (by identity: a hard link or another path to the same file is the
+        same database, and two backends on it would each keep their own WAL)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(self.lock_path)
+            fd = os.open(self.lock_path, os.O_RDWR)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the job database's files in {str(self.path.parent)!r}: "
+                f"{exc.strerror} (a read-only or missing directory? pass --db PATH in a "
+                "directory this user can write)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -895,9 +975,27 @@ class SqliteJobStore(JobStore):
                 f"another taskapp backend uses the job database {str(self.path)!r} "
                 f"({holder}); stop it first, or pass another --db"
             ) from None
+        self._lock_fd = fd
+        try:
+            db_fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            self._release_lock()
+            raise StoreError(
+                f"cannot open the job database {str(self.path)!r}: {exc.strerror} (a "
+                "read-only directory or file? pass --db PATH this user can write)"
+            ) from None
+        try:
+            fcntl.flock(db_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(db_fd)
+            self._release_lock()
+            raise StoreLockedError(
+                f"another taskapp backend uses the job database {str(self.path)!r} under "
+                "another name (a hard link or another path to the same file); stop it first"
+            ) from None
+        self._db_lock_fd = db_fd
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-        self._lock_fd = fd
 
     @property
     def owns_lock(self) -> bool:
@@ -909,6 +1007,10 @@ class SqliteJobStore(JobStore):
             os.pwrite(self._lock_fd, f"pid {os.getpid()}, {text}".encode(), 0)
 
     def _release_lock(self) -> None:
+        if self._db_lock_fd is not None:  # after SQLite closed the file (POSIX locks)
+            with contextlib.suppress(OSError):
+                os.close(self._db_lock_fd)
+            self._db_lock_fd = None
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)

@@ -10,10 +10,12 @@ worker takes its jobs over.
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from taskapp.core.logs import get_logger
 from taskapp.core.signals import capture_signals
@@ -32,8 +34,11 @@ def run_worker(
     runs_dir: str | Path | None = None,
     on_ready: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    llm_endpoints: Mapping[str, Any] | None = None,
 ) -> None:
-    """Claim and run jobs until SIGINT/SIGTERM (or ``stop`` is set); blocking."""
+    """Claim and run jobs until SIGINT/SIGTERM (or ``stop`` is set); blocking.
+    ``llm_endpoints``: the reflection-model endpoints this host may call with its own
+    keys (:func:`taskapp.jobs.llm.parse_llm_endpoints`)."""
     from taskapp.core.errors import ConfigurationError
     from taskapp.jobs.backend import _warm_up, default_runs_dir
     from taskapp.jobs.pool import JobPool
@@ -46,6 +51,7 @@ def run_worker(
     def handler(signum: int, frame: FrameType | None) -> None:
         done.set()
 
+    os.umask(0o077)  # this process's files (run directories) are private
     store = open_store(db)
     _warm_up()  # import the optimizer (GEPA) before the first claim, not during it
     try:
@@ -55,6 +61,7 @@ def run_worker(
             workers=workers,
             lease_seconds=lease_seconds,
             worker_id=worker_id,
+            llm_endpoints=llm_endpoints,
         )
         with capture_signals(handler):
             resumed = pool.start()

@@ -33,14 +33,20 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError
 from taskapp.optimize.config import OptimizeConfig
 
-__all__ = ["PromptLearningSpec", "expand_env", "load_prompt_learning", "parse_prompt_learning"]
+__all__ = [
+    "NO_ENVIRONMENT",
+    "PromptLearningSpec",
+    "expand_env",
+    "load_prompt_learning",
+    "parse_prompt_learning",
+]
 
 STAND_IN = "stand-in"
 
@@ -105,6 +111,7 @@ USED: dict[str, str] = {
 }
 
 _TABLES = {"initial_prompt", "policy", "env_config", "gepa.env_config"}  # free-form below
+MAX_UNKNOWN_WARNINGS = 50
 
 
 @dataclasses.dataclass
@@ -118,19 +125,56 @@ class PromptLearningSpec:
     results_folder: str | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     source: str = "<config>"
+    #: the file's ``task_app_url`` as written (``task_app_url`` is None when it names a
+    #: variable and the reader was given :data:`NO_ENVIRONMENT`)
+    task_app_url_template: str | None = None
+    #: ``gepa.mutation.llm_provider`` as written (a job backend matches it to the
+    #: endpoints its operator configured)
+    llm_provider: str | None = None
 
-    def task_app_key(self, explicit: str | None = None) -> str | None:
+    def task_app_key(
+        self, explicit: str | None = None, *, environ: Mapping[str, str] | None = None
+    ) -> str | None:
         """The task app's key: ``explicit``, else the file's ``task_app_api_key`` (with
         ``${ENV}`` expansion), else the user's ``$ENVIRONMENT_API_KEY`` (never a key lent
-        to a running app: :func:`taskapp.core.env_keys.environment_api_key`), else None."""
+        to a running app: :func:`taskapp.core.env_keys.environment_api_key`), else None.
+        ``environ`` (default ``os.environ``) is where variables are looked up; with
+        :data:`NO_ENVIRONMENT` (the job backend) a variable is an error and there is no
+        ``$ENVIRONMENT_API_KEY`` fallback."""
+        env = os.environ if environ is None else environ
         if explicit:
             return explicit
         if self.task_app_api_key:
             what = f"{self.source}: prompt_learning.task_app_api_key"
-            return expand_env(self.task_app_api_key, what=what) or None
-        from taskapp.core.env_keys import environment_api_key
+            return expand_env(self.task_app_api_key, what=what, environ=env) or None
+        if environ is None:
+            from taskapp.core.env_keys import environment_api_key
 
-        return environment_api_key()
+            return environment_api_key()
+        return env.get("ENVIRONMENT_API_KEY") or None
+
+
+class _NoEnvironment(Mapping[str, str]):
+    """An environment with nothing in it, for values a job backend's client submitted:
+    the backend never expands its own environment into them (see docs/jobs.md, "Security
+    model")."""
+
+    def __getitem__(self, name: str) -> str:
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "NO_ENVIRONMENT"
+
+
+#: Pass as ``environ=`` where the values come from someone else (a job backend's client):
+#: ``${VAR}`` is an error saying the client resolves it, nothing is read from os.environ.
+NO_ENVIRONMENT: Mapping[str, str] = _NoEnvironment()
 
 
 def expand_env(value: str, *, what: str, environ: Mapping[str, str] | None = None) -> str:
@@ -139,6 +183,12 @@ def expand_env(value: str, *, what: str, environ: Mapping[str, str] | None = Non
 
     def sub(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
+        if env is NO_ENVIRONMENT:
+            raise ConfigurationError(
+                f"{what} refers to ${{{name}}}: the job backend never expands its own "
+                "environment into a submitted job; resolve it on the client (PromptLearningJob "
+                "does) or send the value itself"
+            )
         if name not in env:
             raise ConfigurationError(f"{what} refers to ${{{name}}}, which is not set")
         return env[name]
@@ -161,12 +211,18 @@ def load_prompt_learning(
 
 
 def parse_prompt_learning(
-    text: str, *, source: str = "<config>", overrides: Mapping[str, Any] | None = None
+    text: str,
+    *,
+    source: str = "<config>",
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> PromptLearningSpec:
     """Parse ``[prompt_learning]`` TOML text into a :class:`PromptLearningSpec`.
 
     ``overrides`` maps dotted keys (``"gepa.rollout.budget"``, with or without the
-    ``prompt_learning.`` prefix) to values that replace the file's.
+    ``prompt_learning.`` prefix) to values that replace the file's. ``environ`` (default
+    ``os.environ``) is where ``${VAR}`` in ``task_app_url`` is looked up; a job backend
+    passes :data:`NO_ENVIRONMENT`.
     """
     try:
         document = tomllib.loads(text)
@@ -180,7 +236,7 @@ def parse_prompt_learning(
         )
     for key, value in (overrides or {}).items():
         _set_dotted(section, key.removeprefix("prompt_learning."), value)
-    return _Reader(section, source).read()
+    return _Reader(section, source, environ).read()
 
 
 def _decode_message(text: str, source: str, exc: tomllib.TOMLDecodeError) -> str:
@@ -220,9 +276,12 @@ def _set_dotted(section: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 class _Reader:
-    def __init__(self, section: dict[str, Any], source: str) -> None:
+    def __init__(
+        self, section: dict[str, Any], source: str, environ: Mapping[str, str] | None = None
+    ) -> None:
         self.section = section
         self.source = source
+        self.environ = environ
         self.warnings: list[str] = []
 
     # -- lookup ------------------------------------------------------------------------
@@ -278,9 +337,14 @@ class _Reader:
     # -- warnings ----------------------------------------------------------------------
 
     def check_keys(self) -> None:
+        """Warn about ignored and unknown keys: each of the first
+        :data:`MAX_UNKNOWN_WARNINGS` unknown keys by name (with a "did you mean"), the rest
+        counted in one warning (a config with 100k keys must not cost 100k lookups)."""
         known_tables = {k.rsplit(".", 1)[0] for k in (*USED, *IGNORED) if "." in k}
+        unknown = 0
 
         def walk(table: dict[str, Any], prefix: str) -> None:
+            nonlocal unknown
             for key, value in table.items():
                 dotted = f"{prefix}{key}"
                 if dotted in IGNORED:
@@ -290,6 +354,9 @@ class _Reader:
                 elif dotted in known_tables and isinstance(value, dict):
                     walk(value, dotted + ".")
                 else:
+                    unknown += 1
+                    if unknown > MAX_UNKNOWN_WARNINGS:
+                        continue
                     siblings = [
                         k.removeprefix(prefix)
                         for k in (*USED, *IGNORED, *known_tables)
@@ -300,6 +367,10 @@ class _Reader:
                     self.warnings.append(f"unknown key {self.name(dotted)} is ignored{hint}")
 
         walk(self.section, "")
+        if unknown > MAX_UNKNOWN_WARNINGS:
+            self.warnings.append(
+                f"... and {unknown - MAX_UNKNOWN_WARNINGS} more unknown keys, all ignored"
+            )
 
     # -- the mapping -------------------------------------------------------------------
 
@@ -356,13 +427,24 @@ class _Reader:
         api_key = self.str_("task_app_api_key")
         spec = PromptLearningSpec(
             config=OptimizeConfig().replace(**fields),
-            task_app_url=expand_env(url, what=self.name("task_app_url")) if url else None,
+            task_app_url=self.task_app_url(url),
             task_app_api_key=api_key or None,
             results_folder=self.str_("results_folder"),
             warnings=self.warnings,
             source=self.source,
+            task_app_url_template=url,
+            llm_provider=self.str_("gepa.mutation.llm_provider"),
         )
         return spec
+
+    def task_app_url(self, url: str | None) -> str | None:
+        """``task_app_url`` with ``${ENV}`` expanded; None when it names a variable and
+        there is no environment to look in (the backend: the client sends the URL)."""
+        if not url:
+            return None
+        if self.environ is NO_ENVIRONMENT and "$" in url:
+            return None
+        return expand_env(url, what=self.name("task_app_url"), environ=self.environ)
 
     def check_proposer(self) -> None:
         for key in ("gepa.proposer_mode", "gepa.proposer_type"):

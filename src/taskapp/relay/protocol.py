@@ -476,7 +476,7 @@ _TOKEN_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def check_response_head(status: Any, headers: Any) -> tuple[list[tuple[bytes, bytes]], int | None]:  # noqa: C901 -- complexity 15 before issue 21; split when next changed
+def check_response_head(status: Any, headers: Any) -> tuple[list[tuple[bytes, bytes]], int | None]:  # noqa: C901 -- complexity 15 at most (issue 21 ratchet); split when next changed
     """Validate an agent's RESP_HEADERS before anything reaches the public caller.
 
     Returns the cleaned headers (as :func:`clean_response_headers`) and the declared

@@ -33,6 +33,10 @@ logger = get_logger("taskapp.inspect")
 
 #: At most this many rollouts go into one eval_async call.
 MAX_BATCH = 256
+#: How long a batch may wait for as many rollouts as the last batch had (concurrent
+#: clients resubmit together after a batch; without the wait the first one would start a
+#: batch of its own and the rest queue behind it). A lone client never waits.
+GATHER_WINDOW_S = 0.02
 _CONCURRENT_EVAL = "Multiple concurrent calls to eval_async"
 
 
@@ -61,18 +65,37 @@ class EvalRunner:
         self._queue: list[_Job] = []
         self._worker: asyncio.Task[None] | None = None
         self.calls = 0  # eval_async calls made (tests, benchmarks)
+        self._last_batch = 1
+        self._arrived: asyncio.Event | None = None
 
     async def run(self, index: int, prompt: str | None, model: Any) -> Any:
         """The ``EvalSample`` of sample ``index`` run with ``prompt`` on ``model``."""
         loop = asyncio.get_running_loop()
         job = _Job(index, self.samples[index].id, prompt, model, loop.create_future())
         self._queue.append(job)
+        if self._arrived is not None:
+            self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
         return await job.future
 
+    async def _gather(self) -> None:
+        """Wait (at most :data:`GATHER_WINDOW_S`) until as many rollouts are queued as the
+        last batch held."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GATHER_WINDOW_S
+        while len(self._queue) < self._last_batch:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._arrived = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
+
     async def _drain(self) -> None:
         while self._queue:
+            await self._gather()
+            self._last_batch = min(len(self._queue), MAX_BATCH)
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
                 await self._run_batch(batch)

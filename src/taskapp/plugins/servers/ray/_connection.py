@@ -210,7 +210,7 @@ def _acquire_session(opts: RayOptions, deadline: float, ctx: ServerContext) -> _
     return session
 
 
-def _start_session(opts: RayOptions, deadline: float, ctx: ServerContext) -> _Session:  # noqa: C901, PLR0915 -- complexity 16 and 56 statements before issue 21; split when next changed
+def _start_session(opts: RayOptions, deadline: float, ctx: ServerContext) -> _Session:  # noqa: C901, PLR0915 -- complexity 16 and 56 statements at most (issue 21 ratchet); split when next changed
     ray = _module("ray")
 
     owned = opts.local

@@ -607,10 +607,16 @@
     const lo = (i) => Math.min(0, ...pts.map((p) => p[i])), hi = (i) => Math.max(1, ...pts.map((p) => p[i]));
     const X = (v) => L + (W - L - R) * (v - lo(0)) / (hi(0) - lo(0)), Y = (v) => H - B - (H - B - T) * (v - lo(1)) / (hi(1) - lo(1));
     let s = `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#7b8794"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#7b8794"/>`;
+    for (const f of [0, 0.25, 0.5, 0.75, 1]) {
+      const vx = lo(0) + f * (hi(0) - lo(0)), vy = lo(1) + f * (hi(1) - lo(1));
+      s += `<g class="tick x"><line x1="${X(vx)}" x2="${X(vx)}" y1="${T}" y2="${H - B}"/><text x="${X(vx)}" y="${H - B + 14}" text-anchor="middle">${vx.toFixed(2)}</text></g>`;
+      s += `<g class="tick y"><line x1="${L}" x2="${W - R}" y1="${Y(vy)}" y2="${Y(vy)}"/><text x="${L - 4}" y="${Y(vy) + 4}" text-anchor="end">${vy.toFixed(2)}</text></g>`;
+    }
     s += `<text x="${(L + W) / 2}" y="${H - 8}" text-anchor="middle">${esc(ox)}</text><text x="12" y="${H / 2}" transform="rotate(-90 12 ${H / 2})" text-anchor="middle">${esc(oy)}</text>`;
     const sorted = [...front].sort((a, b) => a[0] - b[0]);
     s += `<polyline class="front" fill="none" stroke="#17703a" stroke-width="1.5" points="${sorted.map((p) => X(p[0]) + "," + Y(p[1])).join(" ")}"/>`;
-    s += pts.map((p) => `<circle cx="${X(p[0])}" cy="${Y(p[1])}" r="4" fill="${front.includes(p) ? "#17703a" : "#fff"}" stroke="#17703a"><title>#${p[2]}: ${esc(ox)} ${fmt(p[0])}, ${esc(oy)} ${fmt(p[1])}</title></circle>`).join("");
+    s += pts.map((p) => `<circle cx="${X(p[0])}" cy="${Y(p[1])}" r="4" fill="${front.includes(p) ? "#17703a" : "#fff"}" stroke="#17703a"><title>#${p[2]}: ${esc(ox)} ${fmt(p[0])}, ${esc(oy)} ${fmt(p[1])}</title></circle>` +
+      `<text x="${X(p[0]) + 6}" y="${Y(p[1]) - 5}">#${p[2]}</text>`).join("");
     $("pareto").innerHTML = s;
   }
   function renderCandidates(data) {

@@ -517,3 +517,42 @@ def test_a_full_database_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> N
         assert len(reopened.events(job_id, limit=5000)) == written >= 1
     finally:
         reopened.close()
+
+
+# -- config typos are said at submit (issue 21 item 6) ------------------------------------
+
+
+def typo_config(tmp_path: Path) -> Path:
+    path = toy_config(tmp_path, budget=2000)
+    path.write_text(
+        path.read_text().replace("minibatch_size = 3", "minibatch_size = 3\nbudgte = 5")
+    )
+    return path
+
+
+def test_submit_says_a_config_typo_before_the_job_runs(
+    shared: Backend,
+    toy_app: tuple[ToyTask, InProcessTaskApp],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, app = toy_app
+    client = PromptLearningJob(shared.url, KEY)
+    with caplog.at_level("WARNING", logger="taskapp.jobs"):
+        job_id = client.submit_sync(
+            typo_config(tmp_path), task_app_url=app.url, task_app_api_key=app.api_key
+        )
+    try:
+        hint = "unknown key prompt_learning.gepa.rollout.budgte is ignored; did you mean 'budget'?"
+        assert client.warnings == [hint]
+        assert any(hint in r.getMessage() for r in caplog.records), caplog.text
+    finally:
+        client.control_sync("cancel", job_id)
+    cli = taskapp_cli(
+        "jobs", "submit", str(typo_config(tmp_path)), "--task-app-url", str(app.url),
+        "--backend-url", shared.url,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert f"taskapp jobs submit: warning: {tmp_path}" in cli.stderr
+    assert cli.stderr.count("did you mean 'budget'?") == 1, cli.stderr
+    taskapp_cli("jobs", "cancel", cli.stdout.strip(), "--backend-url", shared.url)

@@ -4,10 +4,12 @@ steer jobs of ``taskapp backend serve``."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,23 +225,44 @@ def run_submit(args: argparse.Namespace) -> int:
 
     backend = _Backend(args)
     client = PromptLearningJob(backend.url, backend.headers["Authorization"][7:])
-    if backend.direct is not None:  # --db: straight into the database's queue
-        import uuid
+    from taskapp.cli._common import stderr
 
-        body = client._body(args.config, args.task_app_url, None, None, None)
-        key = args.idempotency_key or uuid.uuid4().hex
-        job_id = str(
-            backend.request("POST", "/api/jobs", json=body, headers={"Idempotency-Key": key})["id"]
-        )
-    else:
-        job_id = client.submit_sync(
-            args.config, task_app_url=args.task_app_url, idempotency_key=args.idempotency_key
-        )
+    with _quiet_client_log():
+        if backend.direct is not None:  # --db: straight into the database's queue
+            import uuid
+
+            body = client._body(args.config, args.task_app_url, None, None, None)
+            key = args.idempotency_key or uuid.uuid4().hex
+            job_id = str(
+                backend.request("POST", "/api/jobs", json=body, headers={"Idempotency-Key": key})[
+                    "id"
+                ]
+            )
+        else:
+            job_id = client.submit_sync(
+                args.config, task_app_url=args.task_app_url, idempotency_key=args.idempotency_key
+            )
+    for warning in client.warnings:
+        stderr(f"taskapp jobs submit: warning: {args.config}: {warning}")
     if args.json:
         print(json.dumps({"id": job_id}))
     else:
         print(job_id)
     return 0
+
+
+@contextlib.contextmanager
+def _quiet_client_log() -> Iterator[None]:
+    """The CLI prints the config's warnings itself (once, in its own words)."""
+    import logging
+
+    log = logging.getLogger("taskapp.jobs")
+    previous = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(previous)
 
 
 _PENDING = {

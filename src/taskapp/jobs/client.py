@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from taskapp.core.errors import ConfigurationError, TaskAppError
+from taskapp.core.logs import get_logger
 from taskapp.core.secrets import register_secret
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "PromptLearningResult",
     "run_in_process_job",
 ]
+
+logger = get_logger("taskapp.jobs")
 
 BACKEND_KEY_ENV = "TASKAPP_BACKEND_API_KEY"
 DEFAULT_BACKEND = "http://localhost:8000"
@@ -142,6 +145,8 @@ class PromptLearningJob:
         self.task_app_api_key = task_app_api_key
         self.task_app_worker_token = task_app_worker_token
         self.overrides = dict(overrides or {})
+        #: The config's warnings at the last submit (unknown keys, with a "did you mean").
+        self.warnings: list[str] = []
         self.job_id: str | None = None
 
     def __repr__(self) -> str:  # never the key
@@ -197,6 +202,11 @@ class PromptLearningJob:
             ) from None
         merged = {**self.overrides, **(overrides or {})}
         spec = parse_prompt_learning(text, source=str(file), overrides=merged)  # errors here
+        # Typos and ignored keys ("did you mean ...?") are said here, before the job runs,
+        # not only in its events; also kept in ``self.warnings``.
+        self.warnings = list(spec.warnings)
+        for warning in spec.warnings:
+            logger.warning("%s: %s", file, warning)
         url, app_key, app_token = _task_app_of(task_app_url or self.task_app_url)
         url = url or spec.task_app_url
         if not url:

@@ -257,7 +257,6 @@ def test_timeout_help_says_per_rollout_or_whole_run() -> None:
 def test_health_timeout_defaults_agree() -> None:
     import inspect
 
-    import taskapp
     from taskapp import InProcessTaskApp
     from taskapp.cli._common import HEALTH_TIMEOUT
     from taskapp.optimize import run
@@ -267,7 +266,6 @@ def test_health_timeout_defaults_agree() -> None:
         "InProcessTaskApp": inspect.signature(InProcessTaskApp)
         .parameters["health_check_timeout"]
         .default,
-        "evaluate": inspect.signature(taskapp.evaluate).parameters["health_timeout"].default,
         "optimize.run": inspect.signature(run).parameters["health_timeout"].default,
         "OptimizeConfig": OptimizeConfig.__dataclass_fields__["health_timeout"].default,
         "--health-timeout": HEALTH_TIMEOUT,

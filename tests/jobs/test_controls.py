@@ -152,7 +152,7 @@ class _DropFirstReply:
                     if not swallow:
                         dst.sendall(data)
                     else:  # the backend answered: the client never sees it
-                        client.close()
+                        client.shutdown(socket.SHUT_RDWR)
                         return
             except OSError:
                 pass

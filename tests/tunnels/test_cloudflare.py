@@ -276,7 +276,8 @@ def test_url_only_from_the_box() -> None:
 
 def test_ten_megabytes_of_logs_do_not_stall(standin: Standin, port: int) -> None:
     standin.mode("flood_logs")
-    with quick_app(standin, port) as task_app:
+    # A stall would never print the URL; a loaded 2-core machine needs >15 s to drain 10 MB.
+    with quick_app(standin, port, health_check_timeout=60.0) as task_app:
         assert edge_get(standin, task_app.url or "", "/health")[0] == 200
     standin.assert_nothing_left()
 

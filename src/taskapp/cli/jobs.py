@@ -132,9 +132,11 @@ class _Backend:
 
         import httpx
 
+        from taskapp.core.transport import async_http_client
+
         async def call() -> httpx.Response:
             transport = httpx.ASGITransport(app=self.direct)
-            async with httpx.AsyncClient(transport=transport, base_url=self.url) as client:
+            async with async_http_client(transport=transport, base_url=self.url) as client:
                 return await client.request(method, path, **kw)
 
         return asyncio.run(call())
@@ -142,6 +144,7 @@ class _Backend:
     def request(self, method: str, path: str, **kw: Any) -> Any:
         import httpx
 
+        from taskapp.core.transport import http_client
         from taskapp.jobs.client import JobBackendError
 
         headers = {**self.headers, **kw.pop("headers", {})}
@@ -149,9 +152,8 @@ class _Backend:
             if self.direct is not None:
                 response = self._call_direct(method, path, headers=headers, **kw)
             else:
-                response = httpx.request(
-                    method, self.url + path, headers=headers, timeout=30, trust_env=False, **kw
-                )
+                with http_client(timeout=30, trust_env=False) as client:
+                    response = client.request(method, self.url + path, headers=headers, **kw)
         except httpx.HTTPError as exc:
             raise JobBackendError(
                 f"cannot reach the job backend at {self.url} ({type(exc).__name__}); is "
@@ -386,14 +388,17 @@ def _follow(backend: _Backend, args: argparse.Namespace) -> int:
 
     bar = _Bar()
     status = None
+    from taskapp.core.transport import http_client
+
     try:
-        with httpx.stream(
-            "GET",
-            f"{backend.url}/api/jobs/{args.job_id}/events/stream",
-            headers=backend.headers,
-            timeout=httpx.Timeout(30, read=None),
-            trust_env=False,
-        ) as response:
+        with (
+            http_client(timeout=httpx.Timeout(30, read=None), trust_env=False) as client,
+            client.stream(
+                "GET",
+                f"{backend.url}/api/jobs/{args.job_id}/events/stream",
+                headers=backend.headers,
+            ) as response,
+        ):
             if response.status_code >= 400:
                 response.read()
                 backend_error = response.json().get("error", {}).get("message")

@@ -81,10 +81,10 @@ def probe(
             return response.status, response.read()
         finally:
             conn.close()
-    import httpx
-
     if client is None:
-        with httpx.Client(timeout=timeout) as own:
+        from taskapp.core.transport import http_client
+
+        with http_client(timeout=timeout) as own:
             answer = own.get(url, headers=dict(headers))
     else:
         answer = client.get(url, headers=dict(headers), timeout=timeout)

@@ -40,6 +40,7 @@ __all__ = [
     "call_previous",
     "capture_signals",
     "deactivate",
+    "hand_back",
     "imports_off_the_main_thread",
 ]
 
@@ -100,6 +101,14 @@ def call_previous(signum: int, frame: FrameType | None, previous: Handler) -> No
         raise KeyboardInterrupt
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def hand_back(signum: int, frame: FrameType | None, previous: Handler) -> None:
+    """Give ``signum`` back to ``previous`` (installed again, so later signals go straight
+    to it) and do what it would have done with this one (:func:`call_previous`)."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+    call_previous(signum, frame, previous)
 
 
 class Stoppable(Protocol):

@@ -23,10 +23,13 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taskapp.core.errors import TaskAppRequestError
 from taskapp.core.secrets import redact
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "KEY_REJECTED_CODES",
@@ -38,9 +41,11 @@ __all__ = [
     "LoopbackTransport",
     "Transport",
     "TransportError",
+    "async_http_client",
     "describe_transport_error",
     "error_code",
     "error_message",
+    "http_client",
     "is_key_rejection",
     "is_loopback_url",
 ]
@@ -464,3 +469,23 @@ class AsyncHttpxTransport:
 def _short(value: Any, limit: int) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def http_client(**options: Any) -> httpx.Client:
+    """An ``httpx.Client`` for a service that is not a task app (the job backend, the
+    testing kit's probes, a readiness check of any URL); ``options`` are httpx's own.
+
+    With :func:`async_http_client` and the transports above, the one place taskapp makes
+    an httpx client (ruff's banned-api rule TID251 keeps it here): a task app is called
+    through :class:`taskapp.core.client.TaskAppClient`, everything else through these.
+    """
+    import httpx
+
+    return httpx.Client(**options)
+
+
+def async_http_client(**options: Any) -> httpx.AsyncClient:
+    """The asyncio twin of :func:`http_client`."""
+    import httpx
+
+    return httpx.AsyncClient(**options)

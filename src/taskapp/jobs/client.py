@@ -28,6 +28,7 @@ from typing import Any
 from taskapp.core.errors import ConfigurationError, TaskAppError
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import register_secret
+from taskapp.core.transport import async_http_client, http_client
 
 __all__ = [
     "JobBackendError",
@@ -262,7 +263,7 @@ class PromptLearningJob:
         import httpx
 
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
+            async with async_http_client(timeout=self.timeout, trust_env=False) as client:
                 response = await client.request(
                     method, self.backend_url + path, headers=self._headers, **kw
                 )
@@ -295,7 +296,7 @@ class PromptLearningJob:
         for attempt in range(SUBMIT_ATTEMPTS):
             last = attempt == SUBMIT_ATTEMPTS - 1
             try:
-                async with httpx.AsyncClient(timeout=self.timeout, trust_env=False) as client:
+                async with async_http_client(timeout=self.timeout, trust_env=False) as client:
                     response = await client.post(
                         self.backend_url + "/api/jobs", headers=headers, json=body
                     )
@@ -390,7 +391,7 @@ class PromptLearningJob:
         import httpx
 
         try:
-            with httpx.Client(timeout=self.timeout, trust_env=False) as client:
+            with http_client(timeout=self.timeout, trust_env=False) as client:
                 response = client.request(
                     method, self.backend_url + path, headers=self._headers, **kw
                 )
@@ -418,7 +419,7 @@ class PromptLearningJob:
         for attempt in range(SUBMIT_ATTEMPTS):
             last = attempt == SUBMIT_ATTEMPTS - 1
             try:
-                with httpx.Client(timeout=self.timeout, trust_env=False) as client:
+                with http_client(timeout=self.timeout, trust_env=False) as client:
                     response = client.post(
                         self.backend_url + "/api/jobs", headers=headers, json=body
                     )

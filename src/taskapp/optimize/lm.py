@@ -354,12 +354,12 @@ class OpenAICompatLM:
     def _http(self) -> Any:
         with self._lock:
             if self._client is None:
-                import httpx
+                from taskapp.core.transport import http_client
 
                 headers = {"Content-Type": "application/json"}
                 if self._api_key:
                     headers["Authorization"] = f"Bearer {self._api_key}"
-                self._client = httpx.Client(
+                self._client = http_client(
                     timeout=self.timeout, headers=headers, transport=self._transport
                 )
             return self._client

@@ -10,7 +10,7 @@ from types import FrameType
 from typing import Any
 
 from taskapp.core.logs import get_logger
-from taskapp.core.signals import call_previous, capture_signals
+from taskapp.core.signals import capture_signals, hand_back
 
 logger = get_logger("taskapp.optimize")
 
@@ -39,9 +39,7 @@ def first_signal_stops(event: threading.Event, caught: list[int]) -> Iterator[No
                 "Ctrl-C" if signum == signal.SIGINT else "SIGTERM",
             )
             return
-        before = previous[signum]
-        signal.signal(signum, before)
-        call_previous(signum, frame, before)
+        hand_back(signum, frame, previous[signum])
 
     with capture_signals(handler, STOP_SIGNALS) as installed:
         previous.update(installed)

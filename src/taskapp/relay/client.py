@@ -75,14 +75,14 @@ class LeaseClient:
 
     def _http(self) -> Any:
         if self._client is None:
-            import httpx
+            from taskapp.core.transport import http_client
 
             verify: Any = False
             if urllib.parse.urlsplit(self.relay_url).scheme == "https":
                 verify = ssl.create_default_context()
                 if self._ca_file is not None:
                     verify.load_verify_locations(cafile=str(self._ca_file))
-            self._client = httpx.Client(
+            self._client = http_client(
                 timeout=self.timeout,
                 verify=verify,
                 trust_env=not is_loopback_url(self.relay_url),

@@ -151,16 +151,16 @@ class TunnelBackendConformance(_Base):
         """GET ``url + path`` with the API key and what ``tunnel`` says clients must send
         (its headers, its worker token). Override it when the URL resolves only through
         your own transport."""
-        import httpx
-
         from taskapp.core.client import WORKER_TOKEN_HEADER
+        from taskapp.core.transport import http_client
 
         headers = {"X-API-Key": KEY}
         if tunnel is not None:
             headers.update(tunnel.headers)
             if tunnel.worker_token:
                 headers[WORKER_TOKEN_HEADER] = tunnel.worker_token
-        with httpx.Client(timeout=10.0, trust_env=False, verify=False) as client:  # noqa: S501
+        # verify=False: a tunnel under test may serve a self-signed certificate
+        with http_client(timeout=10.0, trust_env=False, verify=False) as client:
             response = client.get(url.rstrip("/") + path, headers=headers)
         try:
             return response.status_code, response.json()

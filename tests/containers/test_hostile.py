@@ -18,7 +18,7 @@ import pytest
 
 from taskapp import InProcessTaskApp
 from taskapp.core.containers import MAX_CONTAINER_BODY
-from tests.containers.test_gepa_routes import Probe, probe_config, wait_for
+from tests.containers._probe import Probe, probe_config, wait_for
 
 LONG = os.environ.get("TASKAPP_FUZZ", "").lower() == "long"
 CASES = 600 if LONG else 60

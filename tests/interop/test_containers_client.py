@@ -23,7 +23,7 @@ import pytest
 from taskapp import InProcessTaskApp
 from taskapp.examples.support_intents import DEFAULT_PROMPT, LABELS, build_config, load_examples
 from taskapp.examples.support_intents.policy import offline_predict
-from tests.containers.test_gepa_routes import Probe, probe_config
+from tests.containers._probe import Probe, probe_config
 from tests.interop._run import run_json
 from tests.interop._venvs import CONTAINERS, python_for
 

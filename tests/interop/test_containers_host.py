@@ -254,3 +254,24 @@ def test_taskapp_reads_synth_containers_bundled_target(
     assert checks["GET /info"][1] == "synth-containers target 'openenv_echo'"
     # it serves no task set (nor /taskset): check says so rather than pass it
     assert checks["GET /task_info"][0] is False
+
+
+NOT_IMPORTED = """
+import json, sys
+from taskapp import InProcessTaskApp
+from taskapp.core.plugins import get_registry
+from tests.helpers import demo_config
+
+get_registry()  # every builtin plugin, the synth_containers loader included
+with InProcessTaskApp(config=demo_config(), port=0) as app:
+    pass
+print(json.dumps({"imported": "synth_containers" in sys.modules}))
+"""
+
+
+def test_taskapp_never_imports_synth_containers_itself(
+    python_containers: Path, tmp_path: Path
+) -> None:
+    # installed (this venv has it), yet loading plugins and hosting an app leave it alone
+    out = run_json(python_containers, NOT_IMPORTED, home=tmp_path)
+    assert out == {"imported": False}

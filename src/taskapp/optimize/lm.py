@@ -30,7 +30,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from taskapp.core.logs import get_logger
@@ -137,7 +137,13 @@ class StandInReflectionLM:
       "the correct label is 'refund'"), it appends up to ``words_per_example`` new words
       of the example's input to that label's line (``- refund: ...``), adding the line
       when missing;
+    * when the expected answer is free-form (a number like ``42``, a phrase: not a label
+      of the prompt nor a single identifier), it appends a worked example
+      ``Example: <input> -> <expected>``;
     * otherwise it appends the first sentence of the feedback as a ``Hint:`` line.
+
+    So it needs the app to say what was expected: ``metrics.details.expected`` (or
+    ``answer``/``label``), or feedback like "the correct label is 'refund'".
 
     Lines are never removed, placeholders are kept, the prompt is capped at ``max_chars``.
     The reply is the new prompt inside a ``` fence, like a real model's.
@@ -159,9 +165,11 @@ class StandInReflectionLM:
         for fields in examples:
             if self._is_perfect(fields):
                 continue
-            label = self._expected(fields)
-            if label:
-                self._teach(lines, label, self._input_text(fields))
+            expected = self._expected(fields)
+            if expected and _is_label(expected, lines):
+                self._teach(lines, expected, self._input_text(fields))
+            elif expected:  # a free-form answer (a number, a phrase): a worked example
+                self._example(lines, fields, expected)
             else:
                 self._hint(lines, fields.get("feedback", ""))
         new = "\n".join(lines)
@@ -243,6 +251,17 @@ class StandInReflectionLM:
         separator = ", " if not line.endswith((":", "=")) else " "
         lines[index] = line + separator + ", ".join(chosen)
 
+    def _example(self, lines: list[str], fields: Mapping[str, str], expected: str) -> None:
+        raw = fields.get("inputs", "")
+        # The record's input without its seed: the "input" (or "question") sub-heading.
+        part = _INPUT_PART.search(raw)
+        question = " ".join((part.group(1) if part else self._input_text(fields)).split())[:200]
+        if not question:
+            return
+        example = f"Example: {question} -> {expected}"
+        if example not in lines:
+            lines.append(example)
+
     @staticmethod
     def _hint(lines: list[str], feedback: str) -> None:
         sentence = re.split(r"(?<=[.!?])\s", feedback.strip(), maxsplit=1)[0].strip()
@@ -251,6 +270,21 @@ class StandInReflectionLM:
         hint = f"Hint: {sentence}"
         if hint not in lines:
             lines.append(hint)
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_INPUT_PART = re.compile(
+    r"^#+ *(?:input|inputs|question|message|text|query) *\n(.*?)(?=^#|\Z)", re.M | re.S | re.I
+)
+
+
+def _is_label(expected: str, lines: Sequence[str]) -> bool:
+    """A class label (``refund``, ``card_lost``): a single identifier, or a word the prompt
+    already lists as ``- label: ...``. Numbers and phrases are free-form answers."""
+    if _IDENTIFIER.fullmatch(expected):
+        return True
+    listed = re.compile(r"^\s*(?:[-*•]\s*)?" + re.escape(expected) + r"\s*[:=]", re.IGNORECASE)
+    return any(listed.match(line) for line in lines)
 
 
 # -- an OpenAI-compatible client ----------------------------------------------------------

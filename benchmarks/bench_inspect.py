@@ -105,11 +105,26 @@ async def through_taskapp(url: str, key: str, n: int, c: int) -> tuple[float, fl
     return statistics.median(latencies), n / (time.perf_counter() - start)
 
 
+def eval_calls(app: Any) -> int:
+    """eval_async calls the task app made so far (-1 when it runs in another process)."""
+    config = getattr(app.loaded, "config", None)
+    state = getattr(config, "app_state", {}).get("inspect_task_app") if config else None
+    return int(state.runner.calls) if state is not None else -1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n", type=int, default=40, help="rollouts per measurement")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--server",
+        default="thread",
+        choices=("thread", "subprocess"),
+        help="thread: the app shares this process (and its GIL) with the client, as "
+        "`taskapp eval`/`optimize` run it; subprocess: the app in a child process, as "
+        "behind `taskapp serve`",
+    )
     args = parser.parse_args()
     os.environ.setdefault("INSPECT_DISPLAY", "none")
 
@@ -117,21 +132,24 @@ def main() -> None:
 
     setup = direct_setup()
     rows: dict[str, list[float]] = {k: [] for k in ("d1", "t1", "dC", "tC")}
-    with InProcessTaskApp(task_app_path=TARGET, port=0) as app:
+    calls: list[int] = []
+    with InProcessTaskApp(task_app_path=TARGET, port=0, server=args.server) as app:
         asyncio.run(through_taskapp(app.url, app.api_key, 2, 1))  # warm both paths
         asyncio.run(direct(setup, 2, 1))
         for _ in range(args.rounds):
             rows["d1"].append(asyncio.run(direct(setup, args.n, 1))[0])
             rows["t1"].append(asyncio.run(through_taskapp(app.url, app.api_key, args.n, 1))[0])
             rows["dC"].append(asyncio.run(direct(setup, args.n, args.concurrency))[1])
+            before = eval_calls(app)
             rows["tC"].append(
                 asyncio.run(through_taskapp(app.url, app.api_key, args.n, args.concurrency))[1]
             )
+            calls.append(eval_calls(app) - before)
     d1, t1 = statistics.median(rows["d1"]), statistics.median(rows["t1"])
     dc, tc = statistics.median(rows["dC"]), statistics.median(rows["tC"])
     print(
         f"inspect task {TARGET.rsplit('/', 1)[1]}, model {MODEL}, "
-        f"{args.rounds} round(s) of {args.n}"
+        f"{args.rounds} round(s) of {args.n}, server {args.server}"
     )
     print(
         f"c=1  p50 direct eval_async {d1 * 1000:7.1f} ms   taskapp {t1 * 1000:7.1f} ms   "
@@ -139,7 +157,7 @@ def main() -> None:
     )
     print(
         f"c={args.concurrency}  direct {dc:7.1f} rollouts/s   taskapp {tc:7.1f} rollouts/s   "
-        f"ratio {tc / dc:.2f} (goal >= 0.95)"
+        f"ratio {tc / dc:.2f} (goal >= 0.95); taskapp made {calls} eval_async calls"
     )
 
 

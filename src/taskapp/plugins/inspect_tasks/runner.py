@@ -23,19 +23,17 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from taskapp.core.logs import get_logger
 from taskapp.core.secrets import redact
 from taskapp.plugins.inspect_tasks.tasks import LoadedTask, _message
 
 __all__ = ["EvalRunner", "RolloutFailure"]
 
-logger = get_logger("taskapp.inspect")
-
 #: At most this many rollouts go into one eval_async call.
 MAX_BATCH = 256
 #: How long a batch may wait for as many rollouts as the last batch had (concurrent
 #: clients resubmit together after a batch; without the wait the first one would start a
-#: batch of its own and the rest queue behind it). A lone client never waits.
+#: batch of its own and the rest queue behind it): this, or a quarter of the last batch's
+#: duration when that is longer. A lone client never waits.
 GATHER_WINDOW_S = 0.02
 _CONCURRENT_EVAL = "Multiple concurrent calls to eval_async"
 
@@ -66,6 +64,7 @@ class EvalRunner:
         self._worker: asyncio.Task[None] | None = None
         self.calls = 0  # eval_async calls made (tests, benchmarks)
         self._last_batch = 1
+        self._last_duration = 0.0
         self._arrived: asyncio.Event | None = None
 
     async def run(self, index: int, prompt: str | None, model: Any) -> Any:
@@ -83,7 +82,7 @@ class EvalRunner:
         """Wait (at most :data:`GATHER_WINDOW_S`) until as many rollouts are queued as the
         last batch held."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + GATHER_WINDOW_S
+        deadline = loop.time() + max(GATHER_WINDOW_S, self._last_duration / 4)
         while len(self._queue) < self._last_batch:
             left = deadline - loop.time()
             if left <= 0:
@@ -97,8 +96,10 @@ class EvalRunner:
             await self._gather()
             self._last_batch = min(len(self._queue), MAX_BATCH)
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            started = asyncio.get_running_loop().time()
             try:
                 await self._run_batch(batch)
+                self._last_duration = asyncio.get_running_loop().time() - started
             except BaseException as exc:
                 for job in batch:
                     if not job.future.done():
@@ -145,22 +146,21 @@ class EvalRunner:
         task_with(
             task,
             dataset=[self.samples[job.index] for job in group],
-            solver=self._solver(first.prompt),
             model=first.model,
             epochs=1,
         )
+        if first.prompt is not None:  # else the task's own solver, untouched
+            task_with(task, solver=self._solver(first.prompt))
         # Inspect changes the working directory to the run dir while it sets a task up;
         # the current one makes that a no-op (the host process's cwd never moves).
         setattr(task, TASK_RUN_DIR_ATTR, os.getcwd())
         return task
 
-    def _solver(self, prompt: str | None) -> Any:
+    def _solver(self, prompt: str) -> Any:
         from inspect_ai.solver import chain, prompt_template, system_message
         from inspect_ai.solver._chain import unroll
 
         solvers = unroll(self.loaded.task.solver)
-        if prompt is None:
-            return chain(*solvers)
         declared = self.loaded.prompt
         if declared.kind == "system_message":
             solvers[declared.index] = system_message(prompt, **declared.params)

@@ -275,3 +275,53 @@ def test_taskapp_never_imports_synth_containers_itself(
     # installed (this venv has it), yet loading plugins and hosting an app leave it alone
     out = run_json(python_containers, NOT_IMPORTED, home=tmp_path)
     assert out == {"imported": False}
+
+
+THROUGH_RELAY = """
+import asyncio, json, pathlib, sys
+import httpx
+from synth_containers.http_client import HTTPContainerClient
+from taskapp import InProcessTaskApp
+from taskapp.core.client import TaskAppClient
+from taskapp.core.importing import exec_path
+from tests.relay._relay_helpers import ADMIN, running_relay
+
+container = exec_path(pathlib.Path(sys.argv[1])).container
+
+async def vendor(url, headers):
+    http = httpx.AsyncClient(base_url=url, headers=headers, trust_env=False, timeout=30)
+    async with HTTPContainerClient(base_url=url, client=http, max_retries=0) as c:
+        meta = await c.metadata()
+        sync = await c.rollout({"seed": 1, "candidate": {"prompt": "yes"}})
+        submitted = await c.rollouts({"rollout_id": "slow-r", "seed": 1,
+                                      "candidate": {"prompt": "x"},
+                                      "policy": {"config": {"sleep": 30}}})
+        state = await c.terminate("slow-r", {})
+    return {"gepa": meta["metadata"]["optimizer_contracts"]["gepa"]["version"],
+            "sync": [sync["status"], sync["reward_info"]["outcome_reward"]],
+            "submitted": submitted["status"], "terminated": state["status"]}
+
+with running_relay() as relay:
+    with InProcessTaskApp(app=container, port=0, tunnel_mode="synthtunnel",
+                          tunnel_options={"relay_url": relay.url, "admin_token": ADMIN}) as app:
+        token = app.task_app_worker_token
+        with TaskAppClient(app.url, app.api_key, worker_token=token) as client:
+            client.health()
+            outcome = client.rollout(seed=2, policy_config={"prompt": "yes"})
+        headers = {"X-API-Key": app.api_key, "X-SynthTunnel-Worker-Token": token}
+        out = asyncio.run(vendor(app.url, headers))
+        out["url_is_relay"] = app.url.startswith(relay.url)
+        out["taskapp_client"] = [outcome.status, outcome.score]
+print(json.dumps(out))
+"""
+
+
+def test_a_hosted_container_through_the_relay(python_containers: Path, tmp_path: Path) -> None:
+    out = run_json(
+        python_containers, THROUGH_RELAY, home=tmp_path, timeout=120, argv=[str(FIXTURE)]
+    )
+    assert out["url_is_relay"] is True
+    assert out["taskapp_client"] == ["success", 1.0]  # async answer polled through the relay
+    assert out["gepa"] == "synth_optimizers.gepa.v2"
+    assert out["sync"] == ["completed", 1.0]
+    assert (out["submitted"], out["terminated"]) == ("running", "terminated")

@@ -12,6 +12,7 @@ Events (``history`` entries, ``on_progress`` payloads and ``history.jsonl`` line
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -62,6 +63,8 @@ class ProgressTracker:
         self.elapsed_before = elapsed_before
         self._iteration_notes: dict[str, Any] = {}
         self._lock = threading.Lock()
+        #: (candidate, val seeds) -> the mean of each objective the app reported
+        self.objectives_of: Callable[[dict[str, str], Any], dict[str, float]] | None = None
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -106,6 +109,7 @@ class ProgressTracker:
                     "budget": self.budget,
                     "val_scores": {str(k): float(v) for k, v in event["scores_by_val_id"].items()},
                     "texts": dict(event.get("candidate") or {}),
+                    **self._objectives(event),
                 }
             )
             return
@@ -120,11 +124,25 @@ class ProgressTracker:
             "is_best": is_best,
             # per seed: what the jobs page's seed matrix shows while the run goes on
             "val_scores": {str(k): float(v) for k, v in event["scores_by_val_id"].items()},
+            **self._objectives(event),
         }
         if is_best:  # the current best prompt, visible before the run ends
             candidate["texts"] = dict(event.get("candidate") or {})
         self.emit(candidate)
         self._iteration_notes.setdefault("new_candidates", []).append(int(event["candidate_idx"]))
+
+    def _objectives(self, event: Any) -> dict[str, Any]:
+        """``{"objectives": {name: mean}}`` when the app reports several objectives."""
+        if self.objectives_of is None:
+            return {}
+        try:
+            means = self.objectives_of(
+                dict(event.get("candidate") or {}), event["scores_by_val_id"]
+            )
+        except Exception:  # a view of the run, never a reason to end it
+            logger.debug("objective means failed", exc_info=True)
+            return {}
+        return {"objectives": means} if means else {}
 
     def on_budget_updated(self, event: Any) -> None:
         self.metric_calls = int(event["metric_calls_used"])
@@ -136,8 +154,30 @@ class ProgressTracker:
     def on_evaluation_skipped(self, event: Any) -> None:
         self._iteration_notes["skipped"] = str(event.get("reason"))
 
+    def on_proposal_end(self, event: Any) -> None:
+        self._iteration_notes["proposal"] = dict(event.get("new_instructions") or {})
+
     def on_candidate_rejected(self, event: Any) -> None:
         self._iteration_notes["rejected"] = True
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            self._iteration_notes["rejected_scores"] = [
+                float(event["old_score"]),
+                float(event["new_score"]),
+            ]
+
+    def _proposed_lines(self, state: Any) -> list[str]:
+        """Lines of a rejected proposal that no kept candidate has (what it tried)."""
+        proposal = self._iteration_notes.get("proposal") or {}
+        known: set[str] = set()
+        for candidate in getattr(state, "program_candidates", []) or []:
+            for text in dict(candidate).values():
+                known.update(line.strip() for line in str(text).splitlines())
+        return [
+            line.strip()
+            for text in proposal.values()
+            for line in str(text).splitlines()
+            if line.strip() and line.strip() not in known
+        ]
 
     def on_iteration_end(self, event: Any) -> None:
         state = event["state"]
@@ -154,6 +194,9 @@ class ProgressTracker:
                 "new_candidates": notes.get("new_candidates", []),
                 "skipped": notes.get("skipped"),
                 "rejected": bool(notes.get("rejected")),
+                # what a rejected proposal tried, and its minibatch score against its parent's
+                "rejected_scores": notes.get("rejected_scores"),
+                "proposed_lines": self._proposed_lines(state) if notes.get("rejected") else [],
                 "candidates": len(state.program_candidates),
                 "budget": self.budget,
                 "baseline_score": float(state.program_full_scores_val_set[0])
@@ -268,16 +311,29 @@ class ConsolePrinter:
             if self.baseline is None and isinstance(event.get("baseline_score"), float):
                 self.baseline = event["baseline_score"]  # a resumed run has no baseline event
             baseline = f" (baseline {self.baseline:.3f})" if self.baseline is not None else ""
+            scores = event.get("rejected_scores")
+            if outcome == "rejected" and isinstance(scores, list) and len(scores) == 2:
+                outcome = f"rejected (minibatch {scores[1]:.2f}, parent {scores[0]:.2f})"
             self.console.print(
                 f"iter {event['iteration']:>3}  rollouts {event['metric_calls']:>5}/"
                 f"{event.get('budget', '?')}  best {best_score:.3f}{baseline}  {outcome}  "
                 f"{event.get('elapsed_s', 0):.1f}s"
             )
+            self._print_proposal(event.get("proposed_lines") or [])
         elif kind == "stopped":
             self.console.print(
                 f"[bold]stopped[/bold] ({event.get('reason')}) after "
                 f"{event.get('metric_calls')} rollouts, {event.get('elapsed_s', 0):.1f}s"
             )
+
+    def _print_proposal(self, lines: list[str], shown: int = 3) -> None:
+        """The lines a rejected proposal added (so a run that stays at +0.000 shows what
+        was tried)."""
+        for line in lines[:shown]:
+            text = line if len(line) <= 100 else line[:97] + "..."
+            self.console.print(f"      tried: {text}", markup=False, highlight=False)
+        if len(lines) > shown:
+            self.console.print(f"      ... and {len(lines) - shown} more lines", markup=False)
 
 
 class JsonlWriter:

@@ -13,7 +13,9 @@ docs/jobs.md). One browser for the module.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,9 +38,11 @@ if not CHROMIUM.exists():
 
 REPO = Path(__file__).resolve().parents[2]
 IMG = REPO / "docs" / "img"
+SCRATCH = Path(tempfile.gettempdir()) / "taskapp-jobs-page-screenshots"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")  # fmt: skip
 BULK = 500
+SCENARIO = 6  # running, succeeded, failed, other, pareto, blocker
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 TOML = """
@@ -81,6 +85,20 @@ class BreakableTask(ToyTask):
         return await super().rollout(request, http_request)
 
 
+class ObjectivesTask(ToyTask):
+    """The toy task reporting two objectives per rollout (synth-containers'
+    ``objective_scores``): accuracy, and brevity (shorter prompts score higher)."""
+
+    async def rollout(self, request: Any, http_request: Any) -> dict[str, Any]:
+        out = await super().rollout(request, http_request)
+        prompt = str(request.policy.config.get("prompt", ""))
+        out["objective_scores"] = [
+            {"objective": "accuracy", "value": out["metrics"]["outcome_score"]},
+            {"objective": "brevity", "value": max(0.0, 1.0 - len(prompt) / 600)},
+        ]
+        return out
+
+
 def submit(backend: Backend, app: InProcessTaskApp, *, name: str, budget: int, model: str = "keyword-policy",
            minibatch: int = 3, test: bool = False, client: httpx.Client | None = None) -> str:  # fmt: skip
     toml = TOML.format(budget=budget, model=model, minibatch=minibatch, patience=100_000 if budget > 5000 else 50,
@@ -114,7 +132,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         with InProcessTaskApp(config=slow.config(), port=0, api_key="slow-key-123456") as slow_app, \
              InProcessTaskApp(config=fast.config(), port=0, api_key="fast-key-123456") as fast_app, \
-             InProcessTaskApp(config=breakable.config(), port=0, api_key="brk-key-1234567") as brk_app:  # fmt: skip
+             InProcessTaskApp(config=breakable.config(), port=0, api_key="brk-key-1234567") as brk_app, \
+             InProcessTaskApp(config=ObjectivesTask(latency=0.002).config(), port=0, api_key="obj-key-1234567") as obj_app:  # fmt: skip
             w = World(backend)
             # Queue order is run order, two at a time: the long job and the quick ones,
             # then a second long job; the bulk jobs queued behind them never start.
@@ -125,6 +144,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             w.ids["failed"] = submit(backend, brk_app, name="flaky-app.toml", budget=400)
             w.ids["other"] = submit(backend, fast_app, name="toy-gepa-small-batch.toml", budget=100,
                                     minibatch=2, model="keyword-policy-v2")  # fmt: skip
+            w.ids["pareto"] = submit(backend, obj_app, name="two-objectives.toml", budget=100)
             w.ids["blocker"] = submit(backend, slow_app, name="long-sweep.toml", budget=50_000)
             headers = {"Authorization": f"Bearer {KEY}"}
             with httpx.Client(headers=headers, trust_env=False, timeout=30) as client:
@@ -140,7 +160,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     w.bulk = list(pool.map(one, range(BULK)))
                     list(pool.map(cancel, w.bulk[::2]))
             improved = lambda j: (j["best_score"] or 0) > (j["baseline_score"] or 1)  # noqa: E731
-            for name in ("succeeded", "failed", "other"):
+            for name in ("succeeded", "failed", "other", "pareto"):
                 backend.wait_for(w.ids[name], lambda j: j["status"] in TERMINAL, timeout=90)
             backend.wait_for(w.ids["blocker"], lambda j: j["status"] == "running", timeout=30)
             backend.wait_for(w.ids["running"], improved, timeout=60)
@@ -219,18 +239,24 @@ def tab(browser: Any, world: World) -> Iterator[Tab]:
 
 
 def shot(page: Any, name: str, **kw: Any) -> None:
-    IMG.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMG / name), **kw)
+    """A screenshot, checked for content. It lands in docs/img/ (shown in docs/jobs.md)
+    only with TASKAPP_UPDATE_SCREENSHOTS=1, so a test run leaves the checkout as it was."""
+    folder = IMG if os.environ.get("TASKAPP_UPDATE_SCREENSHOTS") == "1" else SCRATCH
+    folder.mkdir(parents=True, exist_ok=True)
+    target = kw.pop("element", page)
+    target.screenshot(path=str(folder / name), **kw)
+    assert (folder / name).stat().st_size > 5_000
 
 
 def test_list_pages_filters_sorts_and_searches_500_jobs(tab: Tab, world: World) -> None:
     page = tab.open("/jobs")
     rows = page.locator("#jobs tbody tr.job")
     expect(page.locator("#list-summary")).to_have_text(
-        re.compile(rf"^{BULK + 5} jobs; showing 1–100")
+        re.compile(rf"^{BULK + SCENARIO} jobs; showing 1–100")
     )
     assert rows.count() == 100
-    assert page.locator("#page-info").inner_text() == "page 1 of 6"
+    assert page.locator("#page-info").inner_text() == "page 1 of 6"  # counted before all arrive
+    expect(page.locator("#list-summary")).not_to_contain_text("more…")  # the rest arrived
     assert page.url == tab.url + "/jobs"  # the key left the address bar
     first = rows.first
     assert first.locator(".config").inner_text().startswith("sweep-")
@@ -244,11 +270,11 @@ def test_list_pages_filters_sorts_and_searches_500_jobs(tab: Tab, world: World) 
     assert "page=2" in page.url
     # filter + search + sort: the URL carries them and a new tab opens the same view
     page.select_option("#status-filter", "succeeded")
-    assert rows.count() == 2
+    assert rows.count() == 3
     page.select_option("#status-filter", "cancelled")
     page.fill("#q", "sweep-a")
     page.select_option("#sort", "oldest")
-    assert page.locator("#list-summary").inner_text().startswith(f"{BULK + 5} jobs (")
+    assert page.locator("#list-summary").inner_text().startswith(f"{BULK + SCENARIO} jobs (")
     configs = rows.locator(".config").all_inner_texts()
     assert configs and set(configs) == {"sweep-a.toml"}
     assert set(rows.locator(".status").all_inner_texts()) == {"cancelled"}
@@ -260,6 +286,7 @@ def test_list_pages_filters_sorts_and_searches_500_jobs(tab: Tab, world: World) 
     other.fill("#key", KEY)
     other.locator("#login button").click()
     other.locator("#jobs tbody tr.job").first.wait_for()
+    expect(other.locator("#list-summary")).not_to_contain_text("more…")
     assert other.locator("#jobs tbody tr.job .config").all_inner_texts() == configs
     assert other.locator("#q").input_value() == "sweep-a"
     other.close()
@@ -343,6 +370,23 @@ def test_a_failed_job_keeps_its_best_prompt_and_says_why(tab: Tab, world: World)
     actions = page.locator("#actions button")
     assert "Retry" in actions.all_inner_texts()
     shot(page, "jobs-failed.png")
+
+
+def test_a_pareto_front_when_the_app_reports_two_objectives(tab: Tab, world: World) -> None:
+    job_id = world.ids["pareto"]
+    matrix = world.backend.api("GET", f"/api/jobs/{job_id}/seeds")
+    assert all(set(c["objectives"]) == {"accuracy", "brevity"} for c in matrix["candidates"])
+    page = tab.open(f"/jobs/{job_id}")
+    page.locator("#d-status.status-succeeded").wait_for()
+    page.locator("#pareto circle").first.wait_for()
+    assert page.locator("#pareto circle").count() == len(matrix["candidates"])
+    assert page.locator("#pareto polyline.front").count() == 1
+    assert "brevity" in (page.locator("#pareto").text_content() or "")
+    shot(page, "jobs-pareto.png", element=page.locator("#pareto-box"))
+    # a single-objective job has no Pareto view
+    page.goto(f"{tab.url}/jobs/{world.ids['succeeded']}")
+    page.locator("#d-status.status-succeeded").wait_for()
+    assert page.locator("#pareto-box").is_hidden()
 
 
 def test_compare_two_jobs_from_the_list(tab: Tab, world: World) -> None:
@@ -451,3 +495,40 @@ def test_unknown_job_and_static_files(world: World) -> None:
     with httpx.stream("GET", f"{url}/api/stream", trust_env=False) as response:
         assert response.status_code == 401  # the stream needs the key like every /api route
     assert time.monotonic() - started < 5
+
+
+def test_pause_resume_stop_retry_delete_from_the_page(tab: Tab, world: World) -> None:
+    api = world.backend.api
+    page = tab.open(f"/jobs/{world.ids['blocker']}")
+    page.locator("#d-status.status-running").wait_for()
+    page.locator('#actions button[data-action="pause"]').click()  # not destructive: no question
+    page.locator("#d-status.status-paused").wait_for(timeout=30_000)
+    assert api("GET", f"/api/jobs/{world.ids['blocker']}")["status"] == "paused"
+    page.locator('#actions button[data-action="resume"]').click()
+    expect(page.locator("#d-status")).to_have_text(re.compile("queued|running"))
+    # stop: the running job ends now, a success with its best prompt
+    running = api("GET", "/api/jobs?status=running&limit=1")["jobs"][0]["id"]
+    page.goto(f"{tab.url}/jobs/{running}")
+    page.locator("#d-status.status-running").wait_for()
+    page.locator('#actions button[data-action="stop"]').click()
+    expect(page.locator("#confirm-text")).to_contain_text("keep the best prompt")
+    page.locator("#confirm-yes").click()
+    page.locator("#d-status.status-succeeded").wait_for(timeout=30_000)
+    # retry: the failed job is queued again
+    page.goto(f"{tab.url}/jobs/{world.ids['failed']}")
+    page.locator("#d-status.status-failed").wait_for()
+    page.locator('#actions button[data-action="retry"]').click()
+    expect(page.locator("#events")).to_contain_text(
+        "retry of a failed job"
+    )  # live, from its events
+    # delete: asks first, then the job is gone and the list is shown
+    gone = world.bulk[0]  # cancelled in the fixture
+    page.goto(f"{tab.url}/jobs/{gone}")
+    page.locator("#d-status.status-cancelled").wait_for()
+    page.locator('#actions button[data-action="delete"]').click()
+    expect(page.locator("#confirm-text")).to_contain_text("cannot be undone")
+    page.locator("#confirm-yes").click()
+    page.wait_for_url(re.compile(r"/jobs$"))
+    expect(page.locator(f'tr.job[data-id="{gone}"]')).to_have_count(0)
+    with pytest.raises(httpx.HTTPStatusError, match="404"):
+        api("GET", f"/api/jobs/{gone}")

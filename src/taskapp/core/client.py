@@ -670,6 +670,33 @@ def _container_details(payload: Mapping[str, Any], details: dict[str, Any]) -> N
     summary = payload.get("summary")
     if isinstance(summary, dict) and "output" in summary:
         details.setdefault("output", summary["output"])
+    objectives = objective_values(payload.get("objective_scores"))
+    if objectives:
+        details.setdefault("objectives", objectives)
+
+
+def objective_values(scores: Any) -> dict[str, float]:
+    """``{objective: value}`` from a rollout's ``objective_scores``: synth-containers'
+    list of ``{objective, value}`` or a plain mapping (other shapes: empty).
+
+    >>> objective_values([{"objective": "accuracy", "value": 1}, {"objective": "cost", "value": 0}])
+    {'accuracy': 1.0, 'cost': 0.0}
+    """
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(scores, dict):
+        pairs = list(scores.items())
+    elif isinstance(scores, list):
+        pairs = [(s.get("objective"), s.get("value")) for s in scores if isinstance(s, dict)]
+    return {
+        str(name)[:100]: float(value)
+        for name, value in pairs[:32]
+        if isinstance(name, str)
+        and name
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and value == value
+        and abs(value) != float("inf")
+    }
 
 
 def _read_score(payload: Mapping[str, Any]) -> tuple[float | None, str | None, list[str]]:

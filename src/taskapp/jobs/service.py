@@ -447,6 +447,8 @@ class BackendApi:
         ``updated_at`` value; 0: every job first). The page's list follows this stream."""
         self.authorize(request)
         if not math.isfinite(since):
+            raise ApiError(400, "bad_request", "since must be a finite number (a job's updated_at)")
+        if not math.isfinite(since):
             raise BadInput(f"since must be a finite number, got {since}")
         key_id = self._key_id(request)
         self.limits.acquire(key_id)

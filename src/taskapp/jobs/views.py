@@ -3,7 +3,8 @@
 :func:`job_labels` names a job in the list (its config file, task and models);
 :func:`seed_matrix` turns a job's events into the candidate x validation-seed score matrix
 (``GET /api/jobs/ID/seeds``): which seeds the best candidate fixed and which it broke
-against the baseline.
+against the baseline, and each candidate's mean ``objectives`` when the app reports
+several (``objective_scores``: the page draws their Pareto front).
 
 >>> events = [
 ...     {"kind": "baseline", "data": {"candidate": 0, "score": 0.33,
@@ -69,6 +70,7 @@ def seed_matrix(
             "score": data.get("score"),
             "parents": list(data.get("parents") or []),
             "scores": {str(k): v for k, v in scores.items()},
+            "objectives": dict(data.get("objectives") or {}),
         }
     if not rows and result:
         _rows_from_result(rows, result)

@@ -32,7 +32,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -198,6 +198,8 @@ class TaskAppAdapter:
         )
         self._lock = threading.Lock()
         self._counter = 0
+        #: (candidate key, seed) -> the objectives the app reported for that rollout
+        self._objectives: dict[tuple[str, int], dict[str, float]] = {}
         self._checked_first = False
         self._task_inputs: dict[int, Any] = {}
         self.preloaded: dict[tuple[str, tuple[int, ...]], Any] = {}
@@ -282,11 +284,26 @@ class TaskAppAdapter:
         if self.send_candidate:
             body["candidate"] = dict(candidate)
         result = self._post(body, seed)
+        objectives = result.details.get("objectives")
         with self._lock:
             self.rollouts_sent += 1
             if not result.ok:
                 self.rollouts_failed += 1
+            if isinstance(objectives, dict) and objectives:
+                self._objectives[(candidate_key(candidate), seed)] = objectives
         return result
+
+    def objective_means(
+        self, candidate: Mapping[str, str], seeds: Iterable[Any]
+    ) -> dict[str, float]:
+        """The mean of each objective the app reported (``objective_scores``) for
+        ``candidate`` over ``seeds``; empty when it reported none."""
+        key = candidate_key(candidate)
+        with self._lock:
+            found = [self._objectives.get((key, int(seed))) for seed in seeds]
+        rows = [row for row in found if row]
+        names = sorted({name for row in rows for name in row})
+        return {name: sum(row.get(name, 0.0) for row in rows) / len(rows) for name in names}
 
     def _post(self, body: dict[str, Any], seed: int) -> Rollout:
         backoff = Backoff(first=0.05, maximum=1.0)

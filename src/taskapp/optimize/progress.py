@@ -62,6 +62,8 @@ class ProgressTracker:
         self.elapsed_before = elapsed_before
         self._iteration_notes: dict[str, Any] = {}
         self._lock = threading.Lock()
+        #: (candidate, val seeds) -> the mean of each objective the app reported
+        self.objectives_of: Callable[[dict[str, str], Any], dict[str, float]] | None = None
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -106,6 +108,7 @@ class ProgressTracker:
                     "budget": self.budget,
                     "val_scores": {str(k): float(v) for k, v in event["scores_by_val_id"].items()},
                     "texts": dict(event.get("candidate") or {}),
+                    **self._objectives(event),
                 }
             )
             return
@@ -120,11 +123,25 @@ class ProgressTracker:
             "is_best": is_best,
             # per seed: what the jobs page's seed matrix shows while the run goes on
             "val_scores": {str(k): float(v) for k, v in event["scores_by_val_id"].items()},
+            **self._objectives(event),
         }
         if is_best:  # the current best prompt, visible before the run ends
             candidate["texts"] = dict(event.get("candidate") or {})
         self.emit(candidate)
         self._iteration_notes.setdefault("new_candidates", []).append(int(event["candidate_idx"]))
+
+    def _objectives(self, event: Any) -> dict[str, Any]:
+        """``{"objectives": {name: mean}}`` when the app reports several objectives."""
+        if self.objectives_of is None:
+            return {}
+        try:
+            means = self.objectives_of(
+                dict(event.get("candidate") or {}), event["scores_by_val_id"]
+            )
+        except Exception:  # a view of the run, never a reason to end it
+            logger.debug("objective means failed", exc_info=True)
+            return {}
+        return {"objectives": means} if means else {}
 
     def on_budget_updated(self, event: Any) -> None:
         self.metric_calls = int(event["metric_calls_used"])

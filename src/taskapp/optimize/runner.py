@@ -390,6 +390,7 @@ class _Run:
             send_candidate=bool(self.info.get("program")),
             headers=self.endpoint.headers,
         )
+        tracker.objectives_of = adapter.objective_means  # a Pareto view of the candidates
         baseline_scores = self.previous.get("baseline_val_scores")
         if c.resume and isinstance(baseline_scores, dict) and baseline_scores:
             scores = [float(baseline_scores.get(str(seed), 0.0)) for seed in r.val]

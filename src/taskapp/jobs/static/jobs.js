@@ -122,16 +122,23 @@
     for (const fn of listeners) fn(job);
     scheduleList();
   }
+  let listTotal = 0, listLoading = true;
   async function loadAll() {
-    let offset = 0, cursor = null;
+    // the first page small (it is what the list shows first), then the rest in big pages
+    let offset = 0, cursor = null, limit = PAGE_SIZE;
     for (;;) {
       const where = cursor ? "cursor=" + encodeURIComponent(cursor) : "offset=" + offset;
-      const data = await api(`/api/jobs?limit=${LIST_PAGE}&${where}`);
+      const data = await api(`/api/jobs?limit=${limit}&${where}`);
       for (const job of data.jobs) { jobs.set(job.id, job); since = Math.max(since, job.updated_at || 0); }
-      listReady = true; scheduleList();
-      if (data.next_cursor) { cursor = data.next_cursor; continue; }
-      if (cursor !== null || data.jobs.length < LIST_PAGE) return;
-      offset += data.jobs.length;
+      if (typeof data.total === "number") listTotal = data.total;
+      listReady = true;
+      const last = data.next_cursor ? false : cursor !== null || data.jobs.length < limit;
+      if (last) listLoading = false;
+      scheduleList();
+      if (last) return;
+      if (data.next_cursor) cursor = data.next_cursor;
+      else offset += data.jobs.length;
+      limit = LIST_PAGE;
     }
   }
   function followChanges() {
@@ -227,7 +234,9 @@
   }
   function renderList() {
     const rows = visibleJobs();
-    const pages = Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
+    const unfiltered = !listState.q && !listState.status;
+    const expected = listLoading && unfiltered ? Math.max(rows.length, listTotal) : rows.length;
+    const pages = Math.max(1, Math.ceil(expected / PAGE_SIZE));
     if (listState.page >= pages) listState.page = pages - 1;
     const first = listState.page * PAGE_SIZE;
     const shown = rows.slice(first, first + PAGE_SIZE);
@@ -239,11 +248,12 @@
       fillRow(tr, j);
       if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
     });
-    const total = jobs.size;
-    const filtered = rows.length === total ? "" : ` (${rows.length} match)`;
-    setText($("list-summary"), listReady
+    const total = listLoading ? Math.max(jobs.size, listTotal) : jobs.size;
+    const filtered = rows.length === jobs.size ? "" : ` (${rows.length} match)`;
+    const more = listLoading && listReady ? ` (loading ${Math.max(0, listTotal - jobs.size)} more…)` : "";
+    setText($("list-summary"), (listReady
       ? (total ? `${total} job${total === 1 ? "" : "s"}${filtered}` + (rows.length ? `; showing ${first + 1}–${first + shown.length}` : "; none match the filter") : "no jobs yet: submit one with PromptLearningJob or taskapp jobs")
-      : "loading…");
+      : "loading…") + more);
     setText($("page-info"), `page ${listState.page + 1} of ${pages}`);
     $("prev").disabled = listState.page === 0;
     $("next").disabled = listState.page >= pages - 1;
@@ -597,10 +607,16 @@
     const lo = (i) => Math.min(0, ...pts.map((p) => p[i])), hi = (i) => Math.max(1, ...pts.map((p) => p[i]));
     const X = (v) => L + (W - L - R) * (v - lo(0)) / (hi(0) - lo(0)), Y = (v) => H - B - (H - B - T) * (v - lo(1)) / (hi(1) - lo(1));
     let s = `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="#7b8794"/><line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="#7b8794"/>`;
+    for (const f of [0, 0.25, 0.5, 0.75, 1]) {
+      const vx = lo(0) + f * (hi(0) - lo(0)), vy = lo(1) + f * (hi(1) - lo(1));
+      s += `<g class="tick x"><line x1="${X(vx)}" x2="${X(vx)}" y1="${T}" y2="${H - B}"/><text x="${X(vx)}" y="${H - B + 14}" text-anchor="middle">${vx.toFixed(2)}</text></g>`;
+      s += `<g class="tick y"><line x1="${L}" x2="${W - R}" y1="${Y(vy)}" y2="${Y(vy)}"/><text x="${L - 4}" y="${Y(vy) + 4}" text-anchor="end">${vy.toFixed(2)}</text></g>`;
+    }
     s += `<text x="${(L + W) / 2}" y="${H - 8}" text-anchor="middle">${esc(ox)}</text><text x="12" y="${H / 2}" transform="rotate(-90 12 ${H / 2})" text-anchor="middle">${esc(oy)}</text>`;
     const sorted = [...front].sort((a, b) => a[0] - b[0]);
     s += `<polyline class="front" fill="none" stroke="#17703a" stroke-width="1.5" points="${sorted.map((p) => X(p[0]) + "," + Y(p[1])).join(" ")}"/>`;
-    s += pts.map((p) => `<circle cx="${X(p[0])}" cy="${Y(p[1])}" r="4" fill="${front.includes(p) ? "#17703a" : "#fff"}" stroke="#17703a"><title>#${p[2]}: ${esc(ox)} ${fmt(p[0])}, ${esc(oy)} ${fmt(p[1])}</title></circle>`).join("");
+    s += pts.map((p) => `<circle cx="${X(p[0])}" cy="${Y(p[1])}" r="4" fill="${front.includes(p) ? "#17703a" : "#fff"}" stroke="#17703a"><title>#${p[2]}: ${esc(ox)} ${fmt(p[0])}, ${esc(oy)} ${fmt(p[1])}</title></circle>` +
+      `<text x="${X(p[0]) + 6}" y="${Y(p[1]) - 5}">#${p[2]}</text>`).join("");
     $("pareto").innerHTML = s;
   }
   function renderCandidates(data) {

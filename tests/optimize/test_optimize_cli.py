@@ -66,8 +66,8 @@ def test_log_json_makes_progress_and_errors_json(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stderr.strip().splitlines()]
     kinds = [r["progress"]["event"] for r in records if "progress" in r]
-    # "started" (the task's name, for the jobs page) comes before the baseline's score.
-    assert kinds[:2] == ["started", "baseline"] and kinds[-1] == "stopped"
+    # "started" (the task's name, for the jobs page) comes first since issue 26
+    assert kinds[:2] == ["started", "baseline"] and kinds[-1] == "stopped", kinds
     down = taskapp("--log-json", "optimize", f"http://127.0.0.1:{closed_port()}", "--stand-in",
                    *SEEDS, "--budget", "100", "--health-timeout", "0.5")  # fmt: skip
     assert down.returncode == 3

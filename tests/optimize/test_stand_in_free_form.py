@@ -71,3 +71,34 @@ def test_the_stand_in_improves_free_form_numeric_answers(tmp_path: Path) -> None
     assert result.best_score is not None and result.best_score > 0.0, result.best_prompt
     best = str(result.best_prompt)
     assert "Example:" in best and "- 18:" not in best  # a worked example, not a "label" line
+
+
+def test_rejected_proposals_are_shown_at_the_default_verbosity(tmp_path: Path) -> None:
+    """A task no prompt can help: every proposal is rejected, and the default console
+    output says what each one tried (a run at +0.000 is no longer silent)."""
+    import io
+
+    from taskapp.optimize.progress import ConsolePrinter
+
+    async def hopeless(request: Any, http_request: Any) -> dict[str, Any]:
+        question, expected = question_of(int(request.env.seed or 0))
+        details = {"question": question, "predicted": "?", "expected": expected}
+        return {"run_id": request.run_id, "metrics": {"outcome_score": 0.0, "details": details}}
+
+    events: list[dict[str, Any]] = []
+    config = arithmetic_config()
+    config.rollout = hopeless
+    with InProcessTaskApp(config=config, port=0) as app:
+        run(app, SEED_PROMPT, "0-9", "10-14", reflection_lm=StandInReflectionLM(), budget=40,
+            minibatch_size=3, output_dir=tmp_path / "run", on_progress=events.append)  # fmt: skip
+    rejected = [e for e in events if e.get("event") == "iteration" and e.get("rejected")]
+    assert rejected, events
+    assert rejected[0]["rejected_scores"] == [0.0, 0.0]
+    assert any(line.startswith("Example: what is") for line in rejected[0]["proposed_lines"])
+    out = io.StringIO()
+    printer = ConsolePrinter(out)
+    for event in events:
+        printer(event)
+    text = out.getvalue()
+    assert "rejected (minibatch 0.00, parent 0.00)" in text
+    assert "      tried: Example: what is" in text, text

@@ -12,6 +12,7 @@ Events (``history`` entries, ``on_progress`` payloads and ``history.jsonl`` line
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -153,8 +154,30 @@ class ProgressTracker:
     def on_evaluation_skipped(self, event: Any) -> None:
         self._iteration_notes["skipped"] = str(event.get("reason"))
 
+    def on_proposal_end(self, event: Any) -> None:
+        self._iteration_notes["proposal"] = dict(event.get("new_instructions") or {})
+
     def on_candidate_rejected(self, event: Any) -> None:
         self._iteration_notes["rejected"] = True
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            self._iteration_notes["rejected_scores"] = [
+                float(event["old_score"]),
+                float(event["new_score"]),
+            ]
+
+    def _proposed_lines(self, state: Any) -> list[str]:
+        """Lines of a rejected proposal that no kept candidate has (what it tried)."""
+        proposal = self._iteration_notes.get("proposal") or {}
+        known: set[str] = set()
+        for candidate in getattr(state, "program_candidates", []) or []:
+            for text in dict(candidate).values():
+                known.update(line.strip() for line in str(text).splitlines())
+        return [
+            line.strip()
+            for text in proposal.values()
+            for line in str(text).splitlines()
+            if line.strip() and line.strip() not in known
+        ]
 
     def on_iteration_end(self, event: Any) -> None:
         state = event["state"]
@@ -171,6 +194,9 @@ class ProgressTracker:
                 "new_candidates": notes.get("new_candidates", []),
                 "skipped": notes.get("skipped"),
                 "rejected": bool(notes.get("rejected")),
+                # what a rejected proposal tried, and its minibatch score against its parent's
+                "rejected_scores": notes.get("rejected_scores"),
+                "proposed_lines": self._proposed_lines(state) if notes.get("rejected") else [],
                 "candidates": len(state.program_candidates),
                 "budget": self.budget,
                 "baseline_score": float(state.program_full_scores_val_set[0])
@@ -285,16 +311,29 @@ class ConsolePrinter:
             if self.baseline is None and isinstance(event.get("baseline_score"), float):
                 self.baseline = event["baseline_score"]  # a resumed run has no baseline event
             baseline = f" (baseline {self.baseline:.3f})" if self.baseline is not None else ""
+            scores = event.get("rejected_scores")
+            if outcome == "rejected" and isinstance(scores, list) and len(scores) == 2:
+                outcome = f"rejected (minibatch {scores[1]:.2f}, parent {scores[0]:.2f})"
             self.console.print(
                 f"iter {event['iteration']:>3}  rollouts {event['metric_calls']:>5}/"
                 f"{event.get('budget', '?')}  best {best_score:.3f}{baseline}  {outcome}  "
                 f"{event.get('elapsed_s', 0):.1f}s"
             )
+            self._print_proposal(event.get("proposed_lines") or [])
         elif kind == "stopped":
             self.console.print(
                 f"[bold]stopped[/bold] ({event.get('reason')}) after "
                 f"{event.get('metric_calls')} rollouts, {event.get('elapsed_s', 0):.1f}s"
             )
+
+    def _print_proposal(self, lines: list[str], shown: int = 3) -> None:
+        """The lines a rejected proposal added (so a run that stays at +0.000 shows what
+        was tried)."""
+        for line in lines[:shown]:
+            text = line if len(line) <= 100 else line[:97] + "..."
+            self.console.print(f"      tried: {text}", markup=False, highlight=False)
+        if len(lines) > shown:
+            self.console.print(f"      ... and {len(lines) - shown} more lines", markup=False)
 
 
 class JsonlWriter:

@@ -335,5 +335,6 @@ def build_config(
         describe_taskset=state.describe_taskset,
         provide_task_instances=state.provide_task_instances,
         rollout=state.rollout,
+        prompts={"prompt": state.default_prompt},  # GET /program: a GEPA-ready container
         app_state={"inspect_task_app": state},
     )

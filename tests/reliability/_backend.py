@@ -76,9 +76,10 @@ def backend_env(**extra: str) -> dict[str, str]:
 class Backend:
     """``taskapp backend serve --port 0`` in a child process."""
 
-    def __init__(self, db: Path, *extra: str) -> None:
+    def __init__(self, db: Path, *extra: str, port: int = 0) -> None:
         self.db = db
         self.extra = extra
+        self.port = port
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.output: list[str] = []
@@ -87,7 +88,16 @@ class Backend:
         assert TASKAPP, "the taskapp console script is not installed (pip install -e .)"
         self.output = []
         self.proc = subprocess.Popen(
-            [TASKAPP, "backend", "serve", "--port", "0", "--db", str(self.db), *self.extra],
+            [
+                TASKAPP,
+                "backend",
+                "serve",
+                "--port",
+                str(self.port),
+                "--db",
+                str(self.db),
+                *self.extra,
+            ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,

@@ -369,3 +369,106 @@ def test_24_7_security_headers_and_a_header_read_timeout(shared: Backend) -> Non
     answer = raw_request(host, port, b"GET / HTTP/1.1\r\nHost: x\r\n", read_timeout=10)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
     assert time.monotonic() - started < 5  # the header timeout is 1.5 s here
+
+
+# -- 24.4: streams and long polls hold no thread and are capped --------------------------
+
+
+def test_24_4_long_polls_and_streams_do_not_starve_other_clients(tmp_path: Path) -> None:
+    import concurrent.futures
+
+    options = ("--workers", "0", "--max-streams", "60", "--max-streams-per-key", "45")
+    with Backend(tmp_path / "jobs.sqlite3", *options) as backend:
+        job_id = backend.submit(config_toml=toy_toml(), task_app_url="http://127.0.0.1:9").json()[
+            "id"
+        ]  # stays queued: no workers
+
+        def long_poll(_: int) -> int:
+            answer = backend.request("GET", f"/api/jobs/{job_id}?wait=6&status=queued")
+            return int(answer.status_code)
+
+        with concurrent.futures.ThreadPoolExecutor(45) as threads:
+            polls = [threads.submit(long_poll, i) for i in range(45)]
+            time.sleep(1.5)  # all 45 are held by now
+            started = time.monotonic()
+            listed = backend.request("GET", "/api/jobs")
+            took = time.monotonic() - started
+            assert listed.status_code == 200
+            assert took < 2.0, f"the job list took {took:.1f} s with 45 long polls open"
+            # past the per-key cap: 429 with Retry-After, for long polls and streams alike
+            for path in (
+                f"/api/jobs/{job_id}?wait=5&status=queued",
+                f"/api/jobs/{job_id}/events/stream",
+            ):
+                refused = backend.request("GET", path)
+                assert_envelope(refused, 429)
+                assert int(refused.headers["retry-after"]) >= 1
+            assert [p.result() for p in polls] == [200] * 45
+        # the slots came back
+        with httpx.stream(
+            "GET",
+            backend.url + f"/api/jobs/{job_id}/events/stream",
+            headers={"Authorization": f"Bearer {KEY}"},
+            trust_env=False,
+            timeout=10,
+        ) as stream:
+            assert stream.status_code == 200
+
+
+# -- 24.8: clients wait through a backend restart; the best prompt so far is shown -------
+
+
+def test_24_8_clients_reconnect_through_a_backend_restart(tmp_path: Path) -> None:
+    import threading
+
+    from taskapp import PromptLearningJob
+
+    task = ToyTask(latency=0.1)  # the job runs well past the restart
+    with InProcessTaskApp(config=task.config(), port=0, api_key="toy-key-123456") as app:
+        db = tmp_path / "jobs.sqlite3"
+        first = Backend(db).start()
+        port = first.host_port[1]
+        job = first.submit(
+            config_toml=toy_toml(budget=300), task_app_url=app.url, task_app_api_key=app.api_key
+        )
+        job_id = job.json()["id"]
+        client = PromptLearningJob(first.url, KEY, reconnect_for=60)
+        outcome: dict[str, Any] = {}
+
+        def poll() -> None:
+            try:
+                outcome["result"] = client.poll_until_complete_sync(job_id, interval=1.0)
+            except Exception as exc:
+                outcome["error"] = exc
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        env = backend_env(TASKAPP_BACKEND_URL=first.url)
+        follow = subprocess.Popen(
+            [TASKAPP, "jobs", "logs", job_id, "--follow"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        first.wait_for(job_id, ("running",))
+        time.sleep(1.0)
+        assert first.request("GET", f"/api/jobs/{job_id}").json()["status"] == "running"
+        # the best prompt so far, while the job runs
+        shown = first.request("GET", f"/api/jobs/{job_id}/result").json()
+        assert "best_so_far" in shown
+        first.stop()
+        time.sleep(3.0)  # clients find no backend for a while
+        second = Backend(db, port=port).start()
+        try:
+            poller.join(120)
+            _, err = follow.communicate(timeout=120)
+            assert "error" not in outcome, outcome.get("error")
+            assert outcome["result"].status in ("succeeded", "failed", "cancelled")
+            assert follow.returncode == 0, err
+            assert "reconnecting" in err, err
+        finally:
+            if follow.poll() is None:
+                follow.kill()
+            second.stop()

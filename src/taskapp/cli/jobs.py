@@ -219,6 +219,13 @@ def run_show(args: argparse.Namespace) -> int:
     if result:
         print("best prompt:")
         print(str(result.get("best_prompt", "")).rstrip("\n"))
+    elif data.get("best_so_far"):
+        best = data["best_so_far"]
+        print(f"best prompt so far (candidate {best.get('candidate')}, score "
+              f"{_score(best.get('score'))}):")  # fmt: skip
+        for name, text in (best.get("texts") or {}).items():
+            print(f"[{name}]" if len(best["texts"]) > 1 else "", end="")
+            print(str(text).rstrip("\n"))
     return 0 if job["status"] != "failed" else 1
 
 
@@ -379,50 +386,99 @@ def _follow_direct(backend: _Backend, args: argparse.Namespace) -> int:
     return 0 if status in ("succeeded", "cancelled") else 1
 
 
-def _follow(backend: _Backend, args: argparse.Namespace) -> int:
-    import httpx
+#: seconds ``logs --follow`` keeps reconnecting to a backend that went away (a restart)
+RECONNECT_FOR = 120.0
 
+
+def _follow(backend: _Backend, args: argparse.Namespace) -> int:
+    """Stream the job's events until it is done; through a backend restart, reconnect
+    (from the last event seen) for up to :data:`RECONNECT_FOR` seconds, saying so."""
     if backend.direct is not None:
         return _follow_direct(backend, args)
-    from taskapp.jobs.client import JobBackendError
+    from taskapp.jobs.client import BackendUnreachableError, JobBackendError
 
     bar = _Bar()
-    status = None
+    status: str | None = None
+    after = 0
+    lost_at: float | None = None
+    try:
+        while status is None:
+            try:
+                status, after = _stream_once(backend, args, bar, after)
+            except BackendUnreachableError as exc:
+                now = time.monotonic()
+                if lost_at is None:
+                    lost_at = now
+                    bar.close()
+                    print(f"taskapp jobs: {exc.message}; reconnecting for up to "
+                          f"{RECONNECT_FOR:g} s", file=sys.stderr)  # fmt: skip
+                if now - lost_at >= RECONNECT_FOR:
+                    raise JobBackendError(
+                        f"{exc.message} (gave up after {RECONNECT_FOR:g} s)"
+                    ) from None
+                time.sleep(1.0)
+                continue
+            if lost_at is not None:
+                print("taskapp jobs: reconnected", file=sys.stderr)
+                lost_at = None
+    finally:
+        bar.close()
+    print(f"job {args.job_id}: {status}", file=sys.stderr)
+    return 0 if status in ("succeeded", "cancelled") else 1
+
+
+def _stream_once(
+    backend: _Backend, args: argparse.Namespace, bar: Any, after: int
+) -> tuple[str | None, int]:
+    """One connection to the event stream: (the final status, or None when the stream
+    ended early; the last event's seq). A refused connection, a dropped stream or a
+    502/503/504 is :class:`BackendUnreachableError`."""
+    import httpx
+
     from taskapp.core.transport import http_client
+    from taskapp.jobs.client import BackendUnreachableError, JobBackendError
 
     try:
         with (
             http_client(timeout=httpx.Timeout(30, read=None), trust_env=False) as client,
             client.stream(
                 "GET",
-                f"{backend.url}/api/jobs/{args.job_id}/events/stream",
+                f"{backend.url}/api/jobs/{args.job_id}/events/stream?after={after}",
                 headers=backend.headers,
             ) as response,
         ):
             if response.status_code >= 400:
                 response.read()
-                backend_error = response.json().get("error", {}).get("message")
-                raise JobBackendError(
-                    f"the backend answered {response.status_code}: {backend_error}"
+                kind = (
+                    BackendUnreachableError
+                    if response.status_code in (502, 503, 504)
+                    else JobBackendError
                 )
-            kind = None
+                raise kind(f"the backend answered {response.status_code}: {_message(response)}")
+            kind_of_event = None
             for raw in response.iter_lines():
                 if raw.startswith("event: "):
-                    kind = raw[7:]
+                    kind_of_event = raw[7:]
                 elif raw.startswith("data: "):
                     payload = json.loads(raw[6:])
-                    if kind == "end":
-                        status = payload.get("status")
-                        break
+                    if kind_of_event == "end":
+                        return str(payload.get("status")), after
+                    after = max(after, int(payload.get("seq") or after))
                     if bar.tty and not args.json:
                         bar.close()
                     print(json.dumps(payload) if args.json else _line(payload), flush=True)
                     bar.update(payload)
     except httpx.HTTPError as exc:
-        raise JobBackendError(
+        raise BackendUnreachableError(
             f"lost the event stream of {backend.url} ({type(exc).__name__})"
         ) from None
-    finally:
-        bar.close()
-    print(f"job {args.job_id}: {status}", file=sys.stderr)
-    return 0 if status in ("succeeded", "cancelled") else 1
+    raise BackendUnreachableError(f"the event stream of {backend.url} ended early")
+
+
+def _message(response: Any) -> str:
+    from taskapp.jobs.client import _error_message
+
+    try:
+        return _error_message(response.json()) or response.text[:200]
+    except ValueError:
+        return str(response.text[:200])

@@ -52,6 +52,11 @@ class JobBackendError(TaskAppError):
     """The job backend refused a request or could not be reached."""
 
 
+class BackendUnreachableError(JobBackendError):
+    """The backend could not be reached, or answered 502/503/504 (it may be restarting):
+    waiting clients retry for a while (``reconnect_for``)."""
+
+
 @dataclasses.dataclass
 class PromptLearningResult:
     """The outcome of a prompt-learning job (the seed's ``PromptLearningResult``)."""
@@ -116,6 +121,36 @@ def _error_message(data: Any) -> str | None:
     return str(message) if message else None
 
 
+class _Reconnect:
+    """While the backend is away (restarting): wait and retry for ``seconds``, saying so
+    once when it goes and once when it is back; then give up with the cause."""
+
+    def __init__(self, url: str, seconds: float) -> None:
+        self.url, self.seconds = url, seconds
+        self.lost_at: float | None = None
+
+    def ok(self) -> None:
+        if self.lost_at is not None:
+            logger.warning("the job backend at %s is back", self.url)
+            self.lost_at = None
+
+    def failed(self, exc: BackendUnreachableError) -> float:
+        """Seconds to wait before the next try; raises once ``seconds`` have passed."""
+        now = time.monotonic()
+        if self.lost_at is None:
+            self.lost_at = now
+            logger.warning(
+                "%s; reconnecting for up to %g s (the job keeps running there)",
+                exc.message,
+                self.seconds,
+            )
+        if now - self.lost_at >= self.seconds:
+            raise BackendUnreachableError(
+                f"{exc.message} (gave up after {self.seconds:g} s of reconnecting)"
+            ) from None
+        return float(min(2.0, 0.25 * 2 ** min(4, int(now - self.lost_at))))
+
+
 class PromptLearningJob:
     """A client of ``taskapp backend serve`` for ``[prompt_learning]`` jobs."""
 
@@ -130,6 +165,7 @@ class PromptLearningJob:
         task_app_api_key: str | None = None,
         task_app_worker_token: str | None = None,
         overrides: Mapping[str, Any] | None = None,
+        reconnect_for: float = 120.0,
     ) -> None:
         key = api_key or os.environ.get(BACKEND_KEY_ENV) or ""
         if not key:
@@ -146,6 +182,9 @@ class PromptLearningJob:
         self.task_app_api_key = task_app_api_key
         self.task_app_worker_token = task_app_worker_token
         self.overrides = dict(overrides or {})
+        #: seconds the waiting calls (poll_until_complete) keep reconnecting to a backend
+        #: that went away (a restart), before they give up
+        self.reconnect_for = reconnect_for
         #: The config's warnings at the last submit (unknown keys, with a "did you mean").
         self.warnings: list[str] = []
         self.job_id: str | None = None
@@ -245,14 +284,18 @@ class PromptLearningJob:
             data = {}
         if response.status_code >= 400:
             message = _error_message(data) or response.text[:200]
-            kind = ConfigurationError if response.status_code == 400 else JobBackendError
+            kind: type[TaskAppError] = JobBackendError
+            if response.status_code == 400:
+                kind = ConfigurationError
+            elif response.status_code in (502, 503, 504):
+                kind = BackendUnreachableError
             raise kind(f"{what}: the backend answered {response.status_code}: {message}")
         if not isinstance(data, dict):
             raise JobBackendError(f"{what}: the backend answered something other than JSON")
         return data
 
     def _unreachable(self, exc: Exception) -> JobBackendError:
-        return JobBackendError(
+        return BackendUnreachableError(
             f"cannot reach the job backend at {self.backend_url} ({type(exc).__name__}); "
             "start it with: taskapp backend serve"
         )
@@ -349,7 +392,7 @@ class PromptLearningJob:
         """
         job_id = self._id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        status = await self.get_status(job_id)
+        status = await self._status_reconnecting(job_id)
         while True:
             if on_status is not None:
                 maybe = on_status(status)
@@ -366,7 +409,29 @@ class PromptLearningJob:
                         "(it keeps running on the backend)"
                     )
             # a long poll: the backend answers the moment the status changes
-            status = await self.get_status(job_id, wait=wait, unless=status["status"])
+            status = await self._status_reconnecting(job_id, wait=wait, unless=status["status"])
+
+    async def _status_reconnecting(self, job_id: str, **kw: Any) -> dict[str, Any]:
+        reconnect = _Reconnect(self.backend_url, self.reconnect_for)
+        while True:
+            try:
+                status = await self.get_status(job_id, **kw)
+            except BackendUnreachableError as exc:
+                await asyncio.sleep(reconnect.failed(exc))
+                continue
+            reconnect.ok()
+            return status
+
+    def _status_reconnecting_sync(self, job_id: str, **kw: Any) -> dict[str, Any]:
+        reconnect = _Reconnect(self.backend_url, self.reconnect_for)
+        while True:
+            try:
+                status = self.get_status_sync(job_id, **kw)
+            except BackendUnreachableError as exc:
+                time.sleep(reconnect.failed(exc))
+                continue
+            reconnect.ok()
+            return status
 
     def _status_query(
         self, job_id: str | None, wait: float, unless: str | None
@@ -464,7 +529,7 @@ class PromptLearningJob:
     ) -> PromptLearningResult:
         job_id = self._id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        status = self.get_status_sync(job_id)
+        status = self._status_reconnecting_sync(job_id)
         while True:
             if on_status is not None:
                 on_status(status)
@@ -477,7 +542,7 @@ class PromptLearningJob:
                     raise TimeoutError(
                         f"job {job_id} is still {status['status']} after {timeout:g} s"
                     )
-            status = self.get_status_sync(job_id, wait=wait, unless=status["status"])
+            status = self._status_reconnecting_sync(job_id, wait=wait, unless=status["status"])
 
 
 async def run_in_process_job(

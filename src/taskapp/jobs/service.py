@@ -521,9 +521,31 @@ class BackendApi:
         return {"id": job_id, "deleted": True}
 
     def result(self, request: Request, job_id: str) -> dict[str, Any]:
+        """``{job, result, best_so_far}``: ``best_so_far`` is the best candidate the run
+        has reported (its score and prompt texts), also while it runs or after it failed."""
         self.authorize(request)
         job = self.job_or_404(job_id)
-        return {"job": job, "result": self.store.result(job_id)}
+        return {
+            "job": job,
+            "result": self.store.result(job_id),
+            "best_so_far": _best_so_far(self.store, job_id),
+        }
+
+
+def _best_so_far(store: JobStore, job_id: str) -> dict[str, Any] | None:
+    """The last new-best ``candidate`` event (it carries the prompt ``texts``)."""
+    best: dict[str, Any] | None = None
+    after = 0
+    while True:
+        page = store.events(job_id, after=after, limit=5000)
+        for event in page:
+            data = event.get("data")
+            if event["kind"] == "candidate" and isinstance(data, dict) and data.get("texts"):
+                best = {k: data.get(k) for k in ("candidate", "iteration", "score", "texts", "seq")}
+                best["seq"] = event["seq"]
+        if len(page) < 5000:
+            return best
+        after = int(page[-1]["seq"])
 
 
 def _check_status(status: str | None) -> None:

@@ -92,3 +92,13 @@ def test_program_exposes_the_tasks_system_prompt() -> None:
     module = answer.json()["modules"][0]
     assert module["candidate_field"] == "prompt" and module["mutable"] is True
     assert module["content"].startswith("You are a customer-support assistant")
+
+
+def test_the_same_config_served_again_after_a_stop() -> None:
+    from taskapp.plugins.inspect_tasks.app import build_config
+
+    config = build_config(target("no_prompt"))
+    for _ in range(2):  # a new server, a new event loop: the runner follows it
+        with InProcessTaskApp(config=config, port=free_port()) as app:
+            answer = _rollout(app, {"run_id": "r", "env": {"seed": 0}})
+            assert answer.status_code == 200 and answer.json()["success_status"] == "success"

@@ -188,7 +188,7 @@ def test_cli_config_runs_and_warns_by_name(tmp_path: Path) -> None:
     spent = taskapp("optimize", "support-intents", "--stand-in", "--budget", "120",
                     "--out", str(out), "--resume")  # fmt: skip
     assert spent.returncode == 2
-    assert "the budget is a total" in spent.stderr and "--budget" in spent.stderr
+    assert "is the total over all runs" in spent.stderr and "--budget" in spent.stderr
     more = taskapp("optimize", "support-intents", "--stand-in", "--budget", "200",
                    "--out", str(out), "--resume", "--json")  # fmt: skip
     assert more.returncode == 0, more.stderr

@@ -288,7 +288,23 @@ class _Run:
             return advertised
         if isinstance(prompt, str):
             return {self.c.prompt_key: prompt}
+        self._warn_unread(dict(prompt))
         return dict(prompt)
+
+    def _warn_unread(self, prompt: dict[str, str]) -> None:
+        """Say when a several-part seed prompt (a TOML's initial_prompt.messages) names
+        policy.config keys the app does not read: those parts change nothing."""
+        reads = set(advertised_prompts(self.info, self.c.prompt_key)) or {self.c.prompt_key}
+        unread = sorted(set(prompt) - reads)
+        if unread:
+            logger.warning(
+                "the seed prompt's parts %s are not among the policy.config keys the task app "
+                "at %s reads (%s): optimizing them changes nothing; give one prompt, or name "
+                "the parts after the app's keys",
+                ", ".join(map(repr, unread)),
+                self.endpoint.label,
+                ", ".join(map(repr, sorted(reads))),
+            )
 
     def _load_previous(self, seed_candidate: dict[str, str]) -> dict[str, Any]:
         folder = self.r.output_dir

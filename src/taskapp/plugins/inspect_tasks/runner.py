@@ -71,10 +71,16 @@ class EvalRunner:
         """The ``EvalSample`` of sample ``index`` run with ``prompt`` on ``model``."""
         loop = asyncio.get_running_loop()
         job = _Job(index, self.samples[index].id, prompt, model, loop.create_future())
+        worker = self._worker
+        if worker is not None and worker.get_loop() is not loop:
+            # a worker of another loop: this config is served again after a stop
+            self._queue = [j for j in self._queue if j.future.get_loop() is loop]
+            self._arrived = None
+            worker = None
         self._queue.append(job)
         if self._arrived is not None:
             self._arrived.set()
-        if self._worker is None or self._worker.done():
+        if worker is None or worker.done():
             self._worker = loop.create_task(self._drain())
         return await job.future
 

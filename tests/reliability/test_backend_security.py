@@ -303,7 +303,12 @@ def test_24_7_a_hard_link_to_the_database_does_not_get_past_the_lock(tmp_path: P
         os.link(db, link)
         second = Backend(link).start(expect_ready=False)
         assert second.proc is not None
-        _, err = second.proc.communicate(timeout=30)
+        try:
+            _, err = second.proc.communicate(timeout=30)
+        finally:  # a second backend that did start is not left running
+            if second.proc.poll() is None:
+                second.proc.kill()
+                second.proc.wait()
         assert second.proc.returncode != 0
         assert "another taskapp backend uses the job database" in err, err
 
@@ -419,7 +424,9 @@ def test_24_4_long_polls_and_streams_do_not_starve_other_clients(tmp_path: Path)
 # -- 24.8: clients wait through a backend restart; the best prompt so far is shown -------
 
 
-def test_24_8_clients_reconnect_through_a_backend_restart(tmp_path: Path) -> None:
+def test_24_8_clients_reconnect_through_a_backend_restart(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     import threading
 
     from taskapp import PromptLearningJob
@@ -428,6 +435,7 @@ def test_24_8_clients_reconnect_through_a_backend_restart(tmp_path: Path) -> Non
     with InProcessTaskApp(config=task.config(), port=0, api_key="toy-key-123456") as app:
         db = tmp_path / "jobs.sqlite3"
         first = Backend(db).start()
+        request.addfinalizer(lambda: first.__exit__())  # also when an assert fails
         port = first.host_port[1]
         job = first.submit(
             config_toml=toy_toml(budget=300), task_app_url=app.url, task_app_api_key=app.api_key
@@ -453,6 +461,7 @@ def test_24_8_clients_reconnect_through_a_backend_restart(tmp_path: Path) -> Non
             stdin=subprocess.DEVNULL,
             text=True,
         )
+        request.addfinalizer(lambda: follow.poll() is None and follow.kill())
         first.wait_for(job_id, ("running",))
         time.sleep(1.0)
         assert first.request("GET", f"/api/jobs/{job_id}").json()["status"] == "running"

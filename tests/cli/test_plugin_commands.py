@@ -22,7 +22,7 @@ import taskapp
 from taskapp.cli import COMMANDS, build_parser, main, needs_plugin_commands
 from taskapp.core.errors import PluginError
 from taskapp.core.plugins import PluginRegistry
-from tests.helpers import FIXTURES, venv_with_distributions
+from tests.helpers import FIXTURES, run_child, venv_with_distributions
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def taskapp_in(
 ) -> subprocess.CompletedProcess[str]:
     argv = [str(python), *(["-c", textwrap.dedent(code)] if code else ["-m", "taskapp", *args])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKAPP_")}
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
+    return run_child(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
 def test_installed_plugin_adds_a_command(python: Path) -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+from tests.helpers import run_child
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "taskapp"
@@ -70,7 +71,7 @@ def test_the_ratchet_only_tightens() -> None:
 
 def measured() -> dict[tuple[str, int], dict[str, int]]:
     """ruff's C901 / PLR0915 figures for every function over the limits, noqa ignored."""
-    done = subprocess.run(
+    done = run_child(
         [sys.executable, "-m", "ruff", "check", "--select", "C901,PLR0915", "--ignore-noqa",
          "--output-format", "json", "--exit-zero", str(SRC)],
         capture_output=True, text=True, timeout=120, check=True, cwd=REPO,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_child
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
@@ -72,7 +73,7 @@ def ruff_findings(source: str, module: str) -> str:
     ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
     if ruff is None:
         pytest.skip("ruff is not installed (pip install '.[test]')")
-    done = subprocess.run(
+    done = run_child(
         [ruff, "check", "--no-cache", "--select", "TID251", "--output-format", "concise",
          "--stdin-filename", f"src/taskapp/{module}", "-"],
         input=source, capture_output=True, text=True, cwd=REPO, timeout=60, check=False,

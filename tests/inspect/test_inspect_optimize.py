@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import run_child
 from tests.inspect._helpers import EXAMPLE, REPO
 from tests.jobs.test_jobs import KEY, Backend
 
@@ -18,7 +18,7 @@ TOML = REPO / "examples" / "inspect_intents_gepa.toml"
 
 def test_taskapp_optimize_improves_the_example_task(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "taskapp"
-    proc = subprocess.run(
+    proc = run_child(
         [
             str(exe),
             "optimize",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from taskapp import InProcessTaskApp
+from tests.helpers import run_child
 from tests.jobs._procs import TASKAPP, Proc, child_env, toy_toml
 from tests.optimize._optimize_helpers import ToyTask
 
@@ -24,7 +25,7 @@ def toy_app() -> Iterator[InProcessTaskApp]:
 
 
 def jobs(*args: str, app: InProcessTaskApp) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TASKAPP, "jobs", *args], capture_output=True, text=True, timeout=60,
+    return run_child([TASKAPP, "jobs", *args], capture_output=True, text=True, timeout=60,
                           env=child_env(ENVIRONMENT_API_KEY=app.api_key or ""),
                           stdin=subprocess.DEVNULL, check=False)  # fmt: skip
 

@@ -21,6 +21,8 @@ from typing import Any, Self
 
 import httpx
 
+from tests.helpers import start_child
+
 TASKAPP = shutil.which("taskapp") or ""
 KEY = "backend-security-key-0123456789"
 HOST_SECRET = "host-secret-of-the-backend-0001"
@@ -87,7 +89,7 @@ class Backend:
     def start(self, *, expect_ready: bool = True) -> Self:
         assert TASKAPP, "the taskapp console script is not installed (pip install -e .)"
         self.output = []
-        self.proc = subprocess.Popen(
+        self.proc = start_child(
             [
                 TASKAPP,
                 "backend",

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from taskapp import InProcessTaskApp
+from tests.helpers import run_child, start_child
 
 from ..cli._cli_helpers import ChatStandIn
 from ..optimize._optimize_helpers import ToyTask
@@ -336,14 +337,14 @@ def test_24_7_a_read_only_directory_is_a_clear_error(tmp_path: Path) -> None:
     os.chmod(folder, 0o555)
     try:
         if os.access(folder, os.W_OK):  # root: use a read-only mount instead
-            mounted = subprocess.run(
+            mounted = run_child(
                 ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
                 capture_output=True,
                 check=False,
             )
             if mounted.returncode != 0:
                 pytest.skip("root without mount: no read-only directory to test with")
-        result = subprocess.run(
+        result = run_child(
             [TASKAPP, "backend", "serve", "--port", "0", "--db", str(folder / "jobs.sqlite3")],
             capture_output=True,
             text=True,
@@ -355,7 +356,7 @@ def test_24_7_a_read_only_directory_is_a_clear_error(tmp_path: Path) -> None:
         assert "internal error" not in result.stderr, result.stderr
         assert "read-only" in result.stderr, result.stderr
     finally:
-        subprocess.run(["umount", str(folder)], capture_output=True, check=False)
+        run_child(["umount", str(folder)], capture_output=True, check=False)
         os.chmod(folder, 0o755)
 
 
@@ -444,7 +445,7 @@ def test_24_8_clients_reconnect_through_a_backend_restart(tmp_path: Path) -> Non
         poller = threading.Thread(target=poll)
         poller.start()
         env = backend_env(TASKAPP_BACKEND_URL=first.url)
-        follow = subprocess.Popen(
+        follow = start_child(
             [TASKAPP, "jobs", "logs", job_id, "--follow"],
             env=env,
             stdout=subprocess.DEVNULL,

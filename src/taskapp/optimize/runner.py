@@ -346,7 +346,19 @@ class _Run:
 
     # -- the run -----------------------------------------------------------------------
 
-    def execute(self) -> OptimizeResult:  # noqa: C901, PLR0915 -- complexity 16 and 66 statements at most (issue 21 ratchet; 65 -> 66 by ae258bc); split when next changed
+    def _preload_baseline(self, adapter: TaskAppAdapter, seed_candidate: dict[str, str]) -> None:
+        """On --resume, hand GEPA the seed prompt's stored validation scores (not re-scored)."""
+        baseline_scores = self.previous.get("baseline_val_scores")
+        if not (self.c.resume and isinstance(baseline_scores, dict) and baseline_scores):
+            return
+        val = self.r.val
+        scores = [float(baseline_scores.get(str(seed), 0.0)) for seed in val]
+        adapter.preloaded[(candidate_key(seed_candidate), tuple(val))] = self.gepa.EvaluationBatch(
+            outputs=[{"seed": seed, "score": sc} for seed, sc in zip(val, scores, strict=True)],
+            scores=scores,
+        )
+
+    def execute(self) -> OptimizeResult:  # noqa: C901, PLR0915 -- complexity 16 and 65 statements at most (issue 21 ratchet); split when next changed
         r, c = self.r, self.c
         seed_candidate = self._seed_candidate()
         history: list[dict[str, Any]] = []
@@ -407,17 +419,7 @@ class _Run:
             headers=self.endpoint.headers,
         )
         tracker.objectives_of = adapter.objective_means  # a Pareto view of the candidates
-        baseline_scores = self.previous.get("baseline_val_scores")
-        if c.resume and isinstance(baseline_scores, dict) and baseline_scores:
-            scores = [float(baseline_scores.get(str(seed), 0.0)) for seed in r.val]
-            adapter.preloaded[(candidate_key(seed_candidate), tuple(r.val))] = (
-                self.gepa.EvaluationBatch(
-                    outputs=[
-                        {"seed": seed, "score": sc} for seed, sc in zip(r.val, scores, strict=True)
-                    ],
-                    scores=scores,
-                )
-            )
+        self._preload_baseline(adapter, seed_candidate)
         status, error, failure = "succeeded", None, None
         gepa_result: Any = None
         try:

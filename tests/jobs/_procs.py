@@ -33,14 +33,14 @@ minibatch_size = 3
 [prompt_learning.gepa.mutation]
 llm_provider = "stand-in"
 [prompt_learning.gepa.population]
-patience_generations = 50
+patience_generations = {patience}
 [prompt_learning.gepa]
 health_timeout = 2.0
 """
 
 
-def toy_toml(budget: int = 150, val: int = 30) -> str:
-    return TOY_TOML.format(budget=budget, val_end=100 + val - 1)
+def toy_toml(budget: int = 150, val: int = 30, patience: int = 50) -> str:
+    return TOY_TOML.format(budget=budget, val_end=100 + val - 1, patience=patience)
 
 
 def child_env(**extra: str) -> dict[str, str]:

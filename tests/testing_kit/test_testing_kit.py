@@ -203,6 +203,7 @@ def test_contract_passes_for_a_good_app(taskapp_factory: TaskAppFactory) -> None
         "GET /health without key",
         "GET /info",
         "GET /task_info",
+        "GET /metadata",
         "POST /rollout seed 0",
         "POST /rollout seed 1",
         "error envelope",

@@ -25,6 +25,7 @@ import asyncio
 import copy
 import os
 import statistics
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -162,4 +163,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # The plain stack (asyncio loop), the reference for taskapp's figures. Under uvloop (the
+    # ray extra's stack, where bench-smoke runs) Inspect's nest_asyncio refuses the loop
+    # ("Can't patch loop of type uvloop.Loop") and every rollout fails: a known defect of the
+    # Inspect loader (issue 23 notes), not measured here.
+    sys.modules["uvloop"] = None  # type: ignore[assignment]
     main()

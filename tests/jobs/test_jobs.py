@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import re
 import shutil
 import signal
@@ -28,6 +27,7 @@ import pytest
 
 from taskapp import ConfigurationError, InProcessTaskApp, PromptLearningJob
 from tests.helpers import run_child, start_child
+from tests.jobs._procs import child_env
 from tests.optimize._optimize_helpers import SEED_PROMPT, ToyTask
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,18 +53,6 @@ patience_generations = 50
 
 
 FAST_HEALTH = "[prompt_learning.gepa]\nhealth_timeout = 1.0\n"
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("ENVIRONMENT_API_KEY", "TASKAPP_BACKEND", "OPENAI_"))
-        and not k.lower().endswith("_proxy")
-    }
-    env["TASKAPP_BACKEND_API_KEY"] = KEY
-    env.update(extra)
-    return env
 
 
 class Backend:

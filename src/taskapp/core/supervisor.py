@@ -103,7 +103,6 @@ class TunnelSupervisor:
                     exc,
                 )
                 if failures >= self.max_restarts:
-                    self.gave_up = True
                     self._close_quietly()  # e.g. opened but failed verification
                     logger.warning(
                         "giving up on tunnel %r after %d attempts; the task app still serves "
@@ -112,6 +111,7 @@ class TunnelSupervisor:
                         failures,
                         self.ctx.local_url,
                     )
+                    self.gave_up = True  # last: whoever sees it also sees the warning
                     return False
                 continue
             if self._stop.is_set():

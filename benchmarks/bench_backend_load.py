@@ -10,7 +10,8 @@ Setup: ``taskapp backend serve`` as a child process on 127.0.0.1 (port 0, SQLite
 temporary folder, ``--workers 0``: the API alone) with 20 queued jobs. The open-file limit
 is raised to its hard limit here first (the child inherits it).
 
-Phases, one after the other in one run:
+Phases, one after the other in one run (after a warm-up crowd of ``--warm`` streams and
+slow clients, so that "before" is a process that has run every code path once):
 
 ``idle``      a client calls ``GET /api/jobs/ID`` (or ``--call list``: ``GET /api/jobs``)
               ``--calls`` times on one keep-alive connection, one call at a time
@@ -269,9 +270,16 @@ def phases(args: argparse.Namespace, proc: subprocess.Popen[str], url: str, limi
     churner = threading.Thread(target=churn, args=(url, ids[0], stop), daemon=True)
     churner.start()
     try:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        if args.warm:  # every code path once, so "before" is not the cold process
+            crowd = Crowd(host, int(port), ids[0], args.drip)
+            crowd.start(args.warm, args.warm)
+            wait_open(crowd, args.warm, args.warm)
+            time.sleep(1.0)
+            crowd.stop()
+            time.sleep(args.settle)
         out["rss_before_mib"] = rss_mib(proc.pid)
         out["idle"] = measure(client, path, args.calls) | {"rss_mib": rss_mib(proc.pid)}
-        host, port = url.removeprefix("http://").rsplit(":", 1)
         for round_ in range(1, args.rounds + 1):
             crowd = Crowd(host, int(port), ids[0], args.drip)
             crowd.start(args.streams, args.slow)
@@ -357,6 +365,8 @@ def main() -> int:
                         help="seconds after the crowd leaves before 'after' (3)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1,
                         help="crowds one after another (1): memory kept or leaked?")  # fmt: skip
+    parser.add_argument("--warm", type=int, default=10,
+                        help="a warm-up crowd's streams and slow clients (10)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--verbose", action="store_true", help="print the backend's log")
     args = parser.parse_args()

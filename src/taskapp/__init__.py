@@ -6,8 +6,10 @@ pluggable tunnel, check it is healthy, and tear everything down cleanly.
 ...     print(task_app.url)
 
 Everything public is listed in ``__all__``. Names are imported on first use, so
-``import taskapp`` loads neither fastapi nor uvicorn and installs nothing (no signal
-handler, no environment change, no plugin loading).
+``import taskapp`` loads neither fastapi, uvicorn nor pluggy and installs nothing (no signal
+handler, no environment change, no plugin loading); ``from taskapp import
+InProcessTaskApp`` imports little beyond what ``import asyncio, http.client`` does
+(``benchmarks/bench_import.py``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from taskapp._version import __version__
 
-# The error tree and the hook marker are standard-library only: imported eagerly.
+# The error tree is standard-library only: imported eagerly.
 from taskapp.core.errors import *  # noqa: F403
 from taskapp.core.errors import __all__ as _ERRORS
-from taskapp.core.hookspecs import hookimpl
 from taskapp.core.importing import lazy_exports
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from taskapp.core.contract import (
         create_task_app as create_task_app,
     )
+    from taskapp.core.hookspecs import hookimpl as hookimpl
     from taskapp.core.lifecycle import InProcessTaskApp as InProcessTaskApp
     from taskapp.core.process_tunnel import ProcessTunnel as ProcessTunnel
     from taskapp.evaluation import EvaluationResult as EvaluationResult
@@ -75,8 +77,10 @@ if TYPE_CHECKING:
     from taskapp.jobs.client import run_in_process_job as run_in_process_job
 
 
-# Imported on first use: these pull in fastapi/pydantic or the plugin machinery.
+# Imported on first use: these pull in fastapi/pydantic or the plugin machinery (the
+# hook marker is pluggy's, so `@taskapp.hookimpl` imports pluggy, `import taskapp` not).
 _LAZY: dict[str, str] = {
+    "hookimpl": "taskapp.core.hookspecs",
     "InProcessTaskApp": "taskapp.core.lifecycle",
     "TaskAppConfig": "taskapp.core.config",
     "create_task_app": "taskapp.core.contract",
@@ -105,7 +109,7 @@ _LAZY: dict[str, str] = {
     "run_in_process_job": "taskapp.jobs.client",
 }
 
-__all__ = ["__version__", "hookimpl", *_LAZY, *_ERRORS]
+__all__ = ["__version__", *_LAZY, *_ERRORS]
 
 
 _lazy_getattr, __dir__ = lazy_exports(__name__, _LAZY, __all__)

@@ -36,10 +36,12 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from taskapp.core.options import NoOptions
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "AppTarget",

@@ -17,18 +17,20 @@ the command that works is ``pip install '.[extra]'`` run in the clone.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
-import importlib.util
 import inspect
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskapp.core.errors import AppLoadError, ConfigurationError
+
+# pathlib, hashlib and importlib.util are imported inside the functions that need them:
+# `import taskapp` imports this module (for lazy_exports) and stays at the asyncio floor.
+if TYPE_CHECKING:
+    from pathlib import Path
+    from types import ModuleType
 
 __all__ = [
     "exec_path",
@@ -65,6 +67,9 @@ def looks_like_named_target(text: str) -> bool:
     >>> looks_like_named_target("missing.py@task"), looks_like_named_target("app.py")
     (False, False)
     """
+    import importlib.util
+    from pathlib import Path
+
     if Path(text).exists():
         return False
     in_file = _NAME_IN_FILE.match(text)
@@ -154,6 +159,9 @@ def exec_path(path: Path) -> ModuleType:
     siblings), then removed. The module stays in ``sys.modules`` under its unique name, so
     dataclasses and pickling inside it work.
     """
+    import hashlib
+    import importlib.util
+
     path = path.resolve()
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
     module_name = f"taskapp_path_{path.stem}_{digest}"

@@ -25,7 +25,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,12 +49,9 @@ from taskapp.core.errors import (
     TaskAppFileNotFoundError,
     TunnelError,
 )
-from taskapp.core.health import wait_healthy
 from taskapp.core.logs import get_logger
 from taskapp.core.options import parse_options
-from taskapp.core.ports import bind_listener, listener_closer, url_host
 from taskapp.core.secrets import fingerprint, generate_key, redact, register_secret
-from taskapp.core.supervisor import TunnelSupervisor
 
 __all__ = ["MODE_ALIASES", "InProcessTaskApp", "resolve_tunnel_name"]
 
@@ -289,6 +285,8 @@ class InProcessTaskApp:
     def _path_target(self, task_app_path: str | os.PathLike[str]) -> AppTarget:
         """``task_app_path=``: any existing file goes to the loaders (the builtin one takes
         ``.py`` files, a plugin may claim others); ``"module:attr"`` is an import string."""
+        from pathlib import Path
+
         from taskapp.core.importing import looks_like_named_target
         from taskapp.core.loading import did_you_mean_file, looks_like_import_string
 
@@ -314,6 +312,8 @@ class InProcessTaskApp:
     @property
     def local_url(self) -> str:
         """Where the server listens, reachable from this machine."""
+        from taskapp.core.ports import url_host
+
         return f"http://{url_host(self.host)}:{self.port}"
 
     @property
@@ -453,7 +453,13 @@ class InProcessTaskApp:
             raise
 
     def _start_steps(self, deadline: float) -> None:
+        # The steps' machinery (the health client, ports, the tunnel supervisor) is
+        # imported when a start runs, so `from taskapp import InProcessTaskApp` stays near
+        # the asyncio floor (benchmarks/bench_import.py).
+        from taskapp.core.health import wait_healthy
         from taskapp.core.loading import release_key
+        from taskapp.core.ports import bind_listener, listener_closer
+        from taskapp.core.supervisor import TunnelSupervisor
 
         registry = self._registry
         loaded = registry.load_app(self._target)

@@ -8,7 +8,6 @@ taskapp never configures handlers itself (except the command line).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -40,4 +39,6 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             payload["exception"] = redact(self.formatException(record.exc_info))
+        import json
+
         return json.dumps(payload, ensure_ascii=False)

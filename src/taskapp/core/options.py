@@ -23,7 +23,6 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from taskapp.core.errors import ConfigurationError
@@ -107,6 +106,8 @@ def _coerce(value: Any, hint: Any, what: str) -> Any:
 
 
 def _check(value: Any, hint: Any) -> tuple[bool, Any]:  # noqa: C901 -- complexity 17 at most (issue 21 ratchet); split when next changed
+    from pathlib import Path  # here: parsing runs at enter, not at `import taskapp`
+
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:

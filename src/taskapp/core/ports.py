@@ -16,17 +16,19 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from taskapp.core.errors import PortError
 from taskapp.core.health import Backoff
 from taskapp.core.logs import get_logger
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "Listener",
@@ -248,6 +250,8 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 def find_listeners(port: int) -> list[Listener]:
     """Processes with a TCP socket *listening* on ``port`` (any address)."""
+    from pathlib import Path
+
     proc = Path("/proc")
     if (proc / "net" / "tcp").exists():
         return _find_listeners_proc(port, proc)
@@ -305,6 +309,8 @@ def _command(entry: Path) -> str:
 
 
 def _find_listeners_lsof(port: int) -> list[Listener]:
+    import shutil
+
     lsof = shutil.which("lsof")
     if lsof is None:
         return []

@@ -13,11 +13,8 @@ records through :class:`RedactingFilter`, child-process output in errors).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
-import secrets as _stdlib_secrets
 import stat
 import threading
 from collections.abc import Iterable
@@ -40,13 +37,17 @@ _known: dict[str, str] = {}
 
 def fingerprint(secret: str) -> str:
     """A short, stable, non-reversible name for ``secret``: ``sha256:1a2b3c4d``."""
+    import hashlib  # here, not at module level: keeps hashlib off `import taskapp`
+
     digest = hashlib.sha256(secret.encode("utf-8")).hexdigest()
     return f"sha256:{digest[:8]}"
 
 
 def generate_key() -> str:
     """A fresh random API key (URL-safe, 256 bits)."""
-    return "ta_" + _stdlib_secrets.token_urlsafe(32)
+    import secrets  # the standard library's; imported here to keep the import light
+
+    return "ta_" + secrets.token_urlsafe(32)
 
 
 def register_secret(secret: str | None) -> None:
@@ -107,6 +108,8 @@ def contains_secret(arg: str, secrets: Iterable[str] = ()) -> bool:
 
 def constant_time_in(candidate: str, keys: Iterable[str]) -> bool:
     """True when ``candidate`` equals one of ``keys``, comparing every key in constant time."""
+    import hmac
+
     found = False
     encoded = candidate.encode("utf-8")
     for key in keys:

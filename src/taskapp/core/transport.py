@@ -17,7 +17,6 @@ Any object with the same ``request``/``close`` methods is a transport (the
 from __future__ import annotations
 
 import http.client
-import json
 import ssl
 import threading
 import time
@@ -98,6 +97,8 @@ class Answer:
 
     def json(self) -> Any:
         """The body as JSON; raises :class:`ValueError` when it is not JSON."""
+        import json
+
         return json.loads(self.content)
 
     @property
@@ -105,6 +106,8 @@ class Answer:
         """The body as JSON, or None when it is not JSON."""
         if self._body is ...:
             try:
+                import json
+
                 self._body = json.loads(self.content) if self.content else None
             except ValueError:
                 self._body = None
@@ -467,6 +470,8 @@ class AsyncHttpxTransport:
 
 
 def _short(value: Any, limit: int) -> str:
+    import json
+
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -22,6 +22,12 @@ any number of pools on any number of hosts can share one PostgreSQL store.
 * **The database going away** pauses claims (one log line when it goes, one when it is
   back); a running job keeps running, its events wait in memory and are written when the
   database returns. No job is failed because the store blinked.
+* **A full disk** (or another storage error: a quota, an I/O error, a read-only
+  filesystem) while a job writes its scratch run directory does not fail the job: it is
+  queued again with the reason (``disk full at PATH ...``) and a ``storage_error`` event,
+  its last checkpoint in the store is kept as it was, and the pool stops claiming until a
+  test write in the run directory succeeds (retried with backoff, 1 s to 30 s); then the
+  job resumes from that checkpoint (here, or on another pool with room).
 * ``stop()`` (shutdown) stops running jobs after their current step and queues them
   again, for this or another pool.
 """
@@ -29,6 +35,7 @@ any number of pools on any number of hosts can share one PostgreSQL store.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -54,6 +61,40 @@ logger = get_logger("taskapp.jobs")
 
 #: progress events after which the run directory is checkpointed into the store
 CHECKPOINT_EVENTS = ("baseline", "iteration")
+
+#: errno values that say the storage under the run directory failed, not the job
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
+
+#: what a test write in the run directory writes before claims resume after a disk fault
+PROBE_BYTES = 1 << 20
+
+
+def storage_error(exc: BaseException) -> OSError | None:
+    """The storage ``OSError`` behind ``exc`` (its cause chain included: gepa re-raises a
+    failed state save as a new ``OSError`` without the errno), or None."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def describe_storage_error(exc: OSError, where: Path) -> str:
+    """``disk full at PATH (No space left on device): ...`` -- what happened and what to do."""
+    path = exc.filename or where
+    what = {
+        errno.ENOSPC: "disk full",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file too large",
+        errno.EROFS: "read-only filesystem",
+    }.get(exc.errno or 0, "storage error")
+    return (
+        f"{what} at {path} ({exc.strerror or exc}): free space there (or fix the disk); the "
+        "job waits, queued, and resumes from its last checkpoint by itself"
+    )
 
 
 def new_worker_id() -> str:
@@ -122,6 +163,69 @@ class _Outage:
                 self.down_since = None
 
 
+class _DiskWait:
+    """After a storage error in the run directory: no claims until a test write there
+    succeeds, tried with backoff (1 s, doubling, at most 30 s); one log line each way."""
+
+    def __init__(self, runs_dir: Path) -> None:
+        self.runs_dir = runs_dir
+        self._lock = threading.Lock()
+        self.down_since: float | None = None
+        self._delay = 1.0
+        self._next_probe = 0.0
+
+    def failed(self, message: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self.down_since is None:
+                self.down_since = now
+                logger.warning(
+                    "%s: claims paused until a test write there succeeds; retrying", message
+                )
+            self._next_probe = now + self._delay
+            self._delay = min(self._delay * 2, 30.0)
+
+    def progressed(self) -> None:
+        """A job wrote a checkpoint: the next fault starts the backoff again."""
+        with self._lock:
+            if self.down_since is None:
+                self._delay = 1.0
+
+    def ready(self) -> bool:
+        """True when claims may go on (a due test write succeeded, or no fault)."""
+        with self._lock:
+            if self.down_since is None:
+                return True
+            now = time.monotonic()
+            if now < self._next_probe:
+                return False
+            if not self._probe():
+                self._next_probe = now + self._delay
+                self._delay = min(self._delay * 2, 30.0)
+                return False
+            logger.warning(
+                "disk space back in %s after %.1f s: claims resume",
+                self.runs_dir,
+                now - self.down_since,
+            )
+            self.down_since = None
+            return True
+
+    def _probe(self) -> bool:
+        path = self.runs_dir / ".taskapp-space-probe"
+        try:
+            with open(path, "wb") as probe:
+                probe.write(bytes(PROBE_BYTES))
+                probe.flush()
+                os.fsync(probe.fileno())
+        except OSError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return True
+
+
 class JobPool:
     """Claims and runs the store's queued jobs, ``workers`` at a time."""
 
@@ -149,6 +253,7 @@ class JobPool:
         self.owner = worker_id or new_worker_id()
         self.poll_seconds = poll_seconds
         self.outage = _Outage()
+        self.disk = _DiskWait(self.runs_dir)
         self._lock = threading.Lock()
         self._running: dict[str, _Run] = {}
         self._wake = threading.Event()
@@ -222,7 +327,7 @@ class JobPool:
         while not self._stopping.is_set():
             claimed = False
             try:
-                claimed = self._claim_one()
+                claimed = self.disk.ready() and self._claim_one()
                 self.outage.ok()
             except StoreError as exc:
                 self.outage.failed("claim", exc)
@@ -300,10 +405,6 @@ class JobPool:
             self._wake.set()
 
     def _execute(self, job: dict[str, Any], run: _Run) -> None:
-        from taskapp.optimize.config import OptimizeConfig
-        from taskapp.optimize.errors import OptimizeError
-        from taskapp.optimize.runner import run_config
-
         job_id = run.job_id
         if job.get("row_error"):  # a damaged record fails once, saying what is wrong
             self._set(run, "failed", error=str(job["error"]), finished_at=time.time())
@@ -313,6 +414,20 @@ class JobPool:
         for value in (job["task_app_key"], job["worker_token"], *secret_values(job["config"])):
             register_secret(value)
         run_dir = self.runs_dir / job_id
+        try:
+            self._run_in(job, run, run_dir)
+        except Exception as exc:
+            fault = storage_error(exc)
+            if fault is None:
+                raise
+            self._storage_fault(run, fault, run_dir)
+
+    def _run_in(self, job: dict[str, Any], run: _Run, run_dir: Path) -> None:
+        from taskapp.optimize.config import OptimizeConfig
+        from taskapp.optimize.errors import OptimizeError
+        from taskapp.optimize.runner import run_config
+
+        job_id = run.job_id
         resume = self._restore(job_id, run_dir, run)
         config = OptimizeConfig.from_dict(job["config"])
         done = _finished_before(run_dir, config) if resume else None
@@ -337,8 +452,24 @@ class JobPool:
         except OptimizeError as exc:
             result, error = exc.result, exc.message
         except (ConfigurationError, TaskAppError) as exc:
+            if storage_error(exc) is not None:
+                raise  # the disk, not the job: see _storage_fault
             error = getattr(exc, "message", None) or str(exc)
         self._conclude(run, result, error)
+
+    def _storage_fault(self, run: _Run, exc: OSError, run_dir: Path) -> None:
+        """A storage error in the run directory: the job is queued again saying so, its
+        events are kept, its checkpoint in the store stays the last one taken at an
+        iteration boundary (not what the failed write left), and claims wait for room."""
+        message = describe_storage_error(exc, run_dir)
+        logger.warning("job %s: %s", run.job_id, message)
+        self.disk.failed(f"storage error in the run directory {self.runs_dir}")
+        if run.lost:
+            return  # another worker holds the job: it goes on there
+        data = {"error": message, "path": str(exc.filename or run_dir), "errno": exc.errno}
+        run.pending.append(("storage_error", data, {}))
+        self._retry(lambda: self._flush(run), run)
+        self._set(run, "queued", reason=message)
 
     def _restore(self, job_id: str, run_dir: Path, run: _Run) -> bool:
         """Write the job's checkpoint from the store into ``run_dir``; True when there is
@@ -391,6 +522,7 @@ class JobPool:
                 run.pending.pop(0)
             if event.get("event") in CHECKPOINT_EVENTS:
                 self._checkpoint(run, run_dir)
+                self.disk.progressed()
             self.outage.ok()
         except LeaseLostError:
             run.lost = True

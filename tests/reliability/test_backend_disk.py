@@ -1,0 +1,159 @@
+"""Issue 24 item 6: a full disk under the job backend, for real (a small tmpfs, as root).
+
+* the scratch run directory fills up while a job runs: the job is queued again saying
+  ``disk full at PATH``, keeps its events and checkpoint, and resumes by itself when
+  space comes back (it used to end ``failed`` with "internal error: OSError");
+* the database's own disk fills up: writes answer 503 ``store_error`` saying the disk is
+  full, reads go on answering 200, and writes work again once there is room.
+
+``taskapp backend serve`` is a real child process; the task app is the toy task app on a
+real socket; the reflection model is the ``stand-in`` provider.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskapp import InProcessTaskApp
+from tests.helpers import run_child
+
+from ..optimize._optimize_helpers import ToyTask
+from ._backend import Backend, assert_envelope, toy_toml
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder`` (root only), unmounted at the end."""
+    folder.mkdir()
+    mounted = run_child(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (root needed): {mounted.stderr!r}")
+    try:
+        yield folder
+    finally:
+        if run_child(["umount", str(folder)], capture_output=True, check=False).returncode:
+            run_child(["umount", "-l", str(folder)], capture_output=True, check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write ``folder/filler`` until the filesystem is full; its path."""
+    path = folder / "filler"
+    chunk = b"\0" * 65536
+    with open(path, "wb", buffering=0) as out:
+        while True:
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
+        with contextlib.suppress(OSError):  # the last bytes, less than a chunk
+            while out.write(b"\0" * 512):
+                pass
+    return path
+
+
+def events(backend: Backend, job_id: str) -> list[dict[str, Any]]:
+    answer = backend.request("GET", f"/api/jobs/{job_id}/events", params={"limit": 5000})
+    assert answer.status_code == 200, answer.text
+    return list(answer.json()["events"])
+
+
+def test_24_6_a_full_scratch_disk_queues_the_job_and_it_resumes_with_nothing_lost(
+    tmp_path: Path,
+) -> None:
+    task = ToyTask(latency=0.02)
+    with (
+        tmpfs(tmp_path / "scratch", "4m") as scratch,
+        InProcessTaskApp(config=task.config(), port=0, api_key="toy-key-123456") as app,
+        Backend(tmp_path / "jobs.sqlite3", "--runs-dir", str(scratch / "runs")) as backend,
+    ):
+        answer = backend.submit(
+            config_toml=toy_toml(budget=260), task_app_url=app.url, task_app_api_key=app.api_key
+        )
+        assert answer.status_code == 201, answer.text
+        job_id = answer.json()["id"]
+        backend.wait_for(job_id, ("running",))
+        deadline = time.monotonic() + 60
+        while sum(e["kind"] == "iteration" for e in events(backend, job_id)) < 2:
+            job = backend.request("GET", f"/api/jobs/{job_id}").json()
+            assert job["status"] == "running", job
+            assert time.monotonic() < deadline, "no two iterations in 60 s"
+            time.sleep(0.1)
+        filler = fill(scratch)
+        try:
+            job = backend.wait_for(job_id, ("queued", "failed", "succeeded"), timeout=60)
+            assert job["status"] == "queued", job  # was: failed, "internal error: OSError"
+            reason = str(job["status_reason"])
+            assert "disk full at" in reason and str(scratch) in reason, reason
+            before = events(backend, job_id)
+            kinds = [e["kind"] for e in before]
+            assert "storage_error" in kinds, kinds
+            assert [e["seq"] for e in before] == list(range(1, len(before) + 1))
+            best = backend.request("GET", f"/api/jobs/{job_id}/result").json()
+            assert best.get("best_so_far"), best  # the best prompt so far is kept
+            time.sleep(1.5)  # no space yet: the job waits, queued
+            job = backend.request("GET", f"/api/jobs/{job_id}").json()
+            assert job["status"] == "queued", job
+        finally:
+            filler.unlink()
+        job = backend.wait_for(job_id, ("succeeded", "failed"), timeout=90)
+        assert job["status"] == "succeeded", job
+        after = events(backend, job_id)
+        assert after[: len(before)] == before  # nothing recorded before was lost
+        assert [e["seq"] for e in after] == list(range(1, len(after) + 1))
+        kinds = [e["kind"] for e in after]
+        assert kinds.count("baseline") == 1, kinds  # resumed from the checkpoint
+        log = "".join(backend.output)
+        assert "claims paused" in log and "claims resume" in log, log[-2000:]
+        assert "internal error" not in log, log[-2000:]
+
+
+def test_24_6_a_full_database_disk_answers_503_and_reads_go_on(tmp_path: Path) -> None:
+    with (
+        tmpfs(tmp_path / "db", "3m") as folder,
+        Backend(folder / "jobs.sqlite3", "--workers", "0") as backend,
+    ):
+        first = backend.submit(config_toml=toy_toml(), task_app_url="http://127.0.0.1:9")
+        assert first.status_code == 201, first.text
+        job_id = first.json()["id"]
+        filler = fill(folder)
+        try:
+            padding = "# " + "x" * 60000 + "\n"  # each submit needs new pages
+            codes = []
+            message = ""
+            for _ in range(40):
+                answer = backend.submit(
+                    config_toml=toy_toml() + padding, task_app_url="http://127.0.0.1:9"
+                )
+                codes.append(answer.status_code)
+                if answer.status_code != 201:
+                    message = assert_envelope(answer, 503)  # never a 500
+                    assert answer.json()["detail"]["error"]["code"] == "store_error"
+                    assert answer.headers.get("retry-after"), answer.headers
+                    break
+            assert message, f"no write failed on a full disk: {codes}"
+            assert "full" in message and "free some disk space" in message, message
+            listed = backend.request("GET", "/api/jobs")
+            assert listed.status_code == 200, listed.text
+            assert job_id in [job["id"] for job in listed.json()["jobs"]]
+            shown = backend.request("GET", f"/api/jobs/{job_id}")
+            assert shown.status_code == 200 and shown.json()["status"] == "queued", shown.text
+            assert backend.request("GET", f"/api/jobs/{job_id}/events").status_code == 200
+            assert backend.request("GET", "/").status_code == 200  # the page
+        finally:
+            filler.unlink()
+        again = backend.submit(config_toml=toy_toml(), task_app_url="http://127.0.0.1:9")
+        assert again.status_code == 201, again.text
+        assert backend.proc is not None and backend.proc.poll() is None

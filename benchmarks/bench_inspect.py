@@ -25,7 +25,6 @@ import asyncio
 import copy
 import os
 import statistics
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -54,6 +53,7 @@ async def direct_call(task: Any, samples: list[Any], model: Any) -> None:
     logs = await eval_async(
         t,
         log_dir=f"memory://bench-inspect/{uuid.uuid4().hex}",
+        log_format="json",  # as taskapp: the samples come back in memory
         log_samples=True,
         log_realtime=False,
         score_display=False,
@@ -163,9 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # The plain stack (asyncio loop), the reference for taskapp's figures. Under uvloop (the
-    # ray extra's stack, where bench-smoke runs) Inspect's nest_asyncio refuses the loop
-    # ("Can't patch loop of type uvloop.Loop") and every rollout fails: a known defect of the
-    # Inspect loader (issue 23 notes), not measured here.
-    sys.modules["uvloop"] = None  # type: ignore[assignment]
     main()

@@ -190,7 +190,11 @@ def test_no_log_file_is_left_per_rollout(tmp_path: Path, monkeypatch: pytest.Mon
 def test_logs_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKAPP_INSPECT_LOG_DIR", str(tmp_path / "logs"))
     evaluate(target("no_prompt"), seeds="0-1", concurrency=1)
-    assert len(list((tmp_path / "logs").glob("*.eval"))) == 2
+    logs = sorted((tmp_path / "logs").glob("*.json"))  # Inspect's json log format
+    assert len(logs) == 2
+    from inspect_ai.log import read_eval_log
+
+    assert [len(read_eval_log(str(log)).samples or []) for log in logs] == [1, 1]
 
 
 def test_loader_is_listed_as_a_builtin() -> None:

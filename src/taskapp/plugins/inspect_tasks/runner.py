@@ -7,9 +7,12 @@ rollouts that arrive while one runs wait and go together into the next call: one
 task per (candidate prompt, model), each with the samples of its waiting rollouts, all
 run concurrently by Inspect. A rollout arriving when nothing runs starts at once.
 
-Logs: Inspect writes an eval log per call. Unless a ``log_dir`` is given, it goes to an
-in-memory filesystem and is deleted as soon as the samples are read, so no file is left
-per rollout.
+Logs: Inspect writes an eval log per call, in its ``json`` format: that recorder hands the
+samples back in memory, where the ``eval`` (zip) format would read them back from the file
+lazily, through a synchronous read that patches the running event loop with nest_asyncio
+(which refuses uvloop's loop: every rollout failed under uvloop) and costs CPU per call.
+Unless a ``log_dir`` is given, the log goes to an in-memory filesystem and is deleted once
+the call returns, so no file is left per rollout.
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ class EvalRunner:
                 logs = await eval_async(
                     tasks,
                     log_dir=log_dir,
+                    log_format="json",  # samples come back in memory (module docstring)
                     log_samples=True,
                     log_realtime=False,
                     score_display=False,
@@ -250,11 +254,15 @@ def _forget(log: Any) -> None:
 
 
 def _quiet_display() -> None:
-    """Inspect's console display off, unless the process chose one (INSPECT_DISPLAY)."""
+    """Inspect's console display off, unless the process chose one (INSPECT_DISPLAY).
+
+    Initialised here in both cases: ``eval_async`` itself picks ``plain`` (a results table
+    printed per call, a quarter of a one-sample call's CPU time) when nothing has.
+    """
     import inspect_ai.util._display as display
 
-    if getattr(display, "_display_type", None) is None and not os.environ.get("INSPECT_DISPLAY"):
-        display.init_display_type("none")
+    if not display.display_type_initialized():
+        display.init_display_type(os.environ.get("INSPECT_DISPLAY") or "none")
 
 
 def _one_line(text: Any) -> str:

@@ -31,6 +31,7 @@ from taskapp.relay import protocol as p
 from taskapp.relay.agent.config import AgentConfig
 from taskapp.relay.agent.forward import END_OF_BODY, AgentStream, StreamForwarding
 from taskapp.relay.agent.local_http import LocalHttp
+from taskapp.relay.coalesce import coalescing
 
 __all__ = ["RelayAgent"]
 
@@ -124,7 +125,7 @@ class RelayAgent(StreamForwarding):
 
     async def _connect_once(self) -> None:
         try:
-            from websockets.asyncio.client import connect
+            from websockets.asyncio.client import ClientConnection, connect
             from websockets.exceptions import InvalidStatus
         except ImportError:  # pragma: no cover - the backend checks this before starting
             raise TunnelError(
@@ -146,6 +147,8 @@ class RelayAgent(StreamForwarding):
             # websockets logs handshake headers at DEBUG: route them through a logger that
             # redacts the (registered) agent token.
             "logger": get_logger("taskapp.tunnel.relay.websocket"),
+            # The frames of one loop step leave in one send() (coalesce.py).
+            "create_connection": coalescing(ClientConnection),
         }
         context = self._ssl_context()
         if context is not None:

@@ -223,9 +223,7 @@ class StreamForwarding:
         reusable = False
         writer_task: asyncio.Task[bool] | None = None
         try:
-            conn.writer.write(head)
-            if not bodiless:
-                writer_task = asyncio.create_task(self._write_body(stream, conn, length, first))
+            writer_task = await self._start_request(stream, conn, head, length, first)
             try:
                 status, resp_headers, mode = await LocalHttp.read_head(conn.reader)
             except LocalResponseError:
@@ -257,13 +255,58 @@ class StreamForwarding:
                 reusable = False
             self.local.release(conn, reusable)
 
+    async def _start_request(
+        self, stream: AgentStream, conn: Conn, head: bytes, length: int | None, first: Any
+    ) -> asyncio.Task[bool] | None:
+        """Write the request head, with the body chunks already received; a task streaming
+        the rest (None when nothing is left: a bodiless or already complete request).
+
+        One write for head and body where the body is here: a small request (REQ_HEADERS
+        and its body arrive together) costs the app's server one read, not two.
+        """
+        if length == 0:
+            conn.writer.write(head)
+            return None
+        if length is None:  # chunked: the first chunk is already taken (``first``)
+            conn.writer.write(head)
+            return asyncio.create_task(self._write_body(stream, conn, length, first))
+        ready: list[bytes] = []
+        complete = False
+        queue = stream.body
+        while not queue.empty():
+            item = queue.get_nowait()
+            if item is END_OF_BODY:
+                complete = True
+                break
+            ready.append(item)
+        body = b"".join(ready)
+        conn.writer.write(head + body if body else head)
+        if body:
+            await self._consumed(stream, len(body))
+        if complete:
+            if len(body) == length:
+                return None  # all written with the head
+            stream.body.put_nowait(END_OF_BODY)  # _write_body reports the short body
+        return asyncio.create_task(
+            self._write_body(stream, conn, length, None, written=len(body), drained=not body)
+        )
+
     async def _write_body(
-        self, stream: AgentStream, conn: Conn, length: int | None, first: Any
+        self,
+        stream: AgentStream,
+        conn: Conn,
+        length: int | None,
+        first: Any,
+        *,
+        written: int = 0,
+        drained: bool = True,
     ) -> bool:
-        """Stream the request body to the local app; True when it was written completely."""
+        """Stream the request body to the local app; True when it was written completely.
+        ``written`` bytes were sent with the head (not yet drained unless ``drained``)."""
         writer = conn.writer
         chunked = length is None
-        written = 0
+        if not drained:
+            await writer.drain()
         item = first if first is not None else await stream.body.get()
         while item is not END_OF_BODY:
             data: bytes = item
@@ -299,27 +342,18 @@ class StreamForwarding:
         }
         if v2:
             start["sid"] = stream.sid
-        await self._send_text(start)
-        stream.headers_sent = True
         reader = conn.reader
         close = mode.endswith(":close")
         kind = mode.split(":")[0]
         frame_max = self.max_frame
         if kind == "none":
-            await self._send_chunk(stream, b"", end=True)
+            await self._send_head(stream, start, b"")
             return not close
         if kind == "length":
-            remaining = int(mode.split(":")[1])
-            if remaining == 0:
-                await self._send_chunk(stream, b"", end=True)
-                return not close
-            while remaining > 0:
-                data = await reader.read(min(remaining, frame_max))
-                if not data:
-                    raise LocalResponseError("the local app ended the body early")
-                remaining -= len(data)
-                await self._send_chunk(stream, data, end=remaining == 0)
+            await self._relay_length(stream, start, conn, int(mode.split(":")[1]))
             return not close
+        await self._send_text(start)
+        stream.headers_sent = True
         if kind == "chunked":
             while True:
                 line = await reader.readuntil(b"\r\n")
@@ -348,6 +382,44 @@ class StreamForwarding:
             await self._send_chunk(stream, data, end=False)
         await self._send_chunk(stream, b"", end=True)
         return False
+
+    async def _relay_length(
+        self, stream: AgentStream, start: dict[str, Any], conn: Conn, remaining: int
+    ) -> None:
+        """RESP_HEADERS and a body of ``remaining`` bytes (Content-Length)."""
+        if remaining <= self.max_frame:
+            # One frame's worth: read it first, so head and body leave together.
+            body = await self._read_small(stream, start, conn, remaining)
+            await self._send_head(stream, start, body)
+            return
+        await self._send_text(start)
+        stream.headers_sent = True
+        while remaining > 0:
+            data = await conn.reader.read(min(remaining, self.max_frame))
+            if not data:
+                raise LocalResponseError("the local app ended the body early")
+            remaining -= len(data)
+            await self._send_chunk(stream, data, end=remaining == 0)
+
+    async def _read_small(
+        self, stream: AgentStream, start: dict[str, Any], conn: Conn, size: int
+    ) -> bytes:
+        """The whole body of ``size`` bytes; an app that ends it early gets its head and
+        what it sent relayed, then the stream aborted (as for a long body)."""
+        try:
+            return await conn.reader.readexactly(size) if size else b""
+        except asyncio.IncompleteReadError as exc:
+            await self._send_text(start)
+            stream.headers_sent = True
+            if exc.partial:
+                await self._send_chunk(stream, exc.partial, end=False)
+            raise LocalResponseError("the local app ended the body early") from None
+
+    async def _send_head(self, stream: AgentStream, start: dict[str, Any], body: bytes) -> None:
+        """RESP_HEADERS and the whole body (written in one loop step: one send())."""
+        await self._send_text(start)
+        stream.headers_sent = True
+        await self._send_chunk(stream, body, end=True)
 
     async def _send_chunk(self, stream: AgentStream, data: bytes, *, end: bool) -> None:
         if self.version == p.V1:

@@ -156,8 +156,11 @@ async def _ingress(  # noqa: C901, PLR0915 -- complexity 21 and 90 statements at
             frame["sid"] = stream.sid
             frame["has_body"] = content_length != 0 if content_length is not None else None
             frame["content_length"] = content_length
-        await session.send_text(frame)
+        # The body pump starts before REQ_HEADERS is written, so a body that is already
+        # here follows it within the same write (coalesce.py: one send() per loop step);
+        # the frame order holds: this step writes REQ_HEADERS before the pump first runs.
         body_task = asyncio.create_task(_pump_request(state, session, stream, receive, info))
+        await session.send_text(frame)
         await _pump_response(
             state,
             session,

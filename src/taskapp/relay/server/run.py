@@ -24,6 +24,7 @@ from taskapp.core.serving import (
     serve_in_thread,
     uvicorn_config,
 )
+from taskapp.relay.coalesce import coalescing
 from taskapp.relay.server.app import RelayApp, create_relay_app
 from taskapp.relay.server.settings import RelaySettings
 
@@ -88,7 +89,13 @@ def _uvicorn_config(app: RelayApp, settings: RelaySettings, **overrides: Any) ->
         "h11_max_incomplete_event_size": settings.max_header_bytes + 1024,
     }
     options.update(overrides)
-    return uvicorn_config(app, **options)
+    config = uvicorn_config(app, **options)
+    # One send() per loop step on every connection (coalesce.py): a relayed request's
+    # response head and body, and the frames written to an agent together, leave together.
+    config.http_protocol_class = coalescing(config.http_protocol_class)
+    if config.ws_protocol_class is not None:
+        config.ws_protocol_class = coalescing(config.ws_protocol_class)
+    return config
 
 
 def _with_tcp_proto(sock: socket.socket) -> socket.socket:

@@ -256,3 +256,44 @@ def test_rollout_error_keeps_the_connection_usable(url: str) -> None:
         second = client.post(f"{url}/rollout", json={"run_id": "y", "env": {"seed": 2}})
         assert second.status_code == 200
         assert second.json()["run_id"] == "y"
+
+
+def test_apps_share_the_contract_routes_and_each_answers_for_its_own_config() -> None:
+    """Issue 27: the routes are built once per process (building an app from a config
+    analyses no signature); two apps served at once still answer with their own config,
+    their own keys and their own async-rollout table."""
+    from taskapp.core import contract
+
+    def rollout_scoring(score: float) -> Any:
+        async def rollout(request: Any, http_request: Any) -> dict[str, Any]:
+            return {"run_id": request.run_id, "metrics": {"outcome_score": score}}
+
+        return rollout
+
+    one = create_task_app(
+        demo_config(app_id="one", rollout=rollout_scoring(0.25), prompts={"prompt": "P1"}),
+        api_keys=[KEY],
+    )
+    two = create_task_app(
+        demo_config(app_id="two", rollout=rollout_scoring(0.75)), api_keys=[ALIAS]
+    )
+    shared = set(map(id, contract._contract_routes()))
+    assert shared <= set(map(id, one.routes)) and shared <= set(map(id, two.routes))
+    body = {"run_id": "r", "env": {"seed": 1}}
+    for url_one in _serve(one):
+        for url_two in _serve(two):
+            assert httpx.get(url_one + "/").json()["service"] == "one"
+            assert httpx.head(url_two + "/").status_code == 200
+            assert httpx.get(url_two + "/").json()["service"] == "two"
+            assert httpx.get(url_one + "/info", headers=h()).json()["service"]["app_id"] == "one"
+            assert httpx.get(url_two + "/metadata", headers=h(ALIAS)).status_code == 200
+            assert httpx.get(url_one + "/health", headers=h(ALIAS)).status_code == 401  # two's
+            scored = httpx.post(url_one + "/rollout", json=body, headers=h()).json()
+            assert scored["metrics"]["outcome_score"] == 0.25
+            scored = httpx.post(url_two + "/rollout", json=body, headers=h(ALIAS)).json()
+            assert scored["metrics"]["outcome_score"] == 0.75
+            assert httpx.get(url_one + "/program", headers=h()).status_code == 200
+            assert httpx.get(url_two + "/program", headers=h(ALIAS)).status_code == 404
+            missing = httpx.get(url_two + "/rollouts/nope", headers=h(ALIAS))
+            assert missing.status_code == 404
+            assert missing.json()["detail"]["error"]["code"] == "unknown_rollout"

@@ -16,6 +16,7 @@ and never contains key material.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import uuid
@@ -319,11 +320,17 @@ async def call_user(func: Callable[..., Any], *args: Any, abandon_on_cancel: boo
     return result
 
 
-def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = None) -> FastAPI:  # noqa: C901, PLR0915 -- complexity 35 and 90 statements at most (issue 21 ratchet); split when next changed
+def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = None) -> FastAPI:
     """Build the FastAPI app of ``config``.
 
     ``api_keys``: the keys to accept; when None, ``ENVIRONMENT_API_KEY`` plus the
     comma-separated ``ENVIRONMENT_API_KEY_ALIASES`` are read once, here.
+
+    The contract's routes are built once per process (:func:`_contract_routes`) and shared
+    by every app built here: their handlers read this app's config and state from
+    ``request.app.state.taskapp_contract``. Building an app is then a few objects, not a
+    FastAPI signature analysis per route (about 9 ms for 15 routes), which every
+    ``config=`` enter pays.
 
     >>> app = create_task_app(config, api_keys=["secret-key"])  # doctest: +SKIP
     """
@@ -359,9 +366,38 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
     app.state.taskapp_auth = auth
     app.state.taskapp_config = config
     app.state.taskapp_async_rollouts = async_rollouts
+    app.state.taskapp_contract = _Served(config, async_rollouts)
     for key, value in config.app_state.items():
         setattr(app.state, key, value)
 
+    _add_user_middleware(app, config)
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        if request.url.path != "/" and request.method != "OPTIONS":
+            denied = auth.check(request.headers)
+            if denied is not None:
+                status, body = denied
+                return JSONResponse(body, status_code=status)
+        try:
+            return await call_next(request)
+        except Exception as exc:
+            # Answer here rather than in an exception handler: Starlette re-raises after a
+            # handler's 500, and uvicorn then drops the client's kept-alive connection.
+            return _internal_error(exc)
+
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.router.routes.extend(_contract_routes())
+    for router in config.routers:
+        app.include_router(router)
+    # outermost: a body over the limit is refused before anything reads it
+    app.add_middleware(containers.BodyLimit, limit=containers.MAX_CONTAINER_BODY)
+    return app
+
+
+def _add_user_middleware(app: FastAPI, config: TaskAppConfig) -> None:
+    """``config.cors_origins`` and ``config.middleware``, inside the key check."""
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -378,100 +414,37 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
         else:
             app.add_middleware(middleware)
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        if request.url.path != "/" and request.method != "OPTIONS":
-            denied = auth.check(request.headers)
-            if denied is not None:
-                status, body = denied
-                return JSONResponse(body, status_code=status)
-        try:
-            return await call_next(request)
-        except Exception as exc:
-            # Answer here rather than in an exception handler: Starlette re-raises after a
-            # handler's 500, and uvicorn then drops the client's kept-alive connection.
-            return internal_error(exc)
 
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(_request: Request, exc: RequestValidationError) -> Any:
-        errors = [
-            {key: value for key, value in error.items() if key in ("loc", "msg", "type")}
+class _Served:
+    """One app's side of the shared contract routes (``app.state.taskapp_contract``): the
+    config, the async-rollout table, and the invalid-response reports logged once."""
+
+    def __init__(self, config: TaskAppConfig, async_rollouts: containers.AsyncRollouts) -> None:
+        self.config = config
+        self.async_rollouts = async_rollouts
+        self.reported: set[str] = set()
+        self.container_rollouts = _ContainerRollouts(config, async_rollouts, self.invalid_response)
+
+    def invalid_response(self, exc: ValidationError) -> Any:
+        """The user's rollout returned a value that is not a RolloutResponse: nothing
+        raised, so say which fields are missing or wrong (logged once per distinct
+        problem; the traceback only at DEBUG)."""
+        from fastapi.responses import JSONResponse
+
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'the response'}: {error['msg']}"
+            + (f" (got {error['input']!r})"[:80] if error["type"] != "missing" else "")
             for error in exc.errors()
-        ]
-        return JSONResponse(
-            error_body("invalid_request", "the request body or query is invalid", errors=errors),
-            status_code=422,
         )
+        message = f"the rollout function returned an invalid response: {problems}"
+        if message not in self.reported and len(self.reported) < 100:
+            self.reported.add(message)
+            logger.warning("%s (logged once)", message)
+        logger.info("invalid rollout response (the traceback, with -v)", exc_info=exc)
+        return JSONResponse(error_body("invalid_rollout_response", message), status_code=500)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(_request: Request, exc: StarletteHTTPException) -> Any:
-        detail = exc.detail
-        if isinstance(detail, dict) and "error" in detail:
-            return JSONResponse({"detail": detail}, status_code=exc.status_code)
-        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.status_code, "http_error"
-        )
-        return JSONResponse(error_body(code, str(detail)), status_code=exc.status_code)
-
-    def internal_error(exc: Exception) -> Any:
-        request_id = uuid.uuid4().hex[:16]
-        logger.error("unhandled error in task app (request %s)", request_id, exc_info=exc)
-        return JSONResponse(
-            error_body(
-                "internal_error",
-                f"the task app raised {type(exc).__name__}; see its log for request {request_id}",
-                request_id=request_id,
-            ),
-            status_code=500,
-        )
-
-    @app.get("/")
-    async def root() -> dict[str, Any]:
-        return {"status": "ok", "service": config.app_id}
-
-    # HEAD / too, out of the OpenAPI document (one route for both gave two operations with
-    # the same operationId, which FastAPI warns about and schema tools reject). A plain
-    # Starlette route: FastAPI's would analyse a signature for nothing (~1.5 ms per app).
-    async def root_head(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "service": config.app_id})
-
-    app.router.add_route("/", root_head, methods=["HEAD"], include_in_schema=False)
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"healthy": True}
-
-    @app.get("/info")
-    async def info() -> dict[str, Any]:
-        dataset = _dump(await call_user(config.describe_taskset))
-        base = _dump(config.base_task_info)
-        base = base if isinstance(base, dict) else {}
-        task = {
-            "id": config.app_id,
-            "name": config.name,
-            "description": config.description,
-            **_mapping(base.get("task")),
-        }
-        if isinstance(dataset, dict):
-            dataset = {**_mapping(base.get("dataset")), **dataset}
-        service: dict[str, Any] = {
-            "app_id": config.app_id,
-            "name": config.name,
-            "description": config.description,
-            "task": task,
-        }
-        if task.get("version") is not None:
-            service["version"] = task["version"]
-        return {
-            **container_metadata(),  # a superset of synth-containers' /info
-            "service": service,
-            "task_info": _dump(config.base_task_info),
-            "dataset": dataset,
-            "inference": _mapping(base.get("inference")),
-            "limits": _mapping(base.get("limits")),
-        }
-
-    def container_metadata() -> dict[str, Any]:
+    def container_metadata(self) -> dict[str, Any]:
+        config = self.config
         return containers.metadata_payload(
             app_id=config.app_id,
             name=config.name,
@@ -479,74 +452,179 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
             prompts=containers.declared_prompts(config),
         )
 
-    @app.get("/metadata")
-    async def metadata() -> dict[str, Any]:
-        return container_metadata()
-
-    @app.get("/task_info")
-    async def task_info(
-        seed: list[int] | None = Query(default=None),  # noqa: B008
-        seeds: list[int] | None = Query(default=None),  # noqa: B008
-    ) -> Any:
-        wanted = [*(seed or []), *(seeds or [])]
-        if not wanted:
-            return {"taskset": _dump(await call_user(config.describe_taskset))}
-        instances = await call_user(config.provide_task_instances, wanted)
-        dumped = [normalize_task_info(item, config) for item in instances]
-        return dumped[0] if len(dumped) == 1 else dumped
-
-    @app.post("/rollout")
-    @app.post("/rollouts")  # the synth-containers spelling; same request, same answer
-    async def rollout(body: RolloutRequest, request: Request) -> Any:
-        if not ({"env", "task_id", "seed"} & (body.model_fields_set | set(body.model_extra or ()))):
-            return JSONResponse(
-                error_body(
-                    "missing_task",
-                    "the rollout request names no task: send env (with env.seed), task_id or seed",
-                    missing=["env", "task_id", "seed"],
-                ),
-                status_code=422,
-            )
-        try:
-            fields = containers.container_fields(body, request.url.path)
-            if fields is not None:
-                containers.apply_container_fields(body, fields)
-        except containers.ContainerRequestError as exc:
-            return JSONResponse(error_body(exc.code, exc.message), status_code=422)
-        if fields is not None:
-            return await container_rollouts.submit(body, request, fields)
-        result = await call_user(config.rollout, body, request)
-        try:
-            return normalize_rollout_response(result, body)
-        except ValidationError as exc:
-            return invalid_response(exc)
-
-    container_rollouts = _ContainerRollouts(config, async_rollouts, lambda e: invalid_response(e))
-    _install_container_routes(app, config, async_rollouts)
-
-    reported: set[str] = set()
-
-    def invalid_response(exc: ValidationError) -> Any:
-        """The user's rollout returned a value that is not a RolloutResponse: nothing
-        raised, so say which fields are missing or wrong (logged once per distinct
-        problem; the traceback only at DEBUG)."""
-        problems = "; ".join(
-            f"{'.'.join(map(str, error['loc'])) or 'the response'}: {error['msg']}"
-            + (f" (got {error['input']!r})"[:80] if error["type"] != "missing" else "")
-            for error in exc.errors()
+    def unknown_rollout(self, rollout_id: str) -> Any:
+        return _not_found(
+            "unknown_rollout",
+            f"no async rollout {rollout_id[:128]!r} (finished ones are kept "
+            f"{self.config.async_rollout_ttl_s:g} s)",
         )
-        message = f"the rollout function returned an invalid response: {problems}"
-        if message not in reported and len(reported) < 100:
-            reported.add(message)
-            logger.warning("%s (logged once)", message)
-        logger.info("invalid rollout response (the traceback, with -v)", exc_info=exc)
-        return JSONResponse(error_body("invalid_rollout_response", message), status_code=500)
 
-    for router in config.routers:
-        app.include_router(router)
-    # outermost: a body over the limit is refused before anything reads it
-    app.add_middleware(containers.BodyLimit, limit=containers.MAX_CONTAINER_BODY)
-    return app
+
+def _served(request: Request) -> _Served:
+    """The app's :class:`_Served` (``scope["app"]`` is the app serving this request)."""
+    served: _Served = request.app.state.taskapp_contract
+    return served
+
+
+@functools.cache
+def _contract_routes() -> tuple[Any, ...]:
+    """The contract's routes, built once per process, in matching order (see the module
+    docstring and docs/contract.md); every :func:`create_task_app` app shares them."""
+    from fastapi import APIRouter
+
+    router = APIRouter()
+    router.add_api_route("/", _root, methods=["GET"])
+    # HEAD / too, out of the OpenAPI document (one route for both gave two operations with
+    # the same operationId, which FastAPI warns about and schema tools reject).
+    router.add_route("/", _root_head, methods=["HEAD"], include_in_schema=False)
+    router.add_api_route("/health", _health, methods=["GET"])
+    router.add_api_route("/info", _info, methods=["GET"])
+    router.add_api_route("/metadata", _metadata, methods=["GET"])
+    router.add_api_route("/task_info", _task_info, methods=["GET"])
+    router.add_api_route("/rollouts", _rollout, methods=["POST"])  # synth-containers' spelling
+    router.add_api_route("/rollout", _rollout, methods=["POST"])
+    # the synth-containers discovery and async-rollout routes (see docs/contract.md)
+    router.add_api_route("/program", _program, methods=["GET"])
+    router.add_api_route("/taskset", _taskset, methods=["GET"])
+    router.add_api_route("/taskset/tasks", _taskset_tasks, methods=["POST"])
+    router.add_api_route("/rollouts/{rollout_id}", _get_rollout, methods=["GET"])
+    router.add_api_route("/rollouts/{rollout_id}/state", _get_rollout_state, methods=["GET"])
+    router.add_api_route("/rollouts/{rollout_id}/terminate", _terminate_rollout, methods=["POST"])
+    return tuple(router.routes)
+
+
+def _internal_error(exc: Exception) -> Any:
+    from fastapi.responses import JSONResponse
+
+    request_id = uuid.uuid4().hex[:16]
+    logger.error("unhandled error in task app (request %s)", request_id, exc_info=exc)
+    return JSONResponse(
+        error_body(
+            "internal_error",
+            f"the task app raised {type(exc).__name__}; see its log for request {request_id}",
+            request_id=request_id,
+        ),
+        status_code=500,
+    )
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> Any:
+    from fastapi.responses import JSONResponse
+
+    errors = [
+        {key: value for key, value in error.items() if key in ("loc", "msg", "type")}
+        for error in exc.errors()  # type: ignore[attr-defined]  # a RequestValidationError
+    ]
+    return JSONResponse(
+        error_body("invalid_request", "the request body or query is invalid", errors=errors),
+        status_code=422,
+    )
+
+
+async def _on_http_error(_request: Request, exc: Exception) -> Any:
+    from fastapi.responses import JSONResponse
+
+    status_code: int = exc.status_code  # type: ignore[attr-defined]  # an HTTPException
+    detail = exc.detail  # type: ignore[attr-defined]
+    if isinstance(detail, dict) and "error" in detail:
+        return JSONResponse({"detail": detail}, status_code=status_code)
+    code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(
+        status_code, "http_error"
+    )
+    return JSONResponse(error_body(code, str(detail)), status_code=status_code)
+
+
+async def _root(request: Request) -> dict[str, Any]:
+    return {"status": "ok", "service": _served(request).config.app_id}
+
+
+async def _root_head(request: Request) -> Any:
+    # A plain Starlette route: FastAPI's would analyse a signature for nothing.
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"status": "ok", "service": _served(request).config.app_id})
+
+
+async def _health() -> dict[str, Any]:
+    return {"healthy": True}
+
+
+async def _info(request: Request) -> dict[str, Any]:
+    served = _served(request)
+    config = served.config
+    dataset = _dump(await call_user(config.describe_taskset))
+    base = _dump(config.base_task_info)
+    base = base if isinstance(base, dict) else {}
+    task = {
+        "id": config.app_id,
+        "name": config.name,
+        "description": config.description,
+        **_mapping(base.get("task")),
+    }
+    if isinstance(dataset, dict):
+        dataset = {**_mapping(base.get("dataset")), **dataset}
+    service: dict[str, Any] = {
+        "app_id": config.app_id,
+        "name": config.name,
+        "description": config.description,
+        "task": task,
+    }
+    if task.get("version") is not None:
+        service["version"] = task["version"]
+    return {
+        **served.container_metadata(),  # a superset of synth-containers' /info
+        "service": service,
+        "task_info": _dump(config.base_task_info),
+        "dataset": dataset,
+        "inference": _mapping(base.get("inference")),
+        "limits": _mapping(base.get("limits")),
+    }
+
+
+async def _metadata(request: Request) -> dict[str, Any]:
+    return _served(request).container_metadata()
+
+
+async def _task_info(
+    request: Request,
+    seed: list[int] | None = Query(default=None),  # noqa: B008
+    seeds: list[int] | None = Query(default=None),  # noqa: B008
+) -> Any:
+    config = _served(request).config
+    wanted = [*(seed or []), *(seeds or [])]
+    if not wanted:
+        return {"taskset": _dump(await call_user(config.describe_taskset))}
+    instances = await call_user(config.provide_task_instances, wanted)
+    dumped = [normalize_task_info(item, config) for item in instances]
+    return dumped[0] if len(dumped) == 1 else dumped
+
+
+async def _rollout(body: RolloutRequest, request: Request) -> Any:
+    from fastapi.responses import JSONResponse
+
+    if not ({"env", "task_id", "seed"} & (body.model_fields_set | set(body.model_extra or ()))):
+        return JSONResponse(
+            error_body(
+                "missing_task",
+                "the rollout request names no task: send env (with env.seed), task_id or seed",
+                missing=["env", "task_id", "seed"],
+            ),
+            status_code=422,
+        )
+    served = _served(request)
+    try:
+        fields = containers.container_fields(body, request.url.path)
+        if fields is not None:
+            containers.apply_container_fields(body, fields)
+    except containers.ContainerRequestError as exc:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=422)
+    if fields is not None:
+        return await served.container_rollouts.submit(body, request, fields)
+    result = await call_user(served.config.rollout, body, request)
+    try:
+        return normalize_rollout_response(result, body)
+    except ValidationError as exc:
+        return served.invalid_response(exc)
 
 
 class TasksetTasksRequest(_Open):
@@ -563,62 +641,55 @@ def _not_found(code: str, message: str) -> Any:
     return JSONResponse(error_body(code, message), status_code=404)
 
 
-def _install_container_routes(
-    app: FastAPI, config: TaskAppConfig, table: containers.AsyncRollouts
-) -> None:
-    """The synth-containers discovery and async-rollout routes (see docs/contract.md)."""
-
-    @app.get("/program")
-    async def program() -> Any:
-        prompts = containers.declared_prompts(config)
-        if not prompts:
-            return _not_found(
-                "program_not_declared",
-                "this task app declares no mutable prompts; set TaskAppConfig.prompts "
-                '(e.g. {"prompt": DEFAULT_PROMPT}) to make it a GEPA-ready container',
-            )
-        return containers.program_payload(config.app_id, prompts)
-
-    @app.get("/taskset")
-    async def taskset() -> Any:
-        return containers.taskset_payload(
-            config.app_id, _dump(await call_user(config.describe_taskset))
-        )
-
-    @app.post("/taskset/tasks")
-    async def taskset_tasks(body: TasksetTasksRequest) -> Any:
-        described = _dump(await call_user(config.describe_taskset))
-        ids = containers.split_task_ids(described, body.split, body.limit)
-        if ids is None:
-            known = containers.taskset_payload(config.app_id, described)["splits"]
-            return _not_found(
-                "unknown_split",
-                f"the task set lists no seeds for split {body.split!r}; its splits: "
-                f"{', '.join(known) or 'none'}",
-            )
-        return {"split": body.split or "train", "task_ids": ids, "filters": body.filters}
-
-    def unknown(rollout_id: str) -> Any:
+async def _program(request: Request) -> Any:
+    config = _served(request).config
+    prompts = containers.declared_prompts(config)
+    if not prompts:
         return _not_found(
-            "unknown_rollout",
-            f"no async rollout {rollout_id[:128]!r} (finished ones are kept "
-            f"{config.async_rollout_ttl_s:g} s)",
+            "program_not_declared",
+            "this task app declares no mutable prompts; set TaskAppConfig.prompts "
+            '(e.g. {"prompt": DEFAULT_PROMPT}) to make it a GEPA-ready container',
         )
+    return containers.program_payload(config.app_id, prompts)
 
-    @app.get("/rollouts/{rollout_id}")
-    async def get_rollout(rollout_id: str) -> Any:
-        found = table.get(rollout_id)
-        return unknown(rollout_id) if found is None else found
 
-    @app.get("/rollouts/{rollout_id}/state")
-    async def get_rollout_state(rollout_id: str) -> Any:
-        found = table.state(rollout_id)
-        return unknown(rollout_id) if found is None else found
+async def _taskset(request: Request) -> Any:
+    config = _served(request).config
+    return containers.taskset_payload(
+        config.app_id, _dump(await call_user(config.describe_taskset))
+    )
 
-    @app.post("/rollouts/{rollout_id}/terminate")
-    async def terminate_rollout(rollout_id: str) -> Any:
-        found = await table.terminate(rollout_id)
-        return unknown(rollout_id) if found is None else found
+
+async def _taskset_tasks(body: TasksetTasksRequest, request: Request) -> Any:
+    config = _served(request).config
+    described = _dump(await call_user(config.describe_taskset))
+    ids = containers.split_task_ids(described, body.split, body.limit)
+    if ids is None:
+        known = containers.taskset_payload(config.app_id, described)["splits"]
+        return _not_found(
+            "unknown_split",
+            f"the task set lists no seeds for split {body.split!r}; its splits: "
+            f"{', '.join(known) or 'none'}",
+        )
+    return {"split": body.split or "train", "task_ids": ids, "filters": body.filters}
+
+
+async def _get_rollout(rollout_id: str, request: Request) -> Any:
+    served = _served(request)
+    found = served.async_rollouts.get(rollout_id)
+    return served.unknown_rollout(rollout_id) if found is None else found
+
+
+async def _get_rollout_state(rollout_id: str, request: Request) -> Any:
+    served = _served(request)
+    found = served.async_rollouts.state(rollout_id)
+    return served.unknown_rollout(rollout_id) if found is None else found
+
+
+async def _terminate_rollout(rollout_id: str, request: Request) -> Any:
+    served = _served(request)
+    found = await served.async_rollouts.terminate(rollout_id)
+    return served.unknown_rollout(rollout_id) if found is None else found
 
 
 class _ContainerRollouts:

@@ -49,6 +49,8 @@ EPILOG = """examples:
   taskapp eval support-intents --policy-config \\
       '{"inference_url": "http://localhost:8000/v1", "model": "my-model"}'
   taskapp eval my_task_app.py --split train --health-timeout 60 --server subprocess
+  taskapp eval evals.py@my_task --model openai/gpt-4o-mini     an Inspect AI task
+  taskapp eval examples/inspect_intents.py@intents --model mockllm/model --seeds 0-9
   taskapp eval --url https://tasks.example.com --api-key-env TASK_APP_KEY --split test
 
 Without --seeds or --split: the task set's default_split, else its "test" split, else all
@@ -89,6 +91,13 @@ def add_parser(subparsers: Any) -> None:
         metavar="JSON",
         help="policy.config sent with every rollout: a JSON object, or @file.json",
     )
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="the policy model of every rollout (policy.config.model); for an Inspect AI "
+        "task, Inspect's provider/model (openai/gpt-4o-mini, mockllm/model, taskapp/standin) "
+        "with the provider's key in this environment",
+    )
     parser.add_argument("--json", metavar="FILE", help="write every result as JSON (- = stdout)")
     parser.add_argument(
         "--rollout-timeout",
@@ -112,6 +121,26 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def _policy_config(args: argparse.Namespace) -> dict[str, Any]:
+    """policy.config of every rollout: --policy-config, with --model as its ``model``."""
+    policy_config: dict[str, Any] = {}
+    if args.policy_config:
+        policy_config = load_json_argument(args.policy_config, option="--policy-config")
+        if not isinstance(policy_config, dict):
+            raise UsageError("--policy-config must be a JSON object ({...})")
+    if args.model is not None:
+        if not args.model.strip():
+            raise UsageError("--model needs a model name, e.g. openai/gpt-4o-mini")
+        named = policy_config.get("model")
+        if named is not None and named != args.model:
+            raise UsageError(
+                f"--model {args.model!r} and --policy-config's model {named!r} differ: "
+                "name the model once"
+            )
+        policy_config["model"] = args.model
+    return policy_config
+
+
 class _Interrupt:
     """Cancels the running evaluation on SIGINT/SIGTERM; the app is stopped afterwards."""
 
@@ -126,7 +155,7 @@ class _Interrupt:
         loop.call_soon_threadsafe(task.cancel)
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 13 and 52 statements at most (issue 21 ratchet); split when next changed
+def run(args: argparse.Namespace) -> int:
     from taskapp.core.client import normalize_url
     from taskapp.core.endpoint import endpoint_of
     from taskapp.evaluation import EvaluationResult
@@ -145,11 +174,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 -- complexity 1
         given = ", ".join(started_with_options(args))
         raise UsageError(f"{given} start TARGET; not with --url (it is already running)")
     requested = parse_seeds(args.seeds, what="--seeds") if args.seeds else None
-    policy_config: dict[str, Any] = {}
-    if args.policy_config:
-        policy_config = load_json_argument(args.policy_config, option="--policy-config")
-        if not isinstance(policy_config, dict):
-            raise UsageError("--policy-config must be a JSON object ({...})")
+    policy_config = _policy_config(args)
     target = resolve_target(args.target) if args.target else None
     options = start_kwargs(args) if target is not None else {}
     key = resolve_api_key(args)

@@ -24,7 +24,7 @@ SRC = REPO / "src" / "taskapp"
 #: build_router and optimize/resolved.py's _settings, then core/serving.py's server class
 #: and cli/optimize.py's _config, then core/contract.py's create_task_app (its routes
 #: became shared module-level handlers, issue 27). Lower these, never raise them.
-CEILING = {"C901": 20, "PLR0915": 10}
+CEILING = {"C901": 19, "PLR0915": 9}
 
 _NOQA = re.compile(r"#\s*noqa:\s*([A-Z0-9, ]+?)(?:\s+--\s*(.*))?$")
 

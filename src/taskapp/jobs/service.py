@@ -226,6 +226,29 @@ class BackendApi:
         self.llm_endpoints = dict(llm_endpoints or {})
         self.hub = ChangeHub()
         store.listeners.append(self.hub.notify)
+        self._reads: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+
+    async def _read(self, since: int, name: str, *args: Any, **kw: Any) -> Any:
+        """``self.store.<name>(*args, **kw)`` in a thread, one read shared by every
+        stream and long poll asking the same thing since the same change generation: a
+        change to a job watched by 500 streams costs one read, not 500 (each caller read
+        ``since`` before asking, so a read that began before a later change is followed
+        by another: nothing is missed). The result is shared: callers only read it."""
+        key = (since, name, *args, *sorted(kw.items()))
+        future = self._reads.get(key)
+        if future is None:
+            future = asyncio.ensure_future(
+                asyncio.to_thread(getattr(self.store, name), *args, **kw)
+            )
+            self._reads[key] = future
+
+            def forget(done: asyncio.Future[Any]) -> None:
+                self._reads.pop(key, None)
+                if not done.cancelled():
+                    done.exception()  # retrieved: every waiter may have gone
+
+            future.add_done_callback(forget)
+        return await asyncio.shield(future)
 
     def key_ok(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")
@@ -383,7 +406,7 @@ class BackendApi:
             deadline = time.monotonic() + min(wait, MAX_WAIT)
             while True:
                 since = self.hub.generation
-                latest = await asyncio.to_thread(self.store.get, job_id)
+                latest = await self._read(since, "get", job_id)
                 remaining = deadline - time.monotonic()
                 if latest is None or latest["status"] != status or remaining <= 0:
                     return latest or job
@@ -423,14 +446,14 @@ class BackendApi:
         quiet_since = time.monotonic()
         while True:
             since = self.hub.generation
-            page = await asyncio.to_thread(self.store.events, job_id, after=last, limit=500)
+            page = await self._read(since, "events", job_id, after=last, limit=500)
             for event in page:
                 last = int(event["seq"])
                 yield f"id: {last}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
             if page:
                 quiet_since = time.monotonic()
                 continue
-            job = await asyncio.to_thread(self.store.get, job_id)
+            job = await self._read(since, "get", job_id)
             if job is None or job["status"] in TERMINAL:
                 end = json.dumps({"status": job and job["status"]})
                 yield f"event: end\ndata: {end}\n\n"

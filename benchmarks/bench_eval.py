@@ -22,12 +22,13 @@ server inside the evaluating process, so client and server share one interpreter
 * floor: a fresh process starting the same app with InProcessTaskApp, then the same bare
   client loop.
 
-Each round runs every concurrency once, eval then floor, so load from elsewhere hits both
-sides and all concurrencies alike; medians over the rounds are reported with the ratio
-eval / floor. CPU time per rollout (``time.process_time`` of the evaluating process over
-the rollout phase) is reported too: unlike rollouts/s it barely moves with other load on
-the machine, so its ratio (floor CPU / eval CPU) is the steadier measure of eval's own
-overhead. Usage::
+Each round runs every concurrency once, eval and floor back to back (which goes first
+alternates between rounds), so load from elsewhere hits both sides and all concurrencies
+alike. The primary figure is CPU time per rollout (``time.process_time`` of the
+evaluating process over the rollout phase): unlike rollouts/s it barely moves with other
+load on the machine, so its ratio (floor CPU / eval CPU, above 1 when eval is cheaper) is
+the steady measure of eval's own overhead. Both ratios are taken per round and reported as
+median [min-max] over the rounds, so the table shows its own spread. Usage::
 
     python benchmarks/bench_eval.py                     # 7 rounds at concurrency 1, 8, 32
     python benchmarks/bench_eval.py --rounds 9 --concurrency 1 8 32 --setup remote
@@ -156,45 +157,57 @@ class Served:
         self.proc.wait(10)
 
 
-Row = tuple[int, float, float, float, float, float]
+Row = tuple[int, list[tuple[float, float, float, float, float]]]
 
 
 def measure(
     taskapp: str, url: str | None, concurrencies: list[int], rounds: int, workdir: Path
 ) -> list[Row]:
-    """Each round runs every concurrency once (eval then floor), so bursts of load from
-    elsewhere hit all of them alike. Rows: (C, eval/s, floor/s, eval CPU/rollout, floor
-    CPU/rollout, eval end-to-end s), medians."""
+    """Each round runs every concurrency once, eval and floor back to back, so bursts of
+    load from elsewhere hit both sides and all concurrencies alike; which side goes first
+    alternates between rounds (no order bias). Rows: (C, per-round samples of (eval/s,
+    floor/s, eval CPU/rollout, floor CPU/rollout, eval end-to-end s))."""
     samples: dict[int, list[tuple[float, float, float, float, float]]] = {
         c: [] for c in concurrencies
     }
     for round_number in range(rounds):
         for concurrency in concurrencies:
-            rate, cpu, wall = eval_once(taskapp, url, concurrency, workdir)
-            floor_rate, floor_cpu = floor_once(url, concurrency)
+            if round_number % 2 == 0:
+                rate, cpu, wall = eval_once(taskapp, url, concurrency, workdir)
+                floor_rate, floor_cpu = floor_once(url, concurrency)
+            else:
+                floor_rate, floor_cpu = floor_once(url, concurrency)
+                rate, cpu, wall = eval_once(taskapp, url, concurrency, workdir)
             samples[concurrency].append((rate, floor_rate, cpu, floor_cpu, wall))
         print(f"{'remote' if url else 'in-process'}: round {round_number + 1}/{rounds}",
               file=sys.stderr, flush=True)  # fmt: skip
-    rows = []
-    for concurrency, values in samples.items():
-        medians = [statistics.median(column) for column in zip(*values, strict=True)]
-        rows.append((concurrency, *medians))
-    return rows
+    return list(samples.items())
+
+
+def _spread(values: list[float]) -> str:
+    """median [min-max] of per-round ratios."""
+    return f"{statistics.median(values):.2f}x [{min(values):.2f}-{max(values):.2f}]"
 
 
 def table(title: str, rows: list[Row], wall: bool) -> None:
+    """CPU per rollout first (the steady figure on a loaded machine), then rollouts/s.
+    Ratios are taken per round (eval and floor ran back to back) and summarised as
+    median [min-max] over the rounds: the spread shows how steady each figure is."""
     print(f"\n{title}\n")
     extra = " eval end to end (s) |" if wall else ""
     print(
-        "| concurrency | taskapp eval (rollouts/s) | bare httpx (rollouts/s) | ratio | "
-        f"CPU per rollout, eval / bare (µs) | CPU ratio |{extra}"
+        "| concurrency | CPU per rollout, eval / bare (µs) | CPU ratio bare / eval | "
+        f"taskapp eval (rollouts/s) | bare httpx (rollouts/s) | rate ratio eval / bare |{extra}"
     )
     print("|---:|---:|---:|---:|---:|---:|" + ("---:|" if wall else ""))
-    for concurrency, e, f, ecpu, fcpu, w in rows:
+    for concurrency, values in rows:
+        e, f, ecpu, fcpu, w = (statistics.median(column) for column in zip(*values, strict=True))
+        cpu_ratios = [fc / ec for _, _, ec, fc, _ in values]
+        rate_ratios = [er / fr for er, fr, _, _, _ in values]
         tail = f" {w:.2f} |" if wall else ""
         print(
-            f"| {concurrency} | {e:.0f} | {f:.0f} | {e / f:.2f}x | "
-            f"{ecpu * 1e6:.0f} / {fcpu * 1e6:.0f} | {fcpu / ecpu:.2f}x |{tail}"
+            f"| {concurrency} | {ecpu * 1e6:.0f} / {fcpu * 1e6:.0f} | {_spread(cpu_ratios)} | "
+            f"{e:.0f} | {f:.0f} | {_spread(rate_ratios)} |{tail}"
         )
 
 
@@ -226,7 +239,8 @@ def main() -> None:
         if args.setup in ("both", "in-process"):
             local = measure(taskapp, None, args.concurrency, args.rounds, Path(tmp))
     print(
-        f"{N} rollouts per run, median of {args.rounds} alternating runs; "
+        f"{N} rollouts per run, {args.rounds} rounds (eval and floor back to back, order "
+        "alternating); ratios per round, median [min-max]; "
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
     )
     if remote:

@@ -23,8 +23,9 @@ SRC = REPO / "src" / "taskapp"
 #: Today's exemptions: issue 21 set 25 C901 + 13 PLR0915, then split relay/server/rest.py's
 #: build_router and optimize/resolved.py's _settings, then core/serving.py's server class
 #: and cli/optimize.py's _config, then core/contract.py's create_task_app (its routes
-#: became shared module-level handlers, issue 27). Lower these, never raise them.
-CEILING = {"C901": 19, "PLR0915": 9}
+#: became shared module-level handlers, issue 27) and InProcessTaskApp.__init__'s target
+#: choice (issue 27), and cli/eval.py's run (issue 23). Lower these, never raise them.
+CEILING = {"C901": 18, "PLR0915": 9}
 
 _NOQA = re.compile(r"#\s*noqa:\s*([A-Z0-9, ]+?)(?:\s+--\s*(.*))?$")
 

@@ -17,7 +17,8 @@ from tests.helpers import run_child
 # Third-party packages the lifecycle uses once a start runs (plugins, server, contract).
 THIRD_PARTY = ("pluggy", "fastapi", "starlette", "uvicorn", "pydantic", "httpx", "anyio", "h11")
 # Standard-library modules beyond `import asyncio, http.client, typing` that one function
-# each needs (the fingerprint, a request body, a file path, the lsof fallback, run ids).
+# each needs (the fingerprint, a request body, a file path, the lsof fallback, run ids),
+# and dataclasses (the backends' and options' classes, made by the first construct).
 STDLIB_BEYOND_FLOOR = (
     "json",
     "hashlib",
@@ -30,9 +31,14 @@ STDLIB_BEYOND_FLOOR = (
     "uuid",
     "platform",
     "importlib.util",
+    "dataclasses",
 )
-# taskapp's own start-time machinery: imported by the first start, not by the import.
+# taskapp's own construct- and start-time machinery: imported by the first construct or
+# start, not by the import.
 START_MACHINERY = (
+    "taskapp.core.backends",
+    "taskapp.core.options",
+    "taskapp.core.env_keys",
     "taskapp.core.hookspecs",
     "taskapp.core.plugins",
     "taskapp.core.client",
@@ -98,7 +104,8 @@ def test_a_start_imports_what_the_import_left_out() -> None:
         "with InProcessTaskApp(app=app, tunnel_mode='local', port=0, api_key='k' * 16) as t:\n"
         "    assert t.url.startswith('http://')\n"
         "missing = [m for m in ('taskapp.core.health', 'taskapp.core.ports', "
-        "'taskapp.core.supervisor', 'pluggy') if m not in sys.modules]\n"
+        "'taskapp.core.supervisor', 'taskapp.core.backends', 'pluggy') "
+        "if m not in sys.modules]\n"
         "assert not missing, missing\n"
     )
     run_child([sys.executable, "-c", code], check=True, timeout=120)

@@ -8,9 +8,10 @@ GEPA adapter. So a request is built one way (keys, the relay's worker token,
 key, a rollout's score and verdict).
 
 Transports carry the bytes (:mod:`taskapp.core.transport`, re-exported here):
-:class:`LoopbackTransport` (kept-alive :mod:`http.client` for loopback ``http://``),
-:class:`HttpxTransport` and :class:`AsyncHttpxTransport` (any URL, or any httpx transport
-such as ``httpx.ASGITransport(app)``).
+:class:`LoopbackTransport` (kept-alive :mod:`http.client` for loopback ``http://``) and
+its asyncio twin :class:`AsyncLoopbackTransport`, :class:`HttpxTransport` and
+:class:`AsyncHttpxTransport` (any other URL, or any httpx transport such as
+``httpx.ASGITransport(app)``).
 
 >>> client = TaskAppClient("http://127.0.0.1:8114", api_key="...")  # doctest: +SKIP
 >>> client.health()                                                   # doctest: +SKIP
@@ -40,6 +41,7 @@ from taskapp.core.transport import (
     KEY_REJECTED_CODES,
     Answer,
     AsyncHttpxTransport,
+    AsyncLoopbackTransport,
     AsyncTransport,
     ClientTimeout,
     HttpxTransport,
@@ -58,6 +60,7 @@ __all__ = [
     "WORKER_TOKEN_HEADER",
     "Answer",
     "AsyncHttpxTransport",
+    "AsyncLoopbackTransport",
     "AsyncTaskAppClient",
     "AsyncTransport",
     "ClientTimeout",
@@ -556,9 +559,12 @@ class AsyncTaskAppClient(_ClientBase):
         super().__init__(
             base_url, api_key, worker_token=worker_token, timeout=timeout, headers=headers
         )
-        self.transport: AsyncTransport = transport or AsyncHttpxTransport(
-            self.base_url, timeout=self.timeout, limit=limit
-        )
+        if transport is None:
+            if self.base_url.startswith("http://") and is_loopback_url(self.base_url):
+                transport = AsyncLoopbackTransport(self.base_url, timeout=self.timeout, limit=limit)
+            else:
+                transport = AsyncHttpxTransport(self.base_url, timeout=self.timeout, limit=limit)
+        self.transport: AsyncTransport = transport
 
     async def __aenter__(self) -> AsyncTaskAppClient:
         return self

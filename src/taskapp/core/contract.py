@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.datastructures import Headers
 
 from taskapp.core import containers
 from taskapp.core.config import TaskAppConfig
@@ -337,7 +338,6 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
     from contextlib import asynccontextmanager
 
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     keys = list(api_keys) if api_keys is not None else _keys_from_env()
@@ -372,20 +372,7 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
 
     _add_user_middleware(app, config)
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        if request.url.path != "/" and request.method != "OPTIONS":
-            denied = auth.check(request.headers)
-            if denied is not None:
-                status, body = denied
-                return JSONResponse(body, status_code=status)
-        try:
-            return await call_next(request)
-        except Exception as exc:
-            # Answer here rather than in an exception handler: Starlette re-raises after a
-            # handler's 500, and uvicorn then drops the client's kept-alive connection.
-            return _internal_error(exc)
-
+    app.add_middleware(_KeyCheck, auth=auth)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.router.routes.extend(_contract_routes())
@@ -394,6 +381,48 @@ def create_task_app(config: TaskAppConfig, *, api_keys: Iterable[str] | None = N
     # outermost: a body over the limit is refused before anything reads it
     app.add_middleware(containers.BodyLimit, limit=containers.MAX_CONTAINER_BODY)
     return app
+
+
+class _KeyCheck:
+    """ASGI middleware: the API-key check (``/`` and ``OPTIONS`` pass), and a 500 in the
+    error envelope for an exception the app did not handle.
+
+    Plain ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware runs
+    every request through a task group and memory streams, a few tenths of a millisecond
+    per request (every health check of a ``config=`` enter, every rollout).
+    """
+
+    def __init__(self, app: Any, auth: TaskAppAuth) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] != "/" and scope["method"] != "OPTIONS":
+            denied = self.auth.check(Headers(scope=scope))
+            if denied is not None:
+                from fastapi.responses import JSONResponse
+
+                status, body = denied
+                await JSONResponse(body, status_code=status)(scope, receive, send)
+                return
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise  # too late for an answer of our own; uvicorn closes the connection
+            # Answer here rather than in an exception handler: Starlette re-raises after a
+            # handler's 500, and uvicorn then drops the client's kept-alive connection.
+            await _internal_error(exc)(scope, receive, send)
 
 
 def _add_user_middleware(app: FastAPI, config: TaskAppConfig) -> None:

@@ -30,17 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from taskapp.core import signals
 from taskapp.core._types import TaskAppLike
-from taskapp.core.backends import (
-    AppTarget,
-    LoadedApp,
-    ServerContext,
-    ServerRunner,
-    Tunnel,
-    TunnelBackend,
-    TunnelContext,
-)
 from taskapp.core.blocking import call_blocking
-from taskapp.core.env_keys import environment_api_key
 from taskapp.core.errors import (
     ConfigurationError,
     LifecycleError,
@@ -50,8 +40,17 @@ from taskapp.core.errors import (
     TunnelError,
 )
 from taskapp.core.logs import get_logger
-from taskapp.core.options import parse_options
 from taskapp.core.secrets import fingerprint, generate_key, redact, register_secret
+
+if TYPE_CHECKING:
+    from taskapp.core.backends import (
+        AppTarget,
+        LoadedApp,
+        ServerRunner,
+        Tunnel,
+        TunnelBackend,
+        TunnelContext,
+    )
 
 __all__ = ["MODE_ALIASES", "InProcessTaskApp", "resolve_tunnel_name"]
 
@@ -120,7 +119,7 @@ class InProcessTaskApp:
     ``server_options``/``tunnel_options`` carry backend settings.
     """
 
-    def __init__(  # noqa: C901, PLR0915 -- complexity 15 and 71 statements at most (issue 21 ratchet); split when next changed
+    def __init__(  # noqa: PLR0915 -- 64 statements at most (issue 21 ratchet; the target choice moved to _app_target); split when next changed
         self,
         *,
         app: Any = None,
@@ -193,6 +192,11 @@ class InProcessTaskApp:
             raise ConfigurationError(
                 f"tunnel_backend must be a non-empty string, got {tunnel_backend!r}"
             )
+        # The backends' dataclasses, the option parser and the registry are imported by
+        # the first construct, not by `from taskapp import InProcessTaskApp`
+        # (benchmarks/bench_import.py); the registry imports them anyway.
+        from taskapp.core.env_keys import environment_api_key
+        from taskapp.core.options import parse_options
         from taskapp.core.plugins import get_registry
 
         self._registry = get_registry()
@@ -206,25 +210,13 @@ class InProcessTaskApp:
             # the seed's variable for the preconfigured URL; an explicit URL wins
             preconfigured_url = os.environ.get(TASK_APP_URL_VARIABLE, "").strip() or None
         self._tunnel_cls = self._registry.tunnel(backend_name)
-        # 5./6. path exists and is a .py file
-        target: AppTarget
         # The user's ENVIRONMENT_API_KEY; never a key lent to a running synth-ai app
         key = api_key if api_key is not None else environment_api_key()
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise ConfigurationError("api_key must be a non-empty string")
         self.api_key: str = key or generate_key()
         register_secret(self.api_key)
-        if task_app_path is not None:
-            target = self._path_target(task_app_path)
-        elif app is not None:
-            kind: Literal["app", "import_string"] = (
-                "import_string" if isinstance(app, str) else "app"
-            )
-            target = AppTarget(kind=kind, value=app, api_key=self.api_key)
-        elif config is not None:
-            target = AppTarget(kind="config", value=config, api_key=self.api_key)
-        else:
-            target = AppTarget(kind="config_factory", value=config_factory, api_key=self.api_key)
+        target = self._app_target(app, config, config_factory, task_app_path)
         for name, callback in (
             ("on_start", on_start),
             ("on_stop", on_stop),
@@ -282,11 +274,35 @@ class InProcessTaskApp:
         # its next step (see _check_interrupted) instead of running on half torn down.
         self._interrupted: str | None = None
 
+    def _app_target(
+        self,
+        app: Any,
+        config: Any,
+        config_factory: Callable[[], Any] | None,
+        task_app_path: str | os.PathLike[str] | None,
+    ) -> AppTarget:
+        """What to load: the one of ``app=``, ``config=``, ``config_factory=`` and
+        ``task_app_path=`` the caller gave (validated above: exactly one)."""
+        from taskapp.core.backends import AppTarget
+
+        if task_app_path is not None:
+            # 5./6. path exists and is a .py file
+            return self._path_target(task_app_path)
+        if app is not None:
+            kind: Literal["app", "import_string"] = (
+                "import_string" if isinstance(app, str) else "app"
+            )
+            return AppTarget(kind=kind, value=app, api_key=self.api_key)
+        if config is not None:
+            return AppTarget(kind="config", value=config, api_key=self.api_key)
+        return AppTarget(kind="config_factory", value=config_factory, api_key=self.api_key)
+
     def _path_target(self, task_app_path: str | os.PathLike[str]) -> AppTarget:
         """``task_app_path=``: any existing file goes to the loaders (the builtin one takes
         ``.py`` files, a plugin may claim others); ``"module:attr"`` is an import string."""
         from pathlib import Path
 
+        from taskapp.core.backends import AppTarget
         from taskapp.core.importing import looks_like_named_target
         from taskapp.core.loading import did_you_mean_file, looks_like_import_string
 
@@ -456,6 +472,7 @@ class InProcessTaskApp:
         # The steps' machinery (the health client, ports, the tunnel supervisor) is
         # imported when a start runs, so `from taskapp import InProcessTaskApp` stays near
         # the asyncio floor (benchmarks/bench_import.py).
+        from taskapp.core.backends import ServerContext, TunnelContext
         from taskapp.core.health import wait_healthy
         from taskapp.core.loading import release_key
         from taskapp.core.ports import bind_listener, listener_closer

@@ -42,7 +42,7 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request  # module level: FastAPI resolves annotations here
@@ -228,18 +228,16 @@ class BackendApi:
         store.listeners.append(self.hub.notify)
         self._reads: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
 
-    async def _read(self, since: int, name: str, *args: Any, **kw: Any) -> Any:
-        """``self.store.<name>(*args, **kw)`` in a thread, one read shared by every
-        stream and long poll asking the same thing since the same change generation: a
-        change to a job watched by 500 streams costs one read, not 500 (each caller read
-        ``since`` before asking, so a read that began before a later change is followed
-        by another: nothing is missed). The result is shared: callers only read it."""
-        key = (since, name, *args, *sorted(kw.items()))
+    async def _read(self, since: int, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)`` in a thread, one call shared by every stream and long poll
+        asking the same thing since the same change generation: a change to a job
+        watched by 500 streams costs one read, not 500 (each caller read ``since`` before
+        asking, so a read that began before a later change is followed by another:
+        nothing is missed). The result is shared: callers only read it."""
+        key = (since, call.__name__, *args)
         future = self._reads.get(key)
         if future is None:
-            future = asyncio.ensure_future(
-                asyncio.to_thread(getattr(self.store, name), *args, **kw)
-            )
+            future = asyncio.ensure_future(asyncio.to_thread(call, *args))
             self._reads[key] = future
 
             def forget(done: asyncio.Future[Any]) -> None:
@@ -406,7 +404,7 @@ class BackendApi:
             deadline = time.monotonic() + min(wait, MAX_WAIT)
             while True:
                 since = self.hub.generation
-                latest = await self._read(since, "get", job_id)
+                latest = await self._read(since, self.store.get, job_id)
                 remaining = deadline - time.monotonic()
                 if latest is None or latest["status"] != status or remaining <= 0:
                     return latest or job
@@ -446,14 +444,14 @@ class BackendApi:
         quiet_since = time.monotonic()
         while True:
             since = self.hub.generation
-            page = await self._read(since, "events", job_id, after=last, limit=500)
-            for event in page:
-                last = int(event["seq"])
-                yield f"id: {last}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
+            page = await self._read(since, self._sse_page, job_id, last)
+            for _, text in page:
+                yield text
             if page:
+                last = page[-1][0]
                 quiet_since = time.monotonic()
                 continue
-            job = await self._read(since, "get", job_id)
+            job = await self._read(since, self.store.get, job_id)
             if job is None or job["status"] in TERMINAL:
                 end = json.dumps({"status": job and job["status"]})
                 yield f"event: end\ndata: {end}\n\n"
@@ -462,6 +460,14 @@ class BackendApi:
                 quiet_since = time.monotonic()
                 yield ": keep-alive\n\n"
             await self.hub.wait(job_id, since, within=FALLBACK)
+
+    def _sse_page(self, job_id: str, after: int) -> list[tuple[int, str]]:
+        """The events after ``after`` as server-sent event text (formatted once, in a
+        thread, for every stream that shares the read)."""
+        return [
+            (int(e["seq"]), f"id: {e['seq']}\nevent: {e['kind']}\ndata: {json.dumps(e)}\n\n")
+            for e in self.store.events(job_id, after=after, limit=500)
+        ]
 
     # -- control -------------------------------------------------------------------------
 

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import time
 
+from taskapp.core import http11
+
 __all__ = ["Conn", "LocalHttp", "LocalResponseError"]
 
 
-class LocalResponseError(Exception):
-    """The local app's answer could not be read (reset, bad status line, early EOF)."""
+#: The local app's answer could not be read (reset, bad status line, early EOF).
+LocalResponseError = http11.BadResponse
 
 
 class Conn:
@@ -67,58 +69,5 @@ class LocalHttp:
             conn.close()
         self._idle.clear()
 
-    @staticmethod
-    def request_head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1"]
-        lines.extend(f"{name}: {value}" for name, value in headers)
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
-
-    @staticmethod
-    async def read_head(reader: asyncio.StreamReader) -> tuple[int, list[tuple[str, str]], str]:  # noqa: C901 -- complexity 16 at most (issue 21 ratchet); split when next changed
-        """Status, headers and body mode (``none``/``length:N``/``chunked``/``close``)."""
-        while True:
-            try:
-                raw = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as exc:
-                raise LocalResponseError("the local app closed the connection") from exc
-            except asyncio.LimitOverrunError as exc:
-                raise LocalResponseError("the local app sent oversized headers") from exc
-            lines = raw.decode("latin-1").split("\r\n")
-            parts = lines[0].split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-                raise LocalResponseError(f"bad status line {lines[0][:40]!r}")
-            try:
-                status = int(parts[1])
-            except ValueError:
-                raise LocalResponseError(f"bad status line {lines[0][:40]!r}") from None
-            if 100 <= status < 200 and status != 101:
-                continue  # 100 Continue / 103 Early Hints: the final answer follows
-            headers: list[tuple[str, str]] = []
-            length: int | None = None
-            chunked = False
-            close = parts[0] == "HTTP/1.0"
-            for line in lines[1:]:
-                if not line:
-                    continue
-                name, _, value = line.partition(":")
-                name = name.strip().lower()
-                value = value.strip()
-                if name == "content-length":
-                    try:
-                        length = int(value)
-                    except ValueError:
-                        raise LocalResponseError("bad Content-Length") from None
-                elif name == "transfer-encoding":
-                    chunked = "chunked" in value.lower()
-                elif name == "connection":
-                    close = close or "close" in value.lower()
-                headers.append((name, value))
-            if chunked:
-                mode = "chunked"
-            elif length is not None:
-                mode = f"length:{length}"
-            else:
-                mode = "close"
-            if close and mode != "close":
-                mode += ":close"
-            return status, headers, mode
+    request_head = staticmethod(http11.request_head)
+    read_head = staticmethod(http11.read_head)

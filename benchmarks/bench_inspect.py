@@ -4,15 +4,21 @@ The same task (``examples/inspect_intents.py@intents``), model (``taskapp/standi
 offline stand-in: the model's own time is ~0) and samples on both sides, one process:
 
 * **direct**: ``eval_async`` called by hand for the sample(s), with the options taskapp
-  uses (log to an in-memory filesystem, no display). At concurrency 1 one call per sample;
-  at concurrency C one call per C samples (Inspect allows one ``eval_async`` at a time in a
-  process, so a batch per call is the fastest a direct caller can go);
-* **taskapp**: the task app started with ``InProcessTaskApp`` (thread server) and C client
-  workers posting ``POST /rollout`` over loopback HTTP (one httpx client each).
+  uses (json log to an in-memory filesystem, no display). At concurrency 1 one call per
+  sample; at concurrency C one call per C samples (Inspect allows one ``eval_async`` at a
+  time in a process, so a batch per call is the fastest a direct caller can go);
+* **direct, revision cached**: the same, with the git revision Inspect records in each log
+  computed once per process, as taskapp's runner does (``runner._hoist_revision``: Inspect
+  runs ``git`` three times per ``eval_async`` call outside pytest). Against this row the
+  difference is what taskapp's HTTP layer and batching add;
+* **taskapp**: the task app started with ``InProcessTaskApp`` (thread server) and C
+  concurrent ``POST /rollout`` over loopback HTTP through one shared httpx client (as
+  ``taskapp eval`` sends them), created before the clock starts.
 
 Reported: p50 latency per rollout at concurrency 1 and the overhead (taskapp p50 − direct
 p50; goal <= 5 ms), and rollouts/s at concurrency C with the ratio taskapp / direct (goal
->= 0.95). Rounds alternate direct and taskapp so load from elsewhere hits both. Usage::
+>= 0.95), each against both direct rows. Rounds alternate the rows so load from elsewhere
+hits all. Usage::
 
     python benchmarks/bench_inspect.py                      # 3 rounds, 40 rollouts, C = 8
     python benchmarks/bench_inspect.py --rounds 1 --n 8     # the smoke run
@@ -64,16 +70,25 @@ async def direct_call(task: Any, samples: list[Any], model: Any) -> None:
     assert len(logs[0].samples) == len(samples), logs[0].error
 
 
-async def direct(setup: tuple[Any, list[Any], Any], n: int, c: int) -> tuple[float, float]:
+async def direct(
+    setup: tuple[Any, list[Any], Any], n: int, c: int, *, cached_revision: bool = False
+) -> tuple[float, float]:
     """(p50 latency s at this concurrency, rollouts/s)."""
+    from taskapp.plugins.inspect_tasks import runner
+
     task, samples, model = setup
     latencies = []
-    start = time.perf_counter()
-    for first in range(0, n, c):
-        t0 = time.perf_counter()
-        await direct_call(task, samples[first : first + c], model)
-        latencies.append(time.perf_counter() - t0)
-    return statistics.median(latencies), n / (time.perf_counter() - start)
+    runner._hoist_revision()
+    token = runner._CACHED_REVISION.set(cached_revision)
+    try:
+        start = time.perf_counter()
+        for first in range(0, n, c):
+            t0 = time.perf_counter()
+            await direct_call(task, samples[first : first + c], model)
+            latencies.append(time.perf_counter() - t0)
+        return statistics.median(latencies), n / (time.perf_counter() - start)
+    finally:
+        runner._CACHED_REVISION.reset(token)
 
 
 async def through_taskapp(url: str, key: str, n: int, c: int) -> tuple[float, float]:
@@ -81,29 +96,38 @@ async def through_taskapp(url: str, key: str, n: int, c: int) -> tuple[float, fl
 
     latencies: list[float] = []
     seeds = iter(range(n))
+    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
 
-    async def worker() -> None:
-        async with httpx.AsyncClient(
-            base_url=url, headers={"X-API-Key": key}, timeout=120
-        ) as client:
-            for seed in seeds:
-                t0 = time.perf_counter()
-                answer = await client.post(
-                    "/rollout",
-                    json={
-                        "run_id": f"b{seed}",
-                        "env": {"seed": seed},
-                        "policy": {"config": {"model": MODEL}},
-                    },
-                )
-                body = answer.json()
-                assert answer.status_code == 200, body
-                assert body["success_status"] == "success", body
-                latencies.append(time.perf_counter() - t0)
+    async def worker(client: httpx.AsyncClient) -> None:
+        for seed in seeds:
+            t0 = time.perf_counter()
+            answer = await client.post(
+                "/rollout",
+                json={
+                    "run_id": f"b{seed}",
+                    "env": {"seed": seed},
+                    "policy": {"config": {"model": MODEL}},
+                },
+            )
+            body = answer.json()
+            assert answer.status_code == 200, body
+            assert body["success_status"] == "success", body
+            latencies.append(time.perf_counter() - t0)
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(c)))
-    return statistics.median(latencies), n / (time.perf_counter() - start)
+    async with httpx.AsyncClient(
+        base_url=url, headers={"X-API-Key": key}, timeout=120, limits=limits
+    ) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(c)))
+        return statistics.median(latencies), n / (time.perf_counter() - start)
+
+
+def measured(run: Any, n: int) -> tuple[float, float, float]:
+    """(p50 s, rollouts/s, CPU ms of this process per rollout) of ``asyncio.run(run)``;
+    with the thread server the CPU covers client, server and Inspect alike."""
+    cpu = time.process_time()
+    p50, rate = asyncio.run(run)
+    return p50, rate, (time.process_time() - cpu) / n * 1000
 
 
 def eval_calls(app: Any) -> int:
@@ -132,34 +156,55 @@ def main() -> None:
     from taskapp import InProcessTaskApp
 
     setup = direct_setup()
-    rows: dict[str, list[float]] = {k: [] for k in ("d1", "t1", "dC", "tC")}
+    from taskapp.core.serving import describe_stack
+
+    setup = direct_setup()
+    c = args.concurrency
+    rows: dict[str, list[tuple[float, float, float]]] = {}
     calls: list[int] = []
+    n = args.n
     with InProcessTaskApp(task_app_path=TARGET, port=0, server=args.server) as app:
         asyncio.run(through_taskapp(app.url, app.api_key, 2, 1))  # warm both paths
         asyncio.run(direct(setup, 2, 1))
         for _ in range(args.rounds):
-            rows["d1"].append(asyncio.run(direct(setup, args.n, 1))[0])
-            rows["t1"].append(asyncio.run(through_taskapp(app.url, app.api_key, args.n, 1))[0])
-            rows["dC"].append(asyncio.run(direct(setup, args.n, args.concurrency))[1])
-            before = eval_calls(app)
-            rows["tC"].append(
-                asyncio.run(through_taskapp(app.url, app.api_key, args.n, args.concurrency))[1]
-            )
-            calls.append(eval_calls(app) - before)
-    d1, t1 = statistics.median(rows["d1"]), statistics.median(rows["t1"])
-    dc, tc = statistics.median(rows["dC"]), statistics.median(rows["tC"])
+            for k in (1, c):
+                rows.setdefault(f"d{k}", []).append(measured(direct(setup, n, k), n))
+                hoisted = direct(setup, n, k, cached_revision=True)
+                rows.setdefault(f"h{k}", []).append(measured(hoisted, n))
+                before = eval_calls(app)
+                through = through_taskapp(app.url, app.api_key, n, k)
+                rows.setdefault(f"t{k}", []).append(measured(through, n))
+                if k == c:
+                    calls.append(eval_calls(app) - before)
+    # p50 latency at c=1, rollouts/s at c=C, CPU ms per rollout: medians over the rounds
+    m = {
+        f"{key}{k}": statistics.median(v[i] for v in values)
+        for key, values in rows.items()
+        for i, k in enumerate(("", "r", "cpu"))
+    }
     print(
         f"inspect task {TARGET.rsplit('/', 1)[1]}, model {MODEL}, "
-        f"{args.rounds} round(s) of {args.n}, server {args.server}"
+        f"{args.rounds} round(s) of {args.n}, server {args.server}, stack {describe_stack()}"
     )
+    d1, h1, t1 = (m[f"{key}1"] * 1000 for key in "dht")
     print(
-        f"c=1  p50 direct eval_async {d1 * 1000:7.1f} ms   taskapp {t1 * 1000:7.1f} ms   "
-        f"overhead {(t1 - d1) * 1000:+.1f} ms (goal <= 5 ms)"
+        f"c=1  p50 direct eval_async {d1:7.1f} ms (revision cached {h1:.1f} ms)   taskapp "
+        f"{t1:7.1f} ms   overhead {t1 - d1:+.1f} ms ({t1 - h1:+.1f} ms over revision "
+        "cached; goal <= 5 ms)"
     )
+    dc, hc, tc = (m[f"{key}{c}r"] for key in "dht")
     print(
-        f"c={args.concurrency}  direct {dc:7.1f} rollouts/s   taskapp {tc:7.1f} rollouts/s   "
-        f"ratio {tc / dc:.2f} (goal >= 0.95); taskapp made {calls} eval_async calls"
+        f"c={c}  direct {dc:7.1f} rollouts/s (revision cached {hc:.1f})   taskapp {tc:7.1f} "
+        f"rollouts/s   ratio {tc / dc:.2f} ({tc / hc:.2f} to revision cached; goal >= 0.95); "
+        f"taskapp made {calls} eval_async calls"
     )
+    for k in (1, c):
+        d, h, t = (m[f"{key}{k}cpu"] for key in "dht")
+        print(
+            f"c={k}  CPU of this process per rollout: direct {d:.1f} ms, revision cached "
+            f"{h:.1f} ms, taskapp {t:.1f} ms (CPU ratio direct/taskapp {d / t:.2f}, "
+            f"{h / t:.2f} to revision cached)"
+        )
 
 
 if __name__ == "__main__":

@@ -781,9 +781,17 @@ class JobStore:
     # -- events --------------------------------------------------------------------------
 
     def _add_event(self, tx: _Tx, job_id: str, kind: str, data: Any) -> int:
+        # The next number after both the job's counter and its highest stored event: a
+        # row whose counter fell behind (edited by hand, restored from an older copy)
+        # goes on after its events instead of failing this write -- which, in a claim,
+        # failed every claim of every job, the damaged one being the oldest queued.
         rows = tx.execute(
-            "UPDATE jobs SET event_seq = event_seq + 1 WHERE id = ? RETURNING event_seq",
-            (job_id,),
+            "UPDATE jobs SET event_seq = 1 + CASE"
+            " WHEN CAST(event_seq AS INTEGER) >= (SELECT COALESCE(MAX(seq), 0) FROM events"
+            "  WHERE job_id = ?) THEN CAST(event_seq AS INTEGER)"
+            " ELSE (SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?) END"
+            " WHERE id = ? RETURNING event_seq",
+            (job_id, job_id, job_id),
         )
         seq = int(rows[0]["event_seq"])
         tx.execute(

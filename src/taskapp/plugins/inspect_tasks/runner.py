@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import dataclasses
 import os
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskapp.core.secrets import redact
@@ -39,6 +41,12 @@ MAX_BATCH = 256
 #: duration when that is longer. A lone client never waits.
 GATHER_WINDOW_S = 0.02
 _CONCURRENT_EVAL = "Multiple concurrent calls to eval_async"
+#: Set while this module's eval_async calls run: their logs take the git revision from a
+#: per-process cache (see :func:`_hoist_revision`).
+_CACHED_REVISION: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "taskapp_inspect_cached_revision", default=False
+)
+_hoisted = threading.Lock()
 
 
 class RolloutFailure(Exception):
@@ -117,15 +125,29 @@ class EvalRunner:
                     raise
 
     async def _run_batch(self, batch: list[_Job]) -> None:
-        from inspect_ai import eval_async
-
         groups = _group(batch)
         tasks = [self._task_for(group) for group in groups]
         log_dir = self.log_dir or self._memory_dir
         _quiet_display()
+        _hoist_revision()
+        token = _CACHED_REVISION.set(True)
+        try:
+            logs = await self._eval(tasks, log_dir, len(batch))
+        finally:
+            _CACHED_REVISION.reset(token)
+        self.calls += 1
+        for group, log in zip(groups, logs, strict=True):
+            self._settle(group, log)
+            if self.log_dir is None:
+                _forget(log)
+
+    @staticmethod
+    async def _eval(tasks: list[Any], log_dir: str, samples: int) -> Any:
+        from inspect_ai import eval_async
+
         while True:
             try:
-                logs = await eval_async(
+                return await eval_async(
                     tasks,
                     log_dir=log_dir,
                     log_format="json",  # samples come back in memory (module docstring)
@@ -134,18 +156,12 @@ class EvalRunner:
                     score_display=False,
                     fail_on_error=False,
                     max_tasks=len(tasks),
-                    max_samples=len(batch),
+                    max_samples=samples,
                 )
-                break
             except RuntimeError as exc:
                 if _CONCURRENT_EVAL not in str(exc):
                     raise
                 await asyncio.sleep(0.01)  # another eval_async in this process (not ours)
-        self.calls += 1
-        for group, log in zip(groups, logs, strict=True):
-            self._settle(group, log)
-            if self.log_dir is None:
-                _forget(log)
 
     def _task_for(self, group: list[_Job]) -> Any:
         from inspect_ai import task_with
@@ -251,6 +267,34 @@ def _forget(log: Any) -> None:
         import fsspec  # type: ignore[import-untyped]
 
         fsspec.filesystem("memory").rm(str(location))
+
+
+def _hoist_revision() -> None:
+    """Inspect records the git revision of the working directory in every eval log, by
+    running ``git`` three times per ``eval_async`` call (outside pytest): ~10 ms of a
+    one-sample call, per rollout. Within this module's calls (:data:`_CACHED_REVISION`)
+    the revision is computed once per working directory and process (a kept log records
+    the checkout as it was at the first rollout); every other ``eval_async`` in the
+    process is untouched. Installed once, at the first batch; a no-op on an Inspect
+    without ``resolve_revision``."""
+    with _hoisted:
+        import inspect_ai._eval.task.log as task_log
+
+        original: Callable[[], Any] | None = getattr(task_log, "resolve_revision", None)
+        if original is None or getattr(original, "_taskapp_hoisted", False):
+            return
+        cache: dict[str, Any] = {}
+
+        def resolve_revision() -> Any:
+            if not _CACHED_REVISION.get():
+                return original()
+            cwd = os.getcwd()
+            if cwd not in cache:
+                cache[cwd] = original()
+            return cache[cwd]
+
+        resolve_revision._taskapp_hoisted = True  # type: ignore[attr-defined]
+        task_log.resolve_revision = resolve_revision
 
 
 def _quiet_display() -> None:

@@ -1,0 +1,54 @@
+"""Issue 24 item 4, the benchmark's finding: 500 SSE streams on one job each read the
+store (and formatted every event) on every change of that job, so each change cost 500
+reads queued on the store's lock ahead of every other client's call (other clients' p95
+9.2x idle in ``benchmarks/bench_backend_load.py``). Streams on one job now share one read
+per change generation, and nothing is missed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from taskapp.jobs.service import BackendApi
+from taskapp.jobs.store import SqliteJobStore
+
+
+def test_24_4_streams_on_one_job_share_one_store_read_per_change(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3", owner=True)
+    try:
+        job_id, _ = store.create(
+            {"budget": 10}, task_app_url="http://127.0.0.1:9", task_app_key=None,
+            worker_token=None, warnings=[],
+        )  # fmt: skip
+        reads: list[int] = []
+        real_events = store.events
+
+        def counted(job: str, **kw: Any) -> list[dict[str, Any]]:
+            reads.append(threading.get_ident())
+            time.sleep(0.05)  # a read that takes a while: every stream asks meanwhile
+            return real_events(job, **kw)
+
+        store.events = counted  # type: ignore[method-assign,assignment]
+        api = BackendApi(store, None, "stream-test-key-0123456789")
+
+        async def main() -> tuple[list[str], list[str]]:
+            streams = [api._sse(job_id, 0) for _ in range(200)]
+            first = await asyncio.gather(*(anext(stream) for stream in streams))
+            assert len(reads) == 1, f"{len(reads)} store reads for 200 streams"
+            store.add_event(job_id, "warning", {"text": "a change"})  # after the read
+            second = await asyncio.wait_for(
+                asyncio.gather(*(anext(stream) for stream in streams)), 10
+            )
+            for stream in streams:
+                await stream.aclose()  # type: ignore[attr-defined]
+            return first, second
+
+        first, second = asyncio.run(main())
+        assert len(set(first)) == 1 and "event: submitted" in first[0]
+        assert len(set(second)) == 1 and "a change" in second[0]  # nothing missed
+        assert len(reads) <= 4, f"{len(reads)} store reads for 200 streams and 2 changes"
+    finally:
+        store.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,3 +158,24 @@ def test_24_6_a_full_database_disk_answers_503_and_reads_go_on(tmp_path: Path) -
         again = backend.submit(config_toml=toy_toml(), task_app_url="http://127.0.0.1:9")
         assert again.status_code == 201, again.text
         assert backend.proc is not None and backend.proc.poll() is None
+
+
+def test_24_6_storage_errors_are_told_from_the_jobs_own_errors() -> None:
+    from taskapp.jobs.pool import describe_storage_error, storage_error
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/runs/j/gepa_state.bin.tmp")
+    # gepa re-raises a failed state save as a new OSError without the errno
+    rewrapped = OSError(f"{full}\n\nHint: standard pickle failed")
+    rewrapped.__cause__ = full
+    assert rewrapped.errno is None
+    assert storage_error(rewrapped) is full
+    for code in (errno.EDQUOT, errno.EIO, errno.EROFS):
+        assert storage_error(OSError(code, os.strerror(code))) is not None
+    assert storage_error(ConnectionRefusedError(errno.ECONNREFUSED, "refused")) is None
+    assert storage_error(OSError(errno.ENOENT, "gone")) is None
+    assert storage_error(ValueError("bad")) is None
+    message = describe_storage_error(full, Path("/runs/j"))
+    assert message.startswith("disk full at /runs/j/gepa_state.bin.tmp (No space left")
+    assert "resumes from its last checkpoint" in message
+    quota = describe_storage_error(OSError(errno.EDQUOT, "Disk quota exceeded"), Path("/r"))
+    assert quota.startswith("disk quota exceeded at /r (Disk quota exceeded)")

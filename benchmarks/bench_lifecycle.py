@@ -202,6 +202,7 @@ class _Cycle:
     def __init__(self) -> None:
         self.construct = 0.0
         self.enter = 0.0
+        self.enter_cpu = 0.0  # process CPU (all threads) while entering: steadier when loaded
         self.exit = 0.0
         self.gc_in_enter = 0.0  # full GC pauses (any thread) while entering
         self.url_set_at = 0.0  # time.monotonic() when url was set (cross-process clock)
@@ -220,10 +221,12 @@ def _lifecycle_cycle(cls: Any, port: int, key: str, build: Callable[[], dict[str
         s = time.perf_counter()
         task_app = cls(**build(), port=port, tunnel_mode="local", api_key=key)
         gc0 = _gc_total()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         cycle.construct = t0 - s
         async with task_app:
             t1 = time.perf_counter()
+            cycle.enter_cpu = time.process_time() - c0
             cycle.url_set_at = time.monotonic()
             cycle.gc_in_enter = _gc_total() - gc0
             assert task_app.url, "url not set after enter"
@@ -242,10 +245,12 @@ def _sync_cycle(cls: Any, port: int, key: str, build: Callable[[], dict[str, Any
     s = time.perf_counter()
     task_app = cls(**build(), port=port, tunnel_mode="local", api_key=key)
     gc0 = _gc_total()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     cycle.construct = t0 - s
     with task_app:
         t1 = time.perf_counter()
+        cycle.enter_cpu = time.process_time() - c0
         cycle.url_set_at = time.monotonic()
         cycle.gc_in_enter = _gc_total() - gc0
         assert task_app.url, "url not set after enter"
@@ -642,6 +647,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="uvicorn loop/http/ws for taskapp and the floor: 'anchor' (default) = what the "
         "anchor venv resolves to (asyncio, h11, no ws); 'auto' = uvicorn's defaults here",
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=(*TASKAPP_VARIANTS, "floor"),
+        help="only these variants' enter figures (first, warm), no anchor venv needed; e.g. "
+        "--variants taskapp taskapp-config for the config= warm enter vs app=",
+    )
     parser.add_argument("--child", choices=ALL_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--ports", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -667,6 +679,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
 
+    if args.variants:
+        with tempfile.TemporaryDirectory(prefix="bench-lifecycle-pycache-") as pycache:
+            CHILD_ENV.clear()
+            CHILD_ENV.update(child_env(Path(pycache)))
+            return measure_variants(args.variants, args.runs)
     anchor_python = str(ensure_anchor_venv(args.anchor_venv))
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="bench-lifecycle-pycache-") as pycache:
@@ -723,6 +740,42 @@ def breakdown(runs: int, python: str, anchor_python: str) -> int:
                 print(f"    {label:<50} {ms(value):>7}")
         gc_ms = ms(median([r["gc_in_enter"] for r in rows]))
         print(f"    {'full GC pauses during enter (any thread)':<50} {gc_ms:>7}")
+    return 0
+
+
+def measure_variants(variants: Sequence[str], runs: int) -> int:
+    """``--variants``: first and warm enter of the named variants only (interleaved fresh
+    children, a discarded warm-up round), medians and each warm enter minus the first
+    variant's."""
+    samples: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for round_no in range(runs + 1):
+        for variant in rotate(list(variants), round_no):
+            result = spawn_child(sys.executable, variant)
+            if round_no:
+                samples[variant].append(result)
+    print(
+        f"bench_lifecycle --variants: median of {runs} fresh processes each, uvicorn stack "
+        f"{STACK_NAME!r}, load {os.getloadavg()[0]:.2f}"
+    )
+    print()
+    print(
+        f"| variant | first enter ms | warm enter ms | warm - {variants[0]} "
+        f"| warm enter CPU ms | CPU - {variants[0]} |"
+    )
+    print("|---|---|---|---|---|---|")
+
+    def median_ms(variant: str, cycle: int, key: str = "enter") -> float:
+        return statistics.median(r["cycles"][cycle].get(key, 0.0) for r in samples[variant]) * 1e3
+
+    base = median_ms(variants[0], 1)
+    base_cpu = median_ms(variants[0], 1, "enter_cpu")
+    for variant in variants:
+        warm = median_ms(variant, 1)
+        cpu = median_ms(variant, 1, "enter_cpu")
+        print(
+            f"| {variant} | {median_ms(variant, 0):.2f} | {warm:.2f} | {warm - base:+.2f} "
+            f"| {cpu:.2f} | {cpu - base_cpu:+.2f} |"
+        )
     return 0
 
 

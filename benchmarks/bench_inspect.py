@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import os
 import statistics
 import time
 import uuid
@@ -151,7 +150,9 @@ def main() -> None:
         "behind `taskapp serve`",
     )
     args = parser.parse_args()
-    os.environ.setdefault("INSPECT_DISPLAY", "none")
+    from taskapp.plugins.inspect_tasks.runner import _quiet_display
+
+    _quiet_display()  # the display taskapp picks (INSPECT_DISPLAY wins), for both sides
 
     from taskapp import InProcessTaskApp
 

@@ -17,8 +17,10 @@ from tests.inspect._helpers import EXAMPLE, REPO, target
 def _taskapp(*args: str) -> tuple[int, str, str]:
     found = shutil.which("taskapp", path=str(Path(sys.executable).parent))
     assert found, "the taskapp console script is not installed next to this Python"
-    env = {**os.environ, "INSPECT_DISPLAY": "none"}
-    env.pop("INSPECT_EVAL_MODEL", None)
+    # Inspect's display as taskapp picks it: nothing may reach stdout (--json - parses it)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("INSPECT_DISPLAY", "INSPECT_EVAL_MODEL")
+    }
     proc = run_child(
         [found, *args], capture_output=True, text=True, timeout=180, env=env, cwd=str(REPO)
     )

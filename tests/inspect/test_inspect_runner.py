@@ -69,7 +69,8 @@ def test_git_revision_is_computed_once_for_the_runner_and_per_call_for_others(
     subprocess.run([*git, "add", "f.txt"], check=True)
     subprocess.run([*git, "commit", "-qm", "one"], check=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    env.update(PYTHONPATH=str(REPO / "src"), INSPECT_DISPLAY="none")
+    env.pop("INSPECT_DISPLAY", None)
+    env["PYTHONPATH"] = str(REPO / "src")
     code = f"TARGET = {str(EXAMPLE) + '@intents'!r}\n" + textwrap.dedent(CHILD)
     proc = run_child(
         [sys.executable, "-c", code],

@@ -100,8 +100,8 @@ def test_a_rollout_served_by_uvicorn_on_uvloop_succeeds() -> None:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "src")]),
-        "INSPECT_DISPLAY": "none",
     }
+    env.pop("INSPECT_DISPLAY", None)
     code = f"TARGET = {str(EXAMPLE) + '@intents'!r}\n" + textwrap.dedent(SERVE)
     proc = run_child(
         [sys.executable, "-c", code],

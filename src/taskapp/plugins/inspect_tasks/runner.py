@@ -300,13 +300,15 @@ def _hoist_revision() -> None:
 def _quiet_display() -> None:
     """Inspect's console display off, unless the process chose one (INSPECT_DISPLAY).
 
-    Initialised here in both cases: ``eval_async`` itself picks ``plain`` (a results table
-    printed per call, a quarter of a one-sample call's CPU time) when nothing has.
+    Off is Inspect's ``log`` display: its progress and results as INFO records of the root
+    logger, silent at Python's default WARNING level. Not ``none``, which still renders
+    the results table with rich on every call (two thirds of a one-sample call's CPU time
+    here), nor nothing: ``eval_async`` itself then picks ``plain``, which prints it.
     """
     import inspect_ai.util._display as display
 
     if not display.display_type_initialized():
-        display.init_display_type(os.environ.get("INSPECT_DISPLAY") or "none")
+        display.init_display_type(os.environ.get("INSPECT_DISPLAY") or "log")
 
 
 def _one_line(text: Any) -> str:

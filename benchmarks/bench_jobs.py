@@ -47,24 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from taskapp import InProcessTaskApp, PromptLearningJob
 from taskapp.optimize.prompt_learning import load_prompt_learning
 from taskapp.optimize.runner import run_config
-from tests.optimize._optimize_helpers import ToyTask
+from tests.optimize._optimize_helpers import ToyTask, toy_toml
 
 KEY = "bench-backend-key-0123456789"
-TOML = """
-[prompt_learning]
-algorithm = "gepa"
-[prompt_learning.gepa.evaluation]
-train_seeds = "0-39"
-val_seeds = "100-129"
-[prompt_learning.gepa.rollout]
-budget = {budget}
-max_concurrent = 8
-minibatch_size = 3
-[prompt_learning.gepa.mutation]
-llm_provider = "stand-in"
-[prompt_learning.gepa.population]
-patience_generations = 1000
-"""
 
 
 class TimedTask(ToyTask):
@@ -150,7 +135,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         config_path = folder / "bench.toml"
-        config_path.write_text(TOML.format(budget=args.budget))
+        config_path.write_text(toy_toml(args.budget, patience=1000))
         config = load_prompt_learning(config_path).config
         task = TimedTask(latency=args.latency)
         proc, url = start_backend(folder)

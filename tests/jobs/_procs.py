@@ -16,31 +16,15 @@ from typing import Any
 import httpx
 
 from tests.helpers import start_child
+from tests.optimize._optimize_helpers import toy_toml as shared_toy_toml
 
 TASKAPP = shutil.which("taskapp") or ""
 KEY = "backend-test-key-0123456789"
 
-TOY_TOML = """
-[prompt_learning]
-algorithm = "gepa"
-[prompt_learning.gepa.evaluation]
-train_seeds = "0-39"
-val_seeds = "100-{val_end}"
-[prompt_learning.gepa.rollout]
-budget = {budget}
-max_concurrent = 8
-minibatch_size = 3
-[prompt_learning.gepa.mutation]
-llm_provider = "stand-in"
-[prompt_learning.gepa.population]
-patience_generations = {patience}
-[prompt_learning.gepa]
-health_timeout = 2.0
-"""
-
 
 def toy_toml(budget: int = 150, val: int = 30, patience: int = 50) -> str:
-    return TOY_TOML.format(budget=budget, val_end=100 + val - 1, patience=patience)
+    """The toy job config with the jobs tests' health timeout (2 s)."""
+    return shared_toy_toml(budget, val, patience, health_timeout=2.0)
 
 
 def child_env(**extra: str) -> dict[str, str]:

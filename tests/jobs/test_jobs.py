@@ -28,31 +28,12 @@ import pytest
 from taskapp import ConfigurationError, InProcessTaskApp, PromptLearningJob
 from tests.helpers import run_child, start_child
 from tests.jobs._procs import child_env
-from tests.optimize._optimize_helpers import SEED_PROMPT, ToyTask
+from tests.optimize._optimize_helpers import SEED_PROMPT, ToyTask, toy_toml
 
 REPO = Path(__file__).resolve().parents[2]
 TASKAPP = shutil.which("taskapp") or ""
 KEY = "backend-test-key-0123456789"
 EXAMPLE_TOML = REPO / "examples" / "support_intents_gepa.toml"
-
-TOY_TOML = """
-[prompt_learning]
-algorithm = "gepa"
-[prompt_learning.gepa.evaluation]
-train_seeds = "0-39"
-val_seeds = "100-129"
-[prompt_learning.gepa.rollout]
-budget = {budget}
-max_concurrent = 8
-minibatch_size = 3
-[prompt_learning.gepa.mutation]
-llm_provider = "stand-in"
-[prompt_learning.gepa.population]
-patience_generations = 50
-"""
-
-
-FAST_HEALTH = "[prompt_learning.gepa]\nhealth_timeout = 1.0\n"
 
 
 class Backend:
@@ -155,9 +136,9 @@ def toy_app() -> Iterator[tuple[ToyTask, InProcessTaskApp]]:
         yield task, app
 
 
-def toy_config(tmp_path: Path, budget: int = 150, extra: str = "") -> Path:
+def toy_config(tmp_path: Path, budget: int = 150, health_timeout: float | None = None) -> Path:
     path = tmp_path / f"toy-{budget}-{len(list(tmp_path.glob('toy-*')))}.toml"
-    path.write_text(TOY_TOML.format(budget=budget) + extra)
+    path.write_text(toy_toml(budget, health_timeout=health_timeout))
     return path
 
 
@@ -377,14 +358,14 @@ def test_task_app_faults_fail_the_job_with_a_clear_error(
 ) -> None:
     _, app = toy_app
     client = PromptLearningJob(shared.url, KEY)
-    outside = toy_config(tmp_path, extra="")
+    outside = toy_config(tmp_path)
     outside.write_text(
         outside.read_text().replace('val_seeds = "100-129"', 'val_seeds = "990-1010"')
     )
     closed = "http://127.0.0.1:9"
     cases = {
         "outside": (outside, app.url, app.api_key, r"val_seeds 1000-1010 outside the task set"),
-        "unreachable": (toy_config(tmp_path, extra=FAST_HEALTH), closed, "k", r"did not answer"),
+        "unreachable": (toy_config(tmp_path, health_timeout=1.0), closed, "k", r"did not answer"),
         "wrong key": (toy_config(tmp_path), app.url, "wrong-key-999", r"rejected"),
     }
     ids = {name: client.submit_sync(cfg, task_app_url=url, task_app_api_key=key)

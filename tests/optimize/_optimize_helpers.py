@@ -147,6 +147,47 @@ class ToyTask:
             return [str(r["policy"]["config"].get("prompt", "")) for r in self.requests]
 
 
+#: The toy task's ``[prompt_learning]`` config (GEPA, the offline stand-in reflection model).
+TOY_TOML = """
+[prompt_learning]
+{head}algorithm = "gepa"
+{gepa}[prompt_learning.gepa.evaluation]
+train_seeds = "0-39"
+val_seeds = "100-{val_end}"
+[prompt_learning.gepa.rollout]
+budget = {budget}
+max_concurrent = 8
+minibatch_size = 3
+[prompt_learning.gepa.mutation]
+{mutation}
+[prompt_learning.gepa.population]
+patience_generations = {patience}
+"""
+
+STAND_IN_MUTATION = 'llm_provider = "stand-in"'
+
+
+def toy_toml(
+    budget: int = 150,
+    val: int = 30,
+    patience: int = 50,
+    *,
+    health_timeout: float | None = None,
+    mutation: str = STAND_IN_MUTATION,
+    head: str = "",
+) -> str:
+    """The one toy job config the job tests and benchmarks submit: ``budget`` rollouts,
+    ``val`` validation seeds; ``health_timeout`` (seconds) when given; ``mutation`` the
+    body of ``[prompt_learning.gepa.mutation]``; ``head`` lines of ``[prompt_learning]``."""
+    gepa = ""
+    if health_timeout is not None:
+        gepa = f"[prompt_learning.gepa]\nhealth_timeout = {health_timeout}\n"
+    return TOY_TOML.format(
+        head=head, gepa=gepa, val_end=100 + val - 1, budget=budget, mutation=mutation,
+        patience=patience,
+    )  # fmt: skip
+
+
 def toy_app_config() -> TaskAppConfig:
     """The toy task for CLI tests: ``tests.optimize._optimize_helpers:toy_app_config``."""
     fail = os.environ.get("TOY_FAIL_SEEDS", "")

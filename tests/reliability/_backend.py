@@ -22,6 +22,8 @@ from typing import Any, Self
 import httpx
 
 from tests.helpers import start_child
+from tests.optimize._optimize_helpers import STAND_IN_MUTATION
+from tests.optimize._optimize_helpers import toy_toml as shared_toy_toml
 
 TASKAPP = shutil.which("taskapp") or ""
 KEY = "backend-security-key-0123456789"
@@ -31,30 +33,10 @@ OPENAI_SECRET = "sk-openai-key-of-the-backend-0003"
 MODEL_KEY = "operator-model-key-0004"
 SECRETS = (KEY, HOST_SECRET, ENV_KEY_SECRET, OPENAI_SECRET, MODEL_KEY)
 
-TOY_TOML = """
-[prompt_learning]
-algorithm = "gepa"
-[prompt_learning.gepa]
-health_timeout = 1.0
-[prompt_learning.gepa.evaluation]
-train_seeds = "0-39"
-val_seeds = "100-109"
-[prompt_learning.gepa.rollout]
-budget = {budget}
-max_concurrent = 8
-minibatch_size = 3
-[prompt_learning.gepa.mutation]
-{mutation}
-[prompt_learning.gepa.population]
-patience_generations = 50
-"""
 
-STAND_IN = 'llm_provider = "stand-in"'
-
-
-def toy_toml(budget: int = 40, mutation: str = STAND_IN, head: str = "") -> str:
-    text = TOY_TOML.format(budget=budget, mutation=mutation)
-    return text.replace("[prompt_learning]\n", "[prompt_learning]\n" + head, 1)
+def toy_toml(budget: int = 40, mutation: str = STAND_IN_MUTATION, head: str = "") -> str:
+    """The toy job config with 10 validation seeds and a 1 s health timeout."""
+    return shared_toy_toml(budget, 10, health_timeout=1.0, mutation=mutation, head=head)
 
 
 def backend_env(**extra: str) -> dict[str, str]:

@@ -34,7 +34,7 @@ def test_24_4_streams_on_one_job_share_one_store_read_per_change(tmp_path: Path)
         store.events = counted  # type: ignore[method-assign,assignment]
         api = BackendApi(store, None, "stream-test-key-0123456789")
 
-        async def main() -> tuple[list[str], list[str]]:
+        async def main() -> tuple[list[bytes], list[bytes]]:
             streams = [api._sse(job_id, 0) for _ in range(200)]
             first = await asyncio.gather(*(anext(stream) for stream in streams))
             assert len(reads) == 1, f"{len(reads)} store reads for 200 streams"
@@ -47,8 +47,8 @@ def test_24_4_streams_on_one_job_share_one_store_read_per_change(tmp_path: Path)
             return first, second
 
         first, second = asyncio.run(main())
-        assert len(set(first)) == 1 and "event: submitted" in first[0]
-        assert len(set(second)) == 1 and "a change" in second[0]  # nothing missed
+        assert len(set(first)) == 1 and b"event: submitted" in first[0]
+        assert len(set(second)) == 1 and b"a change" in second[0]  # nothing missed
         assert len(reads) <= 4, f"{len(reads)} store reads for 200 streams and 2 changes"
     finally:
         store.close()

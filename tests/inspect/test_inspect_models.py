@@ -44,8 +44,9 @@ def _refusing_openai() -> FastAPI:
 
 
 def test_provider_error_is_a_failed_rollout_with_the_key_redacted(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.delenv("INSPECT_LOG_LEVEL", raising=False)
     with InProcessTaskApp(app=_refusing_openai(), port=free_port()) as fake:
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
         monkeypatch.setenv("OPENAI_BASE_URL", f"{fake.url}/v1")
@@ -59,3 +60,6 @@ def test_provider_error_is_a_failed_rollout_with_the_key_redacted(
         assert "Incorrect API key provided" in error and "401" in error
         assert KEY not in error and "[redacted" in error
         assert KEY not in str(r.details)
+    # nor on the console: Inspect's sample-error warnings quote the provider's message
+    out, err = capfd.readouterr()
+    assert KEY not in out and KEY not in err

@@ -157,6 +157,9 @@ class EvalRunner:
                     fail_on_error=False,
                     max_tasks=len(tasks),
                     max_samples=samples,
+                    # Inspect's console log off unless the process chose a level: its
+                    # sample-error warnings quote provider messages, keys included
+                    log_level=None if os.environ.get("INSPECT_LOG_LEVEL") else "critical",
                 )
             except RuntimeError as exc:
                 if _CONCURRENT_EVAL not in str(exc):

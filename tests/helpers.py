@@ -7,14 +7,21 @@ tests (``from tests.<area>._x import ...``).
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import signal
 import site
 import subprocess
 import sys
 import sysconfig
 import textwrap
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+
+import httpx
 
 from taskapp.core.processes import guarded_popen
 
@@ -32,7 +39,9 @@ FIXTURES = TESTS / "fixtures"
 __all__ = [
     "FIXTURES",
     "REPO",
+    "TASKAPP",
     "TESTS",
+    "BackendChild",
     "assert_released",
     "build_wheels",
     "demo_config",
@@ -63,6 +72,136 @@ __all__ = [
 def start_child(args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
     """``subprocess.Popen(args, **kwargs)``; the child is SIGKILLed if this process dies."""
     return guarded_popen(args, **kwargs)
+
+
+#: The installed console script (``pip install -e .``), "" when it is missing.
+TASKAPP = shutil.which("taskapp") or ""
+
+
+class BackendChild:
+    """``taskapp backend serve|worker`` (the installed console script) as a child process:
+    the one launcher of the job backend for the tests and benchmarks.
+
+    ``serve`` listens on ``port`` (0: a free one) and is ready once it prints its ``url``;
+    ``worker`` once it claims jobs. A reader thread collects stderr into ``lines`` from the
+    start; with ``expect_ready=False`` nothing reads it (the caller owns ``proc``'s pipes).
+    ``start`` again after ``stop`` restarts it on the same database."""
+
+    def __init__(
+        self, kind: str, db: Path | str, *extra: str, env: dict[str, str], cwd: Path, port: int = 0
+    ) -> None:
+        self.kind = kind
+        self.db = db
+        self.args = [TASKAPP, "backend", kind, "--db", str(db), *extra]
+        if kind == "serve":
+            self.args += ["--port", str(port)]
+        self.env = env
+        self.key = env.get("TASKAPP_BACKEND_API_KEY", "")
+        self.cwd = cwd
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self.url = ""
+        self._reader: threading.Thread | None = None
+
+    def start(self, *extra: str, expect_ready: bool = True, ready_timeout: float = 60) -> Self:
+        """Start it (``extra``: more options for this start only); wait until it is ready."""
+        assert TASKAPP, "the taskapp console script is not installed (pip install -e .)"
+        self.lines = []
+        self.url = ""
+        self._reader = None
+        self.proc = start_child(
+            [*self.args, *extra], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, text=True, env=self.env, cwd=self.cwd,
+        )  # fmt: skip
+        if not expect_ready:
+            return self
+        ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, args=(self.proc, ready), daemon=True)
+        self._reader.start()
+        ready.wait(ready_timeout)
+        if not (self.url if self.kind == "serve" else "claiming jobs from" in self.output):
+            self.stop(signal.SIGKILL)
+            raise AssertionError(f"taskapp backend {self.kind} did not start:\n{self.output}")
+        return self
+
+    def _read(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.lines.append(line)
+            match = re.search(r"serving on (http://\S+)", line)
+            if match:
+                self.url = match.group(1)
+            if match or "claiming jobs from" in line:
+                ready.set()
+        ready.set()
+
+    @property
+    def output(self) -> str:
+        """What it wrote to stderr so far."""
+        return "".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig``; SIGKILL after 30 s; its exit status."""
+        assert self.proc is not None, "not started"
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        """Stop it if it runs (for fixtures' ``finally``)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def request(
+        self, method: str, path: str, *, key: str | None = None, timeout: float = 30, **kw: Any
+    ) -> httpx.Response:
+        """One request to ``serve`` with its key (``key``: another one; "" none)."""
+        key = self.key if key is None else key
+        headers = dict(kw.pop("headers", {}))
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return httpx.request(
+            method, self.url + path, headers=headers, timeout=timeout, trust_env=False, **kw
+        )
+
+    def api(self, method: str, path: str, *, expect: int | None = None, **kw: Any) -> Any:
+        """A request's JSON answer; its status ``expect`` (default: any 2xx)."""
+        response = self.request(method, path, timeout=15, **kw)
+        if expect is not None:
+            assert response.status_code == expect, response.text
+        else:
+            response.raise_for_status()
+        return response.json()
+
+    def wait_for(
+        self, job_id: str, until: Callable[[Any], bool] | tuple[str, ...], timeout: float = 90
+    ) -> dict[str, Any]:
+        """The job once ``until(job)`` holds, or its status is one of ``until`` (polled
+        every 0.1 s; an error answer is polled past)."""
+        deadline = time.monotonic() + timeout
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            response = self.request("GET", f"/api/jobs/{job_id}", timeout=15)
+            job = response.json()
+            if response.is_success and (
+                job.get("status") in until if isinstance(until, tuple) else until(job)
+            ):
+                return job
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} never got there: {job}")
 
 
 def run_child(

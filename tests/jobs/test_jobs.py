@@ -13,99 +13,33 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from taskapp import ConfigurationError, InProcessTaskApp, PromptLearningJob
-from tests.helpers import run_child, start_child
+from tests.helpers import TASKAPP, BackendChild, run_child
 from tests.jobs._procs import child_env
 from tests.optimize._optimize_helpers import SEED_PROMPT, ToyTask, toy_toml
 
 REPO = Path(__file__).resolve().parents[2]
-TASKAPP = shutil.which("taskapp") or ""
 KEY = "backend-test-key-0123456789"
 EXAMPLE_TOML = REPO / "examples" / "support_intents_gepa.toml"
 
 
-class Backend:
-    """``taskapp backend serve --port 0`` in a child process."""
+class Backend(BackendChild):
+    """``taskapp backend serve --port 0`` in a child process (options given to ``start``)."""
+
+    db: Path
 
     def __init__(self, db: Path) -> None:
-        self.db = db
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-        self.output: list[str] = []
-
-    def start(self, *extra: str, expect_ready: bool = True) -> Backend:
-        assert TASKAPP, "the taskapp console script is not installed (pip install -e .)"
-        self.output = []
-        self.proc = start_child(
-            [TASKAPP, "backend", "serve", "--port", "0", "--db", str(self.db), *extra],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=child_env(),
-            cwd=self.db.parent,
-        )
-        if not expect_ready:
-            return self
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.output.append(line)
-            match = re.search(r"serving on (http://\S+)", line)
-            if match:
-                self.url = match.group(1)
-                return self
-        self.stop()
-        raise AssertionError("the backend did not start:\n" + "".join(self.output))
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            _, rest = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, rest = self.proc.communicate()
-        self.output.append(rest or "")
-        return self.proc.returncode
-
-    def api(self, method: str, path: str, **kw: Any) -> Any:
-        response = httpx.request(
-            method,
-            self.url + path,
-            headers={"Authorization": f"Bearer {KEY}"},
-            timeout=10,
-            trust_env=False,
-            **kw,
-        )
-        response.raise_for_status()
-        return response.json()
-
-    def wait_for(self, job_id: str, predicate: Any, timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        job: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            job = self.api("GET", f"/api/jobs/{job_id}")
-            if predicate(job):
-                return job
-            time.sleep(0.1)
-        raise AssertionError(f"job {job_id} never got there: {job}")
+        super().__init__("serve", db, env=child_env(), cwd=db.parent)
 
 
 @pytest.fixture
@@ -114,8 +48,7 @@ def backend(tmp_path: Path) -> Iterator[Backend]:
     try:
         yield server
     finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.stop()
+        server.close()
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +58,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     try:
         yield server
     finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.stop()
+        server.close()
 
 
 @pytest.fixture
@@ -176,7 +108,7 @@ def test_seed_example_runs_and_survives_a_restart(backend: Backend) -> None:
     assert KEY not in done.stdout + done.stderr
 
     assert backend.stop() == 0
-    assert "stopped" in "".join(backend.output)
+    assert "stopped" in backend.output
     backend.start()
     listed = taskapp_cli("jobs", "list", "--backend-url", backend.url, "--json")
     assert listed.returncode == 0, listed.stderr
@@ -192,7 +124,7 @@ def test_seed_example_runs_and_survives_a_restart(backend: Backend) -> None:
     # secrets stay out of the database's public answers and the backend's output
     result = backend.api("GET", f"/api/jobs/{job_id}/result")
     assert "task_app_key" not in result["job"] and KEY not in json.dumps(result)
-    assert KEY not in "".join(backend.output)
+    assert KEY not in backend.output
 
 
 @pytest.mark.parametrize(
@@ -221,7 +153,7 @@ def test_a_stopped_backend_resumes_the_job_without_rescoring(
     assert status == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
     backend.start()
     if sig == signal.SIGKILL:
-        assert "resuming 1 job(s)" in "".join(backend.output)
+        assert "resuming 1 job(s)" in backend.output
     client = PromptLearningJob(backend.url, KEY)  # a new port after the restart
     result = client.poll_until_complete_sync(job_id, timeout=90, interval=0.2)
     assert result.succeeded, result.error

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from taskapp import InProcessTaskApp
-from tests.helpers import run_child
-from tests.jobs._procs import TASKAPP, Proc, child_env, toy_toml
+from tests.helpers import TASKAPP, run_child
+from tests.jobs._procs import Proc, child_env, toy_toml
 from tests.optimize._optimize_helpers import ToyTask
 
 

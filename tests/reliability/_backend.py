@@ -2,18 +2,14 @@
 and a catch-all HTTP server that records every request it gets (what a client-chosen
 URL would see).
 
-Self-contained (the jobs tests may move): the installed console script on a free port,
-its own SQLite file, an environment holding host secrets the backend must never send.
+The backend is tests.helpers.BackendChild (the installed console script on a free port),
+here with its own SQLite file and an environment holding host secrets it must never send.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -21,11 +17,10 @@ from typing import Any, Self
 
 import httpx
 
-from tests.helpers import start_child
+from tests.helpers import BackendChild
 from tests.optimize._optimize_helpers import STAND_IN_MUTATION
 from tests.optimize._optimize_helpers import toy_toml as shared_toy_toml
 
-TASKAPP = shutil.which("taskapp") or ""
 KEY = "backend-security-key-0123456789"
 HOST_SECRET = "host-secret-of-the-backend-0001"
 ENV_KEY_SECRET = "environment-api-key-of-the-backend-0002"
@@ -57,105 +52,22 @@ def backend_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class Backend:
-    """``taskapp backend serve --port 0`` in a child process."""
+class Backend(BackendChild):
+    """``taskapp backend serve --port 0`` in a child process, with the host secrets in its
+    environment."""
+
+    db: Path
 
     def __init__(self, db: Path, *extra: str, port: int = 0) -> None:
-        self.db = db
-        self.extra = extra
-        self.port = port
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-        self.output: list[str] = []
-
-    def start(self, *, expect_ready: bool = True) -> Self:
-        assert TASKAPP, "the taskapp console script is not installed (pip install -e .)"
-        self.output = []
-        self.proc = start_child(
-            [
-                TASKAPP,
-                "backend",
-                "serve",
-                "--port",
-                str(self.port),
-                "--db",
-                str(self.db),
-                *self.extra,
-            ],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=backend_env(),
-            cwd=self.db.parent,
-        )
-        if not expect_ready:
-            return self
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.output.append(line)
-            match = re.search(r"serving on (http://\S+)", line)
-            if match:
-                self.url = match.group(1)
-                threading.Thread(target=self._drain, daemon=True).start()
-                return self
-        self.stop()
-        raise AssertionError("the backend did not start:\n" + "".join(self.output))
-
-    def _drain(self) -> None:
-        proc = self.proc
-        if proc is None or proc.stderr is None:
-            return
-        for line in proc.stderr:
-            self.output.append(line)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return self.proc.returncode
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.stop()
+        super().__init__("serve", db, *extra, env=backend_env(), cwd=db.parent, port=port)
 
     @property
     def host_port(self) -> tuple[str, int]:
         host, port = self.url.removeprefix("http://").rsplit(":", 1)
         return host, int(port)
 
-    def request(self, method: str, path: str, *, key: str | None = KEY, **kw: Any) -> Any:
-        headers = dict(kw.pop("headers", {}))
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
-        return httpx.request(
-            method, self.url + path, headers=headers, timeout=30, trust_env=False, **kw
-        )
-
     def submit(self, **body: Any) -> httpx.Response:
-        return self.request("POST", "/api/jobs", json=body)  # type: ignore[no-any-return]
-
-    def wait_for(self, job_id: str, statuses: tuple[str, ...], timeout: float = 60) -> Any:
-        deadline = time.monotonic() + timeout
-        job: Any = {}
-        while time.monotonic() < deadline:
-            job = self.request("GET", f"/api/jobs/{job_id}").json()
-            if job.get("status") in statuses:
-                return job
-            time.sleep(0.1)
-        raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
+        return self.request("POST", "/api/jobs", json=body)
 
 
 def assert_envelope(response: httpx.Response, status: int | tuple[int, ...]) -> str:

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from taskapp import InProcessTaskApp
-from tests.helpers import run_child, start_child
+from tests.helpers import TASKAPP, run_child, start_child
 
 from ..cli._cli_helpers import ChatStandIn
 from ..optimize._optimize_helpers import ToyTask
@@ -31,7 +31,6 @@ from ._backend import (
     KEY,
     MODEL_KEY,
     SECRETS,
-    TASKAPP,
     Backend,
     Recorder,
     assert_envelope,
@@ -278,7 +277,7 @@ def test_24_5_a_huge_body_without_a_key_is_refused_unread(shared: Backend) -> No
     keyed = head.replace(b"\r\n\r\n", f"\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode(), 1)
     assert raw_request(host, port, keyed + b"{").startswith(b"HTTP/1.1 413")
     # a bad body without the key is 401, not 422
-    assert_envelope(shared.request("POST", "/api/jobs", key=None, content=b"nonsense"), 401)
+    assert_envelope(shared.request("POST", "/api/jobs", key="", content=b"nonsense"), 401)
 
 
 def test_24_5_a_chunked_body_past_the_cap_is_413(shared: Backend) -> None:

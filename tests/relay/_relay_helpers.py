@@ -256,6 +256,12 @@ class LegacyV1Agent:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="taskapp-relay-legacy", daemon=True)
 
+    @classmethod
+    def for_lease(cls, lease: dict[str, Any]) -> LegacyV1Agent:
+        """The agent of ``lease`` (the answer of :func:`create_lease`), not yet started."""
+        connect = lease["agent_connect"]
+        return cls(connect["url"], connect["agent_token"], lease["lease_id"])
+
     def start(self) -> LegacyV1Agent:
         self._thread.start()
         if not self._ready.wait(10):

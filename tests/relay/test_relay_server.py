@@ -98,9 +98,7 @@ def test_a_legacy_v1_agent_serves_requests_through_the_relay() -> None:
     # No trusted proxy: the test client is a public caller whose X-Forwarded-For is a lie.
     with running_relay(trusted_proxies=()) as relay:
         lease = create_lease(relay.url)
-        agent = LegacyV1Agent(
-            lease["agent_connect"]["url"], lease["agent_connect"]["agent_token"], lease["lease_id"]
-        ).start()
+        agent = LegacyV1Agent.for_lease(lease).start()
         try:
             assert agent.ack is not None
             assert agent.ack["type"] == "ATTACH_ACK"
@@ -150,9 +148,7 @@ def test_a_legacy_v1_agent_serves_requests_through_the_relay() -> None:
 def test_behind_a_trusted_proxy_the_forwarded_client_address_is_used() -> None:
     with running_relay(trusted_proxies=("127.0.0.1",)) as relay:
         lease = create_lease(relay.url)
-        agent = LegacyV1Agent(
-            lease["agent_connect"]["url"], lease["agent_connect"]["agent_token"], lease["lease_id"]
-        ).start()
+        agent = LegacyV1Agent.for_lease(lease).start()
         try:
             answer = httpx.get(
                 lease["public_url"],
@@ -231,9 +227,7 @@ def test_agent_socket_rejects_every_token_but_the_leases_agent_token() -> None:
 def test_inflight_limit_503_and_deadline_504_with_cancel_to_the_agent() -> None:
     with running_relay(max_inflight=2) as relay:
         lease = create_lease(relay.url)
-        agent = LegacyV1Agent(
-            lease["agent_connect"]["url"], lease["agent_connect"]["agent_token"], lease["lease_id"]
-        ).start()
+        agent = LegacyV1Agent.for_lease(lease).start()
         headers = {
             "X-SynthTunnel-Worker-Token": lease["worker_token"],
             "X-SynthTunnel-Deadline-Ms": "1500",
@@ -265,9 +259,7 @@ def test_inflight_limit_503_and_deadline_504_with_cancel_to_the_agent() -> None:
 def test_no_progress_for_the_stall_timeout_answers_504_and_cancels() -> None:
     with running_relay(stall_timeout=0.5) as relay:
         lease = create_lease(relay.url)
-        agent = LegacyV1Agent(
-            lease["agent_connect"]["url"], lease["agent_connect"]["agent_token"], lease["lease_id"]
-        ).start()
+        agent = LegacyV1Agent.for_lease(lease).start()
         headers = {"X-SynthTunnel-Worker-Token": lease["worker_token"]}
         try:
             started = time.monotonic()
@@ -284,9 +276,7 @@ def test_no_progress_for_the_stall_timeout_answers_504_and_cancels() -> None:
 def test_request_size_and_header_limits() -> None:
     with running_relay(max_request_bytes=1000, max_header_bytes=2048) as relay:
         lease = create_lease(relay.url)
-        agent = LegacyV1Agent(
-            lease["agent_connect"]["url"], lease["agent_connect"]["agent_token"], lease["lease_id"]
-        ).start()
+        agent = LegacyV1Agent.for_lease(lease).start()
         headers = {"X-SynthTunnel-Worker-Token": lease["worker_token"]}
         try:
             assert (
@@ -314,9 +304,7 @@ def test_no_token_reaches_logs_or_bodies_and_access_logs_drop_queries(
     caplog.set_level(logging.DEBUG)
     with running_relay() as relay:
         lease = create_lease(relay.url)
-        agent = LegacyV1Agent(
-            lease["agent_connect"]["url"], lease["agent_connect"]["agent_token"], lease["lease_id"]
-        ).start()
+        agent = LegacyV1Agent.for_lease(lease).start()
         worker = lease["worker_token"]
         bodies = []
         try:
@@ -379,9 +367,7 @@ def test_leases_survive_a_restart_with_a_state_file(tmp_path: Path) -> None:
         )
         assert answer.status_code == 200
         assert answer.json()["public_url"] == lease["public_url"]
-        agent = LegacyV1Agent(
-            lease["agent_connect"]["url"], lease["agent_connect"]["agent_token"], lease["lease_id"]
-        ).start()
+        agent = LegacyV1Agent.for_lease(lease).start()
         try:
             ok = httpx.get(
                 lease["public_url"], headers={"X-SynthTunnel-Worker-Token": lease["worker_token"]}
@@ -396,9 +382,7 @@ def test_leases_survive_a_restart_with_a_state_file(tmp_path: Path) -> None:
 def test_worker_token_rotation_keeps_the_old_token_for_a_grace_period() -> None:
     with running_relay(worker_token_grace=0.6) as relay:
         lease = create_lease(relay.url)
-        agent = LegacyV1Agent(
-            lease["agent_connect"]["url"], lease["agent_connect"]["agent_token"], lease["lease_id"]
-        ).start()
+        agent = LegacyV1Agent.for_lease(lease).start()
         try:
             rotated = httpx.post(
                 f"{relay.url}{p.LEASES_PATH}/{lease['lease_id']}/worker-token",
@@ -427,13 +411,8 @@ def test_worker_token_rotation_keeps_the_old_token_for_a_grace_period() -> None:
 def test_a_new_agent_connection_replaces_the_old_one() -> None:
     with running_relay() as relay:
         lease = create_lease(relay.url)
-        args = (
-            lease["agent_connect"]["url"],
-            lease["agent_connect"]["agent_token"],
-            lease["lease_id"],
-        )
-        first = LegacyV1Agent(*args).start()
-        second = LegacyV1Agent(*args).start()
+        first = LegacyV1Agent.for_lease(lease).start()
+        second = LegacyV1Agent.for_lease(lease).start()
         try:
             assert wait_for(lambda: not first._thread.is_alive(), 5)  # closed by the relay
             ok = httpx.get(
@@ -449,19 +428,14 @@ def test_a_new_agent_connection_replaces_the_old_one() -> None:
 def test_killed_agent_gives_503_then_a_new_agent_recovers_the_same_url() -> None:
     with running_relay() as relay:
         lease = create_lease(relay.url)
-        args = (
-            lease["agent_connect"]["url"],
-            lease["agent_connect"]["agent_token"],
-            lease["lease_id"],
-        )
         headers = {"X-SynthTunnel-Worker-Token": lease["worker_token"]}
-        agent = LegacyV1Agent(*args).start()
+        agent = LegacyV1Agent.for_lease(lease).start()
         assert httpx.get(lease["public_url"], headers=headers).status_code == 200
         agent.kill()
         assert wait_for(
             lambda: httpx.get(lease["public_url"], headers=headers).status_code == 503, 5
         )
-        agent = LegacyV1Agent(*args).start()
+        agent = LegacyV1Agent.for_lease(lease).start()
         try:
             assert httpx.get(lease["public_url"], headers=headers).status_code == 200
         finally:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
-import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
+from tests.cli._cli_helpers import _ThreadedUvicorn
 from tests.helpers import BackendChild
 from tests.optimize._optimize_helpers import STAND_IN_MUTATION
 from tests.optimize._optimize_helpers import toy_toml as shared_toy_toml
@@ -97,13 +96,11 @@ def raw_request(host: str, port: int, data: bytes, *, read_timeout: float = 5.0)
         return b"".join(chunks)
 
 
-class Recorder:
+class Recorder(_ThreadedUvicorn):
     """**Stand-in** for a client-chosen URL: a real uvicorn server in this process that
     answers 401 to everything and records each request's URL, headers and body."""
 
     def __init__(self) -> None:
-        import uvicorn
-
         self.seen: list[str] = []
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -123,28 +120,7 @@ class Recorder:
             await send({"type": "http.response.start", "status": 401, "headers": []})
             await send({"type": "http.response.body", "body": b"{}"})
 
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off")
-        )
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the recorder did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
+        super().__init__(app)
 
     def text(self) -> str:
         return "\n".join(self.seen)

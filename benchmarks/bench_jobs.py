@@ -31,11 +31,7 @@ import argparse
 import json
 import os
 import platform
-import re
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from taskapp import InProcessTaskApp, PromptLearningJob
 from taskapp.optimize.prompt_learning import load_prompt_learning
 from taskapp.optimize.runner import run_config
+from tests.helpers import BackendChild
 from tests.optimize._optimize_helpers import ToyTask, toy_toml
 
 KEY = "bench-backend-key-0123456789"
@@ -64,26 +61,10 @@ class TimedTask(ToyTask):
         return await super().rollout(request, http_request)
 
 
-def start_backend(folder: Path) -> tuple[subprocess.Popen[str], str]:
-    taskapp = shutil.which("taskapp")
-    assert taskapp, "install taskapp first (pip install -e .)"
+def start_backend(folder: Path) -> BackendChild:
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env["TASKAPP_BACKEND_API_KEY"] = KEY
-    proc = subprocess.Popen(
-        [taskapp, "backend", "serve", "--port", "0", "--db", str(folder / "jobs.sqlite3")],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert proc.stderr is not None
-    for _ in range(50):
-        line = proc.stderr.readline()
-        match = re.search(r"serving on (http://\S+)", line)
-        if match:
-            return proc, match.group(1)
-    proc.kill()
-    raise RuntimeError("the backend did not start")
+    return BackendChild("serve", folder / "jobs.sqlite3", env=env, cwd=folder).start()
 
 
 def page_first_render(url: str, job_id: str, loads: int) -> list[float] | None:
@@ -138,7 +119,8 @@ def main() -> int:
         config_path.write_text(toy_toml(args.budget, patience=1000))
         config = load_prompt_learning(config_path).config
         task = TimedTask(latency=args.latency)
-        proc, url = start_backend(folder)
+        backend = start_backend(folder)
+        url = backend.url
         try:
             with InProcessTaskApp(config=task.config(), port=0, api_key="bench-app-key") as app:
                 client = PromptLearningJob(url, KEY)
@@ -177,8 +159,7 @@ def main() -> int:
                     )
                 page = page_first_render(url, job_id, args.page_loads)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            backend.stop()
     assert calls["direct"] == calls["backend"], f"different work: {calls}"
     direct, backend = statistics.median(walls["direct"]), statistics.median(walls["backend"])
     figures: dict[str, Any] = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -64,10 +63,10 @@ def test_git_revision_is_computed_once_for_the_runner_and_per_call_for_others(
     repo = tmp_path / "checkout"
     repo.mkdir()
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
+    run_child([*git, "init", "-q"], check=True, timeout=60)
     (repo / "f.txt").write_text("x")
-    subprocess.run([*git, "add", "f.txt"], check=True)
-    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    run_child([*git, "add", "f.txt"], check=True, timeout=60)
+    run_child([*git, "commit", "-qm", "one"], check=True, timeout=60)
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     env.pop("INSPECT_DISPLAY", None)
     env["PYTHONPATH"] = str(REPO / "src")

@@ -52,3 +52,61 @@ def test_24_4_streams_on_one_job_share_one_store_read_per_change(tmp_path: Path)
         assert len(reads) <= 4, f"{len(reads)} store reads for 200 streams and 2 changes"
     finally:
         store.close()
+
+
+def test_24_4_a_stream_holds_no_fastapi_state_and_its_client_leaving_frees_its_slot(
+    tmp_path: Path,
+) -> None:
+    """500 open streams kept FastAPI's per-request state alive (exit stacks, exception
+    frames: about a third of their memory, kept by the process after they left). A
+    stream is now served by a plain-ASGI front; a client leaving ends it at once."""
+    import sys
+
+    from taskapp.jobs.service import create_backend_app
+
+    key = "stream-test-key-0123456789"
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3", owner=True)
+    try:
+        job_id, _ = store.create(
+            {"budget": 10}, task_app_url="http://127.0.0.1:9", task_app_key=None,
+            worker_token=None, warnings=[],
+        )  # fmt: skip
+        app = create_backend_app(store, None, key)
+        held_in: list[str] = []
+
+        async def main() -> list[dict[str, Any]]:
+            sent: list[dict[str, Any]] = []
+            leave = asyncio.Event()
+            messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+            async def receive() -> dict[str, Any]:
+                if messages:
+                    return messages.pop()
+                await leave.wait()
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                frame = sys._getframe()
+                while frame is not None:
+                    held_in.append(frame.f_code.co_filename)
+                    frame = frame.f_back  # type: ignore[assignment]
+                sent.append(message)
+                if message.get("body"):
+                    assert app.backend.limits.open == 1
+                    leave.set()
+
+            scope = {
+                "type": "http", "method": "GET", "path": f"/api/jobs/{job_id}/events/stream",
+                "query_string": b"after=0", "headers": [(b"authorization", f"Bearer {key}".encode())],
+                "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+            }  # fmt: skip
+            await asyncio.wait_for(app(scope, receive, send), 5)  # not the 1 s fallback
+            return sent
+
+        sent = asyncio.run(main())
+        assert sent[0]["status"] == 200
+        assert b"event: submitted" in sent[1]["body"]
+        assert app.backend.limits.open == 0  # the slot came back
+        assert not [f for f in held_in if "fastapi" in f or "starlette" in f], held_in
+    finally:
+        store.close()

@@ -43,6 +43,7 @@ __all__ = [
     "TESTS",
     "BackendChild",
     "assert_released",
+    "backend_child_env",
     "build_wheels",
     "demo_config",
     "free_port",
@@ -76,6 +77,20 @@ def start_child(args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
 
 #: The installed console script (``pip install -e .``), "" when it is missing.
 TASKAPP = shutil.which("taskapp") or ""
+
+
+def backend_child_env(key: str, **extra: str) -> dict[str, str]:
+    """This environment for a backend child: without the host's task-app/OpenAI keys, backend
+    settings and proxies; ``TASKAPP_BACKEND_API_KEY`` = ``key``; then ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ENVIRONMENT_API_KEY", "TASKAPP_BACKEND", "OPENAI_"))
+        and not k.lower().endswith("_proxy")
+    }
+    env["TASKAPP_BACKEND_API_KEY"] = key
+    env.update(extra)
+    return env
 
 
 class BackendChild:

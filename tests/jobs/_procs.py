@@ -3,10 +3,9 @@ installed console script), and the toy task app and configs the job tests submit
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from tests.helpers import BackendChild
+from tests.helpers import BackendChild, backend_child_env
 from tests.optimize._optimize_helpers import toy_toml as shared_toy_toml
 
 KEY = "backend-test-key-0123456789"
@@ -18,15 +17,7 @@ def toy_toml(budget: int = 150, val: int = 30, patience: int = 50) -> str:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("ENVIRONMENT_API_KEY", "TASKAPP_BACKEND", "OPENAI_"))
-        and not k.lower().endswith("_proxy")
-    }
-    env["TASKAPP_BACKEND_API_KEY"] = KEY
-    env.update(extra)
-    return env
+    return backend_child_env(KEY, **extra)
 
 
 class Proc(BackendChild):

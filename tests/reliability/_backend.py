@@ -8,7 +8,6 @@ here with its own SQLite file and an environment holding host secrets it must ne
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.cli._cli_helpers import _ThreadedUvicorn
-from tests.helpers import BackendChild
+from tests.helpers import BackendChild, backend_child_env
 from tests.optimize._optimize_helpers import STAND_IN_MUTATION
 from tests.optimize._optimize_helpers import toy_toml as shared_toy_toml
 
@@ -34,21 +33,13 @@ def toy_toml(budget: int = 40, mutation: str = STAND_IN_MUTATION, head: str = ""
 
 
 def backend_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("ENVIRONMENT_API_KEY", "TASKAPP_BACKEND", "OPENAI_"))
-        and not k.lower().endswith("_proxy")
+    secrets = {
+        "BS_HOST_SECRET": HOST_SECRET,
+        "ENVIRONMENT_API_KEY": ENV_KEY_SECRET,
+        "OPENAI_API_KEY": OPENAI_SECRET,
+        "BS_MODEL_KEY": MODEL_KEY,
     }
-    env.update(
-        TASKAPP_BACKEND_API_KEY=KEY,
-        BS_HOST_SECRET=HOST_SECRET,
-        ENVIRONMENT_API_KEY=ENV_KEY_SECRET,
-        OPENAI_API_KEY=OPENAI_SECRET,
-        BS_MODEL_KEY=MODEL_KEY,
-    )
-    env.update(extra)
-    return env
+    return backend_child_env(KEY, **{**secrets, **extra})
 
 
 class Backend(BackendChild):

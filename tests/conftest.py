@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,11 @@ def pytest_report_header(config: Any) -> str:
 
 
 def pytest_configure(config: Any) -> None:
+    # A shell starts a background command (`cmd &` without job control) with SIGINT ignored,
+    # and children inherit that: the Ctrl-C tests would then see nothing. Restore Python's
+    # handler here (children started after this get SIGINT's default back).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # .ci/run sets TASKAPP_EXPECT_STACK so a run meant for the plain stack cannot silently
     # run on uvloop/httptools (which once hid two real failures).
     expected = os.environ.get("TASKAPP_EXPECT_STACK")

@@ -50,66 +50,44 @@ _AIOHTTP = (
 #: the venv with synth-containers 0.4.6 and synth-optimizers 0.1.1
 CONTAINERS = "containers-0.4.6"
 
+# What synth_ai.sdk.task pulls in beyond taskapp's own: tracing (libsql, sqlalchemy) and the
+# CLI (modal, mcp, celery); the same for 0.3.9 and 0.4.12 (found the same way)
+_SDK_TASK = (
+    "libsql",
+    "sqlalchemy",
+    "modal",
+    "mcp<2",
+    "celery",
+    "kombu",
+    "amqp",
+    "vine",
+    "billiard",
+    "tzlocal",
+    "tomli_w",
+    "pynacl",
+    "grpclib",
+    "synchronicity",
+    "h2",
+    "hyperframe",
+    "hpack",
+    "httpx_sse",
+    "sse_starlette",
+    "python-dotenv",
+    "protobuf",
+    "pydantic-settings",
+    *_AIOHTTP,
+)
+
 #: release -> the extra packages its imports need (installed --no-deps), measured in a venv
 #: that sees only .venv-plain's packages (`.[test]`), as on a fresh CI machine
-
 VERSIONS: dict[str, tuple[str, ...]] = {
     # TaskAppConfig, create_task_app, TaskAppClient: aiohttp (with its own dependencies)
     # beyond what taskapp needs
     "0.7.3": _AIOHTTP,
-    # synth_ai.sdk.task pulls in tracing (libsql, sqlalchemy), the CLI (modal, mcp, celery)
-    "0.3.9": (
-        "libsql",
-        "sqlalchemy",
-        "modal",
-        "mcp<2",
-        "celery",
-        "kombu",
-        "amqp",
-        "vine",
-        "billiard",
-        "tzlocal",
-        "tomli_w",
-        "pynacl",
-        "grpclib",
-        "synchronicity",
-        "h2",
-        "hyperframe",
-        "hpack",
-        "httpx_sse",
-        "sse_starlette",
-        "python-dotenv",
-        "protobuf",
-        "pydantic-settings",
-        *_AIOHTTP,
-    ),
+    "0.3.9": _SDK_TASK,
     # Gen C's first shape (metrics.outcome_reward, no reward_info): synth_ai.sdk.task pulls
-    # in what 0.3.9's does (found the same way)
-    "0.4.12": (
-        "libsql",
-        "sqlalchemy",
-        "modal",
-        "mcp<2",
-        "celery",
-        "kombu",
-        "amqp",
-        "vine",
-        "billiard",
-        "tzlocal",
-        "tomli_w",
-        "pynacl",
-        "grpclib",
-        "synchronicity",
-        "h2",
-        "hyperframe",
-        "hpack",
-        "httpx_sse",
-        "sse_starlette",
-        "python-dotenv",
-        "protobuf",
-        "pydantic-settings",
-        *_AIOHTTP,
-    ),
+    # in what 0.3.9's does
+    "0.4.12": _SDK_TASK,
     # the Rust agent ships in the wheel (synth_ai_py, manylinux abi3)
     "0.9.11": (),
     # the lease REST client

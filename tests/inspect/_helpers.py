@@ -65,3 +65,31 @@ def run_inspect_eval(specs: list[str], model: str, log_dir: Path) -> dict[str, d
             first = next(iter(sample["scores"].values()))
             scores[sample["id"]] = to_float(first["value"])
     return found
+
+
+def run_example_child(
+    script: str, *, pythonpath: list[Path], cwd: Path, timeout: float
+) -> dict[str, Any]:
+    """Run ``script`` (with ``TARGET`` set to the shipped example task) in a fresh Python on
+    ``pythonpath`` and return the JSON it prints on its ``RESULT `` line.
+
+    Inspect's display is left at its default (``INSPECT_DISPLAY`` removed), as a user has it.
+    """
+    import textwrap
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    env.pop("INSPECT_DISPLAY", None)
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
+    code = f"TARGET = {str(EXAMPLE) + '@intents'!r}\n" + textwrap.dedent(script)
+    proc = run_child(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=str(cwd),
+    )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    return result

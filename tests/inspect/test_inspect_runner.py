@@ -7,17 +7,13 @@ process without it, in a throwaway git repository, counting the ``git`` commands
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import run_child
-from tests.inspect._helpers import EXAMPLE, REPO
+from tests.inspect._helpers import REPO, run_example_child
 
 CHILD = """
 import asyncio, copy, json, subprocess, uuid
@@ -67,21 +63,7 @@ def test_git_revision_is_computed_once_for_the_runner_and_per_call_for_others(
     (repo / "f.txt").write_text("x")
     run_child([*git, "add", "f.txt"], check=True, timeout=60)
     run_child([*git, "commit", "-qm", "one"], check=True, timeout=60)
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    env.pop("INSPECT_DISPLAY", None)
-    env["PYTHONPATH"] = str(REPO / "src")
-    code = f"TARGET = {str(EXAMPLE) + '@intents'!r}\n" + textwrap.dedent(CHILD)
-    proc = run_child(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        cwd=str(repo),
-    )
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-3000:]
-    result = json.loads(line.removeprefix("RESULT "))
+    result = run_example_child(CHILD, pythonpath=[REPO / "src"], cwd=repo, timeout=180)
     assert result["calls"] == 3
     first, second, third, other = result["counts"]
     assert first > 0, "Inspect ran no git command: nothing to hoist (did Inspect change?)"

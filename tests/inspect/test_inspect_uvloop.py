@@ -11,16 +11,14 @@ process whose ``PYTHONPATH`` adds uvloop, installed once from the package regist
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import run_child
-from tests.inspect._helpers import EXAMPLE, REPO
+from tests.inspect._helpers import REPO, run_example_child
 
 UVLOOP = "uvloop>=0.19"
 
@@ -97,23 +95,7 @@ print("RESULT " + json.dumps({
 
 def test_a_rollout_served_by_uvicorn_on_uvloop_succeeds() -> None:
     site = uvloop_dir()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "src")]),
-    }
-    env.pop("INSPECT_DISPLAY", None)
-    code = f"TARGET = {str(EXAMPLE) + '@intents'!r}\n" + textwrap.dedent(SERVE)
-    proc = run_child(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        cwd=str(REPO),
-    )
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-3000:]
-    result = json.loads(line.removeprefix("RESULT "))
+    result = run_example_child(SERVE, pythonpath=[site, REPO / "src"], cwd=REPO, timeout=240)
     assert result["loops"] == ["uvloop"], result  # really served on uvloop
     assert result["statuses"] == ["success"] * 4, result["errors"]
     assert all(score in (0.0, 1.0) for score in result["scores"]), result

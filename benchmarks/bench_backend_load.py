@@ -50,18 +50,11 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.optimize._optimize_helpers import toy_toml
+
 KEY = "bench-backend-load-" + secrets.token_hex(8)
-TOML = """
-[prompt_learning]
-algorithm = "gepa"
-[prompt_learning.gepa.evaluation]
-train_seeds = "0-9"
-val_seeds = "100-104"
-[prompt_learning.gepa.rollout]
-budget = 40
-[prompt_learning.gepa.mutation]
-llm_provider = "stand-in"
-"""
 
 
 def raise_fd_limit() -> int:
@@ -258,7 +251,9 @@ def phases(args: argparse.Namespace, proc: subprocess.Popen[str], url: str, limi
     headers = {"Authorization": f"Bearer {KEY}"}
     client = httpx.Client(base_url=url, headers=headers, trust_env=False, timeout=60)
     ids = [
-        client.post("/api/jobs", json={"config_toml": TOML, "task_app_url": "http://127.0.0.1:9"})
+        client.post(
+            "/api/jobs", json={"config_toml": toy_toml(), "task_app_url": "http://127.0.0.1:9"}
+        )
         .raise_for_status()
         .json()["id"]
         for _ in range(20)

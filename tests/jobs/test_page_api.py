@@ -21,19 +21,11 @@ import httpx
 import pytest
 
 from tests.jobs.test_jobs import KEY, Backend
+from tests.optimize._optimize_helpers import toy_toml
 
 LONG = os.environ.get("TASKAPP_FUZZ") == "long"
 CLIENTS = 150 if LONG else 30
 AUTH = {"Authorization": f"Bearer {KEY}"}
-TOML = """
-[prompt_learning]
-algorithm = "gepa"
-[prompt_learning.gepa.evaluation]
-train_seeds = "0-9"
-val_seeds = "10-14"
-[prompt_learning.gepa.mutation]
-llm_provider = "stand-in"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
 
 def submit(backend: Backend) -> str:
     job = backend.api(
-        "POST", "/api/jobs", json={"config_toml": TOML, "task_app_url": "http://127.0.0.1:9"}
+        "POST", "/api/jobs", json={"config_toml": toy_toml(), "task_app_url": "http://127.0.0.1:9"}
     )
     return str(job["id"])
 

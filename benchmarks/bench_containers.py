@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,48 +101,51 @@ def p50(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-async def sync_load(
-    client: Any, headers: dict[str, str], seconds: float, concurrency: int
+async def closed_loop(
+    one: Callable[[], Awaitable[None]], seconds: float, concurrency: int
 ) -> tuple[float, float]:
+    """``concurrency`` workers each calling ``one`` back to back for ``seconds``: (calls per
+    second, p50 latency in ms)."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
         while time.perf_counter() < deadline:
-            body = {"seed": 1, "submission_mode": "sync", "rollout_id": f"s-{uuid.uuid4().hex}"}
             started = time.perf_counter()
-            answer = await client.post("/rollouts", json=body, headers=headers)
-            assert answer.status_code == 200, answer.text[:200]
+            await one()
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return len(latencies) / (time.perf_counter() - started), p50(latencies) * 1000
+
+
+async def sync_load(
+    client: Any, headers: dict[str, str], seconds: float, concurrency: int
+) -> tuple[float, float]:
+    async def one() -> None:
+        body = {"seed": 1, "submission_mode": "sync", "rollout_id": f"s-{uuid.uuid4().hex}"}
+        answer = await client.post("/rollouts", json=body, headers=headers)
+        assert answer.status_code == 200, answer.text[:200]
+
+    return await closed_loop(one, seconds, concurrency)
 
 
 async def async_load(
     client: Any, headers: dict[str, str], seconds: float, concurrency: int
 ) -> tuple[float, float]:
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
+    async def one() -> None:
+        rollout_id = f"a-{uuid.uuid4().hex}"
+        body = {"seed": 1, "submission_mode": "async", "rollout_id": rollout_id}
+        answer = await client.post("/rollouts", json=body, headers=headers)
+        assert answer.status_code == 200, answer.text[:200]
+        while True:
+            polled = await client.get(f"/rollouts/{rollout_id}", headers=headers)
+            if polled.json().get("status") != "running":
+                break
+            await asyncio.sleep(0.002)
 
-    async def worker() -> None:
-        while time.perf_counter() < deadline:
-            rollout_id = f"a-{uuid.uuid4().hex}"
-            body = {"seed": 1, "submission_mode": "async", "rollout_id": rollout_id}
-            started = time.perf_counter()
-            answer = await client.post("/rollouts", json=body, headers=headers)
-            assert answer.status_code == 200, answer.text[:200]
-            while True:
-                polled = await client.get(f"/rollouts/{rollout_id}", headers=headers)
-                if polled.json().get("status") != "running":
-                    break
-                await asyncio.sleep(0.002)
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return len(latencies) / (time.perf_counter() - started), p50(latencies) * 1000
+    return await closed_loop(one, seconds, concurrency)
 
 
 async def terminate_latency(client: Any, headers: dict[str, str], count: int) -> float:

@@ -11,14 +11,18 @@ offline stand-in: the model's own time is ~0) and samples on both sides, one pro
   computed once per process, as taskapp's runner does (``runner._hoist_revision``: Inspect
   runs ``git`` three times per ``eval_async`` call outside pytest). Against this row the
   difference is what taskapp's HTTP layer and batching add;
+* **direct, one call** (informational, at concurrency C only): all the samples in one
+  ``eval_async`` call with ``max_samples`` C, revision cached: what a caller who knows
+  every sample up front gets (a server's rollouts arrive one request at a time);
 * **taskapp**: the task app started with ``InProcessTaskApp`` (thread server) and C
-  concurrent ``POST /rollout`` over loopback HTTP through one shared httpx client (as
-  ``taskapp eval`` sends them), created before the clock starts.
+  concurrent ``POST /rollout`` over loopback HTTP through one shared httpx client,
+  created before the clock starts. Its live eval run lingers a moment after the last
+  rollout; the direct rows wait for it to end, outside the clock.
 
 Reported: p50 latency per rollout at concurrency 1 and the overhead (taskapp p50 − direct
 p50; goal <= 5 ms), and rollouts/s at concurrency C with the ratio taskapp / direct (goal
->= 0.95), each against both direct rows. Rounds alternate the rows so load from elsewhere
-hits all. Usage::
+>= 0.95), each against both direct rows. Every row is warmed; each round runs the rows in
+a rotated order so load from elsewhere (and any order effect) hits all. Usage::
 
     python benchmarks/bench_inspect.py                      # 3 rounds, 40 rollouts, C = 8
     python benchmarks/bench_inspect.py --rounds 1 --n 8     # the smoke run
@@ -51,7 +55,7 @@ def direct_setup() -> tuple[Any, list[Any], Any]:
     return loaded.task, with_ids(loaded.task.dataset), get_model(MODEL)
 
 
-async def direct_call(task: Any, samples: list[Any], model: Any) -> None:
+async def direct_call(task: Any, samples: list[Any], model: Any, max_samples: int) -> None:
     from inspect_ai import eval_async, task_with
 
     t = task_with(copy.copy(task), dataset=samples, model=model, epochs=1)
@@ -63,16 +67,22 @@ async def direct_call(task: Any, samples: list[Any], model: Any) -> None:
         log_realtime=False,
         score_display=False,
         fail_on_error=False,
-        max_samples=len(samples),
+        max_samples=max_samples,
+        log_level="critical",  # as taskapp
     )
     assert logs[0].samples, logs[0].error
     assert len(logs[0].samples) == len(samples), logs[0].error
 
 
 async def direct(
-    setup: tuple[Any, list[Any], Any], n: int, c: int, *, cached_revision: bool = False
+    setup: tuple[Any, list[Any], Any],
+    n: int,
+    c: int,
+    *,
+    cached_revision: bool = False,
+    one_call: bool = False,
 ) -> tuple[float, float]:
-    """(p50 latency s at this concurrency, rollouts/s)."""
+    """(p50 latency s per call, rollouts/s); ``one_call``: all n samples in one call."""
     from taskapp.plugins.inspect_tasks import runner
 
     task, samples, model = setup
@@ -81,9 +91,10 @@ async def direct(
     token = runner._CACHED_REVISION.set(cached_revision)
     try:
         start = time.perf_counter()
-        for first in range(0, n, c):
+        step = n if one_call else c
+        for first in range(0, n, step):
             t0 = time.perf_counter()
-            await direct_call(task, samples[first : first + c], model)
+            await direct_call(task, samples[first : first + step], model, c)
             latencies.append(time.perf_counter() - t0)
         return statistics.median(latencies), n / (time.perf_counter() - start)
     finally:
@@ -129,11 +140,24 @@ def measured(run: Any, n: int) -> tuple[float, float, float]:
     return p50, rate, (time.process_time() - cpu) / n * 1000
 
 
+def app_state(app: Any) -> Any:
+    """The task app's InspectTaskApp (None when it runs in another process)."""
+    config = getattr(app.loaded, "config", None)
+    return getattr(config, "app_state", {}).get("inspect_task_app") if config else None
+
+
 def eval_calls(app: Any) -> int:
     """eval_async calls the task app made so far (-1 when it runs in another process)."""
-    config = getattr(app.loaded, "config", None)
-    state = getattr(config, "app_state", {}).get("inspect_task_app") if config else None
+    state = app_state(app)
     return int(state.runner.calls) if state is not None else -1
+
+
+def wait_idle(app: Any) -> None:
+    """Until the task app's live eval run has ended (it lingers a moment after the last
+    rollout; Inspect allows one eval_async per process, so the direct rows wait for it)."""
+    state = app_state(app)
+    while state is not None and state.runner.busy:
+        time.sleep(0.005)
 
 
 def main() -> None:
@@ -155,8 +179,6 @@ def main() -> None:
     _quiet_display()  # the display taskapp picks (INSPECT_DISPLAY wins), for both sides
 
     from taskapp import InProcessTaskApp
-
-    setup = direct_setup()
     from taskapp.core.serving import describe_stack
 
     setup = direct_setup()
@@ -165,18 +187,25 @@ def main() -> None:
     calls: list[int] = []
     n = args.n
     with InProcessTaskApp(task_app_path=TARGET, port=0, server=args.server) as app:
-        asyncio.run(through_taskapp(app.url, app.api_key, 2, 1))  # warm both paths
-        asyncio.run(direct(setup, 2, 1))
-        for _ in range(args.rounds):
+        for k in (1, c):  # warm every path
+            asyncio.run(through_taskapp(app.url, app.api_key, 2 * k, k))
+            wait_idle(app)
+            asyncio.run(direct(setup, 2 * k, k))
+            asyncio.run(direct(setup, 2 * k, k, cached_revision=True, one_call=True))
+        for r in range(args.rounds):
             for k in (1, c):
-                rows.setdefault(f"d{k}", []).append(measured(direct(setup, n, k), n))
-                hoisted = direct(setup, n, k, cached_revision=True)
-                rows.setdefault(f"h{k}", []).append(measured(hoisted, n))
-                before = eval_calls(app)
-                through = through_taskapp(app.url, app.api_key, n, k)
-                rows.setdefault(f"t{k}", []).append(measured(through, n))
-                if k == c:
-                    calls.append(eval_calls(app) - before)
+                keys = "dht" + ("w" if k == c else "")
+                for key in keys[r % len(keys) :] + keys[: r % len(keys)]:  # rotated
+                    before = eval_calls(app)
+                    if key == "t":
+                        run = through_taskapp(app.url, app.api_key, n, k)
+                    else:
+                        run = direct(setup, n, k, cached_revision=key != "d", one_call=key == "w")
+                    rows.setdefault(f"{key}{k}", []).append(measured(run, n))
+                    if key == "t":
+                        wait_idle(app)  # outside the clock
+                        if k == c:
+                            calls.append(eval_calls(app) - before)
     # p50 latency at c=1, rollouts/s at c=C, CPU ms per rollout: medians over the rounds
     m = {
         f"{key}{k}": statistics.median(v[i] for v in values)
@@ -198,6 +227,11 @@ def main() -> None:
         f"c={c}  direct {dc:7.1f} rollouts/s (revision cached {hc:.1f})   taskapp {tc:7.1f} "
         f"rollouts/s   ratio {tc / dc:.2f} ({tc / hc:.2f} to revision cached; goal >= 0.95); "
         f"taskapp made {calls} eval_async calls"
+    )
+    wc = m[f"w{c}r"]
+    print(
+        f"c={c}  direct, all {n} samples in one eval_async call (max_samples={c}, revision "
+        f"cached; needs every sample up front) {wc:.1f} rollouts/s   taskapp ratio {tc / wc:.2f}"
     )
     for k in (1, c):
         d, h, t = (m[f"{key}{k}cpu"] for key in "dht")

@@ -32,6 +32,7 @@ subprocess.run = counting
 
 loaded = load_task(TARGET)
 runner = EvalRunner(loaded)
+runner.linger = 0  # each run ends with its rollout: one eval_async call per rollout
 model = get_model("taskapp/standin")
 _quiet_display()
 
@@ -40,6 +41,7 @@ async def main():
     for seed in range(3):  # three eval_async calls through the runner
         sample = await runner.run(seed, None, model)
         assert sample.scores, sample
+        await runner.idle()
         counts.append(len(gits))
     task = task_with(copy.copy(loaded.task), dataset=runner.samples[:1], model=model)
     logs = await eval_async(task, log_dir="memory://other/" + uuid.uuid4().hex, log_format="json")

@@ -197,7 +197,7 @@ def decode_text(text: str | bytes) -> dict[str, Any]:
     return frame
 
 
-def b64encode(data: bytes) -> str:
+def b64encode(data: bytes | memoryview) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
@@ -216,7 +216,7 @@ def b64decode(data: Any) -> bytes:
 # -- binary frames (v2) ------------------------------------------------------------------
 
 
-def encode_data(kind: int, sid: int, data: bytes, *, end: bool = False) -> bytes:
+def encode_data(kind: int, sid: int, data: bytes | memoryview, *, end: bool = False) -> bytes:
     """A v2 body frame: 6-byte header then the raw bytes."""
     return _HEADER.pack(kind, FLAG_END if end else 0, sid) + data
 

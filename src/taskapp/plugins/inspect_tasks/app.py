@@ -337,4 +337,5 @@ def build_config(
         rollout=state.rollout,
         prompts={"prompt": state.default_prompt},  # GET /program: a GEPA-ready container
         app_state={"inspect_task_app": state},
+        shutdown_hooks=(state.runner.aclose,),  # the live eval run ends with the app
     )

@@ -1,18 +1,27 @@
-"""Run rollouts through Inspect's own ``eval_async``, several at a time.
+"""Run rollouts through Inspect's own eval machinery, in one live eval run at a time.
 
 Every rollout runs the task's solver chain and scorers on one sample inside Inspect's
 ``eval_async`` (the machinery ``inspect eval`` uses), so its score is the one
-``inspect eval`` gives. Inspect allows one ``eval_async`` at a time per process, so
-rollouts that arrive while one runs wait and go together into the next call: one Inspect
-task per (candidate prompt, model), each with the samples of its waiting rollouts, all
-run concurrently by Inspect. A rollout arriving when nothing runs starts at once.
+``inspect eval`` gives. Inspect allows one ``eval_async`` at a time per process, and each
+call sets up an eval and tears it down (task logger, recorder, control server, scheduler,
+results): per rollout, that was most of what taskapp added. So rollouts share a *live run*:
+one ``eval_async`` over an Inspect ``TaskSource``, holding one Inspect task per (candidate
+prompt, model) whose dataset is a ``SampleSource``. A rollout joins its group's running
+task at once (Inspect starts the sample as soon as it is added, beside the ones in
+flight); a rollout of a new group adds a task to the running eval. A task ends once it has
+been idle for :data:`LINGER_S` (or holds :data:`MAX_TASK_SAMPLES` samples, or asks for a
+sample it already ran: sample ids are unique in an Inspect task); the run takes no new
+task after :data:`RUN_SPAN_S` or :data:`MAX_RUN_TASKS` tasks and ends when its last task
+has. Rollouts arriving then start the next run. A lone client's next rollout arrives
+within the linger, so it too skips the set-up.
 
-Logs: Inspect writes an eval log per call, in its ``json`` format: that recorder hands the
-samples back in memory, where the ``eval`` (zip) format would read them back from the file
-lazily, through a synchronous read that patches the running event loop with nest_asyncio
-(which refuses uvloop's loop: every rollout failed under uvloop) and costs CPU per call.
-Unless a ``log_dir`` is given, the log goes to an in-memory filesystem and is deleted once
-the call returns, so no file is left per rollout.
+Results: each sample's ``EvalSample`` as Inspect hands it to the task's ``SampleSource``
+when it completes (what Inspect logs). Logs: unless a ``log_dir`` is given, the run logs
+no samples (nothing reads them) and its eval logs go to an in-memory filesystem, deleted
+at the run's end, so no file is left. With a ``log_dir``, each task's log (all its
+samples) is written there in Inspect's ``json`` format when the task ends. (The ``eval``
+zip format's read-back patches the running event loop with nest_asyncio, which refuses
+uvloop's loop; taskapp never reads a log back.)
 """
 
 from __future__ import annotations
@@ -33,13 +42,17 @@ from taskapp.plugins.inspect_tasks.tasks import LoadedTask, _message
 
 __all__ = ["EvalRunner", "RolloutFailure"]
 
-#: At most this many rollouts go into one eval_async call.
-MAX_BATCH = 256
-#: How long a batch may wait for as many rollouts as the last batch had (concurrent
-#: clients resubmit together after a batch; without the wait the first one would start a
-#: batch of its own and the rest queue behind it): this, or a quarter of the last batch's
-#: duration when that is longer. A lone client never waits.
-GATHER_WINDOW_S = 0.02
+#: How long an idle task (and so the run) waits for the next rollout before it ends:
+#: clients resubmit right after an answer, so a steady stream never pays a run's set-up.
+LINGER_S = 0.02
+#: At most this many samples in one Inspect task (the task keeps each sample's scores
+#: until it ends); more rollouts of the group go into a new task.
+MAX_TASK_SAMPLES = 256
+#: At most this many Inspect tasks run at once in a run (and are started per run).
+MAX_RUN_TASKS = 64
+#: A run takes new tasks for this long (seconds); then it finishes what it holds and the
+#: next run starts, so a busy server's run (and what Inspect keeps per run) stays bounded.
+RUN_SPAN_S = 10.0
 _CONCURRENT_EVAL = "Multiple concurrent calls to eval_async"
 #: Set while this module's eval_async calls run: their logs take the git revision from a
 #: per-process cache (see :func:`_hoist_revision`).
@@ -56,130 +69,297 @@ class RolloutFailure(Exception):
 
 @dataclasses.dataclass
 class _Job:
-    index: int
-    sample_id: Any
+    sample: Any  # inspect_ai.dataset.Sample, its id set
     prompt: str | None
     model: Any  # inspect_ai.model.Model
     future: asyncio.Future[Any]
 
+    @property
+    def key(self) -> tuple[str | None, str]:
+        return self.prompt, str(self.model)
+
+    def fail(self, message: str) -> None:
+        if not self.future.done():
+            self.future.set_exception(RolloutFailure(redact(_one_line(message))))
+
+
+class _Feed:
+    """The samples of one live Inspect task (the rollouts of one prompt and model): its
+    ``SampleSource`` callbacks, run by Inspect inside the task."""
+
+    def __init__(self, key: tuple[str | None, str], linger: float) -> None:
+        self.key = key
+        self.linger = linger
+        self.jobs: dict[str, _Job] = {}  # by sample id (as Inspect compares them)
+        self.pending: list[_Job] = []  # added before the task could take them
+        self.context: contextvars.Context | None = None  # the task's, once it runs
+        self.open = True
+        self.arrived = asyncio.Event()
+
+    def accepts(self, job: _Job) -> bool:
+        return (
+            self.open
+            and self.key == job.key
+            and str(job.sample.id) not in self.jobs
+            and len(self.jobs) < MAX_TASK_SAMPLES
+        )
+
+    def add(self, job: _Job) -> None:
+        from inspect_ai import enqueue_sample
+
+        self.jobs[str(job.sample.id)] = job
+        if self.context is not None:
+            self.context.run(enqueue_sample, [job.sample])  # starts beside those in flight
+        else:
+            self.pending.append(job)
+        self.arrived.set()
+
+    def close(self) -> None:
+        self.open = False
+        self.arrived.set()
+
+    def _take(self) -> list[Any]:
+        if self.context is None:
+            self.context = contextvars.copy_context()  # holds the task's sample enqueuer
+        taken, self.pending = self.pending, []
+        return [job.sample for job in taken]
+
+    async def next_samples(self) -> list[Any] | None:
+        """Called by Inspect when nothing is in flight: the rollouts waiting, else wait
+        :attr:`linger` for one, else end the task."""
+        taken = self._take()
+        if taken or not self.open:
+            return taken or None
+        self.arrived.clear()
+        if self.linger > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), self.linger)
+        if self.open and self.arrived.is_set():
+            return self._take()  # [] when it came through enqueue_sample: Inspect drains it
+        self.open = False
+        return None
+
+    async def sample_complete(self, sample: Any) -> list[Any] | None:
+        job = self.jobs.get(str(sample.id))
+        if job is not None and not job.future.done():
+            job.future.set_result(sample)
+        return self._take() or None
+
+    async def sample_abandoned(self, sample: Any, epoch: int) -> list[Any] | None:
+        job = self.jobs.get(str(sample.id))
+        if job is not None:
+            job.fail("the sample was cancelled before it ran")
+        return None
+
+
+class _Run:
+    """One live ``eval_async`` call: its tasks (one :class:`_Feed` each) and the
+    ``TaskSource`` callbacks Inspect runs."""
+
+    def __init__(self, runner: EvalRunner) -> None:
+        self.runner = runner
+        self.loop = asyncio.get_running_loop()
+        self.started = self.loop.time()
+        self.feeds: list[_Feed] = []
+        self.waiting: list[Any] = []  # tasks made before the run could take them
+        self.context: contextvars.Context | None = None  # the run's, once it runs
+        self.accepting = True
+        self.problems: list[str] = []
+
+    def route(self, job: _Job) -> bool:
+        """Put the job into this run; False when the run takes no more."""
+        for feed in self.feeds:
+            if feed.accepts(job):
+                feed.add(job)
+                return True
+        if self.accepting and (
+            len(self.feeds) >= MAX_RUN_TASKS or self.loop.time() - self.started > RUN_SPAN_S
+        ):
+            self.accepting = False
+        if not self.accepting:
+            return False
+        feed = _Feed(job.key, self.runner.linger)
+        self.feeds.append(feed)
+        feed.add(job)
+        task = self.runner._task_for(feed, job)
+        if self.context is None:
+            self.waiting.append(task)
+            return True
+        from inspect_ai import enqueue_task
+
+        try:
+            self.context.run(enqueue_task, [task])  # starts beside the running tasks
+        except Exception as exc:  # Inspect could not resolve the task
+            feed.close()
+            job.fail(_message(exc))
+        return True
+
+    def close(self) -> None:
+        """Take no more rollouts; idle tasks end at once."""
+        self.accepting = False
+        for feed in self.feeds:
+            feed.close()
+
+    def _take(self) -> list[Any]:
+        if self.context is None:
+            self.context = contextvars.copy_context()  # holds the run's task enqueuer
+        taken, self.waiting = self.waiting, []
+        return taken
+
+    def initial_tasks(self) -> list[Any]:
+        taken, self.waiting = self.waiting, []
+        return taken
+
+    async def next_tasks(self) -> list[Any] | None:
+        """Called by Inspect when no task runs: the tasks waiting, else end the run."""
+        taken = self._take()
+        if not taken:
+            self.close()
+        return taken or None
+
+    async def sample_complete(self, sample: Any, task: Any) -> list[Any] | None:
+        return self._take() or None
+
+    async def task_complete(self, log: Any) -> list[Any] | None:
+        if log.status != "success":
+            self.problems.append(
+                log.error.message if log.error is not None else f"eval status {log.status}"
+            )
+        if self.runner.log_dir is None:
+            _forget(log)
+        return self._take() or None
+
+    def settle(self, problem: str | None = None) -> None:
+        """Fail the rollouts the run did not finish (the task failed, or the run did)."""
+        self.close()
+        why = problem or (self.problems[0] if self.problems else "the sample did not run")
+        for feed in self.feeds:
+            for job in feed.jobs.values():
+                job.fail(why)
+
 
 class EvalRunner:
-    """Batches rollouts of one loaded task into ``eval_async`` calls (one event loop)."""
+    """Runs rollouts of one loaded task in live ``eval_async`` runs (one event loop)."""
 
     def __init__(self, loaded: LoadedTask, *, log_dir: str | None = None) -> None:
         self.loaded = loaded
         self.samples: Sequence[Any] = with_ids(loaded.task.dataset)
         self.log_dir = log_dir
+        self.linger = LINGER_S
         self._memory_dir = f"memory://taskapp-inspect/{uuid.uuid4().hex}"
-        self._queue: list[_Job] = []
+        self._queue: list[_Job] = []  # for the next run
+        self._run: _Run | None = None
         self._worker: asyncio.Task[None] | None = None
         self.calls = 0  # eval_async calls made (tests, benchmarks)
-        self._last_batch = 1
-        self._last_duration = 0.0
-        self._arrived: asyncio.Event | None = None
 
     async def run(self, index: int, prompt: str | None, model: Any) -> Any:
         """The ``EvalSample`` of sample ``index`` run with ``prompt`` on ``model``."""
         loop = asyncio.get_running_loop()
-        job = _Job(index, self.samples[index].id, prompt, model, loop.create_future())
+        job = _Job(self.samples[index], prompt, model, loop.create_future())
         worker = self._worker
         if worker is not None and worker.get_loop() is not loop:
             # a worker of another loop: this config is served again after a stop
-            self._queue = [j for j in self._queue if j.future.get_loop() is loop]
-            self._arrived = None
-            worker = None
-        self._queue.append(job)
-        if self._arrived is not None:
-            self._arrived.set()
+            self._queue, self._run, worker = [], None, None
+        if self._run is None or not self._run.route(job):
+            self._queue.append(job)
         if worker is None or worker.done():
             self._worker = loop.create_task(self._drain())
         return await job.future
 
-    async def _gather(self) -> None:
-        """Wait (at most :data:`GATHER_WINDOW_S`) until as many rollouts are queued as the
-        last batch held."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(GATHER_WINDOW_S, self._last_duration / 4)
-        while len(self._queue) < self._last_batch:
-            left = deadline - loop.time()
-            if left <= 0:
-                return
-            self._arrived = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left)
+    @property
+    def busy(self) -> bool:
+        """A run is live (Inspect refuses another ``eval_async`` in the process until
+        it ends, at most :data:`LINGER_S` after the last rollout's answer)."""
+        return self._worker is not None and not self._worker.done()
+
+    async def idle(self) -> None:
+        """Until no run is live (this loop's): after it, ``eval_async`` may be called."""
+        worker = self._worker
+        if worker is not None and worker.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait({worker})
+
+    async def aclose(self) -> None:
+        """End the live run (the app stops): idle tasks end at once, running samples
+        finish; rollouts still queued fail."""
+        queued, self._queue = self._queue, []
+        for job in queued:
+            job.fail("the task app is stopping")
+        if self._run is not None:
+            self._run.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle(), 60)
 
     async def _drain(self) -> None:
         while self._queue:
-            await self._gather()
-            self._last_batch = min(len(self._queue), MAX_BATCH)
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            started = asyncio.get_running_loop().time()
+            run = _Run(self)
+            jobs, self._queue = self._queue, []
+            for job in jobs:
+                if not run.route(job):
+                    self._queue.append(job)
+            self._run = run
             try:
-                await self._run_batch(batch)
-                self._last_duration = asyncio.get_running_loop().time() - started
+                await self._eval(run)
             except BaseException as exc:
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(RolloutFailure(_failure_text(exc)))
+                run.settle(_message(exc))
                 if not isinstance(exc, Exception):
                     raise
+            finally:
+                if self._run is run:
+                    self._run = None
+                run.settle()
 
-    async def _run_batch(self, batch: list[_Job]) -> None:
-        groups = _group(batch)
-        tasks = [self._task_for(group) for group in groups]
-        log_dir = self.log_dir or self._memory_dir
+    async def _eval(self, run: _Run) -> None:
+        from inspect_ai import TaskSource, eval_async
+
+        source = TaskSource.from_tasks(
+            run.initial_tasks(),
+            next_tasks=run.next_tasks,
+            sample_complete=run.sample_complete,
+            task_complete=run.task_complete,
+        )
         _quiet_display()
         _hoist_revision()
         token = _CACHED_REVISION.set(True)
         try:
-            logs = await self._eval(tasks, log_dir, len(batch))
+            while True:
+                try:
+                    await eval_async(
+                        source,
+                        log_dir=self.log_dir or self._memory_dir,
+                        log_format="json",  # never read back (module docstring)
+                        log_samples=self.log_dir is not None,
+                        log_realtime=False,
+                        score_display=False,
+                        fail_on_error=False,
+                        max_tasks=MAX_RUN_TASKS,
+                        max_samples=MAX_TASK_SAMPLES,
+                        # Inspect's console log off unless the process chose a level: its
+                        # sample-error warnings quote provider messages, keys included
+                        log_level=None if os.environ.get("INSPECT_LOG_LEVEL") else "critical",
+                    )
+                    break
+                except RuntimeError as exc:
+                    if _CONCURRENT_EVAL not in str(exc):
+                        raise
+                    await asyncio.sleep(0.01)  # another eval_async in this process (not ours)
         finally:
             _CACHED_REVISION.reset(token)
         self.calls += 1
-        for group, log in zip(groups, logs, strict=True):
-            self._settle(group, log)
-            if self.log_dir is None:
-                _forget(log)
 
-    @staticmethod
-    async def _eval(tasks: list[Any], log_dir: str, samples: int) -> Any:
-        from inspect_ai import eval_async
-
-        while True:
-            try:
-                return await eval_async(
-                    tasks,
-                    log_dir=log_dir,
-                    log_format="json",  # samples come back in memory (module docstring)
-                    log_samples=True,
-                    log_realtime=False,
-                    score_display=False,
-                    fail_on_error=False,
-                    max_tasks=len(tasks),
-                    max_samples=samples,
-                    # Inspect's console log off unless the process chose a level: its
-                    # sample-error warnings quote provider messages, keys included
-                    log_level=None if os.environ.get("INSPECT_LOG_LEVEL") else "critical",
-                )
-            except RuntimeError as exc:
-                if _CONCURRENT_EVAL not in str(exc):
-                    raise
-                await asyncio.sleep(0.01)  # another eval_async in this process (not ours)
-
-    def _task_for(self, group: list[_Job]) -> Any:
-        from inspect_ai import task_with
+    def _task_for(self, feed: _Feed, job: _Job) -> Any:
+        from inspect_ai import SampleSource, task_with
         from inspect_ai._eval.task.constants import TASK_RUN_DIR_ATTR
 
-        first = group[0]
-        task = copy.copy(self.loaded.task)
-        task_with(
-            task,
-            dataset=[self.samples[job.index] for job in group],
-            model=first.model,
-            epochs=1,
+        source = SampleSource.from_samples(
+            [],
+            next_samples=feed.next_samples,
+            sample_complete=feed.sample_complete,
+            sample_abandoned=feed.sample_abandoned,
         )
-        if first.prompt is not None:  # else the task's own solver, untouched
-            task_with(task, solver=self._solver(first.prompt))
+        task = copy.copy(self.loaded.task)
+        task_with(task, dataset=source, model=job.model, epochs=1)
+        if job.prompt is not None:  # else the task's own solver, untouched
+            task_with(task, solver=self._solver(job.prompt))
         # Inspect changes the working directory to the run dir while it sets a task up;
         # the current one makes that a no-op (the host process's cwd never moves).
         setattr(task, TASK_RUN_DIR_ATTR, os.getcwd())
@@ -198,21 +378,6 @@ class EvalRunner:
         else:
             solvers.insert(0, candidate_system_message(prompt))
         return chain(*solvers)
-
-    @staticmethod
-    def _settle(group: list[_Job], log: Any) -> None:  # one Inspect task's log
-        by_id: dict[Any, list[Any]] = {}
-        for sample in log.samples or []:
-            by_id.setdefault(sample.id, []).append(sample)
-        problem = log.error.message if log.error is not None else f"eval status {log.status}"
-        for job in group:
-            if job.future.done():
-                continue
-            found = by_id.get(job.sample_id)
-            if found:
-                job.future.set_result(found.pop(0))
-            else:
-                job.future.set_exception(RolloutFailure(redact(_one_line(problem))))
 
 
 def with_ids(dataset: Any) -> list[Any]:
@@ -241,24 +406,6 @@ def candidate_system_message(prompt: str) -> Any:
         return solve
 
     return candidate()
-
-
-def _group(batch: list[_Job]) -> list[list[_Job]]:
-    """One group per (prompt, model); a sample asked for twice goes into a second group
-    (sample ids are unique within an Inspect task)."""
-    groups: list[list[_Job]] = []
-    seen: list[tuple[str | None, str, set[int]]] = []
-    for job in batch:
-        name = str(job.model)
-        for (prompt, model, indexes), group in zip(seen, groups, strict=True):
-            if prompt == job.prompt and model == name and job.index not in indexes:
-                indexes.add(job.index)
-                group.append(job)
-                break
-        else:
-            seen.append((job.prompt, name, {job.index}))
-            groups.append([job])
-    return groups
 
 
 def _forget(log: Any) -> None:

@@ -136,41 +136,15 @@ async def _ingress(  # noqa: C901, PLR0915 -- complexity 21 and 90 statements at
         deadline_s = min(deadline_s, deadline_ms / 1000)
     body_task: asyncio.Task[None] | None = None
     try:
-        frame: dict[str, Any] = {
-            "type": p.REQ_HEADERS,
-            "lease_id": lease.lease_id,
-            "rid": stream.rid,
-            "method": scope["method"],
-            "path": path,
-            "query": scope.get("query_string", b"").decode("latin-1"),
-            "headers": p.clean_request_headers(
-                headers,
-                strip_authorization=strip_authorization,
-                client_ip=(scope.get("client") or [None])[0],
-                proto=state.proto,
-                host=state.host,
-            ),
-            "deadline_ms": int(deadline_s * 1000),
-        }
-        if session.version == p.V2:
-            frame["sid"] = stream.sid
-            frame["has_body"] = content_length != 0 if content_length is not None else None
-            frame["content_length"] = content_length
+        frame = _request_frame(
+            state, stream, scope, path, strip_authorization, content_length, deadline_s
+        )
         # The body pump starts before REQ_HEADERS is written, so a body that is already
         # here follows it within the same write (coalesce.py: one send() per loop step);
         # the frame order holds: this step writes REQ_HEADERS before the pump first runs.
         body_task = asyncio.create_task(_pump_request(state, session, stream, receive, info))
         await session.send_text(frame)
-        await _pump_response(
-            state,
-            session,
-            stream,
-            send,
-            info,
-            started=time.monotonic(),
-            deadline_s=deadline_s,
-            method=scope["method"],
-        )
+        await _answer(state, session, stream, send, info, deadline_s, scope["method"])
     finally:
         # Release the lease's in-flight slot before anything awaits: the caller already has
         # its answer and may send the next request on this keep-alive connection, which
@@ -191,6 +165,93 @@ async def _ingress(  # noqa: C901, PLR0915 -- complexity 21 and 90 statements at
                 await body_task
 
 
+def _request_frame(
+    state: RelayState,
+    stream: Stream,
+    scope: Scope,
+    path: str,
+    strip_authorization: bool,
+    content_length: int | None,
+    deadline_s: float,
+) -> dict[str, Any]:
+    """REQ_HEADERS for the public request ``scope`` on ``stream`` (headers cleaned)."""
+    frame: dict[str, Any] = {
+        "type": p.REQ_HEADERS,
+        "lease_id": stream.lease.lease_id,
+        "rid": stream.rid,
+        "method": scope["method"],
+        "path": path,
+        "query": scope.get("query_string", b"").decode("latin-1"),
+        "headers": p.clean_request_headers(
+            scope["headers"],
+            strip_authorization=strip_authorization,
+            client_ip=(scope.get("client") or [None])[0],
+            proto=state.proto,
+            host=state.host,
+        ),
+        "deadline_ms": int(deadline_s * 1000),
+    }
+    if stream.session.version == p.V2:
+        frame["sid"] = stream.sid
+        frame["has_body"] = content_length != 0 if content_length is not None else None
+        frame["content_length"] = content_length
+    return frame
+
+
+async def _answer(
+    state: RelayState,
+    session: AgentSession,
+    stream: Stream,
+    send: Send,
+    info: dict[str, Any],
+    deadline_s: float,
+    method: str,
+) -> None:
+    """The agent's answer to the caller, within the deadline and the stall timeout."""
+    timer = _StreamTimer(stream, deadline_s, state.settings.stall_timeout)
+    try:
+        await _pump_response(state, session, stream, send, info, method=method)
+    finally:
+        timer.cancel()
+
+
+class _StreamTimer:
+    """One timer per stream for its deadline and its stall timeout.
+
+    Nothing is armed or cancelled per event: progress only stamps ``stream.progress``
+    (the request pump and the response pump do), and when the timer fires early because
+    progress moved the stall point, it re-arms itself once at the new due time. When the
+    deadline passes, or nothing moved for ``stall`` seconds, it queues
+    ``("timeout", "deadline" | "stall")`` on the stream's events.
+    """
+
+    __slots__ = ("_deadline", "_handle", "_loop", "_stall", "_stream")
+
+    def __init__(self, stream: Stream, deadline_s: float, stall: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
+        stream.progress = now
+        self._stream = stream
+        self._deadline = now + deadline_s
+        self._stall = stall
+        self._handle = self._loop.call_at(self._due(), self._fire)
+
+    def _due(self) -> float:
+        return min(self._deadline, self._stream.progress + self._stall)
+
+    def _fire(self) -> None:
+        now = self._loop.time()
+        due = self._due()
+        if now < due - 0.001:
+            self._handle = self._loop.call_at(due, self._fire)
+            return
+        why = "deadline" if now >= self._deadline - 0.001 else "stall"
+        self._stream.events.put(("timeout", why))
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 async def _pump_request(
     state: RelayState,
     session: AgentSession,
@@ -199,6 +260,7 @@ async def _pump_request(
     info: dict[str, Any],
 ) -> None:
     limit = state.settings.max_request_bytes
+    clock = asyncio.get_running_loop().time
     try:
         while True:
             message = await receive()
@@ -210,7 +272,7 @@ async def _pump_request(
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
             info["in"] += len(chunk)
-            stream.events.put(("progress",))
+            stream.progress = clock()  # read by the stream's timer: no event, no wake-up
             if info["in"] > limit:
                 stream.events.put(("too_large",))
                 return
@@ -237,28 +299,22 @@ async def _pump_response(  # noqa: C901, PLR0915 -- complexity 27 and 92 stateme
     send: Send,
     info: dict[str, Any],
     *,
-    started: float,
-    deadline_s: float,
     method: str = "GET",
 ) -> None:
+    """The agent's answer to the public client; a ``("timeout", why)`` event comes from
+    the stream's :class:`_StreamTimer` (deadline or stall)."""
     settings = state.settings
-    deadline = started + deadline_s
-    last_progress = started
+    clock = asyncio.get_running_loop().time
     response_started = False
     bodiless = False
     declared: int | None = None
     sent = received = 0
     events = stream.events
     while True:
-        now = time.monotonic()
-        timeout = min(deadline, last_progress + settings.stall_timeout) - now
-        try:
-            if timeout <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(timeout):
-                event = await events.get()
-        except TimeoutError:
-            why = "deadline" if time.monotonic() >= deadline - 0.001 else "stall"
+        event = await events.get()
+        kind = event[0]
+        if kind == "timeout":
+            why = event[1]
             state.counters["timeouts_504"] += 1
             await session.cancel(stream, why)
             if response_started:
@@ -266,10 +322,6 @@ async def _pump_response(  # noqa: C901, PLR0915 -- complexity 27 and 92 stateme
             info["status"] = 504
             await respond(send, 504, f"gateway_timeout_{why}")
             return
-        kind = event[0]
-        if kind == "progress":
-            last_progress = time.monotonic()
-            continue
         if kind == "headers":
             if response_started:
                 continue
@@ -291,7 +343,7 @@ async def _pump_response(  # noqa: C901, PLR0915 -- complexity 27 and 92 stateme
                 bodiless = True
             response_started = True
             info["status"] = status
-            last_progress = time.monotonic()
+            stream.progress = clock()
             await send({"type": "http.response.start", "status": status, "headers": headers})
             continue
         if kind == "data":
@@ -309,7 +361,7 @@ async def _pump_response(  # noqa: C901, PLR0915 -- complexity 27 and 92 stateme
                 return
             if data:
                 await session.delivered(stream, len(data))
-            last_progress = time.monotonic()
+            stream.progress = clock()
             if bodiless:
                 data = b""  # HEAD, 204, 304: no body on the wire, whatever the agent sent
             elif declared is not None and (

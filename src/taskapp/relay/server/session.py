@@ -62,6 +62,7 @@ class Stream:
         "drained",
         "events",
         "lease",
+        "progress",
         "recv_window",
         "rid",
         "send_credit",
@@ -76,6 +77,8 @@ class Stream:
         self.rid = rid
         self.events = _Events()
         self.buffered = 0
+        #: When bytes last moved either way (loop time): the ingress's stall timer reads it.
+        self.progress = 0.0
         self.closed = False
         self.drained = asyncio.Event()
         self.drained.set()

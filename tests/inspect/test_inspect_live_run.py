@@ -1,0 +1,65 @@
+"""Rollouts share one live Inspect eval run (issue 23): concurrent rollouts, the next wave,
+several prompts and a sample asked for twice all go through one ``eval_async`` call, each
+rollout still getting its own prompt and its own sample; the app's stop ends the run."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from taskapp import InProcessTaskApp
+from taskapp.testing.helpers import free_port
+from tests.inspect._helpers import target
+
+
+def test_rollouts_share_one_eval_run() -> None:
+    from inspect_ai.model import get_model
+
+    from taskapp.plugins.inspect_tasks.runner import EvalRunner, _quiet_display
+    from taskapp.plugins.inspect_tasks.tasks import load_task
+
+    _quiet_display()
+    runner = EvalRunner(load_task(target("intents_match")))
+    runner.linger = 60.0  # idle tasks wait for more: here only aclose ends the run
+    model = get_model("taskapp/standin")
+
+    async def main() -> tuple[list[Any], list[Any], bool]:
+        first = await asyncio.gather(*(runner.run(seed, None, model) for seed in range(8)))
+        # two prompts (two Inspect tasks), each sample of a prompt asked for twice
+        second = await asyncio.gather(
+            *(runner.run(n % 4, f"prompt {n % 2}", model) for n in range(8))
+        )
+        lingering = runner.busy
+        await runner.aclose()
+        return list(first), list(second), lingering
+
+    first, second, lingering = asyncio.run(main())
+    assert lingering  # the run outlived the rollouts, waiting for more
+    assert runner.calls == 1 and not runner.busy
+    assert [sample.id for sample in first] == list(range(1, 9))
+    assert all(sample.scores and sample.error is None for sample in first + second)
+    for n, sample in enumerate(second):
+        assert sample.id == n % 4 + 1
+        system = sample.messages[0]
+        assert system.role == "system" and system.text == f"prompt {n % 2}"
+
+
+def test_stopping_the_app_ends_its_eval_run() -> None:
+    from taskapp.plugins.inspect_tasks.app import build_config
+
+    config = build_config(target("no_prompt"))
+    runner = config.app_state["inspect_task_app"].runner
+    runner.linger = 60.0  # the run would wait a minute for the next rollout
+    with InProcessTaskApp(config=config, port=free_port()) as app:
+        answer = httpx.post(
+            f"{app.url}/rollout",
+            headers={"X-API-Key": app.api_key},
+            json={"run_id": "r", "env": {"seed": 0}},
+            timeout=60,
+        )
+        assert answer.json()["success_status"] == "success", answer.text
+        assert runner.busy
+    # the stop ended it (its shutdown hook; else the loop cancels it): eval_async is free
+    assert not runner.busy

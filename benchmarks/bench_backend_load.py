@@ -343,7 +343,8 @@ def report(args: argparse.Namespace, out: dict[str, Any]) -> None:
         last = out[f"after {out['rounds']}"]["rss_mib"]
         print(
             f"RSS after round {out['rounds']} - after round 1: "
-            f"{last - out['after']['rss_mib']:+.1f} MiB (growth per crowd, not a high-water mark)"
+            f"{last - out['after']['rss_mib']:+.1f} MiB (the table's rows per round: a leak grows "
+            "each round, a high-water mark stays)"
         )
 
 

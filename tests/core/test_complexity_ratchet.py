@@ -24,8 +24,9 @@ SRC = REPO / "src" / "taskapp"
 #: build_router and optimize/resolved.py's _settings, then core/serving.py's server class
 #: and cli/optimize.py's _config, then core/contract.py's create_task_app (its routes
 #: became shared module-level handlers, issue 27) and InProcessTaskApp.__init__'s target
-#: choice (issue 27), and cli/eval.py's run (issue 23). Lower these, never raise them.
-CEILING = {"C901": 18, "PLR0915": 9}
+#: choice (issue 27), and cli/eval.py's run (issue 23), and relay/agent/forward.py's _forward
+#: (its request parts and the two legs, issue 27). Lower these, never raise them.
+CEILING = {"C901": 17, "PLR0915": 8}
 
 _NOQA = re.compile(r"#\s*noqa:\s*([A-Z0-9, ]+?)(?:\s+--\s*(.*))?$")
 

@@ -267,6 +267,38 @@ def test_save_and_resume(tmp_path: Path) -> None:
     assert len(lines) == len(second.history)
 
 
+def test_a_run_whose_records_cannot_be_written_stops_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """history.jsonl cannot be written (a full disk): the run stops after its current step
+    with a RunRecordError naming the cause (a job backend reads its errno: a storage
+    fault, queued and resumed), where the write's failure used to be logged and the run
+    went on with a hole in the records that --resume reads."""
+    import errno
+
+    from taskapp.jobs.pool import storage_error
+    from taskapp.optimize import RunRecordError
+    from taskapp.optimize.progress import JsonlWriter
+
+    def full(self: JsonlWriter, event: dict[str, Any]) -> None:
+        # a stand-in for the disk filling up at this write
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(JsonlWriter, "__call__", full)
+    out = tmp_path / "run"
+    with InProcessTaskApp(config=ToyTask().config()) as app:
+        with pytest.raises(RunRecordError) as caught:
+            optimize(app, budget=300, output_dir=out, patience=None)
+    message = caught.value.message
+    assert "cannot write the run's records" in message and "--resume" in message, message
+    fault = storage_error(caught.value)
+    assert fault is not None and fault.errno == errno.ENOSPC
+    result = caught.value.result
+    assert result is not None and result.stopped_by == "error"
+    assert result.metric_calls < 300  # stopped at once, not at the budget
+    assert not (out / "result.json").exists()  # no writes after the records failed
+
+
 def test_png_plot_when_matplotlib_is_installed(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     task = ToyTask()

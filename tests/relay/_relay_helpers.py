@@ -92,7 +92,7 @@ class TaskAppProbe:
         if path == "/health":
             await _json(send, 200, {"healthy": True})
         elif path == "/echo":
-            body = await _read_body(receive)
+            body = await read_body(receive)
             await send(
                 {
                     "type": "http.response.start",
@@ -102,7 +102,7 @@ class TaskAppProbe:
             )
             await send({"type": "http.response.body", "body": body})
         elif path == "/headers":
-            await _read_body(receive)
+            await read_body(receive)
             self.last_headers = headers
             await _json(send, 200, headers)
         elif path == "/sink":
@@ -159,7 +159,7 @@ class TaskAppProbe:
             raise RuntimeError("the app failed half-way through its answer (expected in a test)")
         elif path == "/slow":
             seconds = float(query.get("s", "5"))
-            await _read_body(receive)
+            await read_body(receive)
             started = time.monotonic()
             self.slow_started.set()
             try:
@@ -194,7 +194,7 @@ def blob_sha256(total: int) -> str:
     return digest.hexdigest()
 
 
-async def _read_body(receive: Any) -> bytes:
+async def read_body(receive: Any) -> bytes:
     chunks = []
     while True:
         message = await receive()

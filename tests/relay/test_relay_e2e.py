@@ -30,6 +30,7 @@ from tests.relay._relay_helpers import (
     TaskAppProbe,
     blob_sha256,
     raw_request,
+    read_body,
     relay_error,
     relay_settings,
     relay_threads,
@@ -581,3 +582,87 @@ def test_explicit_options_beat_the_environment(
             tunnel_mode="synthtunnel",
             tunnel_options={"relay_url": "http://relay.example.com", "admin_token": ADMIN},
         )
+
+
+class StateApp:
+    """Lifespan puts a marker in the state; requests report what they saw."""
+
+    def __init__(self) -> None:
+        self.loops: list[asyncio.AbstractEventLoop] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    scope["state"]["marker"] = "from-lifespan"
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        self.loops.append(asyncio.get_running_loop())
+        body = await read_body(receive)
+        if scope["path"] == "/boom":
+            raise RuntimeError("the app failed")
+        payload = json.dumps(
+            {
+                "marker": scope["state"].get("marker"),
+                "path": scope["path"],
+                "raw_path": scope["raw_path"].decode(),
+                "query": scope["query_string"].decode(),
+                "method": scope["method"],
+                "body": len(body),
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+@pytest.mark.parametrize("in_process", [True, False])
+def test_thread_server_is_called_in_process_as_uvicorn_would(
+    protocol: str, in_process: bool
+) -> None:
+    """With the ``thread`` server the agent runs on the server's loop and calls the app
+    directly (no loopback connection), as uvicorn would call it: lifespan state in the
+    scope, 500 for an exception before the response, path and query intact;
+    ``in_process=False`` keeps the loopback HTTP leg."""
+    app = StateApp()
+    with running_relay() as relay:
+        served = task_app(relay.url, app, protocol=protocol, in_process=in_process)
+        with served:
+            headers = auth(served)
+            url = f"{served.url}/a%20b/c?x=1&y=%20"
+            answer = httpx.post(url, headers=headers, content=b"z" * 200_000)
+            assert answer.status_code == 200
+            assert answer.json() == {
+                "marker": "from-lifespan",
+                "path": "/a b/c",
+                "raw_path": "/a%20b/c",
+                "query": "x=1&y=%20",
+                "method": "POST",
+                "body": 200_000,
+            }
+            boom = httpx.get(f"{served.url}/boom", headers=headers)
+            assert (boom.status_code, boom.text) == (500, "Internal Server Error")
+            head = httpx.head(f"{served.url}/x", headers=headers)
+            assert (head.status_code, head.content) == (200, b"")
+            backend: Any = served._tunnel_backend
+            agent = backend._agent.agent
+            pooled = list(agent.local._idle)
+            server_loop = served.server.in_process.loop  # type: ignore[union-attr]
+            on_server_loop = all(loop is server_loop for loop in app.loops)
+            dispatched = backend._agent.config.in_process
+        if in_process:
+            assert pooled == []  # no loopback connection was ever made
+            assert dispatched is not None
+        else:
+            assert pooled  # the loopback leg keeps its connection alive
+            assert dispatched is None
+        assert on_server_loop  # the app always runs on its server's loop

@@ -179,3 +179,55 @@ def test_24_6_storage_errors_are_told_from_the_jobs_own_errors() -> None:
     assert "resumes from its last checkpoint" in message
     quota = describe_storage_error(OSError(errno.EDQUOT, "Disk quota exceeded"), Path("/r"))
     assert quota.startswith("disk quota exceeded at /r (Disk quota exceeded)")
+
+
+def test_24_6_a_job_that_meets_storage_errors_again_and_again_fails_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Room for the pool's test write but not for the run: the job is not claimed, run
+    from its checkpoint and queued again for ever; the fifth fault in a row fails it with
+    the advice, a checkpoint in between starts the count again, and retry queues it."""
+    from taskapp.jobs.pool import MAX_STORAGE_FAULTS, JobPool, _Run
+    from taskapp.jobs.store import open_store
+
+    runs = tmp_path / "runs"
+    full = OSError(errno.ENOSPC, "No space left on device", str(runs / "j" / "state.bin"))
+
+    def run_in(self: JobPool, job: dict[str, Any], run: _Run, run_dir: Path) -> None:
+        raise full  # a stand-in for a disk that fills up at every attempt
+
+    monkeypatch.setattr(JobPool, "_run_in", run_in)
+    store = open_store(tmp_path / "jobs.sqlite3", owner=True)
+    try:
+        pool = JobPool(store, runs_dir=runs, workers=0)
+        job_id, _ = store.create(
+            {}, task_app_url="http://127.0.0.1:9", task_app_key=None, worker_token=None,
+            warnings=[],
+        )  # fmt: skip
+
+        def attempt(*, checkpoint: bool = False) -> dict[str, Any]:
+            claimed = store.claim(pool.owner, 60)
+            assert claimed is not None and claimed["id"] == job_id
+            run = _Run(job_id)
+            if checkpoint:  # an iteration ends before the fault: the count starts again
+                pool._progress(run, runs / job_id, {"event": "iteration"})
+            pool._execute(claimed, run)
+            job = store.get(job_id)
+            assert job is not None
+            return job
+
+        for _ in range(MAX_STORAGE_FAULTS - 1):
+            assert attempt()["status"] == "queued"
+        assert attempt(checkpoint=True)["status"] == "queued"  # fault 1 of a new count
+        for _ in range(MAX_STORAGE_FAULTS - 2):
+            assert attempt()["status"] == "queued"
+        job = attempt()
+        assert job["status"] == "failed", job
+        error = str(job["error"])
+        assert error.startswith(f"disk full at {full.filename} (No space left"), error
+        assert f"{MAX_STORAGE_FAULTS} times in a row" in error and "jobs retry" in error, error
+        kinds = [e["kind"] for e in store.events(job_id, after=0, limit=100)]
+        assert kinds.count("storage_error") == 2 * MAX_STORAGE_FAULTS - 1, kinds
+        assert (store.control(job_id, "retry") or {}).get("status") == "queued"
+    finally:
+        store.close()

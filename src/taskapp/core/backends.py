@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppTarget",
+    "InProcessApp",
     "LoadedApp",
     "ServerContext",
     "ServerRunner",
@@ -193,6 +194,28 @@ class ServerRunner(abc.ABC):
         """
         return None
 
+    @property
+    def in_process(self) -> InProcessApp | None:
+        """The app as this runner serves it inside this process, for a tunnel that can
+        call it without the loopback hop (the relay agent); None (the default) when the
+        app runs elsewhere (a child process, Ray) or the runner does not say."""
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class InProcessApp:
+    """An app served in this process: what a caller needs to dispatch to it as its
+    server does.
+
+    ``app`` is the ASGI callable the server calls (its middleware included), ``loop`` the
+    event loop it runs on (calls must run there: the lifespan's objects live on it), and
+    ``state`` the lifespan state each request's scope gets a shallow copy of.
+    """
+
+    app: Any
+    loop: Any  # asyncio.AbstractEventLoop
+    state: dict[str, Any]
+
 
 @dataclasses.dataclass(frozen=True)
 class Tunnel:
@@ -231,6 +254,8 @@ class TunnelContext:
     logger: logging.Logger
     url_changed: Callable[[Tunnel], None]
     state_dir: Path | None = None
+    #: The app served in this process (``ServerRunner.in_process``), or None.
+    in_process: InProcessApp | None = None
 
 
 class TunnelBackend(abc.ABC):

@@ -536,6 +536,7 @@ class InProcessTaskApp:
             start_timeout=self.health_check_timeout,
             logger=get_logger(f"taskapp.tunnel.{self.tunnel_backend}"),
             url_changed=self._tunnel_url_changed,
+            in_process=runner.in_process,
         )
         tunnel = _open_tunnel(backend, ctx, self.tunnel_backend)
         verify = None

@@ -98,23 +98,38 @@ class Guard:
                 message["headers"] = [*message.get("headers", ()), *SECURITY_HEADERS]
             await send(message)
 
-        headers = {k.lower(): v for k, v in scope.get("headers", ())}
+        # The checks run in a plain function, so that none of their values stays alive
+        # in this frame for as long as the request lasts (an event stream: minutes).
+        refusal, chunked = self._check(scope)
+        if refusal is not None:
+            await _answer(send_with_headers, *refusal)
+            return
+        # A body with a Content-Length is held to that length by the server (checked
+        # above); a chunked one, or one a GET or HEAD should not have, is counted.
+        await self.app(scope, self._capped(receive) if chunked else receive, send_with_headers)
+
+    def _check(self, scope: Scope) -> tuple[tuple[int, str, str] | None, bool]:
+        """(status, code, message) of the answer that refuses the request, or None; and
+        whether its body comes chunked (with no length announced)."""
+        authorization = length = None
+        chunked = False
+        for name, value in scope.get("headers", ()):
+            name = name.lower()
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True
         path = str(scope.get("path", ""))
         if (path == self.protected or path.startswith(self.protected + "/")) and not self.key_ok(
-            headers.get(b"authorization", b"").decode("latin-1")
+            (authorization or b"").decode("latin-1")
         ):
-            await _answer(send_with_headers, 401, "unauthorized", UNAUTHORIZED)
-            return
-        length = headers.get(b"content-length")
+            return (401, "unauthorized", UNAUTHORIZED), chunked
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await _answer(
-                send_with_headers,
-                413,
-                "too_large",
-                f"the request body is larger than the {self.max_body} bytes accepted",
-            )
-            return
-        await self.app(scope, self._capped(receive), send_with_headers)
+            message = f"the request body is larger than the {self.max_body} bytes accepted"
+            return (413, "too_large", message), chunked
+        return None, chunked or (length is None and scope.get("method") not in ("GET", "HEAD"))
 
     def _capped(self, receive: Receive) -> Receive:
         seen = 0

@@ -27,7 +27,10 @@ any number of pools on any number of hosts can share one PostgreSQL store.
   queued again with the reason (``disk full at PATH ...``) and a ``storage_error`` event,
   its last checkpoint in the store is kept as it was, and the pool stops claiming until a
   test write in the run directory succeeds (retried with backoff, 1 s to 30 s); then the
-  job resumes from that checkpoint (here, or on another pool with room).
+  job resumes from that checkpoint (here, or on another pool with room). A job that
+  meets a storage error ``MAX_STORAGE_FAULTS`` times in a row on one pool without a new
+  checkpoint in between (room for the test write, not for the run) fails saying so; its
+  checkpoint stays, and ``retry`` resumes from it.
 * ``stop()`` (shutdown) stops running jobs after their current step and queues them
   again, for this or another pool.
 """
@@ -68,6 +71,9 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, 
 #: what a test write in the run directory writes before claims resume after a disk fault
 PROBE_BYTES = 1 << 20
 
+#: storage errors in a row (no checkpoint between them) after which a job fails
+MAX_STORAGE_FAULTS = 5
+
 
 def storage_error(exc: BaseException) -> OSError | None:
     """The storage ``OSError`` behind ``exc`` (its cause chain included: gepa re-raises a
@@ -82,8 +88,9 @@ def storage_error(exc: BaseException) -> OSError | None:
     return None
 
 
-def describe_storage_error(exc: OSError, where: Path) -> str:
-    """``disk full at PATH (No space left on device): ...`` -- what happened and what to do."""
+def describe_storage_error(exc: OSError, where: Path, *, times: int = 0) -> str:
+    """``disk full at PATH (No space left on device): ...`` -- what happened and what to do
+    (``times``: the job's storage errors in a row, when it fails because of them)."""
     path = exc.filename or where
     what = {
         errno.ENOSPC: "disk full",
@@ -91,6 +98,12 @@ def describe_storage_error(exc: OSError, where: Path) -> str:
         errno.EFBIG: "file too large",
         errno.EROFS: "read-only filesystem",
     }.get(exc.errno or 0, "storage error")
+    if times:
+        return (
+            f"{what} at {path} ({exc.strerror or exc}), {times} times in a row with no "
+            "checkpoint in between: free space there (or fix the disk), then retry the job "
+            "(taskapp jobs retry ID): it resumes from its last checkpoint"
+        )
     return (
         f"{what} at {path} ({exc.strerror or exc}): free space there (or fix the disk); the "
         "job waits, queued, and resumes from its last checkpoint by itself"
@@ -254,6 +267,7 @@ class JobPool:
         self.poll_seconds = poll_seconds
         self.outage = _Outage()
         self.disk = _DiskWait(self.runs_dir)
+        self._storage_faults: dict[str, int] = {}  # job id -> storage errors in a row
         self._lock = threading.Lock()
         self._running: dict[str, _Run] = {}
         self._wake = threading.Event()
@@ -449,11 +463,11 @@ class JobPool:
                 on_progress=lambda event: self._progress(run, run_dir, event),
                 stop_event=run.stop,
             )
-        except OptimizeError as exc:
-            result, error = exc.result, exc.message
         except (ConfigurationError, TaskAppError) as exc:
             if storage_error(exc) is not None:
                 raise  # the disk, not the job: see _storage_fault
+            if isinstance(exc, OptimizeError):
+                result = exc.result
             error = getattr(exc, "message", None) or str(exc)
         self._conclude(run, result, error)
 
@@ -461,6 +475,9 @@ class JobPool:
         """A storage error in the run directory: the job is queued again saying so, its
         events are kept, its checkpoint in the store stays the last one taken at an
         iteration boundary (not what the failed write left), and claims wait for room."""
+        with self._lock:
+            times = self._storage_faults.get(run.job_id, 0) + 1
+            self._storage_faults[run.job_id] = times
         message = describe_storage_error(exc, run_dir)
         logger.warning("job %s: %s", run.job_id, message)
         self.disk.failed(f"storage error in the run directory {self.runs_dir}")
@@ -469,7 +486,13 @@ class JobPool:
         data = {"error": message, "path": str(exc.filename or run_dir), "errno": exc.errno}
         run.pending.append(("storage_error", data, {}))
         self._retry(lambda: self._flush(run), run)
-        self._set(run, "queued", reason=message)
+        if times < MAX_STORAGE_FAULTS:
+            self._set(run, "queued", reason=message)
+            return
+        with self._lock:
+            self._storage_faults.pop(run.job_id, None)
+        error = describe_storage_error(exc, run_dir, times=times)
+        self._set(run, "failed", error=error, finished_at=time.time())
 
     def _restore(self, job_id: str, run_dir: Path, run: _Run) -> bool:
         """Write the job's checkpoint from the store into ``run_dir``; True when there is
@@ -523,6 +546,8 @@ class JobPool:
             if event.get("event") in CHECKPOINT_EVENTS:
                 self._checkpoint(run, run_dir)
                 self.disk.progressed()
+                with self._lock:
+                    self._storage_faults.pop(run.job_id, None)
             self.outage.ok()
         except LeaseLostError:
             run.lost = True

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         GepaNotInstalledError,
         OptimizeError,
         ReflectionModelError,
+        RunRecordError,
         TaskAppUnavailableError,
     )
     from taskapp.optimize.lm import (
@@ -53,6 +54,7 @@ _LAZY: dict[str, str] = {
     "OptimizeError": "taskapp.optimize.errors",
     "GepaNotInstalledError": "taskapp.optimize.errors",
     "ReflectionModelError": "taskapp.optimize.errors",
+    "RunRecordError": "taskapp.optimize.errors",
     "TaskAppUnavailableError": "taskapp.optimize.errors",
 }
 
@@ -65,6 +67,7 @@ __all__ = [
     "OptimizeResult",
     "ReflectionModelError",
     "ReflectionRecorder",
+    "RunRecordError",
     "StandInReflectionLM",
     "TaskAppAdapter",
     "TaskAppUnavailableError",

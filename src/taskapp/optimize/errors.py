@@ -28,6 +28,7 @@ __all__ = [
     "GepaNotInstalledError",
     "OptimizeError",
     "ReflectionModelError",
+    "RunRecordError",
     "TaskAppUnavailableError",
 ]
 
@@ -57,3 +58,9 @@ class TaskAppUnavailableError(OptimizeError):
 
 class ReflectionModelError(OptimizeError):
     """The reflection model failed (every call, or a call could not be made at all)."""
+
+
+class RunRecordError(OptimizeError):
+    """The run's own records in its output folder (``history.jsonl``, ``run.json``) could
+    not be written (a full disk, say): the run stopped, as ``--resume`` could not go on
+    from records with a hole. ``__cause__`` is the ``OSError``."""

@@ -50,12 +50,16 @@ class ProgressTracker:
         budget: int,
         history: list[dict[str, Any]] | None = None,
         sinks: list[Callable[[dict[str, Any]], None]] | None = None,
+        records: list[Callable[[dict[str, Any]], None]] | None = None,
         resuming: bool = False,
         elapsed_before: float = 0.0,
     ) -> None:
         self.budget = budget
         self.history: list[dict[str, Any]] = list(history or [])
         self.sinks = list(sinks or [])
+        #: the run's own records: where one fails the run stops (:attr:`record_error`)
+        self.records = list(records or [])
+        self.record_error: Exception | None = None
         self.resuming = resuming
         self.state: Any = None
         self.metric_calls = 0
@@ -82,6 +86,13 @@ class ProgressTracker:
         event.setdefault("elapsed_s", round(self.elapsed(), 3))
         with self._lock:
             self.history.append(event)
+        for record in self.records:
+            try:
+                record(event)
+            except Exception as exc:  # gepa swallows a callback's errors: the stopper reads it
+                if self.record_error is None:
+                    self.record_error = exc
+                    logger.warning("cannot write the run's records (%s): stopping", exc)
         for sink in self.sinks:
             try:
                 sink(event)
@@ -256,6 +267,8 @@ class RunStopper:
     def _reason(self, state: Any) -> str | None:
         if self.stop_event.is_set():
             return "interrupted"
+        if self.tracker.record_error is not None:
+            return "error"
         if self.recorder.fatal is not None or (
             self.recorder.consecutive_failures >= self.max_reflection_failures
         ):

@@ -43,6 +43,7 @@ from taskapp.optimize.errors import (
     GepaNotInstalledError,
     OptimizeError,
     ReflectionModelError,
+    RunRecordError,
 )
 from taskapp.optimize.gepa_state import best_idx, build_result, read_history
 from taskapp.optimize.lm import ReflectionRecorder
@@ -371,17 +372,18 @@ class _Run:
         # leaves --out as it was, so the next attempt needs no --resume.
 
         recorder = ReflectionRecorder(r.reflection_lm)
+        records: list[Callable[[dict[str, Any]], None]] = []
         sinks: list[Callable[[dict[str, Any]], None]] = []
         writer: JsonlWriter | None = None
         if r.output_dir is not None:
             writer = JsonlWriter(r.output_dir / HISTORY_FILE, truncate=not c.resume)
-            sinks.append(writer)
+            records.append(writer)
 
         def remember_baseline(event: dict[str, Any]) -> None:
             if event.get("event") == "baseline":  # lets --resume skip re-scoring the seed
                 self._write_run_file(seed_candidate, baseline_val_scores=event["val_scores"])
 
-        sinks.append(remember_baseline)
+        records.append(remember_baseline)
         if self.on_progress is not None:
             sinks.append(self.on_progress)
             with contextlib.suppress(Exception):  # a label for the job list, not history
@@ -390,6 +392,7 @@ class _Run:
             budget=c.budget,
             history=history,
             sinks=sinks,
+            records=records,
             resuming=c.resume,
             elapsed_before=elapsed_before,
         )
@@ -456,7 +459,11 @@ class _Run:
                     )
                     raise
                 if failure is None:
-                    if stopper.reason == "interrupted":
+                    if tracker.record_error is not None:
+                        status, error = "failed", self._record_error_message(tracker)
+                        failure = RunRecordError(error)
+                        failure.__cause__ = tracker.record_error
+                    elif stopper.reason == "interrupted":
                         status = "interrupted"
                     elif stopper.reason == "reflection_failures":
                         status = "failed"
@@ -490,6 +497,13 @@ class _Run:
             raise type(failure)(failure.message, result=result) from failure
         assert result is not None
         return result
+
+    def _record_error_message(self, tracker: ProgressTracker) -> str:
+        return (
+            f"cannot write the run's records in {str(self.r.output_dir)!r} "
+            f"({tracker.record_error}): the run stopped; free space there (or fix the "
+            "disk), then run again with --resume"
+        )
 
     def _test_scores(
         self, adapter: TaskAppAdapter, state: Any, seed_candidate: dict[str, str]
@@ -554,7 +568,7 @@ class _Run:
             },
             gepa_result=gepa_result,
         )
-        if self.r.output_dir is not None:
+        if self.r.output_dir is not None and tracker.record_error is None:
             self._write_run_file(seed_candidate, elapsed_s=result.elapsed_s, status=status)
             result.save(self.r.output_dir)
             # ours, not gepa's candidate_tree_html(): that one loads its renderer from a

@@ -34,7 +34,7 @@ import json
 import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from taskapp.core.errors import TunnelProtocolError
 from taskapp.core.secrets import constant_time_in
@@ -197,7 +197,7 @@ def decode_text(text: str | bytes) -> dict[str, Any]:
     return frame
 
 
-def b64encode(data: bytes) -> str:
+def b64encode(data: bytes | memoryview) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
@@ -216,7 +216,7 @@ def b64decode(data: Any) -> bytes:
 # -- binary frames (v2) ------------------------------------------------------------------
 
 
-def encode_data(kind: int, sid: int, data: bytes, *, end: bool = False) -> bytes:
+def encode_data(kind: int, sid: int, data: bytes | memoryview, *, end: bool = False) -> bytes:
     """A v2 body frame: 6-byte header then the raw bytes."""
     return _HEADER.pack(kind, FLAG_END if end else 0, sid) + data
 
@@ -226,10 +226,15 @@ def encode_window_update(sid: int, increment: int) -> bytes:
     return _HEADER.pack(BIN_WINDOW_UPDATE, 0, sid) + _U32.pack(increment)
 
 
-def decode_binary(frame: bytes) -> tuple[int, int, int, bytes]:
+_Buffer = TypeVar("_Buffer", bytes, memoryview)
+
+
+def decode_binary(frame: _Buffer) -> tuple[int, int, int, _Buffer]:
     """Split a binary frame into ``(type, flags, sid, payload)``.
 
     For WINDOW_UPDATE the payload is the 4-byte increment (see :func:`window_increment`).
+    A ``memoryview`` frame gives a view of its payload (no copy; the relay passes its body
+    bytes on to the public client that way).
     """
     if len(frame) < HEADER_SIZE:
         raise FrameError(f"binary frame of {len(frame)} bytes is shorter than its header")
@@ -237,7 +242,7 @@ def decode_binary(frame: bytes) -> tuple[int, int, int, bytes]:
     return kind, flags, sid, frame[HEADER_SIZE:]
 
 
-def window_increment(payload: bytes) -> int:
+def window_increment(payload: bytes | memoryview) -> int:
     if len(payload) != _U32.size:
         raise FrameError("WINDOW_UPDATE payload must be 4 bytes")
     value: int = _U32.unpack(payload)[0]
@@ -325,7 +330,7 @@ class Credit:
 
 
 def apply_window_update(
-    sid: int, payload: bytes, connection: Credit, streams: Mapping[int, Any]
+    sid: int, payload: bytes | memoryview, connection: Credit, streams: Mapping[int, Any]
 ) -> None:
     """Grant a WINDOW_UPDATE: ``sid`` 0 is the connection, any other ``sid`` one stream.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from taskapp.core.backends import ServerContext, ServerRunner
+from taskapp.core.backends import InProcessApp, ServerContext, ServerRunner
 from taskapp.core.errors import ServerStartError
 from taskapp.core.hookspecs import RegisterServer, hookimpl
 from taskapp.core.logs import get_logger
@@ -177,6 +177,21 @@ class ThreadServer(ServerRunner):
             self._probe.stopping = True
         serving.stop(self.options.graceful_timeout + 2.0)
         self._serving = None
+
+    @property
+    def in_process(self) -> InProcessApp | None:
+        """The app as uvicorn calls it (its middleware included), on uvicorn's loop."""
+        serving = self._serving
+        if serving is None or not serving.started:
+            return None
+        server = serving.server
+        loop = getattr(server, "_loop", None)
+        lifespan = getattr(server, "lifespan", None)
+        app = getattr(server.config, "loaded_app", None)
+        if loop is None or app is None:
+            return None
+        state = getattr(lifespan, "state", None)
+        return InProcessApp(app=app, loop=loop, state=state if isinstance(state, dict) else {})
 
     @property
     def started(self) -> bool:

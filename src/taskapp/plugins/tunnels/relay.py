@@ -76,6 +76,10 @@ class RelayOptions:
     reconnect_max_delay: float = 30.0
     delete_timeout: float = 5.0
     drain_timeout: float = 3.0
+    in_process: bool = True
+    """When the task app is served in this process (the ``thread`` server), call it
+    directly on its server's event loop instead of over its loopback port (False: always
+    loopback HTTP, through the server's limits and middleware)."""
 
     def __post_init__(self) -> None:
         if self.ttl_seconds <= 0:
@@ -232,6 +236,7 @@ class RelayTunnel(TunnelBackend):
             agent_id=f"taskapp-{os.getpid()}",
             use_proxy=not is_loopback_url(lease.agent_url.replace("ws", "http", 1)),
             renew_rest=renew_rest,
+            in_process=ctx.in_process if opts.in_process else None,
         )
         agent = AgentThread(config, name=f"taskapp-relay-agent-{ctx.port}")
         self._agent = agent

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from taskapp.core.backends import InProcessApp
 from taskapp.relay import protocol as p
 
 __all__ = ["AgentConfig"]
@@ -38,3 +39,6 @@ class AgentConfig:
     use_proxy: bool = True
     #: Renew over REST when the WebSocket cannot (v1, or while reconnecting).
     renew_rest: Callable[[], float] | None = dataclasses.field(default=None, repr=False)
+    #: The task app served in this process: the agent runs on its server's loop and calls
+    #: it directly (relay/agent/in_process.py) instead of over ``local_host:local_port``.
+    in_process: InProcessApp | None = dataclasses.field(default=None, repr=False)

@@ -29,7 +29,8 @@ from taskapp.core.importing import install_command
 from taskapp.core.logs import get_logger
 from taskapp.relay import protocol as p
 from taskapp.relay.agent.config import AgentConfig
-from taskapp.relay.agent.forward import END_OF_BODY, AgentStream, StreamForwarding
+from taskapp.relay.agent.forward import END_OF_BODY, AgentStream
+from taskapp.relay.agent.in_process import InProcessForwarding
 from taskapp.relay.agent.local_http import LocalHttp
 from taskapp.relay.coalesce import coalescing
 
@@ -42,7 +43,7 @@ class _LeaseLost(Exception):
     pass
 
 
-class RelayAgent(StreamForwarding):
+class RelayAgent(InProcessForwarding):
     """The agent's event-loop side. Use :class:`AgentThread` to run it."""
 
     def __init__(self, config: AgentConfig) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, NamedTuple
 
+from taskapp.core.backends import InProcessApp
 from taskapp.core.logs import get_logger
 from taskapp.relay import protocol as p
 from taskapp.relay.agent.config import AgentConfig
@@ -52,6 +53,19 @@ class AgentStream:
         self.headers_sent = False
 
 
+class _Request(NamedTuple):
+    """A relayed request as the local app gets it (:meth:`StreamForwarding._request_parts`)."""
+
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    #: None: unknown (chunked); 0 when the request has no body
+    length: int | None
+    #: the first body item when it was read to learn the length (or None)
+    first: Any
+
+
 class StreamForwarding:
     """The per-request half of the agent (see the module docstring)."""
 
@@ -73,6 +87,11 @@ class StreamForwarding:
         raise NotImplementedError
 
     async def _send_bytes(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def _forward_in_process(
+        self, stream: AgentStream, request: _Request, target: InProcessApp
+    ) -> None:
         raise NotImplementedError
 
     async def _consumed(self, stream: AgentStream | None, amount: int) -> None:
@@ -170,7 +189,10 @@ class StreamForwarding:
                     with contextlib.suppress(Exception):
                         await self._consumed(None, unreturned)
 
-    async def _forward(self, stream: AgentStream) -> None:  # noqa: C901, PLR0915 -- complexity 21 and 69 statements at most (issue 21 ratchet); split when next changed
+    async def _request_parts(self, stream: AgentStream) -> _Request | None:
+        """The request of a REQ_HEADERS frame as the local app gets it, or None (after a
+        BAD_REQUEST_FRAME error) when it cannot be one. Both legs (loopback HTTP and the
+        in-process ASGI call) start here."""
         frame = stream.frame
         method = str(frame.get("method") or "GET").upper()
         path = str(frame.get("path") or "/")
@@ -180,7 +202,7 @@ class StreamForwarding:
         target = path + ("?" + query if query else "")
         if not method.isalpha() or any(c in target for c in " \r\n\t"):
             await self._error(stream, "BAD_REQUEST_FRAME", "bad method or path")
-            return
+            return None
         raw_headers = frame.get("headers")
         length = frame.get("content_length") if self.version == p.V2 else None
         if not isinstance(length, int) or isinstance(length, bool):
@@ -208,10 +230,26 @@ class StreamForwarding:
             host=f"{self.config.local_host}:{self.config.local_port}",
             content_length=length,
         )
-        if length is None:
-            headers.append(("transfer-encoding", "chunked"))
         if self.config.api_key and not any(name == "x-api-key" for name, _ in headers):
             headers.append(("x-api-key", self.config.api_key))
+        return _Request(method, path, query, headers, length, first)
+
+    async def _forward(self, stream: AgentStream) -> None:
+        request = await self._request_parts(stream)
+        if request is None:
+            return
+        if self.config.in_process is not None:
+            await self._forward_in_process(stream, request, self.config.in_process)
+        else:
+            await self._forward_http(stream, request)
+
+    async def _forward_http(self, stream: AgentStream, request: _Request) -> None:
+        """The loopback leg: the request over a pooled keep-alive HTTP/1.1 connection."""
+        method, length, first = request.method, request.length, request.first
+        target = request.path + ("?" + request.query if request.query else "")
+        headers = request.headers
+        if length is None:
+            headers.append(("transfer-encoding", "chunked"))
         head = LocalHttp.request_head(method, target, headers)
 
         bodiless = length == 0
@@ -421,7 +459,9 @@ class StreamForwarding:
         stream.headers_sent = True
         await self._send_chunk(stream, body, end=True)
 
-    async def _send_chunk(self, stream: AgentStream, data: bytes, *, end: bool) -> None:
+    async def _send_chunk(
+        self, stream: AgentStream, data: bytes | memoryview, *, end: bool
+    ) -> None:
         if self.version == p.V1:
             if data:
                 await self._send_text(

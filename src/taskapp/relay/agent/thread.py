@@ -33,6 +33,7 @@ class AgentThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._started = threading.Event()
+        self._done = threading.Event()  # set once the agent's run ended
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     @property
@@ -41,7 +42,7 @@ class AgentThread:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._started.is_set() and not self._done.is_set()
 
     def _main(self) -> None:
         factory: Any = None
@@ -56,21 +57,35 @@ class AgentThread:
 
     async def _amain(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.agent = RelayAgent(self.config)
-        self._task = asyncio.current_task()
-        self._started.set()
         try:
-            await self.agent.run()
+            self.agent = RelayAgent(self.config)
+            self._task = asyncio.current_task()
+            self._started.set()
+            try:
+                await self.agent.run()
+            finally:
+                if self.agent.lost_reason:
+                    self.lost.set()
         finally:
-            if self.agent.lost_reason:
-                self.lost.set()
+            self._done.set()
+
+    def _launch(self) -> None:
+        """The agent on its own thread and loop; or, when the task app is served in this
+        process (``config.in_process``), on the server's loop, which it calls directly."""
+        target = self.config.in_process
+        if target is None:
+            self._thread.start()
+            return
+        with contextlib.suppress(RuntimeError):  # the server's loop is closed
+            future = asyncio.run_coroutine_threadsafe(self._amain(), target.loop)
+            future.add_done_callback(lambda _: self._done.set())
 
     def start(self, timeout: float) -> None:
-        self._thread.start()
+        self._launch()
         self._started.wait(5)
         agent, loop = self.agent, self._loop
-        assert agent is not None
-        assert loop is not None
+        if agent is None or loop is None:
+            raise TunnelTimeoutError("the relay agent did not start", backend="relay")
         ready = asyncio.run_coroutine_threadsafe(_wait_ready(agent, timeout), loop)
         with contextlib.suppress(TimeoutError):
             ready.result(timeout + 1)
@@ -88,16 +103,23 @@ class AgentThread:
 
     def stop(self, timeout: float = 5.0) -> None:
         loop, agent = self._loop, self.agent
-        if loop is not None and agent is not None and self._thread.is_alive():
-            future = asyncio.run_coroutine_threadsafe(agent.shutdown(), loop)
-            with contextlib.suppress(Exception):
+        if loop is not None and agent is not None and self.alive:
+            with contextlib.suppress(Exception):  # a closed loop: nothing runs there
+                future = asyncio.run_coroutine_threadsafe(agent.shutdown(), loop)
                 future.result(timeout)
             task = self._task
             if task is not None:
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(task.cancel)
+            if self._loop_thread_is_not_this_one():
+                self._done.wait(timeout)
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    def _loop_thread_is_not_this_one(self) -> bool:
+        with contextlib.suppress(RuntimeError):
+            return asyncio.get_running_loop() is not self._loop
+        return True
 
 
 async def _wait_ready(agent: RelayAgent, seconds: float) -> None:

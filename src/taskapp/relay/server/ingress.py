@@ -136,36 +136,15 @@ async def _ingress(  # noqa: C901, PLR0915 -- complexity 21 and 90 statements at
         deadline_s = min(deadline_s, deadline_ms / 1000)
     body_task: asyncio.Task[None] | None = None
     try:
-        frame: dict[str, Any] = {
-            "type": p.REQ_HEADERS,
-            "lease_id": lease.lease_id,
-            "rid": stream.rid,
-            "method": scope["method"],
-            "path": path,
-            "query": scope.get("query_string", b"").decode("latin-1"),
-            "headers": p.clean_request_headers(
-                headers,
-                strip_authorization=strip_authorization,
-                client_ip=(scope.get("client") or [None])[0],
-                proto=state.proto,
-                host=state.host,
-            ),
-            "deadline_ms": int(deadline_s * 1000),
-        }
-        if session.version == p.V2:
-            frame["sid"] = stream.sid
-            frame["has_body"] = content_length != 0 if content_length is not None else None
-            frame["content_length"] = content_length
+        frame = _request_frame(
+            state, stream, scope, path, strip_authorization, content_length, deadline_s
+        )
         # The body pump starts before REQ_HEADERS is written, so a body that is already
         # here follows it within the same write (coalesce.py: one send() per loop step);
         # the frame order holds: this step writes REQ_HEADERS before the pump first runs.
         body_task = asyncio.create_task(_pump_request(state, session, stream, receive, info))
         await session.send_text(frame)
-        timer = _StreamTimer(stream, deadline_s, settings.stall_timeout)
-        try:
-            await _pump_response(state, session, stream, send, info, method=scope["method"])
-        finally:
-            timer.cancel()
+        await _answer(state, session, stream, send, info, deadline_s, scope["method"])
     finally:
         # Release the lease's in-flight slot before anything awaits: the caller already has
         # its answer and may send the next request on this keep-alive connection, which
@@ -184,6 +163,56 @@ async def _ingress(  # noqa: C901, PLR0915 -- complexity 21 and 90 statements at
             body_task.cancel()
             with contextlib.suppress(BaseException):
                 await body_task
+
+
+def _request_frame(
+    state: RelayState,
+    stream: Stream,
+    scope: Scope,
+    path: str,
+    strip_authorization: bool,
+    content_length: int | None,
+    deadline_s: float,
+) -> dict[str, Any]:
+    """REQ_HEADERS for the public request ``scope`` on ``stream`` (headers cleaned)."""
+    frame: dict[str, Any] = {
+        "type": p.REQ_HEADERS,
+        "lease_id": stream.lease.lease_id,
+        "rid": stream.rid,
+        "method": scope["method"],
+        "path": path,
+        "query": scope.get("query_string", b"").decode("latin-1"),
+        "headers": p.clean_request_headers(
+            scope["headers"],
+            strip_authorization=strip_authorization,
+            client_ip=(scope.get("client") or [None])[0],
+            proto=state.proto,
+            host=state.host,
+        ),
+        "deadline_ms": int(deadline_s * 1000),
+    }
+    if stream.session.version == p.V2:
+        frame["sid"] = stream.sid
+        frame["has_body"] = content_length != 0 if content_length is not None else None
+        frame["content_length"] = content_length
+    return frame
+
+
+async def _answer(
+    state: RelayState,
+    session: AgentSession,
+    stream: Stream,
+    send: Send,
+    info: dict[str, Any],
+    deadline_s: float,
+    method: str,
+) -> None:
+    """The agent's answer to the caller, within the deadline and the stall timeout."""
+    timer = _StreamTimer(stream, deadline_s, state.settings.stall_timeout)
+    try:
+        await _pump_response(state, session, stream, send, info, method=method)
+    finally:
+        timer.cancel()
 
 
 class _StreamTimer:

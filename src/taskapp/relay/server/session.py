@@ -239,7 +239,8 @@ class AgentSession:
             granted = await credit.take(want, self.conn_credit)
             if granted == 0 or stream.closed:
                 return False
-            piece = bytes(view[offset : offset + granted])
+            # The whole chunk in one frame (the usual case): no copy of it here.
+            piece = chunk if granted == len(view) else view[offset : offset + granted]
             offset += granted
             last = end and offset >= len(view)
             await self.send_bytes(p.encode_data(p.BIN_REQ_BODY, stream.sid, piece, end=last))
@@ -268,7 +269,7 @@ class AgentSession:
         rid = frame.get("rid")
         return self.by_rid.get(rid) if isinstance(rid, str) else None
 
-    async def _queue_data(self, stream: Stream, data: bytes, end: bool) -> None:
+    async def _queue_data(self, stream: Stream, data: bytes | memoryview, end: bool) -> None:
         if data:
             stream.buffered += len(data)
             self.relay.buffered += len(data)
@@ -331,7 +332,8 @@ class AgentSession:
     async def handle_binary(self, data: bytes) -> None:
         if self.version != p.V2:
             raise p.FrameError("binary frame on a v1 connection")
-        kind, flags, sid, payload = p.decode_binary(data)
+        # A view: the payload goes to the public client without a copy of its own.
+        kind, flags, sid, payload = p.decode_binary(memoryview(data))
         if kind == p.BIN_WINDOW_UPDATE:
             p.apply_window_update(sid, payload, self.conn_credit, self.streams)
             return

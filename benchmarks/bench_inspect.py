@@ -15,9 +15,11 @@ offline stand-in: the model's own time is ~0) and samples on both sides, one pro
   ``eval_async`` call with ``max_samples`` C, revision cached: what a caller who knows
   every sample up front gets (a server's rollouts arrive one request at a time);
 * **taskapp**: the task app started with ``InProcessTaskApp`` (thread server) and C
-  concurrent ``POST /rollout`` over loopback HTTP through one shared httpx client,
-  created before the clock starts. Its live eval run lingers a moment after the last
-  rollout; the direct rows wait for it to end, outside the clock.
+  concurrent ``POST /rollout`` over loopback HTTP through one shared client, created
+  before the clock starts: httpx's, or with ``--client taskapp`` taskapp's own
+  ``AsyncTaskAppClient`` (what ``taskapp eval`` and ``optimize`` send rollouts with).
+  Its live eval run lingers a moment after the last rollout; the direct rows wait for
+  it to end, outside the clock.
 
 Reported: p50 latency per rollout at concurrency 1 and the overhead (taskapp p50 − direct
 p50; goal <= 5 ms), and rollouts/s at concurrency C with the ratio taskapp / direct (goal
@@ -101,35 +103,56 @@ async def direct(
         runner._CACHED_REVISION.reset(token)
 
 
-async def through_taskapp(url: str, key: str, n: int, c: int) -> tuple[float, float]:
+async def through_taskapp(
+    url: str, key: str, n: int, c: int, client: str = "httpx"
+) -> tuple[float, float]:
+    """(p50 latency s, rollouts/s) of n rollouts from c workers sharing one client:
+    ``httpx`` (an httpx.AsyncClient) or ``taskapp`` (taskapp's AsyncTaskAppClient over its
+    loopback transport, as ``taskapp eval`` and ``optimize`` send rollouts)."""
     import httpx
+
+    from taskapp.core.client import AsyncTaskAppClient
 
     latencies: list[float] = []
     seeds = iter(range(n))
-    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(post: Any) -> None:
         for seed in seeds:
             t0 = time.perf_counter()
-            answer = await client.post(
-                "/rollout",
-                json={
+            status, body = await post(
+                {
                     "run_id": f"b{seed}",
                     "env": {"seed": seed},
                     "policy": {"config": {"model": MODEL}},
-                },
+                }
             )
-            body = answer.json()
-            assert answer.status_code == 200, body
+            assert status == 200, body
             assert body["success_status"] == "success", body
             latencies.append(time.perf_counter() - t0)
 
+    async def timed(post: Any) -> tuple[float, float]:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(post) for _ in range(c)))
+        return statistics.median(latencies), n / (time.perf_counter() - start)
+
+    if client == "taskapp":
+        async with AsyncTaskAppClient(url, key, timeout=120, limit=c) as ours:
+
+            async def post_ours(body: Any) -> tuple[int, Any]:
+                answer = await ours.request("POST", "/rollout", json_body=body)
+                return answer.status, answer.json()
+
+            return await timed(post_ours)
+    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
     async with httpx.AsyncClient(
         base_url=url, headers={"X-API-Key": key}, timeout=120, limits=limits
-    ) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(c)))
-        return statistics.median(latencies), n / (time.perf_counter() - start)
+    ) as theirs:
+
+        async def post_httpx(body: Any) -> tuple[int, Any]:
+            answer = await theirs.post("/rollout", json=body)
+            return answer.status_code, answer.json()
+
+        return await timed(post_httpx)
 
 
 def measured(run: Any, n: int) -> tuple[float, float, float]:
@@ -173,6 +196,13 @@ def main() -> None:
         "`taskapp eval`/`optimize` run it; subprocess: the app in a child process, as "
         "behind `taskapp serve`",
     )
+    parser.add_argument(
+        "--client",
+        default="httpx",
+        choices=("httpx", "taskapp"),
+        help="the taskapp rows' HTTP client: httpx (default), or taskapp's own "
+        "AsyncTaskAppClient (what taskapp eval/optimize use)",
+    )
     args = parser.parse_args()
     from taskapp.plugins.inspect_tasks.runner import _quiet_display
 
@@ -187,8 +217,9 @@ def main() -> None:
     calls: list[int] = []
     n = args.n
     with InProcessTaskApp(task_app_path=TARGET, port=0, server=args.server) as app:
+        url = str(app.url)
         for k in (1, c):  # warm every path
-            asyncio.run(through_taskapp(app.url, app.api_key, 2 * k, k))
+            asyncio.run(through_taskapp(url, app.api_key, 2 * k, k, args.client))
             wait_idle(app)
             asyncio.run(direct(setup, 2 * k, k))
             asyncio.run(direct(setup, 2 * k, k, cached_revision=True, one_call=True))
@@ -198,7 +229,7 @@ def main() -> None:
                 for key in keys[r % len(keys) :] + keys[: r % len(keys)]:  # rotated
                     before = eval_calls(app)
                     if key == "t":
-                        run = through_taskapp(app.url, app.api_key, n, k)
+                        run = through_taskapp(url, app.api_key, n, k, args.client)
                     else:
                         run = direct(setup, n, k, cached_revision=key != "d", one_call=key == "w")
                     rows.setdefault(f"{key}{k}", []).append(measured(run, n))
@@ -214,7 +245,8 @@ def main() -> None:
     }
     print(
         f"inspect task {TARGET.rsplit('/', 1)[1]}, model {MODEL}, "
-        f"{args.rounds} round(s) of {args.n}, server {args.server}, stack {describe_stack()}"
+        f"{args.rounds} round(s) of {args.n}, server {args.server}, client {args.client}, "
+        f"stack {describe_stack()}"
     )
     d1, h1, t1 = (m[f"{key}1"] * 1000 for key in "dht")
     print(

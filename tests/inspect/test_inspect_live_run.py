@@ -5,6 +5,8 @@ rollout still getting its own prompt and its own sample; the app's stop ends the
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import httpx
@@ -25,18 +27,26 @@ def test_rollouts_share_one_eval_run() -> None:
     runner.linger = 60.0  # idle tasks wait for more: here only aclose ends the run
     model = get_model("taskapp/standin")
 
-    async def main() -> tuple[list[Any], list[Any], bool]:
+    async def finished_sample() -> weakref.ref[Any]:
+        return weakref.ref(await runner.run(5, "prompt 1", model))
+
+    async def main() -> tuple[list[Any], list[Any], bool, bool]:
         first = await asyncio.gather(*(runner.run(seed, None, model) for seed in range(8)))
         # two prompts (two Inspect tasks), each sample of a prompt asked for twice
         second = await asyncio.gather(
             *(runner.run(n % 4, f"prompt {n % 2}", model) for n in range(8))
         )
         lingering = runner.busy
+        # the live run keeps no finished sample (a long run would hold them all)
+        gone = await asyncio.create_task(finished_sample())
+        gc.collect()
+        kept = gone() is not None
         await runner.aclose()
-        return list(first), list(second), lingering
+        return list(first), list(second), lingering, kept
 
-    first, second, lingering = asyncio.run(main())
+    first, second, lingering, kept = asyncio.run(main())
     assert lingering  # the run outlived the rollouts, waiting for more
+    assert not kept
     assert runner.calls == 1 and not runner.busy
     assert [sample.id for sample in first] == list(range(1, 9))
     assert all(sample.scores and sample.error is None for sample in first + second)

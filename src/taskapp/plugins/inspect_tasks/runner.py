@@ -8,17 +8,17 @@ results): per rollout, that was most of what taskapp added. So rollouts share a 
 one ``eval_async`` over an Inspect ``TaskSource``, holding one Inspect task per (candidate
 prompt, model) whose dataset is a ``SampleSource``. A rollout joins its group's running
 task at once (Inspect starts the sample as soon as it is added, beside the ones in
-flight); a rollout of a new group adds a task to the running eval. A task ends once it has
-been idle for :data:`LINGER_S` (or holds :data:`MAX_TASK_SAMPLES` samples, or asks for a
-sample it already ran: sample ids are unique in an Inspect task); the run takes no new
-task after :data:`RUN_SPAN_S` or :data:`MAX_RUN_TASKS` tasks and ends when its last task
-has. Rollouts arriving then start the next run. A lone client's next rollout arrives
-within the linger, so it too skips the set-up.
+flight); a rollout of a new group adds a task to the running eval. A task takes its
+group's rollouts until it holds :data:`MAX_TASK_SAMPLES` samples (sample ids are unique in
+an Inspect task, so a sample asked for again goes into a second task) and ends once idle
+for :data:`LINGER_S`; a run needing more than :data:`MAX_RUN_TASKS` tasks takes no more
+rollouts and ends when its last task has. Rollouts arriving then start the next run. A
+lone client's next rollout arrives within the linger, so it too skips the set-up.
 
 Results: each sample's ``EvalSample`` as Inspect hands it to the task's ``SampleSource``
 when it completes (what Inspect logs). Logs: unless a ``log_dir`` is given, the run logs
-no samples (nothing reads them) and its eval logs go to an in-memory filesystem, deleted
-at the run's end, so no file is left. With a ``log_dir``, each task's log (all its
+no samples (nothing reads them) and its eval logs go to an in-memory filesystem, each
+deleted when its task ends, so no file is left. With a ``log_dir``, each task's log (all its
 samples) is written there in Inspect's ``json`` format when the task ends. (The ``eval``
 zip format's read-back patches the running event loop with nest_asyncio, which refuses
 uvloop's loop; taskapp never reads a log back.)
@@ -48,11 +48,10 @@ LINGER_S = 0.02
 #: At most this many samples in one Inspect task (the task keeps each sample's scores
 #: until it ends); more rollouts of the group go into a new task.
 MAX_TASK_SAMPLES = 256
-#: At most this many Inspect tasks run at once in a run (and are started per run).
-MAX_RUN_TASKS = 64
-#: A run takes new tasks for this long (seconds); then it finishes what it holds and the
-#: next run starts, so a busy server's run (and what Inspect keeps per run) stays bounded.
-RUN_SPAN_S = 10.0
+#: At most this many Inspect tasks in one run: a run needing one more takes no more
+#: rollouts, ends once its tasks have, and the next run starts. What Inspect keeps per run
+#: (each finished task's log and scores, ~3 KB a sample here) stays bounded.
+MAX_RUN_TASKS = 16
 _CONCURRENT_EVAL = "Multiple concurrent calls to eval_async"
 #: Set while this module's eval_async calls run: their logs take the git revision from a
 #: per-process cache (see :func:`_hoist_revision`).
@@ -90,7 +89,8 @@ class _Feed:
     def __init__(self, key: tuple[str | None, str], linger: float) -> None:
         self.key = key
         self.linger = linger
-        self.jobs: dict[str, _Job] = {}  # by sample id (as Inspect compares them)
+        self.jobs: dict[str, _Job] = {}  # unfinished, by sample id (as Inspect compares them)
+        self.ids: set[str] = set()  # every sample id added (each may be added once)
         self.pending: list[_Job] = []  # added before the task could take them
         self.context: contextvars.Context | None = None  # the task's, once it runs
         self.open = True
@@ -100,13 +100,14 @@ class _Feed:
         return (
             self.open
             and self.key == job.key
-            and str(job.sample.id) not in self.jobs
-            and len(self.jobs) < MAX_TASK_SAMPLES
+            and str(job.sample.id) not in self.ids
+            and len(self.ids) < MAX_TASK_SAMPLES
         )
 
     def add(self, job: _Job) -> None:
         from inspect_ai import enqueue_sample
 
+        self.ids.add(str(job.sample.id))
         self.jobs[str(job.sample.id)] = job
         if self.context is not None:
             self.context.run(enqueue_sample, [job.sample])  # starts beside those in flight
@@ -140,13 +141,13 @@ class _Feed:
         return None
 
     async def sample_complete(self, sample: Any) -> list[Any] | None:
-        job = self.jobs.get(str(sample.id))
+        job = self.jobs.pop(str(sample.id), None)  # (the run keeps no finished sample)
         if job is not None and not job.future.done():
             job.future.set_result(sample)
         return self._take() or None
 
     async def sample_abandoned(self, sample: Any, epoch: int) -> list[Any] | None:
-        job = self.jobs.get(str(sample.id))
+        job = self.jobs.pop(str(sample.id), None)
         if job is not None:
             job.fail("the sample was cancelled before it ran")
         return None
@@ -158,8 +159,6 @@ class _Run:
 
     def __init__(self, runner: EvalRunner) -> None:
         self.runner = runner
-        self.loop = asyncio.get_running_loop()
-        self.started = self.loop.time()
         self.feeds: list[_Feed] = []
         self.waiting: list[Any] = []  # tasks made before the run could take them
         self.context: contextvars.Context | None = None  # the run's, once it runs
@@ -168,15 +167,14 @@ class _Run:
 
     def route(self, job: _Job) -> bool:
         """Put the job into this run; False when the run takes no more."""
+        if not self.accepting:
+            return False
         for feed in self.feeds:
             if feed.accepts(job):
                 feed.add(job)
                 return True
-        if self.accepting and (
-            len(self.feeds) >= MAX_RUN_TASKS or self.loop.time() - self.started > RUN_SPAN_S
-        ):
-            self.accepting = False
-        if not self.accepting:
+        if len(self.feeds) >= MAX_RUN_TASKS:
+            self.close()  # the run ends once its tasks have; the next one takes the job
             return False
         feed = _Feed(job.key, self.runner.linger)
         self.feeds.append(feed)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import pytest
 
 from taskapp import InProcessTaskApp
 from taskapp.testing.helpers import free_port
@@ -72,4 +74,43 @@ def test_stopping_the_app_ends_its_eval_run() -> None:
         assert answer.json()["success_status"] == "success", answer.text
         assert runner.busy
     # the stop ended it (its shutdown hook; else the loop cancels it): eval_async is free
+    assert not runner.busy
+
+
+@pytest.mark.parametrize("failure", ["the run raised", "a task failed"])
+def test_a_failed_run_fails_its_rollouts_with_keys_redacted(
+    failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inspect_ai
+    from inspect_ai.model import get_model
+
+    from taskapp.core.secrets import register_secret
+    from taskapp.plugins.inspect_tasks.runner import EvalRunner, RolloutFailure
+    from taskapp.plugins.inspect_tasks.tasks import load_task
+
+    key = "sk-live-run-test-0123456789"
+    register_secret(key)
+    message = f"the provider refused {key}"
+
+    async def failing_eval(source: Any, **options: Any) -> Any:
+        if failure == "the run raised":
+            raise RuntimeError(message)
+        # the task fails before its samples run (Inspect reports it to the TaskSource)
+        log = SimpleNamespace(status="error", error=SimpleNamespace(message=message))
+        await source.task_complete(log)
+        return [log]
+
+    monkeypatch.setattr(inspect_ai, "eval_async", failing_eval)
+    runner = EvalRunner(load_task(target("no_prompt")))
+    runner.log_dir = "kept"  # (nothing to delete from memory)
+    model = get_model("taskapp/standin")
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(runner.run(seed, None, model) for seed in range(3)), return_exceptions=True
+        )
+
+    for answer in asyncio.run(main()):
+        assert isinstance(answer, RolloutFailure), answer
+        assert "the provider refused" in str(answer) and key not in str(answer)
     assert not runner.busy

@@ -114,3 +114,31 @@ def test_a_failed_run_fails_its_rollouts_with_keys_redacted(
         assert isinstance(answer, RolloutFailure), answer
         assert "the provider refused" in str(answer) and key not in str(answer)
     assert not runner.busy
+
+
+def test_closing_cancels_a_run_that_does_not_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect_ai
+    from inspect_ai.model import get_model
+
+    from taskapp.plugins.inspect_tasks import runner as module
+    from taskapp.plugins.inspect_tasks.tasks import load_task
+
+    async def stuck_eval(source: Any, **options: Any) -> Any:
+        await asyncio.Event().wait()  # a sample that never finishes
+
+    monkeypatch.setattr(inspect_ai, "eval_async", stuck_eval)
+    monkeypatch.setattr(module, "CLOSE_GRACE_S", 0.05)
+    runner = module.EvalRunner(load_task(target("no_prompt")))
+    model = get_model("taskapp/standin")
+
+    async def main() -> BaseException | None:
+        rollout = asyncio.create_task(runner.run(0, None, model))
+        for _ in range(5):  # the rollout queues, the worker starts the run with it
+            await asyncio.sleep(0)
+        await runner.aclose()
+        done, _ = await asyncio.wait({rollout}, timeout=60)
+        return rollout.exception() if done else None
+
+    failure = asyncio.run(main())
+    assert isinstance(failure, module.RolloutFailure), failure
+    assert not runner.busy

@@ -52,6 +52,8 @@ MAX_TASK_SAMPLES = 256
 #: rollouts, ends once its tasks have, and the next run starts. What Inspect keeps per run
 #: (each finished task's log and scores, ~3 KB a sample here) stays bounded.
 MAX_RUN_TASKS = 16
+#: When the app stops, how long the live run may take to end before it is cancelled.
+CLOSE_GRACE_S = 1.0
 _CONCURRENT_EVAL = "Multiple concurrent calls to eval_async"
 #: Set while this module's eval_async calls run: their logs take the git revision from a
 #: per-process cache (see :func:`_hoist_revision`).
@@ -277,15 +279,21 @@ class EvalRunner:
             await asyncio.wait({worker})
 
     async def aclose(self) -> None:
-        """End the live run (the app stops): idle tasks end at once, running samples
-        finish; rollouts still queued fail."""
+        """End the live run as the app stops (its requests are answered or cancelled by
+        then): idle tasks end at once; what still runs after :data:`CLOSE_GRACE_S` is
+        cancelled, so a stop stays bounded; rollouts still queued fail."""
         queued, self._queue = self._queue, []
         for job in queued:
             job.fail("the task app is stopping")
         if self._run is not None:
             self._run.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.idle(), 60)
+        worker = self._worker
+        if worker is None or worker.get_loop() is not asyncio.get_running_loop():
+            return
+        done, _ = await asyncio.wait({worker}, timeout=CLOSE_GRACE_S)
+        if not done:
+            worker.cancel()  # Inspect's eval_async unwinds (and allows the next one)
+            await asyncio.wait({worker}, timeout=CLOSE_GRACE_S)
 
     async def _drain(self) -> None:
         while self._queue:

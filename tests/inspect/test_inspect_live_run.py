@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import weakref
-from types import SimpleNamespace
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import httpx
@@ -142,3 +144,58 @@ def test_closing_cancels_a_run_that_does_not_end(monkeypatch: pytest.MonkeyPatch
     failure = asyncio.run(main())
     assert isinstance(failure, module.RolloutFailure), failure
     assert not runner.busy
+
+
+GATED = """
+import sys
+from inspect_ai import Task, task
+from inspect_ai.dataset import Sample
+from inspect_ai.scorer import match
+from inspect_ai.solver import generate, solver
+
+@solver
+def gate():
+    async def solve(state, generate):
+        if state.sample_id == 1:  # waits until the test opens the gate
+            sys.modules["taskapp_test_gate"].entered.set()
+            await sys.modules["taskapp_test_gate"].opened.wait()
+        return state
+    return solve
+
+@task
+def gated():
+    samples = [Sample(input="a", target="a"), Sample(input="b", target="b")]
+    return Task(dataset=samples, solver=[gate(), generate()], scorer=match())
+"""
+
+
+def test_a_new_prompt_starts_while_the_runs_first_task_is_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inspect_ai.model import get_model
+
+    from taskapp.plugins.inspect_tasks.runner import EvalRunner
+    from taskapp.plugins.inspect_tasks.tasks import load_task
+
+    (tmp_path / "gated.py").write_text(GATED)
+    gate = ModuleType("taskapp_test_gate")
+    monkeypatch.setitem(sys.modules, "taskapp_test_gate", gate)
+    runner = EvalRunner(load_task(f"{tmp_path / 'gated.py'}@gated"))
+    model = get_model("taskapp/standin")
+
+    async def main() -> tuple[bool, bool, int]:
+        gate.opened = asyncio.Event()  # type: ignore[attr-defined]
+        gate.entered = asyncio.Event()  # type: ignore[attr-defined]
+        held = asyncio.create_task(runner.run(0, "prompt A", model))  # sample 1: gated
+        await gate.entered.wait()  # type: ignore[attr-defined]  # the run is under way
+        other = asyncio.create_task(runner.run(1, "prompt B", model))  # a second task
+        done, _ = await asyncio.wait({other}, timeout=60)
+        held_then = held.done()
+        gate.opened.set()  # type: ignore[attr-defined]
+        await held
+        await runner.aclose()
+        return other in done and bool(other.result().scores), held_then, runner.calls
+
+    other_finished, held_then, calls = asyncio.run(main())
+    assert other_finished and not held_then  # it did not wait for the busy task's sample
+    assert calls == 1  # both tasks in one run

@@ -88,9 +88,15 @@ class _Feed:
     """The samples of one live Inspect task (the rollouts of one prompt and model): its
     ``SampleSource`` callbacks, run by Inspect inside the task."""
 
-    def __init__(self, key: tuple[str | None, str], linger: float) -> None:
+    def __init__(
+        self,
+        key: tuple[str | None, str],
+        linger: float,
+        started: Callable[[contextvars.Context], None],
+    ) -> None:
         self.key = key
         self.linger = linger
+        self.started = started  # told the task's context when the task starts
         self.jobs: dict[str, _Job] = {}  # unfinished, by sample id (as Inspect compares them)
         self.ids: set[str] = set()  # every sample id added (each may be added once)
         self.pending: list[_Job] = []  # added before the task could take them
@@ -124,6 +130,7 @@ class _Feed:
     def _take(self) -> list[Any]:
         if self.context is None:
             self.context = contextvars.copy_context()  # holds the task's sample enqueuer
+            self.started(self.context)
         taken, self.pending = self.pending, []
         return [job.sample for job in taken]
 
@@ -162,7 +169,7 @@ class _Run:
     def __init__(self, runner: EvalRunner) -> None:
         self.runner = runner
         self.feeds: list[_Feed] = []
-        self.waiting: list[Any] = []  # tasks made before the run could take them
+        self.waiting: list[tuple[_Feed, Any]] = []  # tasks the run has not taken yet
         self.context: contextvars.Context | None = None  # the run's, once it runs
         self.accepting = True
         self.problems: list[str] = []
@@ -178,21 +185,34 @@ class _Run:
         if len(self.feeds) >= MAX_RUN_TASKS:
             self.close()  # the run ends once its tasks have; the next one takes the job
             return False
-        feed = _Feed(job.key, self.runner.linger)
+        feed = _Feed(job.key, self.runner.linger, self._started)
         self.feeds.append(feed)
         feed.add(job)
-        task = self.runner._task_for(feed, job)
+        self.waiting.append((feed, self.runner._task_for(feed, job)))
+        if self.context is not None:
+            self._submit()
+        return True
+
+    def _started(self, context: contextvars.Context) -> None:
+        """A task of the run started; its context reaches the run's task enqueuer, so the
+        tasks made meanwhile start now, not when a sample of the run next completes."""
         if self.context is None:
-            self.waiting.append(task)
-            return True
+            self.context = context
+            self._submit()
+
+    def _submit(self) -> None:
+        """Add the waiting tasks to the running eval (they start beside the others)."""
         from inspect_ai import enqueue_task
 
-        try:
-            self.context.run(enqueue_task, [task])  # starts beside the running tasks
-        except Exception as exc:  # Inspect could not resolve the task
-            feed.close()
-            job.fail(_message(exc))
-        return True
+        assert self.context is not None
+        waiting, self.waiting = self.waiting, []
+        for feed, task in waiting:
+            try:
+                self.context.run(enqueue_task, [task])
+            except Exception as exc:  # Inspect could not resolve the task
+                feed.close()
+                for job in feed.jobs.values():
+                    job.fail(_message(exc))
 
     def close(self) -> None:
         """Take no more rollouts; idle tasks end at once."""
@@ -203,12 +223,11 @@ class _Run:
     def _take(self) -> list[Any]:
         if self.context is None:
             self.context = contextvars.copy_context()  # holds the run's task enqueuer
-        taken, self.waiting = self.waiting, []
-        return taken
+        return self.initial_tasks()
 
     def initial_tasks(self) -> list[Any]:
         taken, self.waiting = self.waiting, []
-        return taken
+        return [task for _, task in taken]
 
     async def next_tasks(self) -> list[Any] | None:
         """Called by Inspect when no task runs: the tasks waiting, else end the run."""

@@ -8,8 +8,9 @@ Three processes on loopback, as deployed:
 * the **load generator**: this process (asyncio, raw keep-alive HTTP/1.1, uvloop if present).
 
 Measured: latency at concurrency 1 (1 KiB POST echo), requests/s at concurrency 16, one
-50 MiB download and upload, relay CPU per request and per MB (from /proc), relay RSS and the
-relay's buffered-bytes gauge with a slow consumer, and time from entering the context to a
+50 MiB download and upload, relay CPU per request and per MB (from /proc), the task app's and
+the load generator's CPU per MB of the transfers (with few cores the three compete, so the
+transfer rate follows their sum), relay RSS and the relay's buffered-bytes gauge with a slow consumer, and time from entering the context to a
 working public URL. Modes are interleaved in every repetition; medians are reported.
 
     python benchmarks/bench_relay.py            # full run (about 2 minutes)
@@ -570,15 +571,18 @@ def main() -> int:
                         assert out["errors"] == 0, (mode, out)
                 for direction in ("down", "up"):
                     for mode, (url, headers) in modes.items():
-                        relay_cpu0 = cpu_seconds(relay.pid)
+                        relay_cpu0, app_cpu0 = cpu_seconds(relay.pid), cpu_seconds(info["pid"])
+                        own_cpu0 = time.process_time()
                         mbs = await big_transfer(url, headers, direction, args.size_mib * MB)
-                        relay_cpu = cpu_seconds(relay.pid) - relay_cpu0
+                        spent = {
+                            "relay": cpu_seconds(relay.pid) - relay_cpu0,
+                            "app": cpu_seconds(info["pid"]) - app_cpu0,
+                            "client": time.process_time() - own_cpu0,
+                        }
                         record(mode, f"{direction}_mb_s", mbs)
-                        record(
-                            mode,
-                            f"{direction}_relay_cpu_ms_per_mb",
-                            relay_cpu / args.size_mib * 1000,
-                        )
+                        for who, seconds in spent.items():
+                            per_mb = seconds / args.size_mib * 1000
+                            record(mode, f"{direction}_{who}_cpu_ms_per_mb", per_mb)
                 print(f"repetition {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
             slow = {}
             for mode in ("relay v1", "relay v2"):
@@ -641,6 +645,25 @@ def main() -> int:
         ("relay CPU per MB, upload (ms)", "up_relay_cpu_ms_per_mb"),
     ):
         print(f"| {label} | {med['relay v1'][key]:.2f} | {med['relay v2'][key]:.2f} |")
+    # On a machine with few cores a transfer is bound by the CPU all three processes spend
+    # per MB: these rows give the whole path's cost next to the direct one.
+    for direction, word in (("down", "download"), ("up", "upload")):
+        for who, label in (("app", "task-app process"), ("client", "load generator")):
+            key = f"{direction}_{who}_cpu_ms_per_mb"
+            print(
+                f"| {label} CPU per MB, {word} (ms; direct: {direct[key]:.2f}) "
+                f"| {med['relay v1'][key]:.2f} | {med['relay v2'][key]:.2f} |"
+            )
+        total = {
+            mode: sum(
+                med[mode][f"{direction}_{who}_cpu_ms_per_mb"] for who in ("relay", "app", "client")
+            )
+            for mode in med
+        }
+        print(
+            f"| all three processes' CPU per MB, {word} (ms; direct: {total['direct']:.2f}) "
+            f"| {total['relay v1']:.2f} | {total['relay v2']:.2f} |"
+        )
     for label, key in (
         ("relay RSS before slow 32 MiB download (MiB)", "rss_before_mib"),
         ("relay RSS peak during it (MiB)", "rss_peak_mib"),

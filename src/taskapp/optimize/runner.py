@@ -359,7 +359,7 @@ class _Run:
             scores=scores,
         )
 
-    def execute(self) -> OptimizeResult:  # noqa: PLR0915 -- 54 statements at most (issue 21 ratchet); split when next changed
+    def execute(self) -> OptimizeResult:  # noqa: C901, PLR0915 -- complexity 13 and 59 statements at most (issue 21 ratchet; its end status split out when it grew to 68); split when next changed
         r, c = self.r, self.c
         seed_candidate = self._seed_candidate()
         history: list[dict[str, Any]] = []
@@ -372,7 +372,30 @@ class _Run:
         # leaves --out as it was, so the next attempt needs no --resume.
 
         recorder = ReflectionRecorder(r.reflection_lm)
-        tracker, writer = self._tracker(seed_candidate, history, elapsed_before)
+        records: list[Callable[[dict[str, Any]], None]] = []
+        sinks: list[Callable[[dict[str, Any]], None]] = []
+        writer: JsonlWriter | None = None
+        if r.output_dir is not None:
+            writer = JsonlWriter(r.output_dir / HISTORY_FILE, truncate=not c.resume)
+            records.append(writer)
+
+        def remember_baseline(event: dict[str, Any]) -> None:
+            if event.get("event") == "baseline":  # lets --resume skip re-scoring the seed
+                self._write_run_file(seed_candidate, baseline_val_scores=event["val_scores"])
+
+        records.append(remember_baseline)
+        if self.on_progress is not None:
+            sinks.append(self.on_progress)
+            with contextlib.suppress(Exception):  # a label for the job list, not history
+                self.on_progress({"event": "started", "task": task_name(self.info)})
+        tracker = ProgressTracker(
+            budget=c.budget,
+            history=history,
+            sinks=sinks,
+            records=records,
+            resuming=c.resume,
+            elapsed_before=elapsed_before,
+        )
         stopper = RunStopper(
             budget=c.budget,
             iteration_cost=r.iteration_cost,
@@ -436,20 +459,7 @@ class _Run:
                     )
                     raise
                 if failure is None:
-                    if tracker.record_error is not None:
-                        status, error = "failed", self._record_error_message(tracker)
-                        failure = RunRecordError(error)
-                        failure.__cause__ = tracker.record_error
-                    elif stopper.reason == "interrupted":
-                        status = "interrupted"
-                    elif stopper.reason == "reflection_failures":
-                        status = "failed"
-                        error = (
-                            f"the reflection model failed {recorder.consecutive_failures} "
-                            f"time(s) in a row ({recorder.failures} of {recorder.calls} calls); "
-                            f"last error: {recorder.last_error}"
-                        )
-                        failure = ReflectionModelError(error)
+                    status, error, failure = self._ended_how(tracker, stopper, recorder)
             test_scores = None
             if status == "succeeded" and r.test is not None and tracker.state is not None:
                 test_scores = self._test_scores(adapter, tracker.state, seed_candidate)
@@ -475,37 +485,25 @@ class _Run:
         assert result is not None
         return result
 
-    def _tracker(
-        self, seed_candidate: dict[str, str], history: Any, elapsed_before: float
-    ) -> tuple[ProgressTracker, JsonlWriter | None]:
-        """The run's progress tracker: its records (history.jsonl, run.json's baseline
-        scores; a failed write stops the run) and the caller's hook (a failure is logged)."""
-        c, r = self.c, self.r
-        records: list[Callable[[dict[str, Any]], None]] = []
-        sinks: list[Callable[[dict[str, Any]], None]] = []
-        writer: JsonlWriter | None = None
-        if r.output_dir is not None:
-            writer = JsonlWriter(r.output_dir / HISTORY_FILE, truncate=not c.resume)
-            records.append(writer)
-
-        def remember_baseline(event: dict[str, Any]) -> None:
-            if event.get("event") == "baseline":  # lets --resume skip re-scoring the seed
-                self._write_run_file(seed_candidate, baseline_val_scores=event["val_scores"])
-
-        records.append(remember_baseline)
-        if self.on_progress is not None:
-            sinks.append(self.on_progress)
-            with contextlib.suppress(Exception):  # a label for the job list, not history
-                self.on_progress({"event": "started", "task": task_name(self.info)})
-        tracker = ProgressTracker(
-            budget=c.budget,
-            history=history,
-            sinks=sinks,
-            records=records,
-            resuming=c.resume,
-            elapsed_before=elapsed_before,
-        )
-        return tracker, writer
+    def _ended_how(
+        self, tracker: ProgressTracker, stopper: RunStopper, recorder: ReflectionRecorder
+    ) -> tuple[str, str | None, OptimizeError | None]:
+        """(status, error, failure) of a run GEPA ended without raising."""
+        if tracker.record_error is not None:
+            error = self._record_error_message(tracker)
+            failure = RunRecordError(error)
+            failure.__cause__ = tracker.record_error
+            return "failed", error, failure
+        if stopper.reason == "interrupted":
+            return "interrupted", None, None
+        if stopper.reason == "reflection_failures":
+            error = (
+                f"the reflection model failed {recorder.consecutive_failures} "
+                f"time(s) in a row ({recorder.failures} of {recorder.calls} calls); "
+                f"last error: {recorder.last_error}"
+            )
+            return "failed", error, ReflectionModelError(error)
+        return "succeeded", None, None
 
     def _record_error_message(self, tracker: ProgressTracker) -> str:
         return (

@@ -79,6 +79,7 @@ EXPORTED: dict[str, list[str]] = {
         "REFLECTION_TEMPLATE",
         "ReflectionModelError",
         "ReflectionRecorder",
+        "RunRecordError",
         "StandInReflectionLM",
         "TaskAppAdapter",
         "TaskAppUnavailableError",

@@ -359,7 +359,7 @@ class _Run:
             scores=scores,
         )
 
-    def execute(self) -> OptimizeResult:  # noqa: C901, PLR0915 -- complexity 16 and 65 statements at most (issue 21 ratchet); split when next changed
+    def execute(self) -> OptimizeResult:  # noqa: C901, PLR0915 -- complexity 13 and 59 statements at most (issue 21 ratchet; its end status split out when it grew to 68); split when next changed
         r, c = self.r, self.c
         seed_candidate = self._seed_candidate()
         history: list[dict[str, Any]] = []
@@ -459,20 +459,7 @@ class _Run:
                     )
                     raise
                 if failure is None:
-                    if tracker.record_error is not None:
-                        status, error = "failed", self._record_error_message(tracker)
-                        failure = RunRecordError(error)
-                        failure.__cause__ = tracker.record_error
-                    elif stopper.reason == "interrupted":
-                        status = "interrupted"
-                    elif stopper.reason == "reflection_failures":
-                        status = "failed"
-                        error = (
-                            f"the reflection model failed {recorder.consecutive_failures} "
-                            f"time(s) in a row ({recorder.failures} of {recorder.calls} calls); "
-                            f"last error: {recorder.last_error}"
-                        )
-                        failure = ReflectionModelError(error)
+                    status, error, failure = self._ended_how(tracker, stopper, recorder)
             test_scores = None
             if status == "succeeded" and r.test is not None and tracker.state is not None:
                 test_scores = self._test_scores(adapter, tracker.state, seed_candidate)
@@ -497,6 +484,26 @@ class _Run:
             raise type(failure)(failure.message, result=result) from failure
         assert result is not None
         return result
+
+    def _ended_how(
+        self, tracker: ProgressTracker, stopper: RunStopper, recorder: ReflectionRecorder
+    ) -> tuple[str, str | None, OptimizeError | None]:
+        """(status, error, failure) of a run GEPA ended without raising."""
+        if tracker.record_error is not None:
+            error = self._record_error_message(tracker)
+            failure = RunRecordError(error)
+            failure.__cause__ = tracker.record_error
+            return "failed", error, failure
+        if stopper.reason == "interrupted":
+            return "interrupted", None, None
+        if stopper.reason == "reflection_failures":
+            error = (
+                f"the reflection model failed {recorder.consecutive_failures} "
+                f"time(s) in a row ({recorder.failures} of {recorder.calls} calls); "
+                f"last error: {recorder.last_error}"
+            )
+            return "failed", error, ReflectionModelError(error)
+        return "succeeded", None, None
 
     def _record_error_message(self, tracker: ProgressTracker) -> str:
         return (

@@ -10,8 +10,9 @@ Three processes on loopback, as deployed:
 Measured: latency at concurrency 1 (1 KiB POST echo), requests/s at concurrency 16, one
 50 MiB download and upload, relay CPU per request and per MB (from /proc), the task app's and
 the load generator's CPU per MB of the transfers (with few cores the three compete, so the
-transfer rate follows their sum), relay RSS and the relay's buffered-bytes gauge with a slow consumer, and time from entering the context to a
-working public URL. Modes are interleaved in every repetition; medians are reported.
+transfer rate follows their sum), relay RSS and the relay's buffered-bytes gauge with a
+slow consumer, and time from entering the context to a working public URL. Modes are
+interleaved in every repetition; medians are reported.
 
     python benchmarks/bench_relay.py            # full run (about 2 minutes)
     python benchmarks/bench_relay.py --quick    # shorter phases, one repetition

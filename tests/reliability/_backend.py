@@ -8,12 +8,15 @@ here with its own SQLite file and an environment holding host secrets it must ne
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from taskapp.jobs.store import SqliteJobStore
 from tests.cli._cli_helpers import _ThreadedUvicorn
 from tests.helpers import BackendChild, backend_child_env
 from tests.optimize._optimize_helpers import STAND_IN_MUTATION
@@ -25,6 +28,21 @@ ENV_KEY_SECRET = "environment-api-key-of-the-backend-0002"
 OPENAI_SECRET = "sk-openai-key-of-the-backend-0003"
 MODEL_KEY = "operator-model-key-0004"
 SECRETS = (KEY, HOST_SECRET, ENV_KEY_SECRET, OPENAI_SECRET, MODEL_KEY)
+
+
+@contextlib.contextmanager
+def store_with_a_job(folder: Path) -> Iterator[tuple[SqliteJobStore, str]]:
+    """A SQLite job store in ``folder`` (owned by this process) holding one queued job:
+    (store, job id); the store is closed at the end."""
+    store = SqliteJobStore(folder / "jobs.sqlite3", owner=True)
+    try:
+        job_id, _ = store.create(
+            {"budget": 10}, task_app_url="http://127.0.0.1:9", task_app_key=None,
+            worker_token=None, warnings=[],
+        )  # fmt: skip
+        yield store, job_id
+    finally:
+        store.close()
 
 
 def toy_toml(budget: int = 40, mutation: str = STAND_IN_MUTATION, head: str = "") -> str:

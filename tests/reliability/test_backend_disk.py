@@ -26,7 +26,7 @@ from taskapp import InProcessTaskApp
 from tests.helpers import run_child
 
 from ..optimize._optimize_helpers import ToyTask
-from ._backend import Backend, assert_envelope, toy_toml
+from ._backend import Backend, assert_envelope, store_with_a_job, toy_toml
 
 
 @contextlib.contextmanager
@@ -188,7 +188,6 @@ def test_24_6_a_job_that_meets_storage_errors_again_and_again_fails_saying_so(
     from its checkpoint and queued again for ever; the fifth fault in a row fails it with
     the advice, a checkpoint in between starts the count again, and retry queues it."""
     from taskapp.jobs.pool import MAX_STORAGE_FAULTS, JobPool, _Run
-    from taskapp.jobs.store import open_store
 
     runs = tmp_path / "runs"
     full = OSError(errno.ENOSPC, "No space left on device", str(runs / "j" / "state.bin"))
@@ -197,13 +196,8 @@ def test_24_6_a_job_that_meets_storage_errors_again_and_again_fails_saying_so(
         raise full  # a stand-in for a disk that fills up at every attempt
 
     monkeypatch.setattr(JobPool, "_run_in", run_in)
-    store = open_store(tmp_path / "jobs.sqlite3", owner=True)
-    try:
+    with store_with_a_job(tmp_path) as (store, job_id):
         pool = JobPool(store, runs_dir=runs, workers=0)
-        job_id, _ = store.create(
-            {}, task_app_url="http://127.0.0.1:9", task_app_key=None, worker_token=None,
-            warnings=[],
-        )  # fmt: skip
 
         def attempt(*, checkpoint: bool = False) -> dict[str, Any]:
             claimed = store.claim(pool.owner, 60)
@@ -229,5 +223,3 @@ def test_24_6_a_job_that_meets_storage_errors_again_and_again_fails_saying_so(
         kinds = [e["kind"] for e in store.events(job_id, after=0, limit=100)]
         assert kinds.count("storage_error") == 2 * MAX_STORAGE_FAULTS - 1, kinds
         assert (store.control(job_id, "retry") or {}).get("status") == "queued"
-    finally:
-        store.close()

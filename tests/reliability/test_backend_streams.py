@@ -13,16 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from taskapp.jobs.service import BackendApi
-from taskapp.jobs.store import SqliteJobStore
+
+from ._backend import store_with_a_job
 
 
 def test_24_4_streams_on_one_job_share_one_store_read_per_change(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3", owner=True)
-    try:
-        job_id, _ = store.create(
-            {"budget": 10}, task_app_url="http://127.0.0.1:9", task_app_key=None,
-            worker_token=None, warnings=[],
-        )  # fmt: skip
+    with store_with_a_job(tmp_path) as (store, job_id):
         reads: list[int] = []
         real_events = store.events
 
@@ -50,8 +46,6 @@ def test_24_4_streams_on_one_job_share_one_store_read_per_change(tmp_path: Path)
         assert len(set(first)) == 1 and b"event: submitted" in first[0]
         assert len(set(second)) == 1 and b"a change" in second[0]  # nothing missed
         assert len(reads) <= 4, f"{len(reads)} store reads for 200 streams and 2 changes"
-    finally:
-        store.close()
 
 
 def test_24_4_a_stream_holds_no_fastapi_state_and_its_client_leaving_frees_its_slot(
@@ -65,12 +59,7 @@ def test_24_4_a_stream_holds_no_fastapi_state_and_its_client_leaving_frees_its_s
     from taskapp.jobs.service import create_backend_app
 
     key = "stream-test-key-0123456789"
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3", owner=True)
-    try:
-        job_id, _ = store.create(
-            {"budget": 10}, task_app_url="http://127.0.0.1:9", task_app_key=None,
-            worker_token=None, warnings=[],
-        )  # fmt: skip
+    with store_with_a_job(tmp_path) as (store, job_id):
         app = create_backend_app(store, None, key)
         held_in: list[str] = []
 
@@ -108,5 +97,3 @@ def test_24_4_a_stream_holds_no_fastapi_state_and_its_client_leaving_frees_its_s
         assert b"event: submitted" in sent[1]["body"]
         assert app.backend.limits.open == 0  # the slot came back
         assert not [f for f in held_in if "fastapi" in f or "starlette" in f], held_in
-    finally:
-        store.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http
 import re
 from typing import Any
 from urllib.parse import unquote
@@ -103,8 +104,11 @@ def parse_head(head: bytes, max_headers: int) -> Head:
         value = field[2]
         if name == b"host":
             hosts += 1
-        elif name in _FRAMING and _framing(request, name, value):
-            continue  # a repeated, equal Content-Length: kept once (as h11)
+        elif name in _FRAMING:
+            if _framing(request, name, value):
+                continue  # a repeated, equal Content-Length: kept once (as h11)
+            if name == b"transfer-encoding":
+                value = b"chunked"  # as h11 normalises it
         headers.append((name, value))
     if hosts > 1 or (hosts == 0 and request.version == b"1.1"):
         raise BadRequest(400, "a request needs exactly one Host header")
@@ -300,6 +304,7 @@ class IngressFront(asyncio.Protocol):
         self.keep_alive = True
         self.timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
+        self.served = False  # a response was sent: idle connections get the keep-alive timeout
         self.head_pending = b""
 
     # asyncio.Protocol -------------------------------------------------------------------
@@ -446,7 +451,8 @@ class IngressFront(asyncio.Protocol):
             self.closed = True
             return
         self.idle_since = self.loop.time()
-        self._arm(self.config.timeout_keep_alive)
+        self.served = True
+        self._arm(min(self.config.timeout_keep_alive, HEADER_TIMEOUT))
         self._resume_reading()
 
     def _hand_over(self) -> None:
@@ -490,16 +496,21 @@ class IngressFront(asyncio.Protocol):
             self.timer = None
 
     def _on_timer(self) -> None:
+        """Idle past the keep-alive timeout (or, before a first request, the header
+        timeout): close; a head begun but not complete within the header timeout: 408."""
         self.timer = None
         if self.closed or self.request is not None:
             return
-        if not self.buf:
-            self.transport.close()  # idle: keep-alive or header timeout
-            self.closed = True
-            return
-        left = self.idle_since + HEADER_TIMEOUT - self.loop.time()
+        limit = HEADER_TIMEOUT
+        if not self.buf and self.served:
+            limit = self.config.timeout_keep_alive
+        left = self.idle_since + limit - self.loop.time()
         if left > 0:
             self._arm(left)
+            return
+        if not self.buf:
+            self.transport.close()
+            self.closed = True
             return
         self._write_plain(408, "request headers not received in time")
 
@@ -676,8 +687,6 @@ class IngressFront(asyncio.Protocol):
 
 @functools.cache
 def _status_phrase(status: int) -> bytes:
-    import http
-
     try:
         return http.HTTPStatus(status).phrase.encode()
     except ValueError:

@@ -12,6 +12,7 @@ from typing import Any
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import fingerprint
 from taskapp.relay import protocol as p
+from taskapp.relay.server.agent_wire import WIRE_EXTENSION
 from taskapp.relay.server.leases import iso, text_field
 from taskapp.relay.server.session import AgentSession
 from taskapp.relay.server.state import (
@@ -45,6 +46,14 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
     if state.draining:
         await _reject_ws(state, scope, send, 503, "relay_draining")
         return
+    wire = (scope.get("extensions") or {}).get(WIRE_EXTENSION, {}).get("wire")
+    if wire is None:
+        logger.error(
+            "agent socket refused: it needs the relay server's WebSocket protocol "
+            "(taskapp relay serve / RelayServer), not another ASGI server's"
+        )
+        await send({"type": "websocket.close", "code": 1011})
+        return
     await send({"type": "websocket.accept"})
     try:
         async with asyncio.timeout(state.settings.attach_timeout):
@@ -65,7 +74,7 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
         await send({"type": "websocket.close", "code": 1008, "reason": "expected ATTACH"})
         return
     version = p.negotiate_version(attach, state.settings.protocols)
-    session = AgentSession(state, lease, send, version)
+    session = AgentSession(state, lease, send, wire, version)
     accepted: list[str] = []
     rejected: list[dict[str, str]] = []
     requested = attach.get("leases")
@@ -130,7 +139,7 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
                 "renew_after_s": int(max(0.0, lease.expires_at - time.time()) * 2 / 3),
             }
         ]
-    await session.send_text(ack)
+    session.send_text(ack)
     if not accepted:
         await session.close(4404, "no lease accepted")
         return
@@ -149,7 +158,9 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
     if isinstance(previous, AgentSession) and not previous.closed:
         state.spawn(_retire(state, previous))
     try:
-        await _read_frames(state, session, receive)
+        wire.attach(session)  # frames now go straight to the session
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
     finally:
         session.closed = True
         session.fail_all("AGENT_GONE")
@@ -160,7 +171,7 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
 
 
 async def _retire(state: RelayState, session: AgentSession) -> None:
-    await session.goaway("replaced")
+    session.goaway("replaced")
     if session.streams:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(state.settings.drain_timeout):
@@ -176,44 +187,3 @@ async def _reject_ws(state: RelayState, scope: Scope, send: Send, status: int, c
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 4401 if status == 401 else 1013})
-
-
-async def _read_frames(state: RelayState, session: AgentSession, receive: Receive) -> None:
-    lease = session.lease
-    while True:
-        message = await receive()
-        if message["type"] != "websocket.receive":
-            return
-        lease.last_seen = time.time()
-        try:
-            text = message.get("text")
-            if text is not None:
-                if session.version == p.V2 and len(text) > session.max_text:
-                    raise p.FrameError(
-                        f"text frame of {len(text)} characters exceeds the negotiated "
-                        f"limit of {session.max_text}"
-                    )
-                await session.handle_text(p.decode_text(text))
-            else:
-                data = message.get("bytes")
-                if data is not None:
-                    if len(data) > session.max_frame + p.HEADER_SIZE:
-                        raise p.FrameError(
-                            f"binary frame of {len(data)} bytes exceeds the negotiated "
-                            f"max_frame_bytes {session.max_frame}"
-                        )
-                    await session.handle_binary(data)
-        except p.FrameError as exc:
-            logger.warning(
-                "closing agent connection of lease %s: %s", session.lease.lease_id, exc.message
-            )
-            await session.close(1008, "protocol error")
-            return
-        except Exception:
-            # A bug, not the agent's fault alone: say so once, close, fail its streams.
-            logger.exception(
-                "closing agent connection of lease %s: unexpected error handling a frame",
-                session.lease.lease_id,
-            )
-            await session.close(1011, "internal error")
-            return

@@ -25,6 +25,7 @@ from taskapp.core.serving import (
     uvicorn_config,
 )
 from taskapp.relay.coalesce import coalescing
+from taskapp.relay.server.agent_wire import agent_wire
 from taskapp.relay.server.app import RelayApp, create_relay_app
 from taskapp.relay.server.settings import RelaySettings
 
@@ -93,8 +94,10 @@ def _uvicorn_config(app: RelayApp, settings: RelaySettings, **overrides: Any) ->
     # One send() per loop step on every connection (coalesce.py): a relayed request's
     # response head and body, and the frames written to an agent together, leave together.
     config.http_protocol_class = coalescing(config.http_protocol_class)
-    if config.ws_protocol_class is not None:
-        config.ws_protocol_class = coalescing(config.ws_protocol_class)
+    ws_class: Any = config.ws_protocol_class
+    if ws_class is not None:
+        # The agent socket's frames skip the ASGI message layer (agent_wire.py).
+        config.ws_protocol_class = coalescing(agent_wire(ws_class))
     return config
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -17,26 +17,10 @@ from tests.helpers import wait_until as wait_for
 from tests.relay._relay_helpers import (
     ErrorRecords,
     create_lease,
-    relay_threads,
     running_relay,
 )
 
-
-@pytest.fixture(autouse=True)
-def _no_relay_threads() -> Iterator[None]:
-    yield
-    assert wait_for(lambda: not relay_threads(), 10), f"threads left: {relay_threads()}"
-
-
-@pytest.fixture
-def errors() -> Iterator[ErrorRecords]:
-    handler = ErrorRecords()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
+pytestmark = pytest.mark.usefixtures("no_relay_threads")
 
 
 def _agent(lease: dict[str, Any]) -> Any:
@@ -111,12 +95,12 @@ def test_under_another_asgi_server_the_agent_socket_refuses_saying_why(
             "headers": [(b"authorization", f"Bearer {token}".encode())],
             "extensions": {"websocket.http.response": {}},
         }
-        sent: list[dict[str, Any]] = []
+        sent: list[MutableMapping[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
             return {"type": "websocket.connect"}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
         with caplog.at_level(logging.ERROR, logger="taskapp.relay"):

@@ -39,11 +39,7 @@ from tests.relay._relay_helpers import (
 
 MB = 1024 * 1024
 
-
-@pytest.fixture(autouse=True)
-def _no_relay_threads() -> Iterator[None]:
-    yield
-    assert wait_for(lambda: not relay_threads(), 10), f"threads left: {relay_threads()}"
+pytestmark = pytest.mark.usefixtures("no_relay_threads")
 
 
 def task_app(relay_url: str, probe: Any = None, **options: Any) -> InProcessTaskApp:

@@ -13,7 +13,7 @@ from taskapp.core.logs import get_logger
 from taskapp.core.secrets import fingerprint
 from taskapp.relay import protocol as p
 from taskapp.relay.server.agent_wire import WIRE_EXTENSION
-from taskapp.relay.server.leases import iso, text_field
+from taskapp.relay.server.leases import Lease, iso, text_field
 from taskapp.relay.server.session import AgentSession
 from taskapp.relay.server.state import (
     Receive,
@@ -34,12 +34,9 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    headers = scope["headers"]
-    token = bearer(headers)
-    lease = state.store.by_agent.get(p.token_hash(token)) if token else None
-    if lease is not None and not p.token_matches(token, [lease.agent_hash]):
-        lease = None
-    if lease is None or lease.expires_at <= time.time():
+    token = bearer(scope["headers"])
+    lease = _lease_of(state, token)
+    if lease is None:
         state.counters["unauthorized"] += 1
         await _reject_ws(state, scope, send, 401, "unauthorized")
         return
@@ -103,42 +100,7 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
         "session_id": session.session_id,
     }
     if version == p.V2:
-        flow = caps.get("flow_control")
-        flow_caps: Mapping[str, Any] = flow if isinstance(flow, Mapping) else {}
-        session.stream_window = p.clamp_window(
-            flow_caps.get("stream_window"),
-            state.settings.stream_window,
-            state.settings.stream_window,
-        )
-        session.conn_window = max(
-            session.stream_window,
-            p.clamp_window(
-                flow_caps.get("conn_window"),
-                state.settings.conn_window,
-                state.settings.conn_window,
-            ),
-        )
-        frame_advert = caps.get("max_body_chunk_bytes")
-        if isinstance(frame_advert, int) and not isinstance(frame_advert, bool):
-            session.max_frame = max(1024, min(frame_advert, state.settings.max_frame_bytes))
-        # Both directions start with the same negotiated windows.
-        session.conn_credit = p.Credit(session.conn_window)
-        session.conn_inbound = p.InboundWindow(session.conn_window)
-        ack["limits"] = {
-            **state.limits(),
-            "max_inflight": session.max_inflight,
-            "stream_window": session.stream_window,
-            "conn_window": session.conn_window,
-            "max_frame_bytes": session.max_frame,
-        }
-        ack["heartbeat"] = state.heartbeat()
-        ack["leases"] = [
-            {
-                "lease_id": lease.lease_id,
-                "expires_at": iso(lease.expires_at),
-                "renew_after_s": int(max(0.0, lease.expires_at - time.time()) * 2 / 3),
-            }
-        ]
+        _negotiate_v2(state, session, lease, caps, ack)
     session.send_text(ack)
     if not accepted:
         await session.close(4404, "no lease accepted")
@@ -168,6 +130,61 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
             lease.session = None
             lease.detached_since = time.monotonic()
             logger.info("agent of lease %s disconnected", lease.lease_id)
+
+
+def _lease_of(state: RelayState, token: str | None) -> Lease | None:
+    """The live lease whose agent token is ``token`` (compared in constant time)."""
+    lease = state.store.by_agent.get(p.token_hash(token)) if token else None
+    if lease is None or not p.token_matches(token, [lease.agent_hash]):
+        return None
+    return lease if lease.expires_at > time.time() else None
+
+
+def _negotiate_v2(
+    state: RelayState,
+    session: AgentSession,
+    lease: Lease,
+    caps: Mapping[str, Any],
+    ack: dict[str, Any],
+) -> None:
+    """v2's windows and frame size from the agent's capabilities, into ``session`` and
+    ``ack`` (its limits, heartbeat and lease)."""
+    flow = caps.get("flow_control")
+    flow_caps: Mapping[str, Any] = flow if isinstance(flow, Mapping) else {}
+    session.stream_window = p.clamp_window(
+        flow_caps.get("stream_window"),
+        state.settings.stream_window,
+        state.settings.stream_window,
+    )
+    session.conn_window = max(
+        session.stream_window,
+        p.clamp_window(
+            flow_caps.get("conn_window"),
+            state.settings.conn_window,
+            state.settings.conn_window,
+        ),
+    )
+    frame_advert = caps.get("max_body_chunk_bytes")
+    if isinstance(frame_advert, int) and not isinstance(frame_advert, bool):
+        session.max_frame = max(1024, min(frame_advert, state.settings.max_frame_bytes))
+    # Both directions start with the same negotiated windows.
+    session.conn_credit = p.Credit(session.conn_window)
+    session.conn_inbound = p.InboundWindow(session.conn_window)
+    ack["limits"] = {
+        **state.limits(),
+        "max_inflight": session.max_inflight,
+        "stream_window": session.stream_window,
+        "conn_window": session.conn_window,
+        "max_frame_bytes": session.max_frame,
+    }
+    ack["heartbeat"] = state.heartbeat()
+    ack["leases"] = [
+        {
+            "lease_id": lease.lease_id,
+            "expires_at": iso(lease.expires_at),
+            "renew_after_s": int(max(0.0, lease.expires_at - time.time()) * 2 / 3),
+        }
+    ]
 
 
 async def _retire(state: RelayState, session: AgentSession) -> None:

@@ -22,7 +22,9 @@ through ASGI as before.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections.abc import Callable
 from typing import Any, Protocol
 
 __all__ = ["WIRE_EXTENSION", "FrameSink", "Wire", "agent_wire"]
@@ -55,87 +57,93 @@ class Wire(Protocol):
     def release(self) -> None: ...
 
 
-@functools.cache
-def agent_wire(protocol: type[Any]) -> Any:  # noqa: C901 -- one class's methods
-    """``protocol`` (uvicorn's ``WebSocketsSansIOProtocol``) with the direct frame path."""
+class _WireMixin:
+    """The direct frame path, mixed into uvicorn's protocol class by :func:`agent_wire`."""
 
-    class AgentWire(protocol):  # type: ignore[misc]
-        # set by uvicorn's protocol
-        frames: list[Any]
-        read_paused: bool
-        curr_msg_data_type: str
-        close_sent: bool
-        disconnected: bool
+    # set by uvicorn's protocol
+    queue: asyncio.Queue[Any]
+    transport: Any
+    conn: Any
+    frames: list[Any]
+    read_paused: bool
+    curr_msg_data_type: str
+    close_sent: bool
+    disconnected: bool
+    writable: asyncio.Event
+    handle_parser_exception: Callable[[], None]
 
-        _sink: FrameSink | None = None
-        _held = False
+    _sink: FrameSink | None = None
+    _held = False
 
-        def handle_connect(self, event: Any) -> None:
-            super().handle_connect(event)
-            scope = getattr(self, "scope", None)
-            if scope is not None:  # a 101: the app sees the scope on its next step
-                scope["extensions"][WIRE_EXTENSION] = {"wire": self}
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)  # type: ignore[misc]
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # a 101: the app sees the scope on its next step
+            scope["extensions"][WIRE_EXTENSION] = {"wire": self}
 
-        def attach(self, sink: FrameSink) -> None:
-            """Deliver every further message to ``sink``, starting with any already queued."""
-            queued = []
-            while not self.queue.empty():
-                queued.append(self.queue.get_nowait())
-            self._sink = sink
-            for message in queued:
-                if message["type"] != "websocket.receive":
-                    self.queue.put_nowait(message)  # a disconnect: the endpoint still sees it
-                elif message.get("text") is not None:
-                    sink.on_text(message["text"])
-                else:
-                    sink.on_binary(message["bytes"])
-            if self.read_paused and not self._held:
-                self.read_paused = False
+    def attach(self, sink: FrameSink) -> None:
+        """Deliver every further message to ``sink``, starting with any already queued."""
+        queued = []
+        while not self.queue.empty():
+            queued.append(self.queue.get_nowait())
+        self._sink = sink
+        for message in queued:
+            if message["type"] != "websocket.receive":
+                self.queue.put_nowait(message)  # a disconnect: the endpoint still sees it
+            elif message.get("text") is not None:
+                sink.on_text(message["text"])
+            else:
+                sink.on_binary(message["bytes"])
+        if self.read_paused and not self._held:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def send_receive_event_to_app(self) -> None:
+        sink = self._sink
+        if sink is None:
+            super().send_receive_event_to_app()  # type: ignore[misc]
+            return
+        frames = self.frames
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        self.frames = []
+        if self.close_sent:
+            return
+        if self.curr_msg_data_type == "text":
+            try:
+                text = bytes(data).decode()
+            except UnicodeDecodeError:
+                self.conn.send_close(1007)
+                self.handle_parser_exception()
+                return
+            sink.on_text(text)
+        else:
+            sink.on_binary(data)
+
+    def write_text(self, text: str) -> None:
+        if self.close_sent or self.disconnected:
+            raise ConnectionError("the agent connection is closed")
+        self.conn.send_text(text.encode())
+        self.transport.write(b"".join(self.conn.data_to_send()))
+
+    def write_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        if self.close_sent or self.disconnected:
+            raise ConnectionError("the agent connection is closed")
+        self.conn.send_binary(data)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+
+    def hold(self) -> None:
+        if not self._held:
+            self._held = True
+            self.transport.pause_reading()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            if not self.transport.is_closing():
                 self.transport.resume_reading()
 
-        def send_receive_event_to_app(self) -> None:
-            sink = self._sink
-            if sink is None:
-                super().send_receive_event_to_app()
-                return
-            frames = self.frames
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            self.frames = []
-            if self.close_sent:
-                return
-            if self.curr_msg_data_type == "text":
-                try:
-                    text = bytes(data).decode()
-                except UnicodeDecodeError:
-                    self.conn.send_close(1007)
-                    self.handle_parser_exception()
-                    return
-                sink.on_text(text)
-            else:
-                sink.on_binary(data)
 
-        def write_text(self, text: str) -> None:
-            if self.close_sent or self.disconnected:
-                raise ConnectionError("the agent connection is closed")
-            self.conn.send_text(text.encode())
-            self.transport.write(b"".join(self.conn.data_to_send()))
-
-        def write_bytes(self, data: bytes | bytearray | memoryview) -> None:
-            if self.close_sent or self.disconnected:
-                raise ConnectionError("the agent connection is closed")
-            self.conn.send_binary(data)
-            self.transport.write(b"".join(self.conn.data_to_send()))
-
-        def hold(self) -> None:
-            if not self._held:
-                self._held = True
-                self.transport.pause_reading()
-
-        def release(self) -> None:
-            if self._held:
-                self._held = False
-                if not self.transport.is_closing():
-                    self.transport.resume_reading()
-
-    AgentWire.__name__ = AgentWire.__qualname__ = f"AgentWire{protocol.__name__}"
-    return AgentWire
+@functools.cache
+def agent_wire(protocol: type[Any]) -> Any:
+    """``protocol`` (uvicorn's ``WebSocketsSansIOProtocol``) with the direct frame path."""
+    return type(f"AgentWire{protocol.__name__}", (_WireMixin, protocol), {})

@@ -39,11 +39,7 @@ from tests.relay._relay_helpers import (
 
 MB = 1024 * 1024
 
-
-@pytest.fixture(autouse=True)
-def _no_relay_threads() -> Iterator[None]:
-    yield
-    assert wait_for(lambda: not relay_threads(), 10), f"threads left: {relay_threads()}"
+pytestmark = pytest.mark.usefixtures("no_relay_threads")
 
 
 def task_app(relay_url: str, probe: Any = None, **options: Any) -> InProcessTaskApp:
@@ -280,7 +276,9 @@ def test_a_slow_consumer_keeps_relay_memory_bounded(protocol: str) -> None:
             assert peak[0] <= 2 * MB + 64 * 1024, peak[0]
             assert other_ok == 200
         else:
-            assert peak[0] <= 1 * MB + 2 * 90 * 1024, peak[0]
+            # Reading stops in the frame that crosses the limit; the frames already read with
+            # it (one read is at most 256 KiB: the frame and two more) are still queued.
+            assert peak[0] <= 1 * MB + 3 * 90 * 1024, peak[0]
         assert wait_for(lambda: relay.app.buffered == 0, 5)
 
 

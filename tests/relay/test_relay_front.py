@@ -26,17 +26,13 @@ from tests.relay._relay_helpers import (
     create_lease,
     end,
     head,
-    relay_threads,
     running_relay,
 )
 
 MAX_HEADERS = 100
 
 
-@pytest.fixture(autouse=True)
-def _no_relay_threads() -> Iterator[None]:
-    yield
-    assert wait_until(lambda: not relay_threads(), 10), f"threads left: {relay_threads()}"
+pytestmark = pytest.mark.usefixtures("no_relay_threads")
 
 
 @pytest.fixture

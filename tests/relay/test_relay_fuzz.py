@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taskapp.relay import protocol as p
-from tests.helpers import wait_until as wait_for
 from tests.relay._relay_helpers import (
     ADMIN,
     ErrorRecords,
@@ -33,7 +31,6 @@ from tests.relay._relay_helpers import (
     end,
     head,
     relay_error,
-    relay_threads,
     running_relay,
 )
 
@@ -51,27 +48,10 @@ FUZZ = settings(
 # The relay's and the agents' threads use the global random module while hypothesis draws
 # examples; hypothesis notices and warns, though the draws are not affected.
 pytestmark = [
+    pytest.mark.usefixtures("no_relay_threads"),
     pytest.mark.timeout(3600 if LONG else 180),
     pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _no_relay_threads() -> Iterator[None]:
-    yield
-    assert wait_for(lambda: not relay_threads(), 10), f"threads left: {relay_threads()}"
-
-
-@pytest.fixture
-def errors() -> Iterator[ErrorRecords]:
-    import logging
-
-    handler = ErrorRecords()
-    logging.getLogger().addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logging.getLogger().removeHandler(handler)
 
 
 json_values = st.recursive(

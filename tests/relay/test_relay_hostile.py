@@ -8,8 +8,6 @@ is played over a real agent connection.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,6 @@ from taskapp.core.errors import ConfigurationError, ServerStartError
 from taskapp.relay import protocol as p
 from taskapp.relay.server.leases import LeaseStore
 from taskapp.relay.server.run import start_relay_thread
-from tests.helpers import wait_until as wait_for
 from tests.relay._relay_helpers import (
     ADMIN,
     ErrorRecords,
@@ -34,28 +31,12 @@ from tests.relay._relay_helpers import (
     nested,
     relay_error,
     relay_settings,
-    relay_threads,
     running_relay,
 )
 
 MB = 1024 * 1024
 
-
-@pytest.fixture(autouse=True)
-def _no_relay_threads() -> Iterator[None]:
-    yield
-    assert wait_for(lambda: not relay_threads(), 10), f"threads left: {relay_threads()}"
-
-
-@pytest.fixture
-def errors() -> Iterator[ErrorRecords]:
-    handler = ErrorRecords()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
+pytestmark = pytest.mark.usefixtures("no_relay_threads")
 
 
 # -- 17.6: a misbehaving agent's answers become 502 with the envelope -----------------------

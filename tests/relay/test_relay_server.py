@@ -30,17 +30,12 @@ from tests.relay._relay_helpers import (
     create_lease,
     relay_error,
     relay_settings,
-    relay_threads,
     running_relay,
 )
 
 V1_TYPES = {"ATTACH_ACK", "REQ_HEADERS", "REQ_BODY", "REQ_END", "CANCEL"}
 
-
-@pytest.fixture(autouse=True)
-def _no_relay_threads() -> Iterator[None]:
-    yield
-    assert wait_for(lambda: not relay_threads(), 10), f"threads left: {relay_threads()}"
+pytestmark = pytest.mark.usefixtures("no_relay_threads")
 
 
 def admin_headers(token: str = ADMIN) -> dict[str, str]:

@@ -12,7 +12,8 @@ from typing import Any
 from taskapp.core.logs import get_logger
 from taskapp.core.secrets import fingerprint
 from taskapp.relay import protocol as p
-from taskapp.relay.server.leases import iso, text_field
+from taskapp.relay.server.agent_wire import WIRE_EXTENSION
+from taskapp.relay.server.leases import Lease, iso, text_field
 from taskapp.relay.server.session import AgentSession
 from taskapp.relay.server.state import (
     Receive,
@@ -33,17 +34,22 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    headers = scope["headers"]
-    token = bearer(headers)
-    lease = state.store.by_agent.get(p.token_hash(token)) if token else None
-    if lease is not None and not p.token_matches(token, [lease.agent_hash]):
-        lease = None
-    if lease is None or lease.expires_at <= time.time():
+    token = bearer(scope["headers"])
+    lease = _lease_of(state, token)
+    if lease is None:
         state.counters["unauthorized"] += 1
         await _reject_ws(state, scope, send, 401, "unauthorized")
         return
     if state.draining:
         await _reject_ws(state, scope, send, 503, "relay_draining")
+        return
+    wire = (scope.get("extensions") or {}).get(WIRE_EXTENSION, {}).get("wire")
+    if wire is None:
+        logger.error(
+            "agent socket refused: it needs the relay server's WebSocket protocol "
+            "(taskapp relay serve / RelayServer), not another ASGI server's"
+        )
+        await send({"type": "websocket.close", "code": 1011})
         return
     await send({"type": "websocket.accept"})
     try:
@@ -65,7 +71,7 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
         await send({"type": "websocket.close", "code": 1008, "reason": "expected ATTACH"})
         return
     version = p.negotiate_version(attach, state.settings.protocols)
-    session = AgentSession(state, lease, send, version)
+    session = AgentSession(state, lease, send, wire, version)
     accepted: list[str] = []
     rejected: list[dict[str, str]] = []
     requested = attach.get("leases")
@@ -94,43 +100,8 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
         "session_id": session.session_id,
     }
     if version == p.V2:
-        flow = caps.get("flow_control")
-        flow_caps: Mapping[str, Any] = flow if isinstance(flow, Mapping) else {}
-        session.stream_window = p.clamp_window(
-            flow_caps.get("stream_window"),
-            state.settings.stream_window,
-            state.settings.stream_window,
-        )
-        session.conn_window = max(
-            session.stream_window,
-            p.clamp_window(
-                flow_caps.get("conn_window"),
-                state.settings.conn_window,
-                state.settings.conn_window,
-            ),
-        )
-        frame_advert = caps.get("max_body_chunk_bytes")
-        if isinstance(frame_advert, int) and not isinstance(frame_advert, bool):
-            session.max_frame = max(1024, min(frame_advert, state.settings.max_frame_bytes))
-        # Both directions start with the same negotiated windows.
-        session.conn_credit = p.Credit(session.conn_window)
-        session.conn_inbound = p.InboundWindow(session.conn_window)
-        ack["limits"] = {
-            **state.limits(),
-            "max_inflight": session.max_inflight,
-            "stream_window": session.stream_window,
-            "conn_window": session.conn_window,
-            "max_frame_bytes": session.max_frame,
-        }
-        ack["heartbeat"] = state.heartbeat()
-        ack["leases"] = [
-            {
-                "lease_id": lease.lease_id,
-                "expires_at": iso(lease.expires_at),
-                "renew_after_s": int(max(0.0, lease.expires_at - time.time()) * 2 / 3),
-            }
-        ]
-    await session.send_text(ack)
+        _negotiate_v2(state, session, lease, caps, ack)
+    session.send_text(ack)
     if not accepted:
         await session.close(4404, "no lease accepted")
         return
@@ -149,7 +120,9 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
     if isinstance(previous, AgentSession) and not previous.closed:
         state.spawn(_retire(state, previous))
     try:
-        await _read_frames(state, session, receive)
+        wire.attach(session)  # frames now go straight to the session
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
     finally:
         session.closed = True
         session.fail_all("AGENT_GONE")
@@ -159,8 +132,63 @@ async def agent_socket(state: RelayState, scope: Scope, receive: Receive, send: 
             logger.info("agent of lease %s disconnected", lease.lease_id)
 
 
+def _lease_of(state: RelayState, token: str | None) -> Lease | None:
+    """The live lease whose agent token is ``token`` (compared in constant time)."""
+    lease = state.store.by_agent.get(p.token_hash(token)) if token else None
+    if lease is None or not p.token_matches(token, [lease.agent_hash]):
+        return None
+    return lease if lease.expires_at > time.time() else None
+
+
+def _negotiate_v2(
+    state: RelayState,
+    session: AgentSession,
+    lease: Lease,
+    caps: Mapping[str, Any],
+    ack: dict[str, Any],
+) -> None:
+    """v2's windows and frame size from the agent's capabilities, into ``session`` and
+    ``ack`` (its limits, heartbeat and lease)."""
+    flow = caps.get("flow_control")
+    flow_caps: Mapping[str, Any] = flow if isinstance(flow, Mapping) else {}
+    session.stream_window = p.clamp_window(
+        flow_caps.get("stream_window"),
+        state.settings.stream_window,
+        state.settings.stream_window,
+    )
+    session.conn_window = max(
+        session.stream_window,
+        p.clamp_window(
+            flow_caps.get("conn_window"),
+            state.settings.conn_window,
+            state.settings.conn_window,
+        ),
+    )
+    frame_advert = caps.get("max_body_chunk_bytes")
+    if isinstance(frame_advert, int) and not isinstance(frame_advert, bool):
+        session.max_frame = max(1024, min(frame_advert, state.settings.max_frame_bytes))
+    # Both directions start with the same negotiated windows.
+    session.conn_credit = p.Credit(session.conn_window)
+    session.conn_inbound = p.InboundWindow(session.conn_window)
+    ack["limits"] = {
+        **state.limits(),
+        "max_inflight": session.max_inflight,
+        "stream_window": session.stream_window,
+        "conn_window": session.conn_window,
+        "max_frame_bytes": session.max_frame,
+    }
+    ack["heartbeat"] = state.heartbeat()
+    ack["leases"] = [
+        {
+            "lease_id": lease.lease_id,
+            "expires_at": iso(lease.expires_at),
+            "renew_after_s": int(max(0.0, lease.expires_at - time.time()) * 2 / 3),
+        }
+    ]
+
+
 async def _retire(state: RelayState, session: AgentSession) -> None:
-    await session.goaway("replaced")
+    session.goaway("replaced")
     if session.streams:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(state.settings.drain_timeout):
@@ -176,44 +204,3 @@ async def _reject_ws(state: RelayState, scope: Scope, send: Send, status: int, c
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 4401 if status == 401 else 1013})
-
-
-async def _read_frames(state: RelayState, session: AgentSession, receive: Receive) -> None:
-    lease = session.lease
-    while True:
-        message = await receive()
-        if message["type"] != "websocket.receive":
-            return
-        lease.last_seen = time.time()
-        try:
-            text = message.get("text")
-            if text is not None:
-                if session.version == p.V2 and len(text) > session.max_text:
-                    raise p.FrameError(
-                        f"text frame of {len(text)} characters exceeds the negotiated "
-                        f"limit of {session.max_text}"
-                    )
-                await session.handle_text(p.decode_text(text))
-            else:
-                data = message.get("bytes")
-                if data is not None:
-                    if len(data) > session.max_frame + p.HEADER_SIZE:
-                        raise p.FrameError(
-                            f"binary frame of {len(data)} bytes exceeds the negotiated "
-                            f"max_frame_bytes {session.max_frame}"
-                        )
-                    await session.handle_binary(data)
-        except p.FrameError as exc:
-            logger.warning(
-                "closing agent connection of lease %s: %s", session.lease.lease_id, exc.message
-            )
-            await session.close(1008, "protocol error")
-            return
-        except Exception:
-            # A bug, not the agent's fault alone: say so once, close, fail its streams.
-            logger.exception(
-                "closing agent connection of lease %s: unexpected error handling a frame",
-                session.lease.lease_id,
-            )
-            await session.close(1011, "internal error")
-            return

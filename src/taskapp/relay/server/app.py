@@ -87,8 +87,7 @@ class RelayApp(RelayState):
         sessions = [lease.session for lease in self.store.by_id.values() if lease.session]
         retry_ms = int(self.settings.retry_after * 1000)
         for session in sessions:
-            with contextlib.suppress(Exception):
-                await session.goaway("relay_shutdown", retry_ms)
+            session.goaway("relay_shutdown", retry_ms)
         if self.active_streams:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_timeout):
@@ -133,7 +132,7 @@ class RelayApp(RelayState):
                 and lease.expires_at - now < 300
             ):
                 lease.expiring_sent = True
-                await session.send_text(self.lease_state(lease, "expiring"))
+                session.send_text(self.lease_state(lease, "expiring"))
         if changed:
             self.store.save()
 

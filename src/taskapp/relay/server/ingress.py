@@ -143,7 +143,7 @@ async def _ingress(  # noqa: C901, PLR0915 -- complexity 21 and 90 statements at
         # here follows it within the same write (coalesce.py: one send() per loop step);
         # the frame order holds: this step writes REQ_HEADERS before the pump first runs.
         body_task = asyncio.create_task(_pump_request(state, session, stream, receive, info))
-        await session.send_text(frame)
+        session.send_text(frame)
         await _answer(state, session, stream, send, info, deadline_s, scope["method"])
     finally:
         # Release the lease's in-flight slot before anything awaits: the caller already has
@@ -316,7 +316,7 @@ async def _pump_response(  # noqa: C901, PLR0915 -- complexity 27 and 92 stateme
         if kind == "timeout":
             why = event[1]
             state.counters["timeouts_504"] += 1
-            await session.cancel(stream, why)
+            session.cancel(stream, why)
             if response_started:
                 return  # abort: the client sees a truncated body
             info["status"] = 504
@@ -335,7 +335,7 @@ async def _pump_response(  # noqa: C901, PLR0915 -- complexity 27 and 92 stateme
                     stream.rid,
                     exc.message,
                 )
-                await session.cancel(stream, "local_aborted")
+                session.cancel(stream, "local_aborted")
                 info["status"] = 502
                 await respond(send, 502, "LOCAL_BAD_RESPONSE")
                 return
@@ -349,7 +349,7 @@ async def _pump_response(  # noqa: C901, PLR0915 -- complexity 27 and 92 stateme
         if kind == "data":
             data, end = event[1], event[2]
             if not response_started:
-                await session.cancel(stream, "local_aborted")
+                session.cancel(stream, "local_aborted")
                 info["status"] = 502
                 await respond(send, 502, "LOCAL_BAD_RESPONSE")
                 return
@@ -357,10 +357,10 @@ async def _pump_response(  # noqa: C901, PLR0915 -- complexity 27 and 92 stateme
                 end = True
             received += len(data)
             if received > settings.max_response_bytes:
-                await session.cancel(stream, "too_large")
+                session.cancel(stream, "too_large")
                 return
             if data:
-                await session.delivered(stream, len(data))
+                session.delivered(stream, len(data))
             stream.progress = clock()
             if bodiless:
                 data = b""  # HEAD, 204, 304: no body on the wire, whatever the agent sent
@@ -376,7 +376,7 @@ async def _pump_response(  # noqa: C901, PLR0915 -- complexity 27 and 92 stateme
                     stream.rid,
                     declared,
                 )
-                await session.cancel(stream, "local_aborted")
+                session.cancel(stream, "local_aborted")
                 return
             if data or end:
                 await send({"type": "http.response.body", "body": data, "more_body": not end})
@@ -386,12 +386,12 @@ async def _pump_response(  # noqa: C901, PLR0915 -- complexity 27 and 92 stateme
                 return
             continue
         if kind == "disconnect":
-            await session.cancel(stream, "client_disconnect")
+            session.cancel(stream, "client_disconnect")
             if not response_started:
                 info["status"] = 499
             return
         if kind == "too_large":
-            await session.cancel(stream, "too_large")
+            session.cancel(stream, "too_large")
             if response_started:
                 return
             info["status"] = 413

@@ -25,6 +25,7 @@ from taskapp.core.serving import (
     uvicorn_config,
 )
 from taskapp.relay.coalesce import coalescing
+from taskapp.relay.server.agent_wire import agent_wire
 from taskapp.relay.server.app import RelayApp, create_relay_app
 from taskapp.relay.server.front import ingress_front
 from taskapp.relay.server.settings import RelaySettings
@@ -98,8 +99,10 @@ def _uvicorn_config(app: RelayApp, settings: RelaySettings, **overrides: Any) ->
         # The public ingress is read by the relay's own HTTP/1.1 front (front.py); every
         # other connection is handed to the protocol above on its first request line.
         config.http_protocol_class = ingress_front(config.http_protocol_class)
-    if config.ws_protocol_class is not None:
-        config.ws_protocol_class = coalescing(config.ws_protocol_class)
+    ws_class: Any = config.ws_protocol_class
+    if ws_class is not None:
+        # The agent socket's frames skip the ASGI message layer (agent_wire.py).
+        config.ws_protocol_class = coalescing(agent_wire(ws_class))
     return config
 
 

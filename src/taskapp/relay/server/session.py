@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 from taskapp.core.logs import get_logger
 from taskapp.relay import protocol as p
+from taskapp.relay.server.agent_wire import Wire
 from taskapp.relay.server.leases import Lease, text_field
-from taskapp.relay.server.state import Message, RelayState, Send
+from taskapp.relay.server.state import RelayState, Send
 
 __all__ = ["AgentSession", "Stream"]
 
@@ -90,15 +92,22 @@ class Stream:
 
 
 class AgentSession:
-    """One agent WebSocket: frames in, frames out, the streams it carries."""
+    """One agent WebSocket: frames in (:meth:`on_text`, :meth:`on_binary`, called by the
+    wire as they arrive), frames out (written at once, in call order), its streams."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, relay: RelayState, lease: Lease, send: Send, version: int) -> None:
+    def __init__(
+        self, relay: RelayState, lease: Lease, send: Send, wire: Wire, version: int
+    ) -> None:
         settings = relay.settings
         self.relay = relay
         self.lease = lease
-        self._send = send
+        self._send = send  # the ASGI send: only for the close handshake
+        self._wire = wire
+        #: v1 streams whose public client is behind: reading stays paused while any is.
+        self._holding: set[Stream] = set()
+        self._broken = False
         self.version = version
         self.session_id = f"s{next(self._ids)}"
         self.streams: dict[int, Stream] = {}
@@ -116,28 +125,35 @@ class AgentSession:
         self.closed = False
         self.conn_credit = p.Credit(self.conn_window)
         self.conn_inbound = p.InboundWindow(self.conn_window)
-        self._lock = asyncio.Lock()
         self.idle = asyncio.Event()  # set while the session carries no stream
         self.idle.set()
         self._close_code: int | None = None
 
     # sending ---------------------------------------------------------------------------
 
-    async def send_text(self, frame: Mapping[str, Any]) -> None:
-        await self._write({"type": "websocket.send", "text": p.encode_text(frame)})
-
-    async def send_bytes(self, data: bytes) -> None:
-        await self._write({"type": "websocket.send", "bytes": data})
-
-    async def _write(self, message: Message) -> None:
+    def send_text(self, frame: Mapping[str, Any]) -> None:
+        """Write one control frame now (frames leave in call order)."""
         if self.closed:
             return
         try:
-            async with self._lock:
-                await self._send(message)
+            self._wire.write_text(p.encode_text(frame))
         except Exception:
-            # The connection is gone; the reader loop fails the streams it carried.
+            # The connection is gone; the endpoint fails the streams it carried.
             self.closed = True
+
+    def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed:
+            return
+        try:
+            self._wire.write_bytes(data)
+        except Exception:
+            self.closed = True
+
+    async def writable(self) -> None:
+        """Return when the connection takes more bytes (a bulk sender awaits this first)."""
+        writable = self._wire.writable
+        if not writable.is_set():
+            await writable.wait()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closed:
@@ -145,14 +161,13 @@ class AgentSession:
         self._close_code = code
         self.closed = True
         with contextlib.suppress(Exception):
-            async with self._lock:
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
-    async def goaway(self, reason: str, retry_after_ms: int = 1000) -> None:
+    def goaway(self, reason: str, retry_after_ms: int = 1000) -> None:
         self.closing = True
         if self.version == p.V2:
             last = max(self.streams, default=0)
-            await self.send_text(
+            self.send_text(
                 {
                     "type": p.GOAWAY,
                     "reason": reason,
@@ -195,9 +210,9 @@ class AgentSession:
     def _return_conn_credit(self, amount: int) -> None:
         increment = self.conn_inbound.consumed(amount)
         if increment:
-            self.relay.spawn(self.send_bytes(p.encode_window_update(0, increment)))
+            self.send_bytes(p.encode_window_update(0, increment))
 
-    async def delivered(self, stream: Stream, amount: int) -> None:
+    def delivered(self, stream: Stream, amount: int) -> None:
         """``amount`` response bytes of ``stream`` reached the public client."""
         stream.buffered -= amount
         self.relay.buffered -= amount
@@ -208,10 +223,10 @@ class AgentSession:
             return
         increment = window.consumed(amount)
         if increment:
-            await self.send_bytes(p.encode_window_update(stream.sid, increment))
+            self.send_bytes(p.encode_window_update(stream.sid, increment))
         conn_increment = self.conn_inbound.consumed(amount)
         if conn_increment:
-            await self.send_bytes(p.encode_window_update(0, conn_increment))
+            self.send_bytes(p.encode_window_update(0, conn_increment))
 
     async def send_request_body(self, stream: Stream, chunk: bytes, end: bool) -> bool:
         """Forward request bytes to the agent; False when the stream ended meanwhile."""
@@ -219,7 +234,8 @@ class AgentSession:
             lease_id = self.lease.lease_id
             step = self.v1_chunk
             for offset in range(0, len(chunk), step):
-                await self.send_text(
+                await self.writable()
+                self.send_text(
                     {
                         "type": p.REQ_BODY,
                         "lease_id": lease_id,
@@ -228,7 +244,7 @@ class AgentSession:
                     }
                 )
             if end:
-                await self.send_text({"type": p.REQ_END, "lease_id": lease_id, "rid": stream.rid})
+                self.send_text({"type": p.REQ_END, "lease_id": lease_id, "rid": stream.rid})
             return not stream.closed
         credit = stream.send_credit
         assert credit is not None
@@ -243,12 +259,15 @@ class AgentSession:
             piece = chunk if granted == len(view) else view[offset : offset + granted]
             offset += granted
             last = end and offset >= len(view)
-            await self.send_bytes(p.encode_data(p.BIN_REQ_BODY, stream.sid, piece, end=last))
+            await self.writable()
+            if stream.closed:
+                return False
+            self.send_bytes(p.encode_data(p.BIN_REQ_BODY, stream.sid, piece, end=last))
         if end and not chunk:
-            await self.send_bytes(p.encode_data(p.BIN_REQ_BODY, stream.sid, b"", end=True))
+            self.send_bytes(p.encode_data(p.BIN_REQ_BODY, stream.sid, b"", end=True))
         return not stream.closed
 
-    async def cancel(self, stream: Stream, reason: str) -> None:
+    def cancel(self, stream: Stream, reason: str) -> None:
         frame: dict[str, Any] = {
             "type": p.CANCEL,
             "lease_id": self.lease.lease_id,
@@ -257,8 +276,7 @@ class AgentSession:
         if self.version == p.V2:
             frame["sid"] = stream.sid
             frame["reason"] = reason
-        with contextlib.suppress(Exception):
-            await self.send_text(frame)
+        self.send_text(frame)
 
     # receiving -------------------------------------------------------------------------
 
@@ -269,7 +287,7 @@ class AgentSession:
         rid = frame.get("rid")
         return self.by_rid.get(rid) if isinstance(rid, str) else None
 
-    async def _queue_data(self, stream: Stream, data: bytes | memoryview, end: bool) -> None:
+    def _queue_data(self, stream: Stream, data: bytes | memoryview, end: bool) -> None:
         if data:
             stream.buffered += len(data)
             self.relay.buffered += len(data)
@@ -278,19 +296,77 @@ class AgentSession:
             self.version == p.V1
             and stream.buffered > self.relay.settings.v1_stream_buffer
             and not stream.closed
+            and stream not in self._holding
         ):
             # No flow control in v1: stop reading this WebSocket until the public client
             # catches up (bounded memory; the agent's other streams wait too). A client that
             # makes no progress for a while loses its stream instead of stalling the rest.
             stream.drained.clear()
-            wait = min(self.relay.settings.stall_timeout, 10.0)
-            try:
-                await asyncio.wait_for(stream.drained.wait(), wait)
-            except TimeoutError:
-                stream.events.put(("error", "stall", "public client too slow"))
-                self.close_stream(stream)
+            self._holding.add(stream)
+            self._wire.hold()
+            self.relay.spawn(self._hold_until_drained(stream))
 
-    async def handle_text(self, frame: dict[str, Any]) -> None:  # noqa: C901 -- complexity 13 at most (issue 21 ratchet); split when next changed
+    async def _hold_until_drained(self, stream: Stream) -> None:
+        try:
+            async with asyncio.timeout(min(self.relay.settings.stall_timeout, 10.0)):
+                await stream.drained.wait()
+        except TimeoutError:
+            stream.events.put(("error", "stall", "public client too slow"))
+            self.close_stream(stream)
+        finally:
+            self._holding.discard(stream)
+            if not self._holding:
+                self._wire.release()
+
+    # the wire's sink: one call per message, from the protocol's data_received -----------
+
+    def on_text(self, text: str) -> None:
+        if self.closed or self._broken:
+            return
+        self.lease.last_seen = time.time()
+        try:
+            if self.version == p.V2 and len(text) > self.max_text:
+                raise p.FrameError(
+                    f"text frame of {len(text)} characters exceeds the negotiated "
+                    f"limit of {self.max_text}"
+                )
+            self.handle_text(p.decode_text(text))
+        except Exception as exc:
+            self._fail_connection(exc)
+
+    def on_binary(self, data: bytes) -> None:
+        if self.closed or self._broken:
+            return
+        self.lease.last_seen = time.time()
+        try:
+            if len(data) > self.max_frame + p.HEADER_SIZE:
+                raise p.FrameError(
+                    f"binary frame of {len(data)} bytes exceeds the negotiated "
+                    f"max_frame_bytes {self.max_frame}"
+                )
+            self.handle_binary(data)
+        except Exception as exc:
+            self._fail_connection(exc)
+
+    def _fail_connection(self, exc: Exception) -> None:
+        if isinstance(exc, p.FrameError):
+            logger.warning(
+                "closing agent connection of lease %s: %s", self.lease.lease_id, exc.message
+            )
+            code, reason = 1008, "protocol error"
+        else:
+            # A bug, not the agent's fault alone: say so once, close, fail its streams.
+            logger.error(
+                "closing agent connection of lease %s: unexpected error handling a frame",
+                self.lease.lease_id,
+                exc_info=exc,
+            )
+            code, reason = 1011, "internal error"
+        self._broken = True  # the rest of this read is not handled
+        self.fail_all("AGENT_GONE")
+        self.relay.spawn(self.close(code, reason))
+
+    def handle_text(self, frame: dict[str, Any]) -> None:  # noqa: C901 -- complexity 13 at most (issue 21 ratchet); split when next changed
         kind = frame["type"]
         if kind == p.RESP_HEADERS:
             stream = self._stream_for(frame)
@@ -300,7 +376,7 @@ class AgentSession:
             stream = self._stream_for(frame)
             data = p.b64decode(frame.get("chunk_b64"))
             if stream is not None:
-                await self._queue_data(stream, data, frame.get("eof") is True)
+                self._queue_data(stream, data, frame.get("eof") is True)
         elif kind == p.RESP_END:
             stream = self._stream_for(frame)
             if stream is not None:
@@ -326,10 +402,10 @@ class AgentSession:
             ttl = frame.get("requested_ttl_seconds")
             valid = isinstance(ttl, int) and not isinstance(ttl, bool)
             self.relay.renew(self.lease, ttl if valid else None)
-            await self.send_text(self.relay.lease_state(self.lease, "active"))
+            self.send_text(self.relay.lease_state(self.lease, "active"))
         # Unknown frame types are ignored (forward compatibility).
 
-    async def handle_binary(self, data: bytes) -> None:
+    def handle_binary(self, data: bytes) -> None:
         if self.version != p.V2:
             raise p.FrameError("binary frame on a v1 connection")
         # A view: the payload goes to the public client without a copy of its own.
@@ -350,7 +426,7 @@ class AgentSession:
         if not stream.recv_window.received(size):
             stream.events.put(("error", "FLOW_CONTROL_ERROR", "stream window overrun"))
             return
-        await self._queue_data(stream, payload, bool(flags & p.FLAG_END))
+        self._queue_data(stream, payload, bool(flags & p.FLAG_END))
 
     def fail_all(self, code: str) -> None:
         for stream in list(self.streams.values()):

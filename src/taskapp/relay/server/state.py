@@ -216,8 +216,8 @@ class RelayState:
         if session is not None:
             if session.version == p.V2:
                 with contextlib.suppress(Exception):
-                    await session.send_text(self.lease_state(lease, state))
-                    await session.goaway(f"lease_{state}")
+                    session.send_text(self.lease_state(lease, state))
+                    session.goaway(f"lease_{state}")
             session.fail_all("LEASE_GONE")
             await session.close(4404, f"lease {state}")
 

@@ -232,6 +232,7 @@ class _Request:
     __slots__ = (
         "body",
         "body_left",
+        "body_size",
         "chunks",
         "continue_sent",
         "declared",
@@ -248,7 +249,8 @@ class _Request:
 
     def __init__(self, head: Head, max_trailer: int) -> None:
         self.head = head
-        self.body = bytearray()
+        self.body: list[bytes] = []  # read, not yet taken by receive()
+        self.body_size = 0
         self.body_left = head.content_length or 0
         self.chunks = ChunkedBody(max_trailer) if head.chunked else None
         self.more_body = bool(self.body_left) or self.chunks is not None
@@ -261,6 +263,19 @@ class _Request:
         self.out_close = not head.keep_alive
         self.declared: int | None = None
         self.sent = 0
+
+    def add_body(self, data: bytes) -> None:
+        """Body bytes arrived: keep them for ``receive()`` and wake it."""
+        if data:
+            self.body.append(data)
+            self.body_size += len(data)
+        waiter = self.waiter
+        if (data or not self.more_body) and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def drop_body(self) -> None:
+        self.body = []
+        self.body_size = 0
 
 
 class IngressFront(asyncio.Protocol):
@@ -331,7 +346,18 @@ class IngressFront(asyncio.Protocol):
             self.drained.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
+        request = self.request
+        if request is not None and request.more_body and request.chunks is None and not self.buf:
+            # The usual upload: body bytes straight to the request, no copy.
+            left = request.body_left
+            if len(data) > left:
+                self.buf += memoryview(data)[left:]
+                data = data[:left]
+            request.body_left = left - len(data)
+            request.more_body = request.body_left > 0
+            request.add_body(data)
+        else:
+            self.buf += data
         self._process()
 
     def eof_received(self) -> None:
@@ -368,9 +394,9 @@ class IngressFront(asyncio.Protocol):
                     self._refuse(exc)
                     return
                 if request.done:
-                    request.body.clear()  # answered already: the rest is read and dropped
+                    request.drop_body()  # answered already: the rest is read and dropped
             if request.more_body or not request.done:
-                if len(self.buf) > HIGH_WATER or len(request.body) > HIGH_WATER:
+                if len(self.buf) > HIGH_WATER or request.body_size > HIGH_WATER:
                     self._pause_reading()
                 return
             self._next_request()
@@ -427,10 +453,7 @@ class IngressFront(asyncio.Protocol):
             del buf[: len(data)]
             request.body_left -= len(data)
             request.more_body = request.body_left > 0
-        request.body += data
-        waiter = request.waiter
-        if (data or not request.more_body) and waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        request.add_body(data)
 
     def _pause_reading(self) -> None:
         if not self.read_paused and not self.closed:
@@ -580,8 +603,9 @@ class IngressFront(asyncio.Protocol):
             request.waiter = None
         if self.closed or request.done:
             return {"type": "http.disconnect"}
-        body = bytes(request.body)
-        request.body.clear()
+        pieces = request.body
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        request.drop_body()
         request.final_sent = not request.more_body
         if self.read_paused and self.request is request:
             self._resume_reading()
@@ -681,7 +705,7 @@ class IngressFront(asyncio.Protocol):
         else:
             # Answered before the whole body arrived (401, 413...): the rest is read and
             # dropped, as uvicorn does, then the connection goes on.
-            request.body.clear()
+            request.drop_body()
             self._resume_reading()
 
 

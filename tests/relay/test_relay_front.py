@@ -457,6 +457,25 @@ def test_pipelined_requests_are_answered_in_order(relayed: tuple[Any, dict[str, 
     client.close()
 
 
+def test_a_head_whose_blank_line_arrives_in_two_reads_is_read(
+    relayed: tuple[Any, dict[str, Any]],
+) -> None:
+    relay, lease = relayed
+    client = Client(relay.url)
+    raw = _request(lease, "/echo", data=b"pieces")
+    first = raw[: raw.index(b"\r\n\r\n") + 2]  # the head up to half its blank line
+    client.send(first)
+
+    def buffered() -> list[int]:
+        connections = relay.server.server.server_state.connections
+        return [len(c.buf) for c in connections if isinstance(c, IngressFront)]
+
+    assert wait_until(lambda: relay.call(buffered) == [len(first)], 10)
+    client.send(raw[len(first) :])
+    assert client.response()[2] == b"pieces"
+    client.close()
+
+
 def test_a_chunked_upload_and_a_chunked_response(relayed: tuple[Any, dict[str, Any]]) -> None:
     relay, lease = relayed
     client = Client(relay.url)

@@ -145,12 +145,13 @@ class ChunkedBody:
     """A chunked request body's decoder: :meth:`feed` takes what arrived and returns the
     data it completes; ``done`` once the last chunk and its trailers were read."""
 
-    __slots__ = ("_left", "_max_trailer", "_state", "done")
+    __slots__ = ("_left", "_max_trailer", "_scanned", "_state", "done")
 
     def __init__(self, max_trailer: int) -> None:
         self._left = 0  # data bytes left in the current chunk
         self._state = 0  # 0: size line, 1: data, 2: CRLF after data, 3: trailers
         self._max_trailer = max_trailer
+        self._scanned = 0  # trailer bytes known to hold no blank line
         self.done = False
 
     def feed(self, buf: bytearray) -> bytes:
@@ -201,10 +202,11 @@ class ChunkedBody:
             del buf[:2]
             self.done = True
             return True
-        end = buf.find(b"\r\n\r\n", 0, self._max_trailer)
+        end = buf.find(b"\r\n\r\n", self._scanned, self._max_trailer)
         if end < 0:
             if len(buf) >= self._max_trailer:
                 raise BadRequest(431, "chunked trailers too large")
+            self._scanned = max(0, len(buf) - 3)
             return False
         for line in bytes(buf[:end]).split(b"\r\n"):
             if _HEADER.fullmatch(line) is None:
@@ -320,6 +322,7 @@ class IngressFront(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
         self.served = False  # a response was sent: idle connections get the keep-alive timeout
+        self.scanned = 0  # how much of buf is known to hold no complete head
         self.head_pending = b""
 
     # asyncio.Protocol -------------------------------------------------------------------
@@ -412,12 +415,16 @@ class IngressFront(asyncio.Protocol):
         if not route:
             self._hand_over()
             return False
-        end = buf.find(b"\r\n\r\n")
+        # Search only what arrived since the last look: a head sent a byte at a time
+        # costs linear time, not quadratic.
+        end = buf.find(b"\r\n\r\n", self.scanned)
         limit = self.state.settings.max_header_bytes + 1024
         if end < 0 or end + 4 > limit:
             if len(buf) > limit:
                 self._refuse(BadRequest(431, "request head too large"))
+            self.scanned = max(0, len(buf) - 3)
             return False
+        self.scanned = 0
         try:
             head = parse_head(bytes(buf[: end + 4]), self.state.settings.max_headers)
         except BadRequest as exc:

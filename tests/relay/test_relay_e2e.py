@@ -276,7 +276,9 @@ def test_a_slow_consumer_keeps_relay_memory_bounded(protocol: str) -> None:
             assert peak[0] <= 2 * MB + 64 * 1024, peak[0]
             assert other_ok == 200
         else:
-            assert peak[0] <= 1 * MB + 2 * 90 * 1024, peak[0]
+            # Reading stops in the frame that crosses the limit; the frames already read with
+            # it (one read is at most 256 KiB: the frame and two more) are still queued.
+            assert peak[0] <= 1 * MB + 3 * 90 * 1024, peak[0]
         assert wait_for(lambda: relay.app.buffered == 0, 5)
 
 

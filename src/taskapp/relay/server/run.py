@@ -27,6 +27,7 @@ from taskapp.core.serving import (
 from taskapp.relay.coalesce import coalescing
 from taskapp.relay.server.agent_wire import agent_wire
 from taskapp.relay.server.app import RelayApp, create_relay_app
+from taskapp.relay.server.front import ingress_front
 from taskapp.relay.server.settings import RelaySettings
 
 __all__ = ["RelayServer", "RunningRelay", "start_relay_thread"]
@@ -94,6 +95,10 @@ def _uvicorn_config(app: RelayApp, settings: RelaySettings, **overrides: Any) ->
     # One send() per loop step on every connection (coalesce.py): a relayed request's
     # response head and body, and the frames written to an agent together, leave together.
     config.http_protocol_class = coalescing(config.http_protocol_class)
+    if isinstance(app, RelayApp):
+        # The public ingress is read by the relay's own HTTP/1.1 front (front.py); every
+        # other connection is handed to the protocol above on its first request line.
+        config.http_protocol_class = ingress_front(config.http_protocol_class)
     ws_class: Any = config.ws_protocol_class
     if ws_class is not None:
         # The agent socket's frames skip the ASGI message layer (agent_wire.py).

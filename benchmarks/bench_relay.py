@@ -1,10 +1,12 @@
 """Relay benchmark: direct vs through the relay (v1 and v2), side by side in one run.
 
-Three processes on loopback, as deployed:
+Three processes on loopback, as deployed (and a fourth for the floor):
 
 * the **relay**: ``taskapp relay serve`` (child process);
 * the **task app**: a child running two ``InProcessTaskApp(tunnel_mode="synthtunnel")``
   (one agent speaking v1, one v2) - the agent threads live in the task app's process;
+* the **floor**: a TCP byte pipe in front of the task app's port (``PIPE_CHILD``), what any
+  relay in Python on this loop costs at least;
 * the **load generator**: this process (asyncio, raw keep-alive HTTP/1.1, uvloop if present).
 
 Measured: latency at concurrency 1 (1 KiB POST echo), requests/s at concurrency 16, one
@@ -122,6 +124,63 @@ print(json.dumps({
 sys.stdin.read()
 for ta in apps.values():
     ta.stop()
+"""
+
+
+PIPE_CHILD = r"""
+# The floor for any relay written in Python on this event loop: a TCP byte pipe in front of
+# the task app's own port. No HTTP parsing, no auth, no framing: each read goes out as is.
+import asyncio, sys
+
+HOST, PORT = sys.argv[1], int(sys.argv[2])
+
+
+class Half(asyncio.Protocol):
+    def __init__(self):
+        self.peer, self.transport, self.early = None, None, []
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        if self.peer is None or self.peer.transport is None:
+            self.early.append(data)
+        else:
+            self.peer.transport.write(data)
+
+    def pause_writing(self):  # our socket is full: stop reading the other side
+        self.peer.transport.pause_reading()
+
+    def resume_writing(self):
+        self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc):
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+
+class Front(Half):
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        asyncio.get_running_loop().create_task(self.dial())
+
+    async def dial(self):
+        back = Half()
+        back.peer = self
+        await asyncio.get_running_loop().create_connection(lambda: back, HOST, PORT)
+        self.peer = back
+        for data in self.early:
+            back.transport.write(data)
+        self.early = []
+
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Front, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+
+
+asyncio.run(main())
 """
 
 
@@ -514,6 +573,7 @@ def main() -> int:
         env=env,
     )
     app: subprocess.Popen[str] | None = None
+    pipe: subprocess.Popen[str] | None = None
     try:
         assert relay.stdout is not None
         relay_url = ""
@@ -532,8 +592,24 @@ def main() -> int:
         )
         assert app.stdout is not None
         info = json.loads(app.stdout.readline())
+        from urllib.parse import urlsplit
+
+        target = urlsplit(info["direct"])
+        pipe_script = workdir / "pipe_child.py"
+        pipe_script.write_text(PIPE_CHILD)
+        pipe = subprocess.Popen(
+            [sys.executable, str(pipe_script), str(target.hostname), str(target.port)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert pipe.stdout is not None
+        pipe_url = f"http://127.0.0.1:{int(pipe.stdout.readline())}"
+        # The relay's CPU columns read the pipe's process in the floor's rows.
+        middle = {"floor": pipe.pid}
         modes = {
             "direct": (info["direct"], {}),
+            "floor": (pipe_url, {}),
             "relay v1": (info["v1"][0], {"X-SynthTunnel-Worker-Token": info["v1"][1]}),
             "relay v2": (info["v2"][0], {"X-SynthTunnel-Worker-Token": info["v2"][1]}),
         }
@@ -558,9 +634,10 @@ def main() -> int:
             for rep in range(args.reps):
                 for conc in (1, 16):
                     for mode, (url, headers) in modes.items():
-                        relay_cpu0, app_cpu0 = cpu_seconds(relay.pid), cpu_seconds(info["pid"])
+                        hop = middle.get(mode, relay.pid)
+                        relay_cpu0, app_cpu0 = cpu_seconds(hop), cpu_seconds(info["pid"])
                         out = await small_requests(url, headers, conc, args.seconds)
-                        relay_cpu = cpu_seconds(relay.pid) - relay_cpu0
+                        relay_cpu = cpu_seconds(hop) - relay_cpu0
                         app_cpu = cpu_seconds(info["pid"]) - app_cpu0
                         record(mode, f"c{conc}_rps", out["rps"])
                         record(mode, f"c{conc}_p50_ms", out["p50_ms"])
@@ -572,11 +649,12 @@ def main() -> int:
                         assert out["errors"] == 0, (mode, out)
                 for direction in ("down", "up"):
                     for mode, (url, headers) in modes.items():
-                        relay_cpu0, app_cpu0 = cpu_seconds(relay.pid), cpu_seconds(info["pid"])
+                        hop = middle.get(mode, relay.pid)
+                        relay_cpu0, app_cpu0 = cpu_seconds(hop), cpu_seconds(info["pid"])
                         own_cpu0 = time.process_time()
                         mbs = await big_transfer(url, headers, direction, args.size_mib * MB)
                         spent = {
-                            "relay": cpu_seconds(relay.pid) - relay_cpu0,
+                            "relay": cpu_seconds(hop) - relay_cpu0,
                             "app": cpu_seconds(info["pid"]) - app_cpu0,
                             "client": time.process_time() - own_cpu0,
                         }
@@ -597,6 +675,9 @@ def main() -> int:
         else:
             slow = asyncio.run(run_all())
     finally:
+        if pipe is not None:
+            pipe.kill()
+            pipe.wait(20)
         if app is not None and app.stdin is not None:
             app.stdin.close()
             try:
@@ -615,8 +696,16 @@ def main() -> int:
         f"\n# relay benchmark ({args.reps} repetition(s), {args.seconds:g} s per point, "
         f"{args.size_mib} MiB transfers; medians)\n\nstack: {stack}\n"
     )
-    print("| metric | direct | relay v1 | relay v2 | v1 / direct | v2 / direct |")
-    print("|---|---|---|---|---|---|")
+    hops = ("floor", "relay v1", "relay v2")
+    print(
+        "The floor is a TCP byte pipe in front of the task app's port (no parsing, no auth, no "
+        "framing): what any relay in Python on this loop costs at least.\n"
+    )
+    print(
+        "| metric | direct | floor | relay v1 | relay v2 "
+        "| floor / direct | v1 / direct | v2 / direct |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     rows = [
         ("p50 latency, c=1, 1 KiB echo (ms)", "c1_p50_ms"),
         ("p99 latency, c=1 (ms)", "c1_p99_ms"),
@@ -627,33 +716,45 @@ def main() -> int:
         (f"{args.size_mib} MiB upload (MB/s)", "up_mb_s"),
     ]
     for label, key in rows:
-        d, v1, v2 = direct[key], med["relay v1"][key], med["relay v2"][key]
-        print(f"| {label} | {d:.2f} | {v1:.2f} | {v2:.2f} | {v1 / d:.2f} | {v2 / d:.2f} |")
+        d = direct[key]
+        values = [med[mode][key] for mode in hops]
+        print(
+            f"| {label} | {d:.2f} | "
+            + " | ".join(f"{v:.2f}" for v in values)
+            + " | "
+            + " | ".join(f"{v / d:.2f}" for v in values)
+            + " |"
+        )
+
+    def cost_row(label: str, values: list[float], digits: int = 2) -> None:
+        print(f"| {label} | " + " | ".join(f"{v:.{digits}f}" for v in values) + " |")
+
     print()
-    print("| relay cost | relay v1 | relay v2 |")
-    print("|---|---|---|")
-    added_v1 = med["relay v1"]["c1_p50_ms"] - direct["c1_p50_ms"]
-    added_v2 = med["relay v2"]["c1_p50_ms"] - direct["c1_p50_ms"]
-    print(f"| added p50 latency at c=1 (ms) | {added_v1:.2f} | {added_v2:.2f} |")
+    print("| cost of the hop | floor | relay v1 | relay v2 |")
+    print("|---|---|---|---|")
+    cost_row(
+        "added p50 latency at c=1 (ms)",
+        [med[mode]["c1_p50_ms"] - direct["c1_p50_ms"] for mode in hops],
+    )
     for label, key in (
-        ("relay CPU per request, c=16 (ms)", "c16_relay_cpu_ms_per_req"),
+        ("hop's CPU per request, c=16 (ms)", "c16_relay_cpu_ms_per_req"),
         (
             "task-app process CPU per request, c=16 (ms; direct: "
             f"{direct['c16_app_cpu_ms_per_req']:.2f})",
             "c16_app_cpu_ms_per_req",
         ),
-        ("relay CPU per MB, download (ms)", "down_relay_cpu_ms_per_mb"),
-        ("relay CPU per MB, upload (ms)", "up_relay_cpu_ms_per_mb"),
+        ("hop's CPU per MB, download (ms)", "down_relay_cpu_ms_per_mb"),
+        ("hop's CPU per MB, upload (ms)", "up_relay_cpu_ms_per_mb"),
     ):
-        print(f"| {label} | {med['relay v1'][key]:.2f} | {med['relay v2'][key]:.2f} |")
+        cost_row(label, [med[mode][key] for mode in hops])
     # On a machine with few cores a transfer is bound by the CPU all three processes spend
     # per MB: these rows give the whole path's cost next to the direct one.
     for direction, word in (("down", "download"), ("up", "upload")):
         for who, label in (("app", "task-app process"), ("client", "load generator")):
             key = f"{direction}_{who}_cpu_ms_per_mb"
-            print(
-                f"| {label} CPU per MB, {word} (ms; direct: {direct[key]:.2f}) "
-                f"| {med['relay v1'][key]:.2f} | {med['relay v2'][key]:.2f} |"
+            cost_row(
+                f"{label} CPU per MB, {word} (ms; direct: {direct[key]:.2f})",
+                [med[mode][key] for mode in hops],
             )
         total = {
             mode: sum(
@@ -661,17 +762,20 @@ def main() -> int:
             )
             for mode in med
         }
-        print(
-            f"| all three processes' CPU per MB, {word} (ms; direct: {total['direct']:.2f}) "
-            f"| {total['relay v1']:.2f} | {total['relay v2']:.2f} |"
+        cost_row(
+            f"all three processes' CPU per MB, {word} (ms; direct: {total['direct']:.2f})",
+            [total[mode] for mode in hops],
         )
+    print()
+    print("| slow consumer (relay only) | relay v1 | relay v2 |")
+    print("|---|---|---|")
     for label, key in (
         ("relay RSS before slow 32 MiB download (MiB)", "rss_before_mib"),
         ("relay RSS peak during it (MiB)", "rss_peak_mib"),
         ("relay buffered-bytes gauge peak (MiB)", "buffered_peak_mib"),
         ("slow consumer rate (MB/s)", "mb_s"),
     ):
-        print(f"| {label} | {slow['relay v1'][key]:.1f} | {slow['relay v2'][key]:.1f} |")
+        cost_row(label, [slow["relay v1"][key], slow["relay v2"][key]], 1)
     ttu = sorted(info["ttu"])
     print()
     print(

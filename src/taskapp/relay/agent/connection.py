@@ -68,7 +68,7 @@ class RelayAgent(InProcessForwarding):
         self.conn_window = config.conn_window
         self.conn_credit = p.Credit(0)
         self.conn_inbound = p.InboundWindow(config.conn_window)
-        self._send_lock = asyncio.Lock()
+        self._open_state: Any = None  # websockets' State.OPEN, set when connecting
         self._next_sid = 0
         self._goaway = False
         self._renew_task: asyncio.Task[None] | None = None
@@ -128,11 +128,13 @@ class RelayAgent(InProcessForwarding):
         try:
             from websockets.asyncio.client import ClientConnection, connect
             from websockets.exceptions import InvalidStatus
+            from websockets.protocol import State
         except ImportError:  # pragma: no cover - the backend checks this before starting
             raise TunnelError(
                 "the relay tunnel needs the 'websockets' package: " + install_command("relay"),
                 backend="relay",
             ) from None
+        self._open_state = State.OPEN
         cfg = self.config
         kwargs: dict[str, Any] = {
             "additional_headers": {"Authorization": f"Bearer {cfg.agent_token}"},
@@ -277,18 +279,28 @@ class RelayAgent(InProcessForwarding):
     # frames from the relay -------------------------------------------------------------
 
     async def _send_text(self, frame: dict[str, Any]) -> None:
-        ws = self.ws
-        if ws is None:
-            return
-        async with self._send_lock:
-            await ws.send(p.encode_text(frame))
+        await self._send(p.encode_text(frame))
 
     async def _send_bytes(self, data: bytes) -> None:
+        await self._send(data)
+
+    async def _send(self, message: str | bytes) -> None:
+        """One frame on the socket at once, so frames leave in call order without a lock;
+        then wait while the socket's buffer is above its limit (back-pressure)."""
         ws = self.ws
         if ws is None:
             return
-        async with self._send_lock:
-            await ws.send(data)
+        protocol = ws.protocol
+        if protocol.state is not self._open_state:
+            await ws.send(message)  # closing or closed: websockets raises ConnectionClosed
+            return
+        if isinstance(message, str):
+            protocol.send_text(message.encode())
+        else:
+            protocol.send_binary(message)
+        ws.send_data()
+        if ws.paused:
+            await ws.drain()
 
     async def _on_text(self, frame: dict[str, Any]) -> None:
         kind = frame["type"]

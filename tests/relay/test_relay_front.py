@@ -478,6 +478,25 @@ def test_a_head_whose_blank_line_arrives_in_two_reads_is_read(
     client.close()
 
 
+def test_an_answer_before_the_body_drops_the_rest_and_the_connection_goes_on(
+    relayed: tuple[Any, dict[str, Any]],
+) -> None:
+    relay, lease = relayed
+    client = Client(relay.url)
+    refused = _request(lease, "/echo", data=b"b" * 300_000).replace(
+        lease["worker_token"].encode(), b"not-the-token"
+    )
+    client.send(refused[:-200_000])
+    assert client.response()[0] == 401  # answered with most of the body still to come
+    client.send(refused[-200_000:] + _request(lease, "/echo", data=b"next"))
+    assert client.response()[2] == b"next"
+    client.send(_request(lease, "/echo", "Connection: close\r\n", b"last"))
+    status, headers, data = client.response()
+    assert (status, headers["connection"], data) == (200, "close", b"last")
+    assert client.closed()
+    client.close()
+
+
 def test_a_chunked_upload_and_a_chunked_response(relayed: tuple[Any, dict[str, Any]]) -> None:
     relay, lease = relayed
     client = Client(relay.url)

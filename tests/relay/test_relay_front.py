@@ -336,9 +336,11 @@ def _answer(request: dict[str, Any]) -> list[Any]:
 class Client:
     """A raw HTTP/1.1 client on one socket, reading responses itself."""
 
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
+    def __init__(self, url: str = "", sock: socket.socket | None = None) -> None:
+        if sock is None:
+            host, port = url.removeprefix("http://").split(":")
+            sock = socket.create_connection((host, int(port)), timeout=10)
+        self.sock = sock
         self.buf = b""
 
     def send(self, data: bytes) -> None:
@@ -474,6 +476,25 @@ def test_a_head_whose_blank_line_arrives_in_two_reads_is_read(
     assert wait_until(lambda: relay.call(buffered) == [len(first)], 10)
     client.send(raw[len(first) :])
     assert client.response()[2] == b"pieces"
+    client.close()
+
+
+def test_an_answer_before_the_body_drops_the_rest_and_the_connection_goes_on(
+    relayed: tuple[Any, dict[str, Any]],
+) -> None:
+    relay, lease = relayed
+    client = Client(relay.url)
+    refused = _request(lease, "/echo", data=b"b" * 300_000).replace(
+        lease["worker_token"].encode(), b"not-the-token"
+    )
+    client.send(refused[:-200_000])
+    assert client.response()[0] == 401  # answered with most of the body still to come
+    client.send(refused[-200_000:] + _request(lease, "/echo", data=b"next"))
+    assert client.response()[2] == b"next"
+    client.send(_request(lease, "/echo", "Connection: close\r\n", b"last"))
+    status, headers, data = client.response()
+    assert (status, headers["connection"], data) == (200, "close", b"last")
+    assert client.closed()
     client.close()
 
 
@@ -640,3 +661,67 @@ def test_the_relay_answers_http_errors_for_ingress_heads_it_cannot_take(
     client.send(b"GET /s/rt_x/ HTTP/1.1\r\nHost: r\r\n\r\n")
     assert client.response()[0] == 404  # no such route: the ingress's own answer
     client.close()
+
+
+def _self_signed(tmp_path: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key (PEM files)."""
+    pytest.importorskip("cryptography")
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    keyfile.chmod(0o600)
+    return str(certfile), str(keyfile)
+
+
+def test_over_tls_the_front_serves_the_ingress_and_hands_the_rest_over(
+    tmp_path: Any, front_heads: list[bytes]
+) -> None:
+    import ssl
+
+    certfile, keyfile = _self_signed(tmp_path)
+    context = ssl.create_default_context(cafile=certfile)
+    with running_relay(ssl_certfile=certfile, ssl_keyfile=keyfile) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        for request, status in [
+            (b"GET /s/rt_nope/x HTTP/1.1\r\nHost: r\r\n\r\n", 404),  # the front
+            (b"GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n", 200),  # uvicorn's h11
+        ]:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            ):
+                tls.sendall(request)
+                client = Client(sock=tls)
+                assert client.response()[0] == status
+    assert front_heads == [b"GET /s/rt_nope/x HTTP/1.1"]

@@ -431,7 +431,6 @@ class IngressFront(asyncio.Protocol):
             self._refuse(exc)
             return False
         del buf[: end + 4]
-        self._disarm()
         self.request = _Request(head, self.state.settings.max_header_bytes)
         task = self.loop.create_task(self._run(self.request))
         self.server_state.tasks.add(task)
@@ -480,9 +479,13 @@ class IngressFront(asyncio.Protocol):
             self.transport.close()
             self.closed = True
             return
-        self.idle_since = self.loop.time()
+        now = self.idle_since = self.loop.time()
         self.served = True
-        self._arm(min(self.config.timeout_keep_alive, HEADER_TIMEOUT))
+        # One timer per connection, re-armed only when it fires (or would fire too late):
+        # no timer made and cancelled per request.
+        due = now + min(self.config.timeout_keep_alive, HEADER_TIMEOUT)
+        if self.timer is None or self.timer.when() > due:
+            self._arm(due - now)
         self._resume_reading()
 
     def _hand_over(self) -> None:
@@ -530,7 +533,7 @@ class IngressFront(asyncio.Protocol):
         timeout): close; a head begun but not complete within the header timeout: 408."""
         self.timer = None
         if self.closed or self.request is not None:
-            return
+            return  # a request is being served: its end arms the timer again
         limit = HEADER_TIMEOUT
         if not self.buf and self.served:
             limit = self.config.timeout_keep_alive

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from taskapp.relay.coalesce import CoalescingTransport, coalescing
+from taskapp.relay.coalesce import FLUSH_AT, CoalescingTransport, coalescing
 
 
 class _Sink(asyncio.Protocol):
@@ -123,3 +123,34 @@ def test_a_coalescing_transport_is_not_wrapped_again() -> None:
 
     assert asyncio.run(scenario())
     assert coalescing(_Writer) is coalescing(_Writer)
+
+
+def test_a_bulk_writer_reaches_the_socket_within_the_step_and_meets_back_pressure() -> None:
+    """A body streamed in one loop step (an in-process app that never yields) must not
+    pile up in the coalescing buffer: from FLUSH_AT pending bytes on, writes go out at
+    once, so the transport's own limits pause the writer."""
+
+    async def scenario() -> tuple[list[int], bool, int]:
+        transport, sink, counting, server = await _pair()
+        paused: list[bool] = []
+        real = counting.transport
+        real.set_write_buffer_limits(high=FLUSH_AT)
+        piece = b"x" * (FLUSH_AT // 4)
+        transport.write(b"small")
+        for _ in range(400):  # 6.4 MB in one step: more than loopback takes at once
+            transport.write(piece)
+            paused.append(real.get_write_buffer_size() > FLUSH_AT)
+        sizes = [len(write) for write in counting.writes]
+        pending = transport.get_write_buffer_size() - real.get_write_buffer_size()
+        transport.close()
+        await asyncio.wait_for(sink.closed, 5)
+        server.close()
+        assert len(sink.data) == 5 + 400 * len(piece)
+        return sizes, any(paused), pending
+
+    sizes, saw_back_pressure, pending = asyncio.run(scenario())
+    assert sizes, "nothing reached the socket within the step"
+    assert sizes[0] == FLUSH_AT + 5  # the small write joins the first bulk piece
+    assert all(size == FLUSH_AT for size in sizes[1:])
+    assert pending < FLUSH_AT  # never more than one bulk piece held back
+    assert saw_back_pressure  # the real transport's buffer (pause_writing) saw the bytes

@@ -20,7 +20,10 @@ import asyncio
 import functools
 from typing import Any
 
-__all__ = ["CoalescingTransport", "coalescing"]
+__all__ = ["FLUSH_AT", "CoalescingTransport", "coalescing"]
+
+#: Pending bytes at which a write goes out at once instead of at the end of the loop step.
+FLUSH_AT = 64 * 1024
 
 
 class CoalescingTransport:
@@ -30,12 +33,13 @@ class CoalescingTransport:
     ``close``/``write_eof`` send what is pending first; ``abort`` drops it.
     """
 
-    __slots__ = ("_loop", "_pending", "_scheduled", "_transport")
+    __slots__ = ("_loop", "_pending", "_pending_size", "_scheduled", "_transport")
 
     def __init__(self, transport: Any) -> None:
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._pending: list[bytes] = []
+        self._pending_size = 0
         self._scheduled = False
 
     @property
@@ -47,7 +51,13 @@ class CoalescingTransport:
         if not data:
             return
         self._pending.append(bytes(data) if not isinstance(data, bytes) else data)
-        if not self._scheduled:
+        self._pending_size += len(data)
+        if self._pending_size >= FLUSH_AT:
+            # A bulk writer (a body streamed in one loop step) goes out now, so the reader
+            # works on it while the writer makes the next piece, and the transport's own
+            # buffer limits (pause_writing) see it.
+            self.flush()
+        elif not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
@@ -62,13 +72,14 @@ class CoalescingTransport:
         if not pending:
             return
         self._pending = []
+        self._pending_size = 0
         if self._transport.is_closing():
             return
         self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def get_write_buffer_size(self) -> int:
         size: int = self._transport.get_write_buffer_size()
-        return size + sum(len(piece) for piece in self._pending)
+        return size + self._pending_size
 
     def write_eof(self) -> None:
         self.flush()
@@ -80,6 +91,7 @@ class CoalescingTransport:
 
     def abort(self) -> None:
         self._pending = []
+        self._pending_size = 0
         self._transport.abort()
 
     def __getattr__(self, name: str) -> Any:

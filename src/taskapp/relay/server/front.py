@@ -504,6 +504,10 @@ class IngressFront(asyncio.Protocol):
 
     def _refuse(self, exc: BadRequest) -> None:
         logger.debug("ingress front: %s", exc)
+        if self.request is not None and self.request.started:
+            self.transport.close()  # mid-answer (a bad chunk after it began): no second head
+            self.closed = True
+            return
         self._write_plain(exc.status, str(exc))
 
     def _write_plain(self, status: int, text: str) -> None:
@@ -652,6 +656,8 @@ class IngressFront(asyncio.Protocol):
             lower = name.lower()
             if lower == b"content-length":
                 request.declared = int(value)
+            elif lower == b"transfer-encoding":
+                continue  # the framing is the front's (the ingress never sends one)
             elif lower == b"connection" and b"close" in value.lower():
                 close = True
                 continue
@@ -704,8 +710,8 @@ class IngressFront(asyncio.Protocol):
         if more:
             return
         request.done = True
-        if request.out_mode == 2:
-            self.keep_alive = False
+        if request.out_mode == 2 or (request.declared or 0) > request.sent:
+            self.keep_alive = False  # until close, or short of its Content-Length: close
         if self.request is not request:
             return
         if not request.more_body:

@@ -8,6 +8,7 @@ relay with a scripted agent on a real WebSocket.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +31,8 @@ from tests.relay._relay_helpers import (
 )
 
 MAX_HEADERS = 100
+#: ``TASKAPP_FUZZ=long`` runs many more cases, new ones each time (as test_relay_fuzz.py).
+LONG = os.environ.get("TASKAPP_FUZZ", "").lower() == "long"
 
 
 pytestmark = pytest.mark.usefixtures("no_relay_threads")
@@ -164,7 +167,12 @@ def _deliberately_stricter(data: bytes, event: h11.Request) -> bool:
     )
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=20_000 if LONG else 600,
+    deadline=None,
+    derandomize=not LONG,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     line=_LINE,
     headers=st.lists(_HEADER, max_size=6),
@@ -286,7 +294,7 @@ _CHUNK = st.tuples(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=20_000 if LONG else 400, deadline=None, derandomize=not LONG)
 @given(
     chunks=st.lists(_CHUNK, max_size=4),
     trailer=st.sampled_from([b"", b"X-T: 1\r\n", b"bad line\r\n", b"X-T: a\x00\r\n"]),

@@ -22,12 +22,13 @@ import asyncio
 import functools
 import http
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
 from taskapp.core.logs import get_logger
 from taskapp.relay import protocol as p
-from taskapp.relay.server.ingress import ingress
+from taskapp.relay.server.ingress import DISCONNECT_WATCH, ingress
 from taskapp.relay.server.state import Message, RelayState, Scope
 
 __all__ = ["HEADER_TIMEOUT", "BadRequest", "ChunkedBody", "Head", "ingress_front", "parse_head"]
@@ -242,6 +243,7 @@ class _Request:
         "final_sent",
         "head",
         "more_body",
+        "on_disconnect",
         "out_close",
         "out_mode",
         "sent",
@@ -258,6 +260,9 @@ class _Request:
         self.more_body = bool(self.body_left) or self.chunks is not None
         self.continue_sent = not head.expect_continue
         self.waiter: asyncio.Future[None] | None = None
+        #: called once if the connection is lost before the response ends (the ingress's
+        #: DISCONNECT_WATCH: no task has to sit in receive() for it)
+        self.on_disconnect: Callable[[], None] | None = None
         self.started = False
         self.done = False
         self.final_sent = False  # the message with more_body False was returned
@@ -345,6 +350,9 @@ class IngressFront(asyncio.Protocol):
         request = self.request
         if request is not None and request.waiter is not None and not request.waiter.done():
             request.waiter.set_result(None)
+        if request is not None and not request.done and request.on_disconnect is not None:
+            callback, request.on_disconnect = request.on_disconnect, None
+            callback()
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 
@@ -572,6 +580,7 @@ class IngressFront(asyncio.Protocol):
             "raw_path": raw_path,
             "query_string": query,
             "headers": head.headers,
+            "extensions": {DISCONNECT_WATCH: functools.partial(self._watch, request)},
         }
 
         async def receive() -> Message:
@@ -590,6 +599,12 @@ class IngressFront(asyncio.Protocol):
         else:
             if not request.done:
                 self._failed(request)
+
+    def _watch(self, request: _Request, callback: Callable[[], None]) -> None:
+        if self.closed and not request.done:
+            callback()
+        else:
+            request.on_disconnect = callback
 
     def _failed(self, request: _Request) -> None:
         if self.closed:

@@ -13,9 +13,13 @@ from taskapp.core.logs import get_logger
 from taskapp.relay import protocol as p
 from taskapp.relay.server.leases import Lease
 from taskapp.relay.server.session import AgentSession, Stream
-from taskapp.relay.server.state import Receive, RelayState, Scope, Send, respond
+from taskapp.relay.server.state import Message, Receive, RelayState, Scope, Send, respond
 
-__all__ = ["ingress"]
+__all__ = ["DISCONNECT_WATCH", "ingress"]
+
+#: An ASGI scope extension the relay's front (front.py) offers: ``watch(callback)`` calls
+#: ``callback()`` once if the client's connection is lost before the response ends.
+DISCONNECT_WATCH = "taskapp.relay.disconnect_watch"
 
 logger = get_logger("taskapp.relay")
 access_logger = get_logger("taskapp.relay.access")
@@ -139,11 +143,7 @@ async def _ingress(  # noqa: C901, PLR0915 -- complexity 21 and 90 statements at
         frame = _request_frame(
             state, stream, scope, path, strip_authorization, content_length, deadline_s
         )
-        # The body pump starts before REQ_HEADERS is written, so a body that is already
-        # here follows it within the same write (coalesce.py: one send() per loop step);
-        # the frame order holds: this step writes REQ_HEADERS before the pump first runs.
-        body_task = asyncio.create_task(_pump_request(state, session, stream, receive, info))
-        session.send_text(frame)
+        body_task = await _send_request(state, session, stream, scope, receive, info, frame)
         await _answer(state, session, stream, send, info, deadline_s, scope["method"])
     finally:
         # Release the lease's in-flight slot before anything awaits: the caller already has
@@ -252,44 +252,92 @@ class _StreamTimer:
         self._handle.cancel()
 
 
+async def _send_request(
+    state: RelayState,
+    session: AgentSession,
+    stream: Stream,
+    scope: Scope,
+    receive: Receive,
+    info: dict[str, Any],
+    frame: dict[str, Any],
+) -> asyncio.Task[None] | None:
+    """REQ_HEADERS, then the request body; the task still forwarding it, if any.
+
+    Under the relay's front (its :data:`DISCONNECT_WATCH` extension) with the whole body
+    at hand, the usual small request, the body follows at once and no task runs: the front
+    reports a client that leaves. Otherwise a pump task forwards the body and then listens
+    for the disconnect. It starts before REQ_HEADERS is written, so a body that is already
+    here leaves in the same write (coalesce.py: one send() per loop step); the frame order
+    holds, as this step writes REQ_HEADERS before the pump first runs.
+    """
+    watch = (scope.get("extensions") or {}).get(DISCONNECT_WATCH)
+    if watch is None:
+        task = asyncio.create_task(_pump_request(state, session, stream, receive, info))
+        session.send_text(frame)
+        return task
+    session.send_text(frame)
+    message = await receive()
+    if message["type"] != "http.request" or message.get("more_body", False):
+        return asyncio.create_task(_pump_request(state, session, stream, receive, info, message))
+    try:
+        await _body_piece(state, session, stream, message, info)
+    except Exception as exc:  # the agent connection failed under us
+        stream.events.put(("error", "AGENT_GONE", type(exc).__name__))
+    watch(lambda: stream.events.put(("disconnect",)))
+    return None
+
+
 async def _pump_request(
     state: RelayState,
     session: AgentSession,
     stream: Stream,
     receive: Receive,
     info: dict[str, Any],
+    message: Message | None = None,
 ) -> None:
-    limit = state.settings.max_request_bytes
-    clock = asyncio.get_running_loop().time
+    """Forward the request body from ``receive()`` (``message``: one already taken), then
+    listen: a disconnect before the response ends cancels the stream."""
     try:
         while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                stream.events.put(("disconnect",))
+            piece = await _body_piece(state, session, stream, message or await receive(), info)
+            message = None
+            if piece == "stop":
                 return
-            if message["type"] != "http.request":
-                continue
-            chunk = message.get("body", b"")
-            more = message.get("more_body", False)
-            info["in"] += len(chunk)
-            stream.progress = clock()  # read by the stream's timer: no event, no wake-up
-            if info["in"] > limit:
-                stream.events.put(("too_large",))
-                return
-            if not await session.send_request_body(stream, chunk, not more):
-                return
-            if not more:
+            if piece == "end":
                 break
-        # Keep listening: a disconnect before the response ends cancels the stream.
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                stream.events.put(("disconnect",))
-                return
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        stream.events.put(("disconnect",))
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # the agent connection failed under us
         stream.events.put(("error", "AGENT_GONE", type(exc).__name__))
+
+
+async def _body_piece(
+    state: RelayState,
+    session: AgentSession,
+    stream: Stream,
+    message: Message,
+    info: dict[str, Any],
+) -> str:
+    """Forward one message of ``receive()``'s: ``"more"`` body to come, its ``"end"``, or
+    ``"stop"`` (the client left, the body is too large, the stream ended)."""
+    if message["type"] == "http.disconnect":
+        stream.events.put(("disconnect",))
+        return "stop"
+    if message["type"] != "http.request":
+        return "more"
+    chunk = message.get("body", b"")
+    more = message.get("more_body", False)
+    info["in"] += len(chunk)
+    stream.progress = asyncio.get_running_loop().time()  # read by the stream's timer
+    if info["in"] > state.settings.max_request_bytes:
+        stream.events.put(("too_large",))
+        return "stop"
+    if not await session.send_request_body(stream, chunk, not more):
+        return "stop"
+    return "more" if more else "end"
 
 
 async def _pump_response(  # noqa: C901, PLR0915 -- complexity 27 and 92 statements at most (issue 21 ratchet); split when next changed

@@ -220,10 +220,10 @@ def describe_stack(env: dict[str, str]) -> str:
         check=True,
     ).stdout.strip()
     if not out:
-        return "plain (asyncio event loop, h11 HTTP parser)"
+        return "plain (asyncio event loop, h11 HTTP parser; the relay's ingress has its own)"
     loop = "uvloop" if "uvloop" in out else "asyncio event loop"
     parser = "httptools" if "httptools" in out else "h11"
-    return f"{loop}, {parser} HTTP parser"
+    return f"{loop}, {parser} HTTP parser; the relay's ingress has its own"
 
 
 # -- /proc readings --------------------------------------------------------------------

@@ -583,23 +583,23 @@ def test_a_bad_chunk_size_gets_400(relayed: tuple[Any, dict[str, Any]]) -> None:
     client.close()
 
 
-def test_a_slow_head_gets_408_and_an_idle_connection_is_closed(
-    relayed: tuple[Any, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    relay, lease = relayed
-    monkeypatch.setattr(front, "HEADER_TIMEOUT", 0.3)
-    slow = Client(relay.url)
-    slow.send(_request(lease, "/echo", data=b"first"))
-    assert slow.response()[2] == b"first"  # then a head that never completes
-    slow.send(_request(lease, "/echo")[:30])  # the ingress prefix and no more
-    status, headers, _ = slow.response()
-    assert (status, headers["connection"]) == (408, "close")
-    assert slow.closed()
-    idle = Client(relay.url)
-    assert idle.closed()  # nothing sent: closed without an answer
-    assert idle.buf == b""
-    slow.close()
-    idle.close()
+def test_a_slow_head_gets_408_and_an_idle_connection_is_closed(front_heads: list[bytes]) -> None:
+    with running_relay(header_timeout=0.3) as relay:  # --header-timeout
+        lease = create_lease(relay.url)
+        with ScriptedAgent(lease, _answer):
+            slow = Client(relay.url)
+            slow.send(_request(lease, "/echo", data=b"first"))
+            assert slow.response()[2] == b"first"  # then a head that never completes
+            slow.send(_request(lease, "/echo")[:30])  # the ingress prefix and no more
+            status, headers, _ = slow.response()
+            assert (status, headers["connection"]) == (408, "close")
+            assert slow.closed()
+            idle = Client(relay.url)
+            assert idle.closed()  # nothing sent: closed without an answer
+            assert idle.buf == b""
+            slow.close()
+            idle.close()
+    assert front_heads
 
 
 def test_a_client_gone_mid_body_cancels_the_agents_stream(front_heads: list[bytes]) -> None:

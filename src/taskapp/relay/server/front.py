@@ -31,13 +31,10 @@ from taskapp.relay import protocol as p
 from taskapp.relay.server.ingress import DISCONNECT_WATCH, ingress
 from taskapp.relay.server.state import Message, RelayState, Scope
 
-__all__ = ["HEADER_TIMEOUT", "BadRequest", "ChunkedBody", "Head", "ingress_front", "parse_head"]
+__all__ = ["BadRequest", "ChunkedBody", "Head", "ingress_front", "parse_head"]
 
 logger = get_logger("taskapp.relay")
 
-#: Seconds a client has to complete a request head after connecting or after the previous
-#: response (core/header_timeout.py's semantics: 408 when part of a head arrived).
-HEADER_TIMEOUT = 10.0
 #: Request body bytes buffered before reading pauses until ``receive()`` takes them.
 HIGH_WATER = 65536
 _METHOD_MAX = 32
@@ -341,7 +338,7 @@ class IngressFront(asyncio.Protocol):
         self.client = get_remote_addr(transport)
         self.scheme = "https" if is_ssl(transport) else "http"
         self.idle_since = self.loop.time()
-        self._arm(HEADER_TIMEOUT)
+        self._arm(self.state.settings.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -491,7 +488,7 @@ class IngressFront(asyncio.Protocol):
         self.served = True
         # One timer per connection, re-armed only when it fires (or would fire too late):
         # no timer made and cancelled per request.
-        due = now + min(self.config.timeout_keep_alive, HEADER_TIMEOUT)
+        due = now + min(self.config.timeout_keep_alive, self.state.settings.header_timeout)
         if self.timer is None or self.timer.when() > due:
             self._arm(due - now)
         self._resume_reading()
@@ -546,7 +543,7 @@ class IngressFront(asyncio.Protocol):
         self.timer = None
         if self.closed or self.request is not None:
             return  # a request is being served: its end arms the timer again
-        limit = HEADER_TIMEOUT
+        limit = self.state.settings.header_timeout
         if not self.buf and self.served:
             limit = self.config.timeout_keep_alive
         left = self.idle_since + limit - self.loop.time()

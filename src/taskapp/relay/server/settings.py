@@ -111,6 +111,13 @@ class RelaySettings:
         group=LIMITS,
         kind="seconds",
     )
+    header_timeout: float = setting(
+        10.0,
+        "longest a client may take to send a request's head after connecting or after the "
+        "previous answer, seconds; 408 beyond (a connection that sent nothing is closed)",
+        group=LIMITS,
+        kind="seconds",
+    )
     memory_budget: int = setting(
         512 * 1024 * 1024,
         "response bytes the relay may buffer for slow callers, all leases together; 503 for "
@@ -192,7 +199,7 @@ class RelaySettings:
                 f"max frame bytes must be in [1024, {p.MAX_FRAME_BYTES}], "
                 f"got {self.max_frame_bytes}"
             )
-        for name in ("max_inflight", "max_leases", "default_ttl", "max_ttl"):
+        for name in ("max_inflight", "max_leases", "default_ttl", "max_ttl", "header_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive")
         if self.default_ttl > self.max_ttl:

@@ -410,6 +410,13 @@ class Client:
         self.sock.close()
 
 
+def _chunked_request(lease: dict[str, Any]) -> bytes:
+    """The head of a chunked POST to ``/echo`` (the chunks follow)."""
+    return _request(lease, "/echo", "Transfer-Encoding: chunked\r\n").replace(
+        b"Content-Length: 0\r\n", b""
+    )
+
+
 def _request(lease: dict[str, Any], path: str, extra: str = "", data: bytes = b"") -> bytes:
     url = lease["public_url"].removeprefix("http://")
     target = "/" + url.partition("/")[2] + path
@@ -509,9 +516,7 @@ def test_an_answer_before_the_body_drops_the_rest_and_the_connection_goes_on(
 def test_a_chunked_upload_and_a_chunked_response(relayed: tuple[Any, dict[str, Any]]) -> None:
     relay, lease = relayed
     client = Client(relay.url)
-    raw = _request(lease, "/echo", "Transfer-Encoding: chunked\r\n").replace(
-        b"Content-Length: 0\r\n", b""
-    )
+    raw = _chunked_request(lease)
     client.send(raw + b"5;ext=1\r\nhello\r\n1\r\n \r\n6\r\nworld!\r\n0\r\nX-Trailer: t\r\n\r\n")
     status, _, data = client.response()
     assert (status, data) == (200, b"hello world!")
@@ -574,9 +579,7 @@ def test_smuggling_shapes_get_400_and_the_connection_closes(
 def test_a_bad_chunk_size_gets_400(relayed: tuple[Any, dict[str, Any]]) -> None:
     relay, lease = relayed
     client = Client(relay.url)
-    raw = _request(lease, "/echo", "Transfer-Encoding: chunked\r\n").replace(
-        b"Content-Length: 0\r\n", b""
-    )
+    raw = _chunked_request(lease)
     client.send(raw + b"0x5\r\nhello\r\n0\r\n\r\n")
     assert client.response()[0] == 400
     assert client.closed()

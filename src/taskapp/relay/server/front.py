@@ -44,8 +44,6 @@ _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*((?:[^\x00\s]+(?:[ \t]+[^\x00\s
 _CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\x00\r\n]*)?[ \t]*")
 _DIGITS = re.compile(rb"[0-9]{1,20}")
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection", b"expect"))
-_PHRASES = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
-_PHRASES.update({501: b"Not Implemented", 500: b"Internal Server Error"})
 
 
 class BadRequest(Exception):
@@ -521,7 +519,7 @@ class IngressFront(asyncio.Protocol):
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
-            % (status, _PHRASES.get(status, b""), len(body), body)
+            % (status, _status_phrase(status), len(body), body)
         )
         self.transport.close()
         self.closed = True
@@ -737,6 +735,7 @@ class IngressFront(asyncio.Protocol):
             self._resume_reading()
 
 
+@functools.cache
 @functools.cache
 def _status_phrase(status: int) -> bytes:
     try:

@@ -8,7 +8,6 @@ change them; the error envelope of the relay's own answers lives here too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import time
@@ -215,9 +214,9 @@ class RelayState:
         lease.session = None
         if session is not None:
             if session.version == p.V2:
-                with contextlib.suppress(Exception):
-                    session.send_text(self.lease_state(lease, state))
-                    session.goaway(f"lease_{state}")
+                # Both only write; a connection already gone is noted, not raised.
+                session.send_text(self.lease_state(lease, state))
+                session.goaway(f"lease_{state}")
             session.fail_all("LEASE_GONE")
             await session.close(4404, f"lease {state}")
 
